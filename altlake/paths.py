@@ -1,0 +1,49 @@
+"""The lake's layout: where each table, batch and release lives, derived from the lake root.
+
+Works for local directories and for s3a:// / s3:// URLs alike (plain string joins).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DATABASE = "altlake"
+
+
+def join(root: str, *parts: str) -> str:
+    root = root.rstrip("/")
+    return "/".join([root, *(p.strip("/") for p in parts)])
+
+
+@dataclass(frozen=True)
+class LakePaths:
+    root: str
+
+    def table(self, name: str) -> str:
+        """Location of a Delta table (external, so DuckDB / delta-rs can read it by path)."""
+        return join(self.root, "tables", name)
+
+    @property
+    def warehouse(self) -> str:
+        return join(self.root, "warehouse")
+
+    @property
+    def metastore(self) -> str:
+        return join(self.root, "metastore")
+
+    @property
+    def checkpoints(self) -> str:
+        return join(self.root, "checkpoints")
+
+    def batch_input(self, batch_id: str) -> str:
+        return join(self.root, "batches", batch_id, "input.parquet")
+
+    def batch_output(self, batch_id: str) -> str:
+        return join(self.root, "batches", batch_id, "output")
+
+    def gx_docs(self, run_id: str) -> str:
+        return join(self.root, "gx", run_id)
+
+
+def release_path(store: str, release_id: str) -> str:
+    return join(store, release_id)

@@ -1,0 +1,48 @@
+"""`altlake COMMAND ...`: one entry point for every job of the platform.
+
+Each command lives in its own module with two functions, `configure(parser)` and
+`run(args) -> int`; this file only lists them, and imports a module when its command runs, so
+`altlake --help` stays instant and the worker image never needs Spark (nor Spark the worker).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "extract": ("spark_jobs.extract", "extract image/alt-text pairs from WAT files into Delta"),
+    "sql": ("spark_jobs.sql", "run Spark SQL on the lake's Delta tables"),
+    "score": ("gpu_workers.worker", "download, embed and tag one batch of candidates"),
+    "demo": ("altlake_cli.demo", "run the whole pipeline on a generated crawl, end to end"),
+    "airflow": ("altlake_cli.airflow_cmd", "start `airflow standalone` with altlake's DAGs"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        _print_usage(argv[0] if argv and not argv[0].startswith("-") else None)
+        return 0 if not argv or argv[0] in ("-h", "--help") else 2
+    name, rest = argv[0], argv[1:]
+    module_name, help_text = COMMANDS[name]
+    module = importlib.import_module(module_name)
+    parser = argparse.ArgumentParser(prog=f"altlake {name}", description=help_text)
+    module.configure(parser)
+    return int(module.run(parser.parse_args(rest)) or 0)
+
+
+def _print_usage(unknown: str | None) -> None:
+    out = sys.stderr if unknown else sys.stdout
+    if unknown:
+        print(f"altlake: unknown command {unknown!r}\n", file=out)
+    print("usage: altlake COMMAND [options]   (altlake COMMAND --help for its options)\n", file=out)
+    width = max(map(len, COMMANDS))
+    for name, (_, help_text) in COMMANDS.items():
+        print(f"  {name:<{width}}  {help_text}", file=out)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# One idempotent setup for a fresh machine or a fresh clone:
+#   - a project virtualenv in .venv with the pinned requirements (uv, reusing its cache),
+#   - the Delta / hadoop-aws jars resolved from Maven Central into a cache outside the checkout,
+#   - the Debian chromium used by the browser tests, when missing.
+# A stamp keyed on everything that shapes the result lets a second run return at once.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CACHE_DIR="${ALTLAKE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/altlake}"
+JAR_DIR="$CACHE_DIR/jars"
+PY="${PYTHON:-python3}"
+STAMP=.venv/.altlake-setup
+KEY=$(cat requirements.txt pyproject.toml infra/spark/jars-pom.xml scripts/setup.sh | sha256sum | cut -c1-16)
+
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$KEY" ] && [ -f "$JAR_DIR/.complete" ]; then
+  exit 0
+fi
+
+echo "==> altlake setup (cache: $CACHE_DIR)"
+if ! command -v uv >/dev/null 2>&1; then
+  "$PY" -m pip install --quiet --user uv || "$PY" -m pip install --quiet uv
+  export PATH="$HOME/.local/bin:$PATH"
+fi
+[ -x .venv/bin/python ] || uv venv --quiet --python "$PY" .venv
+VIRTUAL_ENV="$PWD/.venv" uv pip install --quiet -r requirements.txt
+VIRTUAL_ENV="$PWD/.venv" uv pip install --quiet --no-deps -e .
+
+if [ ! -f "$JAR_DIR/.complete" ]; then
+  echo "==> resolving Spark jars from Maven Central into $JAR_DIR"
+  mkdir -p "$JAR_DIR"
+  mvn -q -f infra/spark/jars-pom.xml dependency:copy-dependencies \
+      -DincludeScope=runtime -DexcludeArtifactIds=scala-library,antlr4-runtime \
+      -DoutputDirectory="$JAR_DIR"
+  touch "$JAR_DIR/.complete"
+fi
+
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "==> installing Debian chromium for the browser tests"
+  if [ "$(id -u)" = 0 ]; then APT=apt-get; else APT="sudo apt-get"; fi
+  $APT update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive $APT install -y -qq chromium >/dev/null \
+    || echo "   (chromium not installed: the browser test will fail with a clear message)"
+fi
+
+echo "$KEY" > "$STAMP"
+echo "==> setup done"

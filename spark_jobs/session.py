@@ -1,0 +1,125 @@
+"""The one Spark session factory: Delta on, a persistent catalog under the lake, any master.
+
+Every job, the CLI and the tests get their session here, so Delta, the jars and the catalog are
+configured the same way in local mode, on a `spark://` standalone cluster and under spark-submit.
+Data operations address tables by path (see `altlake.paths`); the catalog gives them names for
+SQL users.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from altlake.config import Settings
+from altlake.paths import DATABASE, LakePaths
+from altlake.schemas import TABLES, Table
+
+_JAR_HINT = "run `make setup` (or scripts/setup.sh) to resolve them from Maven Central"
+
+
+def spark_jars(settings: Settings) -> list[str]:
+    """The Delta and hadoop-aws jars from the cache (resolved once by scripts/setup.sh)."""
+    jar_dir = settings.jar_dir
+    jars = sorted(str(p) for p in jar_dir.glob("*.jar"))
+    if not any("delta-spark" in j for j in jars):
+        raise RuntimeError(f"Delta jars are missing from {jar_dir}: {_JAR_HINT}")
+    return jars
+
+
+def metastore_url(settings: Settings) -> str:
+    """JDBC URL of the catalog: embedded Derby under the lake unless ALTLAKE_METASTORE_URL is set."""
+    explicit = os.environ.get("ALTLAKE_METASTORE_URL")
+    if explicit:
+        return explicit
+    db = Path(LakePaths(settings.lake_dir).metastore).absolute() / "metastore_db"
+    return f"jdbc:derby:;databaseName={db};create=true"
+
+
+def spark_conf(settings: Settings, app_name: str) -> dict[str, str]:
+    """All settings of an altlake Spark session, as plain key/values (also used by spark-submit)."""
+    lake = LakePaths(_absolute(settings.lake_dir))
+    conf = {
+        "spark.app.name": app_name,
+        "spark.master": settings.spark_master,
+        "spark.jars": ",".join(spark_jars(settings)),
+        "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+        "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+        "spark.sql.catalogImplementation": "hive",
+        "spark.sql.warehouse.dir": lake.warehouse,
+        "spark.hadoop.javax.jdo.option.ConnectionURL": metastore_url(settings),
+        "spark.driver.extraJavaOptions": f"-Dderby.system.home={Path(lake.metastore)}",
+        "spark.driver.memory": settings.spark_driver_memory,
+        "spark.sql.shuffle.partitions": str(settings.spark_shuffle_partitions),
+        "spark.ui.enabled": "false",
+        "spark.ui.showConsoleProgress": "false",
+        "spark.databricks.delta.schema.autoMerge.enabled": "false",
+        "spark.sql.session.timeZone": "UTC",
+        "spark.pyspark.python": sys.executable,
+        "spark.pyspark.driver.python": sys.executable,
+    }
+    if settings.s3_endpoint:
+        conf.update(
+            {
+                "spark.hadoop.fs.s3a.endpoint": settings.s3_endpoint,
+                "spark.hadoop.fs.s3a.path.style.access": "true",
+                "spark.hadoop.fs.s3a.connection.ssl.enabled": str(settings.s3_endpoint.startswith("https")).lower(),
+            }
+        )
+    return conf
+
+
+def get_spark(settings: Settings | None = None, app_name: str = "altlake"):
+    """A Spark session with Delta and the lake's tables registered under the `altlake` database."""
+    from pyspark.sql import SparkSession
+
+    settings = settings or Settings.from_env()
+    if "://" not in settings.lake_dir:
+        Path(LakePaths(_absolute(settings.lake_dir)).metastore).mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    builder = SparkSession.builder
+    for key, value in spark_conf(settings, app_name).items():
+        builder = builder.config(key, value)
+    spark = builder.enableHiveSupport().getOrCreate()
+    spark.sparkContext.setLogLevel("ERROR")
+    ensure_tables(spark, settings)
+    return spark
+
+
+def ensure_tables(spark, settings: Settings) -> None:
+    """Create every Delta table that is missing and point the catalog names at this lake."""
+    lake = LakePaths(_absolute(settings.lake_dir))
+    spark.sql(f"CREATE DATABASE IF NOT EXISTS {DATABASE}")
+    spark.sql(f"USE {DATABASE}")
+    for table in TABLES.values():
+        _ensure_table(spark, table, lake.table(table.name))
+
+
+def _ensure_table(spark, table: Table, location: str) -> None:
+    from delta.tables import DeltaTable
+
+    (
+        DeltaTable.createIfNotExists(spark)
+        .location(location)
+        .addColumns(spark.createDataFrame([], table.spark_ddl()).schema)
+        .partitionedBy(*table.partition_by)
+        .property("delta.appendOnly", "false")
+        .execute()
+    )
+    name = f"{DATABASE}.{table.name}"
+    if spark.catalog.tableExists(name):
+        current = spark.sql(f"DESCRIBE DETAIL {name}").first()["location"]
+        if _same_location(current, location):
+            return
+        spark.sql(f"DROP TABLE {name}")  # external: drops the name, never the data
+    spark.sql(f"CREATE TABLE {name} USING delta LOCATION '{location}'")
+
+
+def _same_location(a: str, b: str) -> bool:
+    strip = lambda s: s.removeprefix("file:").rstrip("/")  # noqa: E731
+    return strip(a) == strip(b)
+
+
+def _absolute(lake_dir: str) -> str:
+    return lake_dir if "://" in lake_dir else str(Path(lake_dir).absolute())

@@ -1,0 +1,40 @@
+"""Fixtures shared across the suite: a per-test lake and the one Spark session of the run."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from altlake.config import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE_WAT = REPO.parent / "shared" / "data" / "commoncrawl" / "CC-MAIN-2015-18-sample.warc.wat"
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    """Settings pointing at a fresh lake under the test's temporary directory."""
+    return Settings.from_env(lake_dir=str(tmp_path / "lake"), spark_master="local[2]", spark_shuffle_partitions=2)
+
+
+@pytest.fixture
+def spark(settings: Settings):
+    """The run's Spark session, with the catalog names pointed at this test's lake."""
+    from spark_jobs.session import get_spark
+
+    return get_spark(settings, app_name="altlake-tests")
+
+
+@pytest.fixture
+def sample_wat(tmp_path: Path) -> Path:
+    """A writable copy of the real Common Crawl WAT sample (the shared original is read-only)."""
+    if not SAMPLE_WAT.exists():
+        raise FileNotFoundError(f"the real WAT sample is missing: {SAMPLE_WAT}")
+    copy = tmp_path / SAMPLE_WAT.name
+    copy.write_bytes(SAMPLE_WAT.read_bytes())
+    return copy
+
+
+os.environ.setdefault("PYSPARK_PYTHON", os.sys.executable)
