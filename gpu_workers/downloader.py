@@ -1,0 +1,435 @@
+"""The scoring worker's polite, safe image downloader.
+
+One aiohttp session (connection reuse, aiodns + TTL DNS cache) runs on an asyncio loop in a
+background thread; `download()` is a plain generator around it, so the worker's pipeline stays
+synchronous. At most `max_in_flight` inputs are pulled ahead of what the caller has consumed, so
+memory is flat however long the input is. Every (key, url) comes back exactly once, as an image
+body or a failure class from `altlake.schemas.DOWNLOAD_FAILURES` with a readable reason.
+
+Order of checks per hop: URL syntax -> SSRF address policy (IP literals here, resolved names in the
+resolver, so each redirect is checked before anything is sent) -> robots.txt -> request -> HTTP
+status -> X-Robots-Tag opt-out and Content-Length (before the body) -> bounded body read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import email.utils
+import queue
+import random
+import threading
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TypeVar
+from urllib.parse import urljoin, urlsplit
+
+import aiohttp
+from aiohttp.resolver import AsyncResolver
+
+from altlake.config import Settings
+from altlake.schemas import STATUS_OK
+from gpu_workers.safety import (
+    AddressPolicy,
+    BlockedAddress,
+    GuardedResolver,
+    RobotsCache,
+    RobotsRules,
+    parse_robots,
+    x_robots_opt_out,
+)
+
+REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
+# Failure classes worth another attempt within the same run (after backoff / Retry-After). Timeouts
+# are not: a server that is slow now is slow in a second too, and RETRYABLE_STATUSES brings the row
+# back in a later scoring run.
+RETRY_NOW = frozenset({"http_429", "http_5xx", "connect"})
+_CHUNK = 64 * 1024
+_MAX_IDLE_GATES = 4096
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class DownloadConfig:
+    """How politely and how safely to download; defaults suit a production crawl."""
+
+    user_agent: str = Settings.user_agent
+    timeout_s: float = 30.0  # total deadline of one attempt: every hop, headers and body
+    connect_timeout_s: float = 10.0
+    read_timeout_s: float = 10.0  # longest silence between two body chunks
+    max_bytes: int = 20 * 1024 * 1024
+    max_redirects: int = 5
+    concurrency: int = 256  # open requests in total
+    per_host_concurrency: int = 8
+    per_host_rate: float = 0.0  # request starts per second per host; 0 = no rate limit
+    retries: int = 2  # extra attempts on 429 / 5xx / connection errors
+    backoff_base_s: float = 0.5  # base * 2**attempt, with +-50% jitter
+    max_retry_after_s: float = 30.0  # cap on a server's Retry-After
+    respect_robots: bool = True
+    respect_x_robots: bool = True
+    allow_hosts: tuple[str, ...] = ()  # SSRF allow-list: host names, IPs or CIDRs (tests, private mirrors)
+    allow_listed_only: bool = False  # refuse every host not on allow_hosts, before any DNS (offline demos)
+    dns_cache_ttl_s: float = 300.0
+    robots_max_bytes: int = 512 * 1024  # RFC 9309: at least 500 KiB must be parsed
+    reject_content_types: tuple[str, ...] = ("text/", "application/json", "application/xml")
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides) -> DownloadConfig:
+        """The platform's user agent (with its contact URL) plus any explicit overrides."""
+        return cls(user_agent=settings.user_agent, **overrides)
+
+
+@dataclass
+class FetchResult:
+    key: str
+    url: str
+    status: str  # "ok" or a failure class from altlake.schemas.DOWNLOAD_FAILURES
+    error: str | None = None
+    http_status: int | None = None
+    final_url: str | None = None
+    body: bytes | None = None
+    content_type: str | None = None
+    elapsed_s: float = 0.0
+    attempts: int = 0
+    retry_after_s: float | None = field(default=None, repr=False)  # the server's wish, for backoff
+
+
+def download(items: Iterable[tuple[str, str]], config: DownloadConfig, max_in_flight: int = 512) -> Iterator[FetchResult]:
+    """Fetch every (key, url); yield one FetchResult per input, in completion order.
+
+    Inputs are pulled lazily: after k results were consumed, at most k + max_in_flight inputs
+    have been taken from `items`. Closing the generator early cancels what is still running.
+    """
+    if max_in_flight < 1:
+        raise ValueError("max_in_flight must be at least 1")
+    inputs = iter(items)
+    with _LoopThread(config) as fetcher:
+        in_flight, exhausted = 0, False
+        while True:
+            while in_flight < max_in_flight and not exhausted:
+                item = next(inputs, None)
+                if item is None:
+                    exhausted = True
+                    break
+                key, url = item
+                fetcher.submit(key, url)
+                in_flight += 1
+            if in_flight == 0:
+                return
+            result = fetcher.results.get()
+            in_flight -= 1
+            yield result
+
+
+class _LoopThread:
+    """An asyncio loop in a daemon thread that owns the Fetcher; results come back on a queue."""
+
+    def __init__(self, config: DownloadConfig) -> None:
+        self.config = config
+        self.results: queue.SimpleQueue[FetchResult] = queue.SimpleQueue()
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="altlake-download", daemon=True)
+        self._fetcher: Fetcher | None = None
+        self._tasks: set[asyncio.Task] = set()
+
+    def __enter__(self) -> _LoopThread:
+        self._thread.start()
+        self._fetcher = asyncio.run_coroutine_threadsafe(self._open(), self._loop).result()
+        return self
+
+    async def _open(self) -> Fetcher:
+        return Fetcher(self.config)
+
+    def submit(self, key: str, url: str) -> None:
+        self._loop.call_soon_threadsafe(self._start, key, url)
+
+    def _start(self, key: str, url: str) -> None:
+        task = self._loop.create_task(self._run(key, url))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, key: str, url: str) -> None:
+        assert self._fetcher is not None
+        try:
+            result = await self._fetcher.fetch(key, url)
+        except Exception as exc:  # noqa: BLE001 - a bug must still answer for its key, or download() waits for ever
+            result = FetchResult(key=key, url=url, status="error", error=f"{type(exc).__name__}: {exc}")
+        self.results.put(result)
+
+    async def _close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._fetcher is not None:
+            await self._fetcher.close()
+
+    def __exit__(self, *exc) -> None:
+        asyncio.run_coroutine_threadsafe(self._close(), self._loop).result()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+
+class _Failure(Exception):
+    """A classified failure of one attempt; carries what the FetchResult needs."""
+
+    def __init__(self, status: str, error: str, http_status: int | None = None, retry_after_s: float | None = None):
+        super().__init__(error)
+        self.status, self.error, self.http_status, self.retry_after_s = status, error, http_status, retry_after_s
+
+
+class Fetcher:
+    """Async fetching with the shared session, host limits and robots cache (lives on one loop)."""
+
+    def __init__(self, config: DownloadConfig) -> None:
+        self.config = config
+        self.policy = AddressPolicy.from_allow_list(config.allow_hosts)
+        connector = aiohttp.TCPConnector(
+            limit=config.concurrency,
+            limit_per_host=config.per_host_concurrency,
+            resolver=GuardedResolver(self.policy, AsyncResolver()),
+            use_dns_cache=True,
+            ttl_dns_cache=int(config.dns_cache_ttl_s),
+        )
+        self.session = aiohttp.ClientSession(
+            connector=connector,
+            headers={"User-Agent": config.user_agent, "Accept": "image/avif,image/webp,image/*;q=0.9,*/*;q=0.5"},
+            timeout=aiohttp.ClientTimeout(sock_connect=config.connect_timeout_s, sock_read=config.read_timeout_s),
+            auto_decompress=True,
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+        self.robots = RobotsCache(self._fetch_robots)
+        self._global = asyncio.Semaphore(config.concurrency)
+        self._hosts: dict[str, _HostGate] = {}
+
+    async def close(self) -> None:
+        await self.session.close()
+
+    async def fetch(self, key: str, url: str) -> FetchResult:
+        """One input to one result, with retries; never raises (except on cancellation)."""
+        started = time.perf_counter()
+        result = FetchResult(key=key, url=url, status="error")
+        for attempt in range(self.config.retries + 1):
+            result.attempts = attempt + 1
+            try:
+                async with asyncio.timeout(self.config.timeout_s):
+                    final_url, (response_status, content_type, body) = await self._get(
+                        url, self._read_image, self.config.respect_robots
+                    )
+                result.status, result.error, result.http_status = STATUS_OK, None, response_status
+                result.final_url, result.content_type, result.body = final_url, content_type, body
+                break
+            except _Failure as failure:
+                result.status, result.error = failure.status, failure.error
+                result.http_status, result.retry_after_s = failure.http_status, failure.retry_after_s
+            except TimeoutError:
+                result.status, result.error = "timeout", f"no complete response within {self.config.timeout_s:g}s"
+            except Exception as exc:  # noqa: BLE001 - any surprise becomes a recorded row, never a lost one
+                result.status, result.error = "error", f"{type(exc).__name__}: {exc}"
+            if result.status not in RETRY_NOW or attempt == self.config.retries:
+                break
+            await asyncio.sleep(retry_delay(attempt, result.retry_after_s, self.config))
+        result.elapsed_s = time.perf_counter() - started
+        return result
+
+    async def _get(self, url: str, read: Callable[[aiohttp.ClientResponse], Awaitable[T]], check_robots: bool) -> tuple[str, T]:
+        """GET following redirects ourselves, so every hop passes the address (and robots) checks."""
+        current = url
+        for _ in range(self.config.max_redirects + 1):
+            host = self._check_url(current)
+            if check_robots:
+                await self._check_robots(current)
+            async with self._host_slot(host), self._request(current) as response:
+                if response.status in REDIRECT_CODES and "Location" in response.headers:
+                    current = urljoin(current, response.headers["Location"])
+                    continue
+                return current, await read(response)
+        raise _Failure("too_many_redirects", f"more than {self.config.max_redirects} redirects (last: {current})")
+
+    @contextlib.asynccontextmanager
+    async def _host_slot(self, host: str) -> AsyncIterator[None]:
+        """Hold a slot of `host` (concurrency + rate) and of the global limit for one request."""
+        gate = self._hosts.get(host)
+        if gate is None:
+            if len(self._hosts) >= _MAX_IDLE_GATES:  # forget idle hosts: flat memory on huge crawls
+                self._hosts = {name: g for name, g in self._hosts.items() if not g.idle()}
+            gate = self._hosts[host] = _HostGate(self.config)
+        gate.users += 1
+        try:
+            async with gate, self._global:
+                yield
+        finally:
+            gate.users -= 1
+
+    def _check_url(self, url: str) -> str:
+        """The URL's host, after syntax and IP-literal SSRF checks."""
+        try:
+            parts = urlsplit(url)
+            host = parts.hostname
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError as exc:
+            raise _Failure("invalid_url", f"unparseable URL: {exc}") from exc
+        if parts.scheme not in ("http", "https") or not host:
+            raise _Failure("invalid_url", f"not an http(s) URL with a host: {url[:200]}")
+        if self.config.allow_listed_only and not self.policy.is_allow_listed(host):
+            raise _Failure("blocked_address", f"refusing {host}: not on the allow-list (allow-listed hosts only)")
+        try:
+            self.policy.check_literal(host)
+        except BlockedAddress as exc:
+            raise _Failure("blocked_address", str(exc)) from exc
+        return host
+
+    async def _check_robots(self, url: str) -> None:
+        parts = urlsplit(url)
+        rules = await self.robots.rules(f"{parts.scheme}://{parts.netloc}")
+        if rules.failure:
+            raise _Failure(rules.failure, f"not fetched, robots.txt of {parts.netloc} unreadable: {rules.error}")
+        if not rules.allows(url, self.config.user_agent):
+            raise _Failure("robots_disallowed", f"robots.txt of {parts.netloc} disallows {parts.path or '/'}")
+
+    def _request(self, url: str):
+        """GET without following redirects, mapping transport errors to failure classes."""
+        return _ClassifiedRequest(self.session, url)
+
+    async def _read_image(self, response: aiohttp.ClientResponse) -> tuple[int, str, bytes]:
+        """Status, opt-out and size checks on the headers, then a bounded body read."""
+        status = response.status
+        if status >= 400 or status < 200:
+            kind = "http_429" if status == 429 else "http_4xx" if 400 <= status < 500 else "http_5xx" if status >= 500 else "error"
+            retry_after = parse_retry_after(response.headers.get("Retry-After")) if status in (429, 503) else None
+            raise _Failure(kind, f"HTTP {status} {response.reason or ''}".strip(), status, retry_after)
+        if status >= 300:
+            raise _Failure("error", f"HTTP {status} without a Location header", status)
+        if self.config.respect_x_robots:
+            directive = x_robots_opt_out(response.headers.getall("X-Robots-Tag", []), self.config.user_agent)
+            if directive:
+                raise _Failure("opted_out", f"X-Robots-Tag: {directive}", status)
+        content_type = response.content_type or ""
+        if any(content_type.startswith(prefix) for prefix in self.config.reject_content_types):
+            raise _Failure("not_image", f"Content-Type {content_type} is not an image", status)
+        if response.content_length is not None and response.content_length > self.config.max_bytes:
+            raise _Failure("too_large", f"Content-Length {response.content_length} > {self.config.max_bytes} bytes", status)
+        body = await _read_limited(response, self.config.max_bytes)
+        if body is None:
+            raise _Failure("too_large", f"body exceeds {self.config.max_bytes} bytes", status)
+        return status, content_type, body
+
+    async def _fetch_robots(self, robots_url: str) -> RobotsRules:
+        """GET robots.txt through the same guards (address policy, host gate, redirects); never raises."""
+        try:
+            async with asyncio.timeout(self.config.timeout_s):
+                return (await self._get(robots_url, self._read_robots, check_robots=False))[1]
+        except _Failure as failure:
+            if failure.status == "too_many_redirects":
+                return parse_robots(404, None)  # RFC 9309: treat as "unavailable", i.e. no rules
+            return RobotsRules(None, failure.status, failure.error)
+        except TimeoutError:
+            return RobotsRules(None, "timeout", f"no response within {self.config.timeout_s:g}s")
+        except Exception as exc:  # noqa: BLE001 - recorded on every row of the host, never raised
+            return RobotsRules(None, "error", f"{type(exc).__name__}: {exc}")
+
+    async def _read_robots(self, response: aiohttp.ClientResponse) -> RobotsRules:
+        return parse_robots(response.status, await _read_limited(response, self.config.robots_max_bytes, truncate=True))
+
+
+class _HostGate:
+    """Per-host concurrency limit and minimum spacing between request starts (politeness)."""
+
+    def __init__(self, config: DownloadConfig) -> None:
+        self._slots = asyncio.Semaphore(config.per_host_concurrency)
+        self._interval = 1.0 / config.per_host_rate if config.per_host_rate > 0 else 0.0
+        self._next_start = 0.0
+        self.users = 0
+
+    def idle(self) -> bool:
+        return self.users == 0 and self._next_start <= time.monotonic()
+
+    async def __aenter__(self) -> _HostGate:
+        await self._slots.acquire()
+        if self._interval:
+            now = time.monotonic()
+            start = max(now, self._next_start)
+            self._next_start = start + self._interval
+            if start > now:
+                await asyncio.sleep(start - now)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self._slots.release()
+
+
+class _ClassifiedRequest:
+    """`async with` around session.get that turns aiohttp/OS errors into _Failure classes."""
+
+    def __init__(self, session: aiohttp.ClientSession, url: str) -> None:
+        self._session, self._url = session, url
+        self._response: aiohttp.ClientResponse | None = None
+
+    async def __aenter__(self) -> aiohttp.ClientResponse:
+        try:
+            self._response = await self._session.get(self._url, allow_redirects=False)
+        except Exception as exc:
+            raise classify_exception(exc) from exc
+        return self._response
+
+    async def __aexit__(self, exc_type, exc, tb) -> None:
+        if self._response is not None:
+            self._response.release()
+        if exc is not None and not isinstance(exc, (_Failure, asyncio.CancelledError, TimeoutError)):
+            raise classify_exception(exc) from exc
+
+
+def classify_exception(exc: BaseException) -> _Failure:
+    """Map a transport exception to a download failure class with a readable reason."""
+    blocked = exc if isinstance(exc, BlockedAddress) else getattr(exc, "os_error", None) or exc.__cause__
+    if isinstance(blocked, BlockedAddress):
+        return _Failure("blocked_address", str(blocked))
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return _Failure("dns", f"DNS lookup failed: {exc}")
+    if isinstance(exc, (aiohttp.ServerTimeoutError, TimeoutError)):
+        return _Failure("timeout", f"timed out: {exc or type(exc).__name__}")
+    if isinstance(exc, aiohttp.TooManyRedirects):
+        return _Failure("too_many_redirects", str(exc))
+    if isinstance(exc, (aiohttp.InvalidURL, ValueError)):
+        return _Failure("invalid_url", f"{type(exc).__name__}: {exc}")
+    if isinstance(exc, (aiohttp.ClientConnectionError, OSError)):
+        return _Failure("connect", f"{type(exc).__name__}: {exc}")
+    return _Failure("error", f"{type(exc).__name__}: {exc}")
+
+
+async def _read_limited(response: aiohttp.ClientResponse, max_bytes: int, truncate: bool = False) -> bytes | None:
+    """Read at most max_bytes; None when the body is longer (or its first max_bytes if truncate)."""
+    chunks, size = [], 0
+    async for chunk in response.content.iter_chunked(_CHUNK):
+        size += len(chunk)
+        if size > max_bytes:
+            if truncate:
+                chunks.append(chunk[: max_bytes - (size - len(chunk))])
+                break
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def retry_delay(attempt: int, retry_after_s: float | None, config: DownloadConfig) -> float:
+    """Seconds before attempt+1: the server's Retry-After (capped), else jittered exponential backoff."""
+    if retry_after_s is not None:
+        return min(retry_after_s, config.max_retry_after_s)
+    return config.backoff_base_s * (2**attempt) * random.uniform(0.5, 1.5)
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Retry-After as seconds to wait: delta-seconds or an HTTP date (RFC 9110); None if absent/bad."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now is None else now))

@@ -1,0 +1,130 @@
+"""Decode / validate / resize / hash, on real photos and on hostile bodies from the image server."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+
+import pytest
+from PIL import Image
+
+from altlake_cli.image_server import bomb_png, generated_bytes, photo_bytes
+from gpu_workers.images import ImageConfig, ImageRejected, decode, resize
+
+RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
+
+
+def stripes(width: int = 400, height: int = 200) -> Image.Image:
+    """Red | green | blue vertical bands: the outer quarters red and blue, the middle half green."""
+    image = Image.new("RGB", (width, height), GREEN)
+    image.paste(RED, (0, 0, width // 4, height))
+    image.paste(BLUE, (3 * width // 4, 0, width, height))
+    return image
+
+
+def close_to(pixel: tuple[int, ...], colour: tuple[int, int, int], tolerance: int = 12) -> bool:
+    return all(abs(a - b) <= tolerance for a, b in zip(pixel, colour))
+
+
+def encoded(image: Image.Image, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt)
+    return buffer.getvalue()
+
+
+def test_real_photo_is_decoded_resized_hashed_and_re_encoded():
+    body = photo_bytes("china", "jpg", 1024)
+    with Image.open(io.BytesIO(body)) as original:
+        size = original.size
+
+    decoded = decode(body, ImageConfig(size=256, resize_mode="border"))
+
+    assert (decoded.original_width, decoded.original_height) == size
+    assert (decoded.width, decoded.height) == (256, 256) == decoded.image.size
+    assert decoded.image.mode == "RGB"
+    assert decoded.sha256 == hashlib.sha256(body).hexdigest()
+    assert decoded.md5 == hashlib.md5(body).hexdigest()
+    with Image.open(io.BytesIO(decoded.stored_bytes)) as stored:
+        assert (stored.format, stored.size) == ("JPEG", (256, 256))
+
+
+def test_border_fits_the_longest_side_and_pads_white():
+    image = resize(stripes(400, 200), 256, "border")
+    assert image.size == (256, 256)
+    assert close_to(image.getpixel((128, 2)), WHITE) and close_to(image.getpixel((128, 253)), WHITE)
+    assert close_to(image.getpixel((2, 128)), RED) and close_to(image.getpixel((253, 128)), BLUE)
+    assert close_to(image.getpixel((128, 128)), GREEN)
+
+
+def test_keep_ratio_scales_the_shortest_side():
+    image = resize(stripes(400, 200), 256, "keep_ratio")
+    assert image.size == (512, 256)
+    assert close_to(image.getpixel((2, 128)), RED)
+
+
+def test_center_crop_keeps_the_middle_square():
+    image = resize(stripes(400, 200), 256, "center_crop")
+    assert image.size == (256, 256)
+    for x in (1, 128, 254):
+        assert close_to(image.getpixel((x, 128)), GREEN), "the red and blue quarters are cropped away"
+
+
+def test_upscales_small_images_and_no_mode_keeps_pixels():
+    assert resize(stripes(100, 50), 256, "border").size == (256, 256)
+    body = encoded(stripes(300, 120))
+    kept = decode(body, ImageConfig(min_bytes=0, resize_mode="no"))
+    unsized = decode(body, ImageConfig(min_bytes=0, size=None, encode_format=None))
+    assert kept.image.size == unsized.image.size == (300, 120)
+    assert unsized.stored_bytes is None
+
+
+def test_large_jpeg_decoded_at_reduced_scale_keeps_its_original_dimensions():
+    body = photo_bytes("astronaut", "jpg", 2048)
+    decoded = decode(body, ImageConfig(size=256, resize_mode="center_crop"))
+    assert (decoded.original_width, decoded.original_height) == (2048, 2048)
+    assert decoded.image.size == (256, 256)
+
+
+def test_transparency_is_flattened_on_white():
+    image = Image.new("RGBA", (300, 300), (0, 0, 0, 0))
+    image.paste((255, 0, 0, 255), (100, 100, 200, 200))
+    decoded = decode(encoded(image), ImageConfig(min_bytes=0, size=None))
+    assert decoded.image.getpixel((10, 10)) == WHITE
+    assert decoded.image.getpixel((150, 150)) == RED
+
+
+def test_webp_and_png_are_accepted():
+    for fmt in ("webp", "png"):
+        decoded = decode(photo_bytes("coffee", fmt), ImageConfig())
+        assert decoded.image.size == (256, 256)
+
+
+@pytest.mark.parametrize(
+    ("body", "config", "status"),
+    [
+        (photo_bytes("coffee", "jpg", 40), ImageConfig(min_bytes=5_000), "too_small"),
+        (bomb_png(), ImageConfig(), "too_many_pixels"),
+        (generated_bytes("big", "png", 200, 200), ImageConfig(min_bytes=0, max_pixels=10_000), "too_many_pixels"),
+        (generated_bytes("anim", "gif", 200, 200), ImageConfig(min_bytes=0), "unsupported_format"),
+        (generated_bytes("bitmap", "bmp", 100, 100), ImageConfig(min_bytes=0), "unsupported_format"),
+        (photo_bytes("astronaut", "jpg")[:20_000], ImageConfig(), "decode_error"),
+        (b"<!doctype html><html>" + b" " * 6000 + b"</html>", ImageConfig(), "not_image"),
+    ],
+    ids=["too_small", "bomb", "over_max_pixels", "gif", "bmp", "truncated", "html"],
+)
+def test_rejections_carry_their_status(body: bytes, config: ImageConfig, status: str):
+    with pytest.raises(ImageRejected) as rejected:
+        decode(body, config)
+    assert rejected.value.status == status
+    assert rejected.value.message
+
+
+def test_formats_are_configurable():
+    gif = generated_bytes("anim", "gif", 200, 200)
+    decoded = decode(gif, ImageConfig(min_bytes=0, formats=("JPEG", "PNG", "WEBP", "GIF")))
+    assert decoded.image.mode == "RGB" and decoded.image.size == (256, 256)
+
+
+def test_bad_config_is_refused():
+    with pytest.raises(ValueError, match="resize_mode"):
+        ImageConfig(resize_mode="stretch")
