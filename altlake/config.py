@@ -34,11 +34,39 @@ class Settings:
     threshold_en: float = 0.28
     threshold_other: float = 0.26
     near_duplicate_cosine: float = 0.96
+    # Release gate: pairs / ok scores must fall within these bounds (LAION-5B kept about 10-20%).
+    kept_fraction_min: float = 0.01
+    kept_fraction_max: float = 0.95
+    # Batch planning: max download attempts per retryable failure class ("class=n,..."; others: 3).
+    retry_limits: str = "dns=2,connect=3,timeout=3,http_5xx=3,http_429=5,error=2"
     # Scoring worker.
     user_agent: str = "altlake/0.1 (+https://github.com/altlake/altlake; image-text dataset research)"
     batch_size: int = 10_000
+    # Where Airflow runs `altlake score` per batch: local (subprocess) | aws_batch | kubernetes.
+    worker_backend: str = "local"
+    worker_image: str = ""  # the worker container (kubernetes; AWS Batch takes it from the job definition)
+    worker_args: str = ""  # extra `altlake score` flags, e.g. "--model ViT-L-14 --pretrained laion2b_s32b_b82k"
+    worker_gpus: int = 1  # GPUs requested per batch container
+    worker_cpus: int = 8  # CPUs requested per batch container (downloads and decoding)
+    worker_memory_gb: int = 24  # memory requested per batch container
+    worker_retries: int = 3  # Airflow retries per batch, with exponential backoff
+    aws_batch_job_queue: str = ""
+    aws_batch_job_definition: str = ""
+    aws_batch_conn_id: str = "aws_default"
+    k8s_namespace: str = "altlake"
     # Airflow.
     airflow_home: str = "airflow_home"
+    # Where Airflow tasks run Spark jobs: local (in the task's process) | submit (spark-submit to
+    # spark_master) | emr_serverless (EMR Serverless through the amazon provider).
+    spark_backend: str = "local"
+    # Common Crawl's crawl list, read to pick the newest crawl for the monthly schedule.
+    crawl_list_url: str = "https://index.commoncrawl.org/collinfo.json"
+    # EMR Serverless (spark_backend=emr_serverless); see infra/aws/README.md.
+    emr_application_id: str = ""
+    emr_execution_role_arn: str = ""
+    emr_code_uri: str = ""  # s3:// prefix holding spark_jobs/*.py and altlake.zip (our packages)
+    emr_log_uri: str = ""  # s3:// prefix for driver/executor logs
+    emr_aws_conn_id: str = "aws_default"
 
     @property
     def release_dir(self) -> str:

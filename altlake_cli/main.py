@@ -18,6 +18,14 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("gpu_workers.worker", "download, embed and tag one batch of candidates"),
     "demo": ("altlake_cli.demo", "run the whole pipeline on a generated crawl, end to end"),
     "airflow": ("altlake_cli.airflow_cmd", "start `airflow standalone` with altlake's DAGs"),
+    "index": ("explore.index", "build the KNN indices of a release (exact or tuned OPQ+IVF+PQ)"),
+    "serve": ("explore.service", "serve a release: clip-retrieval compatible search API and web page"),
+    "subset": ("explore.subset", "write an img2dataset-ready parquet of the pairs nearest to queries"),
+    "plan-batches": ("spark_jobs.batches", "plan scoring batches of unscored / retryable candidates"),
+    "merge-scores": ("spark_jobs.merge_scores", "merge finished worker outputs into the scores table"),
+    "build-release": ("spark_jobs.release", "build, gate and publish a release (or --rebuild one and verify it)"),
+    "takedown": ("spark_jobs.takedowns", "record takedown requests (url, domain, hash list) and apply them"),
+    "image-server": ("altlake_cli.image_server", "serve real, generated and hostile images on 127.0.0.1 (tests, demo, benches)"),
 }
 
 
