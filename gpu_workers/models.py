@@ -1,0 +1,507 @@
+"""The scoring worker's models: CLIP through open_clip, LAION's NSFW and watermark heads.
+
+One loading path for every CLIP: an open_clip model name (a built-in like "ViT-B-32" or the
+project's own "altlake-tiny", registered with open_clip from demo_models/altlake-tiny.json) plus
+weights from exactly one place: an open_clip pretrained tag found in a LOCAL cache, a checkpoint
+file (local path or s3://), or none (random init). Nothing is ever downloaded from a model hub:
+a tag that is not cached is an error that says where to put the file.
+
+The heads reproduce LAION's published architectures so their released weights load unchanged:
+- NSFW: LAION-AI/CLIP-based-NSFW-Detector's autokeras MLP over the CLIP image embedding
+  (Normalization -> Dense+ReLU ... -> Dense(1)+sigmoid), in torch with the key names of the
+  widely used converted state dicts (norm.mean/variance, linear_1..linear_n).
+- Watermark: LAION-AI/LAION-5B-WatermarkDetection's timm efficientnet_b3a whose classifier is
+  Linear(in, 625) ReLU Dropout(0.3) Linear(625, 256) ReLU Linear(256, 2); softmax column 0 is
+  the watermark probability.
+
+"demo" selects the project's own small models trained on generated data (see
+demo_models/MODEL_CARD.md); the demo NSFW head detects a synthetic marker, NOT unsafe content.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import timm
+import torch
+from PIL import Image
+from torch import nn
+from torchvision import transforms as T
+
+from altlake.config import Settings
+
+DEMO_DIR = Path(__file__).resolve().parent / "demo_models"
+DEMO = "demo"
+DEMO_CLIP_MODEL = "altlake-tiny"
+
+# The committed demo checkpoints (fp16 state dicts with their metadata; see MODEL_CARD.md).
+DEMO_FILES = {
+    "clip": DEMO_DIR / "altlake_tiny_clip.pt",
+    "multilingual": DEMO_DIR / "altlake_tiny_multilingual.pt",
+    "nsfw": DEMO_DIR / "nsfw_proxy_head.pt",
+    "watermark": DEMO_DIR / "watermark_head.pt",
+}
+# altlake-tiny keeps the standard open_clip SimpleTokenizer but with a short merge list (a small
+# vocabulary keeps the committed embedding table small); other models use their own tokenizer.
+_TOKENIZER_KWARGS = {DEMO_CLIP_MODEL: {"bpe_path": str(DEMO_DIR / "altlake_tiny_bpe.txt.gz")}}
+
+# LAION's watermark detector: backbone, input size and the normalisation of its training.
+# (LAION named it efficientnet_b3a; timm 1.x folds that alias into efficientnet_b3, same layers.)
+LAION_WATERMARK_BACKBONE = "efficientnet_b3"
+LAION_WATERMARK_IMAGE_SIZE = 256
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+# Register the demo architecture once, so `open_clip.create_model("altlake-tiny")` works like any built-in.
+if DEMO_CLIP_MODEL not in open_clip.list_models():
+    open_clip.add_model_config(DEMO_DIR / f"{DEMO_CLIP_MODEL}.json")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which models a scoring run uses; every field maps to one worker CLI option."""
+
+    clip_model: str = DEMO_CLIP_MODEL  # any open_clip model name, e.g. "ViT-B-32"
+    # open_clip pretrained tag resolved from the LOCAL cache only ("demo" for altlake-tiny's
+    # committed weights, the default for altlake-tiny when neither this nor checkpoint is given).
+    pretrained: str | None = None
+    checkpoint: str | None = None  # local path or s3://bucket/key of an open_clip state dict
+    multilingual_text_model: str | None = None  # "demo", a local path or s3:// URL of a text-tower file
+    nsfw_head: str | None = DEMO  # path / s3 URL of NSFW head weights, "demo" for ours, None to skip
+    watermark_head: str | None = DEMO
+    device: str = "cpu"  # cpu | cuda
+    # Where pretrained tags are looked up and s3:// files cached (default: <Settings.cache_dir>/models).
+    cache_dir: str | None = None
+    # S3-compatible endpoint for s3:// weights (default: Settings.s3_endpoint, then AWS_ENDPOINT_URL).
+    s3_endpoint: str | None = None
+
+
+def unit_rows(x: torch.Tensor) -> np.ndarray:
+    """fp32 L2-normalised rows (normalised after any autocast, so fp16 rounding does not leak)."""
+    return nn.functional.normalize(x.float(), dim=-1).cpu().numpy().astype(np.float32)
+
+
+def tokenizer_for(model_name: str, context_length: int | None = None):
+    """open_clip's tokenizer for `model_name` (altlake-tiny: SimpleTokenizer on its short merge list)."""
+    return open_clip.get_tokenizer(model_name, context_length=context_length, **_TOKENIZER_KWARGS.get(model_name, {}))
+
+
+def similarity(img: np.ndarray, txt: np.ndarray) -> np.ndarray:
+    """Row-wise cosine similarity of two (N, D) embedding arrays (normalises defensively)."""
+    img = np.asarray(img, dtype=np.float32)
+    txt = np.asarray(txt, dtype=np.float32)
+    if img.shape != txt.shape:
+        raise ValueError(f"embedding shapes differ: images {img.shape}, texts {txt.shape}")
+    norms = np.linalg.norm(img, axis=1) * np.linalg.norm(txt, axis=1)
+    return (np.einsum("ij,ij->i", img, txt) / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+# --- the heads (LAION architectures) ---------------------------------------------------------------
+
+
+class Normalization(nn.Module):
+    """Keras' Normalization layer as LAION's autokeras model has it: (x - mean) / sqrt(variance)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("variance", torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.variance.sqrt()
+
+
+# LAION's released stacks: ViT-L/14 (clip_autokeras_binary_nsfw) and ViT-B/32 (clip_autokeras_nsfw_b32).
+NSFW_HIDDEN_L14 = (64, 512, 256)
+NSFW_HIDDEN_B32 = (32, 32)
+
+
+class NsfwHead(nn.Module):
+    """LAION's CLIP-based NSFW detector: Normalization, ReLU Dense layers, a sigmoid unit."""
+
+    def __init__(self, embed_dim: int, hidden: tuple[int, ...] = NSFW_HIDDEN_L14, dropout: float = 0.0):
+        super().__init__()
+        self.norm = Normalization(embed_dim)
+        sizes = (embed_dim, *hidden, 1)
+        self.n_linear = len(sizes) - 1
+        for i in range(self.n_linear):
+            setattr(self, f"linear_{i + 1}", nn.Linear(sizes[i], sizes[i + 1]))
+        self.act = nn.ReLU()
+        self.dropout = nn.Dropout(dropout)  # only active in training; LAION's b32 stack has one
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(x)
+        for i in range(1, self.n_linear):
+            x = self.dropout(self.act(getattr(self, f"linear_{i}")(x)))
+        return torch.sigmoid(getattr(self, f"linear_{self.n_linear}")(x)).squeeze(-1)
+
+    @classmethod
+    def from_state_dict(cls, state_dict: dict[str, torch.Tensor]) -> "NsfwHead":
+        """Rebuild the stack from the layer shapes, so both LAION variants and ours load."""
+        weights = sorted(
+            (int(k.split("_")[1].split(".")[0]), v) for k, v in state_dict.items() if k.startswith("linear_") and k.endswith(".weight")
+        )
+        if not weights:
+            raise ValueError("not an NSFW head state dict: no linear_N.weight keys")
+        embed_dim = weights[0][1].shape[1]
+        head = cls(embed_dim, hidden=tuple(w.shape[0] for _, w in weights[:-1]))
+        head.load_state_dict({k: v.float() for k, v in state_dict.items()})
+        return head
+
+
+def watermark_classifier(in_features: int) -> nn.Sequential:
+    """LAION-5B-WatermarkDetection's replacement classifier; output column 0 = watermark."""
+    return nn.Sequential(
+        nn.Linear(in_features, 625),
+        nn.ReLU(),
+        nn.Dropout(p=0.3),
+        nn.Linear(625, 256),
+        nn.ReLU(),
+        nn.Linear(256, 2),
+    )
+
+
+def build_watermark_model(backbone: str = LAION_WATERMARK_BACKBONE) -> nn.Module:
+    """A timm backbone (no pretrained weights) with LAION's watermark classifier in place of its own."""
+    model = timm.create_model(backbone, pretrained=False, num_classes=2)
+    model.reset_classifier(0)
+    if not hasattr(model, "classifier"):
+        raise ValueError(f"timm model {backbone!r} has no `classifier` attribute; use an EfficientNet/MobileNet-family backbone")
+    # MobileNetV3-style backbones put a conv head between the features and the classifier.
+    model.classifier = watermark_classifier(getattr(model, "head_hidden_size", None) or model.num_features)
+    return model
+
+
+def watermark_transform(image_size: int) -> T.Compose:
+    """LAION's preprocessing: square resize, ImageNet normalisation."""
+    return T.Compose(
+        [
+            T.Lambda(lambda im: im.convert("RGB")),
+            T.Resize((image_size, image_size)),
+            T.ToTensor(),
+            T.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+
+
+# --- loaded models ----------------------------------------------------------------------------------
+
+
+class Models:
+    """Everything a scoring run needs, loaded once per worker process."""
+
+    def __init__(
+        self,
+        clip: nn.Module,
+        transform,
+        tokenizer,
+        clip_id: str,
+        image_size: int,
+        embed_dim: int,
+        device: torch.device,
+        thresholds: dict[str, float],
+        multilingual: tuple[nn.Module, object, str] | None = None,
+        nsfw: tuple[NsfwHead, str] | None = None,
+        watermark: tuple[nn.Module, T.Compose, str] | None = None,
+    ):
+        self._clip, self._transform, self._tokenizer = clip, transform, tokenizer
+        self._multilingual = multilingual
+        self._nsfw = nsfw[0] if nsfw else None
+        self._watermark = watermark[:2] if watermark else None
+        self.device = device
+        self.image_size: int = image_size
+        self.embed_dim: int = embed_dim
+        self.clip_id: str = clip_id
+        self.text_id: str = clip_id  # the CLIP text tower (English and, without a multilingual model, all text)
+        self.multilingual_text_id: str | None = multilingual[2] if multilingual else None
+        self.nsfw_id: str | None = nsfw[1] if nsfw else None
+        self.watermark_id: str | None = watermark[2] if watermark else None
+        # Similarity thresholds calibrated for these weights ({"en": .., "other": ..}); empty when unknown.
+        self.thresholds: dict[str, float] = thresholds
+
+    # -- helpers shared by every call --
+    def _autocast(self):
+        if self.device.type != "cuda":
+            return nullcontext()
+        dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.autocast("cuda", dtype=dtype)
+
+    def _to_device(self, batch: torch.Tensor) -> torch.Tensor:
+        return batch.to(self.device, non_blocking=True)
+
+    def _pin(self, batch: torch.Tensor) -> torch.Tensor:
+        return batch.pin_memory() if self.device.type == "cuda" else batch
+
+    # -- the API the worker calls --
+    def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
+        """A CLIP input batch built with open_clip's own eval transform (pinned on CUDA)."""
+        if not images:
+            return torch.empty(0, 3, self.image_size, self.image_size)
+        return self._pin(torch.stack([self._transform(image) for image in images]))
+
+    def embed_images(self, batch: torch.Tensor) -> np.ndarray:
+        if len(batch) == 0:
+            return np.zeros((0, self.embed_dim), np.float32)
+        with torch.inference_mode(), self._autocast():
+            return unit_rows(self._clip.encode_image(self._to_device(batch)))
+
+    def text_model_for(self, language: str) -> str:
+        """The id of the text encoder `embed_texts` uses for `language` (recorded per row)."""
+        return self.multilingual_text_id if self._uses_multilingual(language) else self.text_id
+
+    def _uses_multilingual(self, language: str) -> bool:
+        return self._multilingual is not None and language != "en"
+
+    def embed_texts(self, texts: list[str], languages: list[str]) -> np.ndarray:
+        """English through CLIP's text tower, other languages through the multilingual encoder (if any)."""
+        if len(texts) != len(languages):
+            raise ValueError(f"{len(texts)} texts but {len(languages)} languages")
+        out = np.zeros((len(texts), self.embed_dim), np.float32)
+        groups: dict[bool, list[int]] = {}
+        for i, language in enumerate(languages):
+            groups.setdefault(self._uses_multilingual(language), []).append(i)
+        for multilingual, rows in groups.items():
+            if multilingual:
+                tower, tokenizer, _ = self._multilingual
+                encode = tower
+            else:
+                tokenizer, encode = self._tokenizer, self._clip.encode_text
+            tokens = self._to_device(self._pin(tokenizer([texts[i] for i in rows])))
+            with torch.inference_mode(), self._autocast():
+                out[rows] = unit_rows(encode(tokens))
+        return out
+
+    def punsafe(self, image_embeddings: np.ndarray) -> np.ndarray | None:
+        """P(unsafe) per image from LAION's NSFW head; None when the run has no NSFW head."""
+        if self._nsfw is None:
+            return None
+        if len(image_embeddings) == 0:
+            return np.zeros(0, np.float32)
+        x = self._to_device(torch.from_numpy(np.ascontiguousarray(image_embeddings, dtype=np.float32)))
+        with torch.inference_mode():
+            return self._nsfw(x).float().cpu().numpy()
+
+    def pwatermark(self, images: list[Image.Image]) -> np.ndarray | None:
+        """P(watermark) per image from LAION's watermark classifier; None when the run has none."""
+        if self._watermark is None:
+            return None
+        if not images:
+            return np.zeros(0, np.float32)
+        model, transform = self._watermark
+        batch = self._to_device(self._pin(torch.stack([transform(image) for image in images])))
+        with torch.inference_mode(), self._autocast():
+            logits = model(batch)
+        return torch.softmax(logits.float(), dim=1)[:, 0].cpu().numpy()
+
+
+# --- loading ----------------------------------------------------------------------------------------
+
+
+def load_models(spec: ModelSpec) -> Models:
+    """Load CLIP (+ optional multilingual text tower and heads) as `spec` says; never downloads."""
+    device = torch.device(spec.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but torch sees no CUDA device; use --device cpu")
+    settings = Settings.from_env()
+    cache_dir = Path(spec.cache_dir or Path(settings.cache_dir) / "models")
+    fetch = _Fetcher(cache_dir, spec.s3_endpoint or settings.s3_endpoint or os.environ.get("AWS_ENDPOINT_URL") or None)
+
+    clip, transform, tokenizer, clip_id, thresholds = _load_clip(spec, cache_dir, fetch, device)
+    cfg = open_clip.get_model_config(spec.clip_model)
+    size = cfg["vision_cfg"]["image_size"]
+    image_size = int(size[0] if isinstance(size, (list, tuple)) else size)
+    embed_dim = int(cfg["embed_dim"])
+    multilingual = None
+    if spec.multilingual_text_model:
+        tower, tower_tokenizer, tower_id, threshold = _load_text_tower(spec.multilingual_text_model, fetch, device, embed_dim)
+        multilingual = (tower, tower_tokenizer, tower_id)
+        if threshold is not None:
+            thresholds["other"] = threshold
+    nsfw = _load_nsfw(spec.nsfw_head, fetch, device, embed_dim) if spec.nsfw_head else None
+    watermark = _load_watermark(spec.watermark_head, fetch, device) if spec.watermark_head else None
+    return Models(clip, transform, tokenizer, clip_id, image_size, embed_dim, device, thresholds, multilingual, nsfw, watermark)
+
+
+def _load_clip(spec: ModelSpec, cache_dir: Path, fetch: "_Fetcher", device: torch.device):
+    if spec.pretrained and spec.checkpoint:
+        raise ValueError("give either a pretrained tag or a checkpoint, not both")
+    name = spec.clip_model
+    if name not in open_clip.list_models():
+        raise ValueError(f"unknown open_clip model {name!r}; known: {', '.join(open_clip.list_models())}")
+    pretrained = spec.pretrained
+    if name == DEMO_CLIP_MODEL and not pretrained and not spec.checkpoint:
+        pretrained = DEMO
+    kwargs: dict = {}
+    metadata: dict = {}
+    if pretrained == DEMO:
+        if name != DEMO_CLIP_MODEL:
+            raise ValueError(f"pretrained='demo' exists only for {DEMO_CLIP_MODEL}, not {name}")
+        path = _demo_file("clip")
+        clip_id = _weights_id(name, DEMO, path)
+    elif pretrained:
+        path, kwargs = _cached_pretrained(name, pretrained, cache_dir)
+        clip_id = f"{name}@{pretrained}"
+    elif spec.checkpoint:
+        path = fetch(spec.checkpoint)
+        clip_id = _weights_id(name, spec.checkpoint, path)
+    else:
+        path, clip_id = None, f"{name}@random-init"
+    if path is not None:
+        metadata = _metadata(path)
+    model, _, transform = open_clip.create_model_and_transforms(name, pretrained=str(path) if path else None, device=device, **kwargs)
+    model.eval()
+    tokenizer = tokenizer_for(name)
+    # Without a multilingual encoder every language goes through this text tower, so one threshold serves all.
+    thresholds = {"en": float(metadata["threshold"]), "other": float(metadata["threshold"])} if "threshold" in metadata else {}
+    return model, transform, tokenizer, clip_id, thresholds
+
+
+def _cached_pretrained(name: str, tag: str, cache_dir: Path) -> tuple[Path, dict]:
+    """Resolve an open_clip pretrained tag to a file already in the local cache, or explain where to put it."""
+    cfg = open_clip.get_pretrained_cfg(name, tag)
+    if not cfg:
+        known = open_clip.list_pretrained_tags_by_model(name)
+        raise ValueError(f"{name} has no pretrained tag {tag!r}; known tags: {known or 'none'}")
+    candidates: list[Path] = []
+    where = ""
+    if cfg.get("hf_hub"):
+        from huggingface_hub import try_to_load_from_cache
+
+        # open_clip's convention: "org/repo/file" names a file, "org/repo/" means its default weights file.
+        repo, filename = os.path.split(cfg["hf_hub"])
+        filenames = [filename] if filename else ["open_clip_model.safetensors", "open_clip_pytorch_model.bin"]
+        for candidate in filenames:
+            found = try_to_load_from_cache(repo, candidate, cache_dir=str(cache_dir))
+            if isinstance(found, str):
+                candidates.append(Path(found))
+        where = f"the Hugging Face cache layout under {cache_dir} (repo {repo}, file {' or '.join(filenames)}; e.g. `huggingface-cli download {repo} {filenames[0]} --cache-dir {cache_dir}` on a machine with network access)"
+    if cfg.get("url"):
+        local = cache_dir / os.path.basename(cfg["url"])
+        if local.is_file():
+            candidates.append(local)
+        where = (where + " or " if where else "") + f"{local} (from {cfg['url']})"
+    if not candidates:
+        raise FileNotFoundError(
+            f"pretrained weights {name}/{tag} are not in the local model cache; altlake never downloads weights. "
+            f"Put them at {where}, or pass a checkpoint path instead."
+        )
+    kwargs = {
+        "force_quick_gelu": bool(cfg.get("quick_gelu", False)),
+        "image_mean": cfg.get("mean"),
+        "image_std": cfg.get("std"),
+        "image_interpolation": cfg.get("interpolation"),
+        "image_resize_mode": cfg.get("resize_mode"),
+    }
+    return candidates[0], kwargs
+
+
+def _load_text_tower(source: str, fetch: "_Fetcher", device: torch.device, clip_dim: int):
+    """A multilingual text encoder file: an open_clip TextTransformer trained into CLIP's embedding space."""
+    path = _demo_file("multilingual") if source == DEMO else fetch(source)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(checkpoint, dict) or "text_cfg" not in checkpoint or "state_dict" not in checkpoint:
+        raise ValueError(f"{source} is not a text-tower file (expected keys text_cfg, embed_dim, tokenizer, state_dict)")
+    if int(checkpoint["embed_dim"]) != clip_dim:
+        raise ValueError(f"multilingual text model {source} embeds into {checkpoint['embed_dim']} dims, the CLIP into {clip_dim}")
+    cfg = dict(checkpoint["text_cfg"])
+    tower = open_clip.transformer.TextTransformer(output_dim=clip_dim, **cfg)
+    tower.load_state_dict({k: v.float() for k, v in checkpoint["state_dict"].items()})
+    tower.to(device).eval()
+    tokenizer = tokenizer_for(checkpoint["tokenizer"], context_length=cfg["context_length"])
+    threshold = checkpoint.get("metadata", {}).get("threshold")
+    return tower, tokenizer, _weights_id(checkpoint.get("name", "text-tower"), source, path), threshold
+
+
+def _load_nsfw(source: str, fetch: "_Fetcher", device: torch.device, clip_dim: int) -> tuple[NsfwHead, str]:
+    path = _demo_file("nsfw") if source == DEMO else fetch(source)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    state_dict = checkpoint["state_dict"] if "state_dict" in checkpoint else checkpoint
+    head = NsfwHead.from_state_dict(state_dict)
+    if head.norm.mean.shape[0] != clip_dim:
+        raise ValueError(f"NSFW head {source} expects {head.norm.mean.shape[0]}-dim CLIP embeddings, this CLIP gives {clip_dim}")
+    # The demo head's name says what it detects: a synthetic marker, not NSFW content.
+    name = "laion-nsfw-mlp" if source != DEMO else "laion-nsfw-mlp-unsafe-proxy"
+    return head.to(device).eval(), _weights_id(name, source, path)
+
+
+def _load_watermark(source: str, fetch: "_Fetcher", device: torch.device) -> tuple[nn.Module, T.Compose, str]:
+    """LAION's watermark model file (a bare state dict) or ours (state dict + backbone + image size)."""
+    path = _demo_file("watermark") if source == DEMO else fetch(source)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    if "state_dict" in checkpoint:
+        backbone, image_size, state_dict = checkpoint["backbone"], int(checkpoint["image_size"]), checkpoint["state_dict"]
+    else:
+        backbone, image_size, state_dict = LAION_WATERMARK_BACKBONE, LAION_WATERMARK_IMAGE_SIZE, checkpoint
+    model = build_watermark_model(backbone)
+    model.load_state_dict({k: v.float() for k, v in state_dict.items()})
+    return model.to(device).eval(), watermark_transform(image_size), _weights_id(f"laion-watermark-{backbone}", source, path)
+
+
+# --- files -------------------------------------------------------------------------------------------
+
+
+def _demo_file(kind: str) -> Path:
+    path = DEMO_FILES[kind]
+    if not path.is_file():
+        raise FileNotFoundError(f"demo {kind} checkpoint missing at {path}; recreate it with `python -m gpu_workers.demo_models.train`")
+    return path
+
+
+def _metadata(path: Path) -> dict:
+    """The `metadata` dict altlake stores next to a state dict (calibrated threshold, ...), if any."""
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    return dict(checkpoint.get("metadata", {})) if isinstance(checkpoint, dict) else {}
+
+
+def _weights_id(name: str, source: str, path: Path) -> str:
+    """The model id recorded per row: architecture plus where the weights came from and their hash."""
+    return f"{name}@{'demo-' if source == DEMO else 'sha256:'}{_digest(path)}"
+
+
+def _digest(path: Path) -> str:
+    """Short content hash: the model id changes whenever the weights do."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:12]
+
+
+class _Fetcher:
+    """Resolves a weights location to a local file: local paths as they are, s3:// into the cache."""
+
+    def __init__(self, cache_dir: Path, endpoint: str | None):
+        self.cache_dir, self.endpoint = cache_dir, endpoint
+
+    def __call__(self, location: str) -> Path:
+        if location.startswith(("s3://", "s3a://")):
+            return self._from_s3(location)
+        path = Path(location)
+        if not path.is_file():
+            raise FileNotFoundError(f"weights file not found: {location}")
+        return path
+
+    def _from_s3(self, url: str) -> Path:
+        """Download once per object version (ETag), atomically, so concurrent workers never read a half file."""
+        import boto3
+
+        bucket, _, key = url.split("://", 1)[1].partition("/")
+        if not bucket or not key:
+            raise ValueError(f"not an s3://bucket/key URL: {url}")
+        client = boto3.client("s3", endpoint_url=self.endpoint)
+        etag = client.head_object(Bucket=bucket, Key=key)["ETag"].strip('"')
+        local = self.cache_dir / "s3" / bucket / key
+        stamp = local.with_name(local.name + ".etag")
+        if local.is_file() and stamp.is_file() and stamp.read_text() == etag:
+            return local
+        local.parent.mkdir(parents=True, exist_ok=True)
+        partial = local.with_name(f"{local.name}.{os.getpid()}.part")
+        client.download_file(bucket, key, str(partial))
+        partial.replace(local)
+        stamp.write_text(etag)
+        return local

@@ -1,0 +1,231 @@
+"""The scoring models through the worker's API: the committed demo models, real open_clip
+architectures by name, s3:// checkpoints through a moto server, LAION head layouts."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import replace
+
+import boto3
+import numpy as np
+import pytest
+import torch
+from moto.server import ThreadedMotoServer
+
+from gpu_workers import models as M
+from gpu_workers.demo_models import synthetic as S
+from gpu_workers.models import ModelSpec, load_models, similarity
+
+HELD_OUT_SEED = 987_654  # training used seeds 0 and 1000: these scenes were never seen
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch, tmp_path):
+    """No hub, ever: huggingface_hub refuses network calls and the model cache starts empty.
+
+    One torch thread while here (OpenMP spin-waits crawl on a shared 2-core box), restored after
+    because the thread count is process-wide and other tests compare float outputs across runs."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("ALTLAKE_CACHE_DIR", str(tmp_path / "cache"))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return load_models(ModelSpec(multilingual_text_model="demo"))
+
+
+def held_out(n: int, seed: int = HELD_OUT_SEED, **variants) -> tuple[list[S.SceneSpec], list]:
+    rng = random.Random(seed)
+    specs = [S.random_spec(rng, **variants) for _ in range(n)]
+    return specs, [S.render(s) for s in specs]
+
+
+def caption_scores(models: M.Models, language: str, n: int = 240) -> tuple[np.ndarray, np.ndarray]:
+    specs, images = held_out(n, seed=HELD_OUT_SEED + len(language) + ord(language[0]))
+    rng = random.Random(5)
+    img = models.embed_images(models.preprocess(images))
+    matching = [S.caption(s, language) for s in specs]
+    mismatched = [S.caption(S.mismatched_spec(s, rng), language) for s in specs]
+    languages = [language] * n
+    return (
+        similarity(img, models.embed_texts(matching, languages)),
+        similarity(img, models.embed_texts(mismatched, languages)),
+    )
+
+
+def test_demo_models_return_unit_float32_embeddings_and_ids(demo):
+    _, images = held_out(5)
+    batch = demo.preprocess(images)
+    assert batch.shape == (5, 3, demo.image_size, demo.image_size)
+    img = demo.embed_images(batch)
+    txt = demo.embed_texts(["one red circle on the left"] * 5, ["en"] * 5)
+    for emb in (img, txt):
+        assert emb.dtype == np.float32 and emb.shape == (5, demo.embed_dim)
+        np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    assert demo.clip_id.startswith("altlake-tiny@demo-")
+    assert demo.nsfw_id and demo.watermark_id and demo.multilingual_text_id
+    assert len({demo.clip_id, demo.nsfw_id, demo.watermark_id, demo.multilingual_text_id}) == 4
+    assert set(demo.thresholds) == {"en", "other"}
+
+
+def test_demo_clip_separates_matching_from_mismatched_captions_on_held_out_scenes(demo):
+    matching, mismatched = caption_scores(demo, "en")
+    threshold = demo.thresholds["en"]
+    assert (matching > threshold).mean() >= 0.95
+    assert (mismatched <= threshold).mean() >= 0.95
+
+
+@pytest.mark.parametrize("language", ["de", "fr", "es"])
+def test_multilingual_encoder_separates_non_english_captions(demo, language):
+    matching, mismatched = caption_scores(demo, language, n=160)
+    threshold = demo.thresholds["other"]
+    assert (matching > threshold).mean() >= 0.95
+    assert (mismatched <= threshold).mean() >= 0.95
+
+
+def test_texts_are_grouped_by_language_and_returned_in_input_order(demo):
+    english_only = load_models(ModelSpec(nsfw_head=None, watermark_head=None))
+    texts = ["two blue squares at the top", "zwei blaue Quadrate oben", "one red circle on the left", "un cercle rouge à gauche"]
+    languages = ["en", "de", "en", "fr"]
+    mixed = demo.embed_texts(texts, languages)
+    for i, (text, language) in enumerate(zip(texts, languages)):
+        np.testing.assert_allclose(mixed[i], demo.embed_texts([text], [language])[0], atol=1e-5)
+    # English goes through the CLIP text tower either way; other languages through the second encoder.
+    np.testing.assert_allclose(mixed[[0, 2]], english_only.embed_texts([texts[0], texts[2]], ["en", "en"]), atol=1e-5)
+    assert not np.allclose(mixed[1], english_only.embed_texts([texts[1]], ["de"])[0], atol=1e-3)
+    assert demo.text_model_for("de") == demo.multilingual_text_id != demo.text_model_for("en") == demo.clip_id
+    assert english_only.text_model_for("de") == english_only.clip_id
+    assert english_only.thresholds["other"] == english_only.thresholds["en"] != demo.thresholds["other"]
+    with pytest.raises(ValueError, match="2 texts but 1 languages"):
+        demo.embed_texts(["a", "b"], ["en"])
+
+
+def test_nsfw_proxy_head_separates_marked_images(demo):
+    _, clean = held_out(100)
+    _, marked = held_out(100, seed=HELD_OUT_SEED + 1, unsafe_proxy=True)
+    p_clean = demo.punsafe(demo.embed_images(demo.preprocess(clean)))
+    p_marked = demo.punsafe(demo.embed_images(demo.preprocess(marked)))
+    assert p_clean.shape == (100,) and p_clean.dtype == np.float32
+    accuracy = ((p_marked > 0.5).sum() + (p_clean <= 0.5).sum()) / 200
+    assert accuracy >= 0.9
+
+
+def test_watermark_head_separates_watermarked_images(demo):
+    _, clean = held_out(100, seed=HELD_OUT_SEED + 2)
+    _, marked = held_out(100, seed=HELD_OUT_SEED + 3, watermark=True)
+    p_clean, p_marked = demo.pwatermark(clean), demo.pwatermark(marked)
+    assert p_marked.shape == (100,)
+    accuracy = ((p_marked > 0.5).sum() + (p_clean <= 0.5).sum()) / 200
+    assert accuracy >= 0.9
+
+
+def test_heads_are_optional():
+    models = load_models(ModelSpec(nsfw_head=None, watermark_head=None))
+    _, images = held_out(2)
+    assert models.punsafe(models.embed_images(models.preprocess(images))) is None
+    assert models.pwatermark(images) is None
+    assert models.nsfw_id is None and models.watermark_id is None
+
+
+def test_open_clip_architecture_by_name_without_network():
+    models = load_models(ModelSpec(clip_model="ViT-B-32", nsfw_head=None, watermark_head=None))
+    assert (models.image_size, models.embed_dim, models.clip_id) == (224, 512, "ViT-B-32@random-init")
+    _, images = held_out(2)
+    emb = models.embed_images(models.preprocess(images))
+    assert emb.shape == (2, 512)
+    assert similarity(emb, models.embed_texts(["a photo", "eine Katze"], ["en", "de"])).shape == (2,)
+
+
+def test_uncached_pretrained_tag_is_a_clear_error(tmp_path):
+    spec = ModelSpec(clip_model="ViT-B-32", pretrained="laion2b_s34b_b79k", nsfw_head=None, watermark_head=None, cache_dir=str(tmp_path / "models"))
+    with pytest.raises(FileNotFoundError, match="never downloads") as error:
+        load_models(spec)
+    assert str(tmp_path / "models") in str(error.value) and "laion/CLIP-ViT-B-32-laion2B-s34B-b79K" in str(error.value)
+    with pytest.raises(ValueError, match="no pretrained tag 'nope'"):
+        load_models(replace(spec, pretrained="nope"))
+
+
+def test_bad_model_choices_are_rejected(tmp_path):
+    with pytest.raises(ValueError, match="unknown open_clip model"):
+        load_models(ModelSpec(clip_model="ViT-Nope"))
+    with pytest.raises(FileNotFoundError, match="weights file not found"):
+        load_models(ModelSpec(checkpoint=str(tmp_path / "missing.pt")))
+    # The demo NSFW head reads altlake-tiny's 64-dim embeddings, not ViT-B-32's 512.
+    with pytest.raises(ValueError, match="expects 64-dim CLIP embeddings"):
+        load_models(ModelSpec(clip_model="ViT-B-32", watermark_head=None))
+
+
+@pytest.fixture
+def s3(monkeypatch):
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    for name, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("ALTLAKE_S3_ENDPOINT", endpoint)  # the endpoint comes from Settings, as in production
+    client = boto3.client("s3", endpoint_url=endpoint)
+    client.create_bucket(Bucket="weights")
+    yield client
+    server.stop()
+
+
+def test_checkpoint_loads_from_s3_and_refreshes_when_the_object_changes(s3, tmp_path):
+    local = M.DEMO_FILES["clip"]
+    s3.upload_file(str(local), "weights", "clip/tiny.pt")
+    spec = ModelSpec(checkpoint="s3://weights/clip/tiny.pt", nsfw_head=None, watermark_head=None)
+    from_s3 = load_models(spec)
+    from_file = load_models(ModelSpec(checkpoint=str(local), nsfw_head=None, watermark_head=None))
+    _, images = held_out(4)
+    batch = from_file.preprocess(images)
+    np.testing.assert_allclose(from_s3.embed_images(batch), from_file.embed_images(batch), atol=1e-6)
+    assert from_s3.clip_id == from_file.clip_id and from_s3.clip_id.startswith("altlake-tiny@sha256:")
+    assert from_s3.thresholds == from_file.thresholds  # the calibration travels inside the file
+
+    # New weights under the same key: the cached copy is stale and must not be used.
+    other = tmp_path / "other.pt"
+    checkpoint = torch.load(local, weights_only=True)
+    checkpoint["state_dict"] = {k: v * 0.5 if v.is_floating_point() else v for k, v in checkpoint["state_dict"].items()}
+    torch.save(checkpoint, other)
+    s3.upload_file(str(other), "weights", "clip/tiny.pt")
+    refreshed = load_models(spec)
+    assert refreshed.clip_id != from_s3.clip_id
+    assert not np.allclose(refreshed.embed_images(batch), from_s3.embed_images(batch), atol=1e-3)
+
+
+def test_laion_nsfw_layouts_load_from_bare_state_dicts(tmp_path):
+    """LAION's converted ViT-B/32 and ViT-L/14 heads are bare state dicts with these key names."""
+    for dim, hidden in ((512, M.NSFW_HIDDEN_B32), (768, M.NSFW_HIDDEN_L14)):
+        head = M.NsfwHead(dim, hidden)
+        linears = [f"linear_{i}.{p}" for i in range(1, len(hidden) + 2) for p in ("weight", "bias")]
+        assert set(head.state_dict()) == {"norm.mean", "norm.variance", *linears}
+        path = tmp_path / f"nsfw_{dim}.pth"
+        torch.save(head.state_dict(), path)
+        loaded = M.NsfwHead.from_state_dict(torch.load(path, weights_only=True))
+        x = torch.randn(3, dim)
+        torch.testing.assert_close(loaded(x), head.eval()(x))
+    b32 = load_models(ModelSpec(clip_model="ViT-B-32", nsfw_head=str(tmp_path / "nsfw_512.pth"), watermark_head=None))
+    _, images = held_out(3)
+    p = b32.punsafe(b32.embed_images(b32.preprocess(images)))
+    assert p.shape == (3,) and ((p >= 0) & (p <= 1)).all()
+    assert b32.nsfw_id.startswith("laion-nsfw-mlp@sha256:")
+
+
+def test_laion_watermark_model_layout(tmp_path):
+    """A bare state dict is LAION's file: efficientnet_b3(a) at 256 px with the replaced classifier."""
+    model = M.build_watermark_model()
+    layers = list(model.classifier)
+    assert [type(layer).__name__ for layer in layers] == ["Linear", "ReLU", "Dropout", "Linear", "ReLU", "Linear"]
+    assert (layers[0].in_features, layers[0].out_features, layers[3].out_features, layers[5].out_features) == (1536, 625, 256, 2)
+    assert layers[2].p == 0.3
+    path = tmp_path / "watermark_model_v1.pt"
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}, path)
+    loaded = load_models(ModelSpec(nsfw_head=None, watermark_head=str(path)))
+    assert loaded.watermark_id.startswith("laion-watermark-efficientnet_b3@sha256:")
+    _, images = held_out(1)
+    p = loaded.pwatermark(images)
+    assert p.shape == (1,) and 0 <= p[0] <= 1
