@@ -1,0 +1,243 @@
+"""Batch planning: turn unscored candidates into scoring batches (`batches` table + input parquet).
+
+A candidate is planned when it has no score yet, or when its last score is a retryable failure
+(altlake.schemas.RETRYABLE_STATUSES) with fewer attempts than that class allows
+(Settings.retry_limits). Permanent failures are never re-queued, and uids already in a batch that
+is planned but not merged are left alone, so two planners never hand one uid out twice.
+
+A batch id is a hash of its sorted (uid, attempts) list: re-planning after a crash produces the
+same ids and the same files, and a retry of the same uids (attempts moved on) gets a new id, so
+the worker never mistakes it for the finished earlier batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import sys
+import tempfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script by spark-submit: make our packages importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from altlake.config import Settings
+from altlake.schemas import BATCH_FAILED, BATCH_PLANNED, BATCHES, CANDIDATES, RETRYABLE_STATUSES
+from spark_jobs.takedowns import lake_paths, read_table, table_path
+
+DEFAULT_RETRY_LIMIT = 3
+BATCH_ID_CHARS = 20
+
+
+def parse_retry_limits(spec: str) -> dict[str, int]:
+    """"dns=2,timeout=3" -> max attempts per retryable class; unnamed classes get DEFAULT_RETRY_LIMIT."""
+    limits = dict.fromkeys(RETRYABLE_STATUSES, DEFAULT_RETRY_LIMIT)
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or name not in RETRYABLE_STATUSES or not value.strip().isdigit():
+            raise ValueError(
+                f"bad retry limit {item!r}: expected CLASS=N with CLASS one of {', '.join(RETRYABLE_STATUSES)}"
+            )
+        limits[name] = int(value)
+    return limits
+
+
+# --- lake files (local or s3a://), written atomically -------------------------------------------------
+
+
+def _lake_fs(settings: Settings, url: str):
+    """(pyarrow filesystem, path) for a lake URL; S3 honours Settings.s3_endpoint."""
+    from pyarrow import fs
+
+    if url.startswith(("s3://", "s3a://")):
+        bucket_key = url.split("://", 1)[1]
+        return fs.S3FileSystem(endpoint_override=settings.s3_endpoint or None), bucket_key
+    return fs.LocalFileSystem(), url
+
+
+def write_lake_bytes(settings: Settings, url: str, data: bytes) -> None:
+    """Write a whole file or nothing: temp + rename locally, one PUT on S3."""
+    filesystem, path = _lake_fs(settings, url)
+    if "://" in url:
+        with filesystem.open_output_stream(path) as out:
+            out.write(data)
+        return
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+    os.replace(tmp, path)
+
+
+def read_lake_bytes(settings: Settings, url: str) -> bytes | None:
+    """The file's bytes, or None when it does not exist."""
+    from pyarrow import fs
+
+    filesystem, path = _lake_fs(settings, url)
+    if filesystem.get_file_info(path).type != fs.FileType.File:
+        return None
+    with filesystem.open_input_stream(path) as f:
+        return f.read()
+
+
+def list_lake_files(settings: Settings, url: str) -> list[str]:
+    """Names of the files directly under a lake directory (sorted; empty when it is missing)."""
+    from pyarrow import fs
+
+    filesystem, path = _lake_fs(settings, url)
+    infos = filesystem.get_file_info(fs.FileSelector(path, allow_not_found=True))
+    return sorted(i.base_name for i in infos if i.type == fs.FileType.File)
+
+
+def _parquet_bytes(table) -> bytes:
+    import pyarrow.parquet as pq
+
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    return buffer.getvalue()
+
+
+# --- planning ------------------------------------------------------------------------------------------
+
+
+def plan_batches(
+    spark,
+    settings: Settings,
+    crawl: str | None = None,
+    batch_size: int | None = None,
+    max_batches: int | None = None,
+) -> dict:
+    """Plan batches of candidates that need (another) score; returns what was planned and skipped."""
+    from pyspark.sql import functions as F
+
+    batch_size = batch_size or settings.batch_size
+    if batch_size < 1 or (max_batches is not None and max_batches < 1):
+        raise ValueError("batch_size and max_batches must be at least 1")
+    limits = parse_retry_limits(settings.retry_limits)
+    lake = lake_paths(settings)
+
+    candidates = read_table(spark, settings, "candidates")
+    if crawl:
+        candidates = candidates.where(F.col("first_seen_crawl") == crawl)
+    scores = read_table(spark, settings, "scores").select("uid", "status", "attempts")
+    retry_allowed = F.lit(False)
+    for status, limit in limits.items():
+        retry_allowed = retry_allowed | ((F.col("status") == status) & (F.col("attempts") < limit))
+    scored = candidates.select("uid").join(scores, "uid")
+    retryable = scored.where(retry_allowed).select("uid", "attempts")
+    todo = candidates.join(scores, "uid", "left_anti").withColumn("attempts", F.lit(0)).unionByName(
+        candidates.join(retryable, "uid")
+    )
+    in_flight = _planned_uids(spark, settings)
+    todo = todo.join(in_flight, "uid", "left_anti").cache()
+    counts = {
+        "candidates": candidates.count(),
+        "unscored": candidates.join(scores, "uid", "left_anti").count(),
+        "retryable": retryable.count(),
+        "not_retried": scored.where(F.col("status") != "ok").count() - retryable.count(),
+        "already_planned": candidates.join(in_flight, "uid").count(),
+        "eligible": todo.count(),
+    }
+
+    numbered = (
+        todo.orderBy("uid")
+        .rdd.zipWithIndex()
+        .map(lambda pair: (pair[0]["uid"], pair[0]["attempts"], pair[1] // batch_size))
+        .toDF("uid string, attempts int, batch_no bigint")
+        .cache()
+    )
+    capped = numbered if max_batches is None else numbered.where(F.col("batch_no") < max_batches)
+    ids = (
+        capped.groupBy("batch_no")
+        .agg(
+            F.sha2(F.concat_ws("\n", F.sort_array(F.collect_list(F.concat_ws(":", "uid", "attempts")))), 256).alias("h"),
+            F.count("*").alias("n_rows"),
+        )
+        .orderBy("batch_no")
+        .collect()
+    )
+    now = datetime.now(timezone.utc)
+    rows = []
+    for row in ids:
+        batch_id = row["h"][:BATCH_ID_CHARS]
+        members = numbered.where(F.col("batch_no") == row["batch_no"]).select("uid")
+        batch = candidates.join(members, "uid").select(*CANDIDATES.column_names).orderBy("uid").toArrow()
+        write_lake_bytes(settings, lake.batch_input(batch_id), _parquet_bytes(batch.cast(CANDIDATES.to_arrow())))
+        rows.append(
+            (batch_id, crawl, int(row["n_rows"]), lake.batch_input(batch_id), lake.batch_output(batch_id),
+             BATCH_PLANNED, 0, None, now, now)
+        )  # fmt: skip
+    _record_batches(spark, settings, rows)
+    numbered.unpersist()
+    todo.unpersist()
+    planned_rows = sum(r[2] for r in rows)
+    return {
+        **counts,
+        "planned_rows": planned_rows,
+        "left_for_later": counts["eligible"] - planned_rows,
+        "batches": [{"batch_id": r[0], "n_rows": r[2], "input_path": r[3], "output_path": r[4]} for r in rows],
+    }
+
+
+def _planned_uids(spark, settings: Settings):
+    """uids handed to a batch that is planned but not merged yet (read from the batches' inputs)."""
+    planned = read_table(spark, settings, "batches").where(f"status = '{BATCH_PLANNED}'").select("input_path")
+    paths = [r["input_path"] for r in planned.collect()]
+    if not paths:
+        return spark.createDataFrame([], "uid string")
+    return spark.read.parquet(*paths).select("uid").distinct()
+
+
+def _record_batches(spark, settings: Settings, rows: list[tuple]) -> None:
+    """Insert new batches; a failed batch planned again with the same uids goes back to planned."""
+    from delta.tables import DeltaTable
+
+    if not rows:
+        return
+    source = spark.createDataFrame(rows, BATCHES.spark_ddl())
+    (
+        DeltaTable.forPath(spark, table_path(settings, "batches"))
+        .alias("t")
+        .merge(source.alias("s"), "t.batch_id = s.batch_id")
+        .whenMatchedUpdate(
+            condition=f"t.status = '{BATCH_FAILED}'",
+            set={"status": "s.status", "error": "CAST(NULL AS STRING)", "updated_at": "s.updated_at"},
+        )
+        .whenNotMatchedInsertAll()
+        .execute()
+    )
+
+
+# --- CLI ------------------------------------------------------------------------------------------------
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--crawl", help="plan only candidates first seen in this crawl")
+    parser.add_argument("--batch-size", type=int, help="uids per batch (default: ALTLAKE_BATCH_SIZE)")
+    parser.add_argument("--max-batches", type=int, help="plan at most this many batches")
+    parser.add_argument("--lake", help="lake root (default: ALTLAKE_LAKE_DIR)")
+    parser.add_argument("--master", help="Spark master (default: ALTLAKE_SPARK_MASTER)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from spark_jobs.session import get_spark
+
+    settings = Settings.from_env(lake_dir=args.lake, spark_master=args.master)
+    spark = get_spark(settings, "altlake-plan-batches")
+    summary = plan_batches(spark, settings, args.crawl, args.batch_size, args.max_batches)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="batches", description="plan scoring batches")
+    configure(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""Publishing: a release's files, written deterministically, then copied to the release store once.
+
+Layout of `<release_dir>/<release_id>/` (immutable: publishing refuses an existing release):
+
+    parquet/<subset>/part-00000.parquet           LAION-compatible rows (URL, TEXT, WIDTH, ...)
+    embeddings/<subset>/img_emb/img_emb_0.npy     } clip-retrieval layout per subset: row i of
+    embeddings/<subset>/text_emb/text_emb_0.npy   } metadata_N describes row i of both npy files
+    embeddings/<subset>/metadata/metadata_0.parquet
+    gx/<suite>/...                                GX Data Docs of the release gates
+    report.html                                   plots and funnel
+    manifest.json                                 written last: versions, counts, checksums...
+
+Data files are byte-for-byte reproducible from the same rows: each subset is sharded by uid
+range, rows are sorted by uid, parquet is written by pyarrow with fixed options and no schema
+metadata, and no file holds a timestamp. That is what lets `rebuild_release` prove a release.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from altlake.schemas import PAIRS, SUBSETS
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+ROWS_PER_FILE = 1_000_000
+UID_SPACE = 16**8  # shards split the range of the uid's first 8 hex digits
+
+# LAION-5B's column names first, then ours.
+LAION_COLUMNS = {
+    "URL": "url", "TEXT": "text", "WIDTH": "original_width", "HEIGHT": "original_height",
+    "similarity": "similarity", "punsafe": "punsafe", "pwatermark": "pwatermark", "LANGUAGE": "language",
+    "hash": "md5", "sha256": "sha256", "uid": "uid", "license": "license",
+    "first_seen_crawl": "first_seen_crawl", "near_duplicate_of": "near_duplicate_of",
+}  # fmt: skip
+METADATA_COLUMNS = {
+    "uid": "uid", "url": "url", "caption": "text", "similarity": "similarity", "punsafe": "punsafe",
+    "pwatermark": "pwatermark", "sha256": "sha256", "md5": "md5", "width": "width", "height": "height",
+    "language": "language", "near_duplicate_of": "near_duplicate_of",
+}  # fmt: skip
+_ARROW_SCHEMA = pa.schema([f.with_nullable(True) for f in PAIRS.to_arrow()])
+PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 3, "use_dictionary": True, "version": "2.6"}
+
+
+class ReleaseExistsError(RuntimeError):
+    """Releases are immutable: a published id is never written again."""
+
+
+def release_id_for(date: str, inputs: dict) -> str:
+    """YYYYMMDD-<10 hex of the inputs' hash>: same tables, thresholds and code -> same id."""
+    digest = hashlib.sha256(json.dumps({**inputs, "format": FORMAT_VERSION}, sort_keys=True).encode()).hexdigest()
+    return f"{date}-{digest[:10]}"
+
+
+# --- files --------------------------------------------------------------------------------------------
+
+
+def write_release_files(pairs, out_dir: str, rows_per_file: int = ROWS_PER_FILE) -> dict[str, int]:
+    """Write the parquet and embedding files of every subset from the pairs DataFrame.
+
+    Each shard is collected on the driver on its own, so the driver holds one shard at a time.
+    Returns rows per subset.
+    """
+    from pyspark.sql import functions as F
+
+    counts = {}
+    by_subset = {r["subset"]: r["count"] for r in pairs.groupBy("subset").count().collect()}
+    prefix = F.conv(F.substring("uid", 1, 8), 16, 10).cast("long")
+    for subset in SUBSETS:
+        n = int(by_subset.get(subset, 0))
+        shards = max(1, math.ceil(n / rows_per_file))
+        written = 0
+        for shard in range(shards):
+            rows = pairs.where(F.col("subset") == subset)
+            if shards > 1:
+                low, high = shard * UID_SPACE // shards, (shard + 1) * UID_SPACE // shards
+                rows = rows.where((prefix >= low) & (prefix < high))
+            written += _write_shard(rows.orderBy("uid").toArrow(), out_dir, subset, shard)
+        if written != n:  # e.g. uids that are not hex fall in no shard: never publish a partial subset
+            raise ValueError(f"subset {subset}: wrote {written} of {n} rows; uids must be hex hashes")
+        counts[subset] = n
+    return counts
+
+
+def _write_shard(table, out_dir: str, subset: str, shard: int) -> int:
+    """Write one shard's files; returns its row count."""
+    import pyarrow.parquet as pq
+
+    # One fixed arrow schema (all nullable, no metadata), whatever nullability Spark reported.
+    table = table.select(PAIRS.column_names).cast(_ARROW_SCHEMA).replace_schema_metadata(None)
+    laion = table.select(list(LAION_COLUMNS.values())).rename_columns(list(LAION_COLUMNS))
+    _mkdir_for(path := os.path.join(out_dir, "parquet", subset, f"part-{shard:05d}.parquet"))
+    pq.write_table(laion, path, **PARQUET_OPTIONS)
+    if table.num_rows == 0:
+        return 0  # no vectors: an empty subset has no embedding files (its dimension is unknown)
+    base = os.path.join(out_dir, "embeddings", subset)
+    metadata = table.select(list(METADATA_COLUMNS.values())).rename_columns(list(METADATA_COLUMNS))
+    _mkdir_for(path := os.path.join(base, "metadata", f"metadata_{shard}.parquet"))
+    pq.write_table(metadata, path, **PARQUET_OPTIONS)
+    for column in ("img_emb", "text_emb"):
+        _mkdir_for(path := os.path.join(base, column, f"{column}_{shard}.npy"))
+        np.save(path, embeddings_array(table.column(column).to_pylist()), allow_pickle=False)
+    return table.num_rows
+
+
+def embeddings_array(blobs: list[bytes]) -> np.ndarray:
+    """float16 little-endian blobs (one per row) -> an (N, D) float16 array."""
+    return np.frombuffer(b"".join(blobs), dtype="<f2").reshape(len(blobs), -1)
+
+
+def _mkdir_for(path: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+
+
+def file_checksums(root: str) -> dict[str, dict]:
+    """relative path -> {sha256, bytes} for every file under root (the manifest's inventory)."""
+    inventory = {}
+    for path in sorted(Path(root).rglob("*")):
+        if path.is_file() and path.name != MANIFEST:
+            digest = hashlib.sha256()
+            with open(path, "rb") as f:
+                for block in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(block)
+            inventory[path.relative_to(root).as_posix()] = {"sha256": digest.hexdigest(), "bytes": path.stat().st_size}
+    return inventory
+
+
+def data_files(inventory: dict[str, dict]) -> dict[str, dict]:
+    """The reproducible part of a release (what a rebuild must match byte for byte)."""
+    return {k: v for k, v in inventory.items() if k.startswith(("parquet/", "embeddings/"))}
+
+
+def manifest_bytes(manifest: dict) -> bytes:
+    return json.dumps(manifest, indent=2, sort_keys=True).encode()
+
+
+# --- the release store: a local directory or s3://bucket/prefix --------------------------------------
+
+
+class ReleaseStore:
+    """Where releases live. S3 goes through a boto3 client (Airflow passes S3Hook(...).get_conn())."""
+
+    def __init__(self, location: str, client=None, s3_endpoint: str = ""):
+        self.location = location.rstrip("/")
+        self.is_s3 = self.location.startswith(("s3://", "s3a://"))
+        if self.is_s3:
+            import boto3
+
+            self.client = client or boto3.client("s3", endpoint_url=s3_endpoint or None)
+            self.bucket, _, self.prefix = self.location.split("://", 1)[1].partition("/")
+
+    def url(self, release_id: str) -> str:
+        return f"{self.location}/{release_id}"
+
+    def _key(self, release_id: str, name: str) -> str:
+        return "/".join(p for p in (self.prefix, release_id, name) if p)
+
+    def exists(self, release_id: str) -> bool:
+        """Published = its manifest exists (files without one are leftovers of a crashed publish)."""
+        if not self.is_s3:
+            return os.path.exists(os.path.join(self.location, release_id, MANIFEST))
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_object(Bucket=self.bucket, Key=self._key(release_id, MANIFEST))
+            return True
+        except ClientError as error:
+            if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return False
+            raise
+
+    def read_manifest(self, release_id: str) -> dict:
+        if not self.is_s3:
+            return json.loads(Path(self.location, release_id, MANIFEST).read_bytes())
+        body = self.client.get_object(Bucket=self.bucket, Key=self._key(release_id, MANIFEST))["Body"].read()
+        return json.loads(body)
+
+    def publish(self, staging_dir: str, release_id: str, manifest: bytes) -> str:
+        """Copy a staged release in, manifest last, refusing an existing release id."""
+        if self.exists(release_id):
+            raise ReleaseExistsError(f"release {release_id} already exists at {self.url(release_id)}; releases are immutable")
+        Path(staging_dir, MANIFEST).write_bytes(manifest)
+        if not self.is_s3:
+            target = os.path.join(self.location, release_id)
+            shutil.rmtree(target, ignore_errors=True)  # leftovers of a crashed publish (no manifest)
+            os.makedirs(self.location, exist_ok=True)
+            if _same_device(staging_dir, self.location):
+                os.rename(staging_dir, target)  # atomic: the release appears whole
+            else:
+                shutil.copytree(staging_dir, target)
+            return target
+        files = sorted(p for p in Path(staging_dir).rglob("*") if p.is_file() and p.name != MANIFEST)
+        for path in [*files, Path(staging_dir, MANIFEST)]:
+            self.client.upload_file(str(path), self.bucket, self._key(release_id, path.relative_to(staging_dir).as_posix()))
+        return self.url(release_id)
+
+
+def _same_device(a: str, b: str) -> bool:
+    return os.stat(a).st_dev == os.stat(b).st_dev

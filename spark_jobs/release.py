@@ -1,0 +1,397 @@
+"""Release build: candidates + scores -> gated `pairs` table -> an immutable, reproducible release.
+
+Filters, in funnel order (each step counted in the manifest):
+  candidates -> scored -> ok -> similarity >= the language group's threshold (LAION-5B: 0.28 en,
+  0.26 others) -> exact dedup (same url+text, then same image sha256; the winner is the highest
+  similarity, then the smallest uid) -> takedowns (url, domain, sha256, md5).
+Near-duplicate images are marked, not dropped: random-hyperplane LSH puts similar image
+embeddings in the same bucket (inside Spark), and the exact cosine is computed only within
+buckets; a row whose cosine to a better row reaches Settings.near_duplicate_cosine names it in
+`near_duplicate_of`.
+
+Everything reads the source tables at pinned Delta versions, and every choice is deterministic,
+so `rebuild_release` reproduces a published release byte for byte from its manifest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+if __package__ in (None, ""):  # run as a script by spark-submit: make our packages importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from altlake.config import Settings
+from altlake.schemas import PAIRS, RELEASES, STATUS_OK
+from spark_jobs import publish
+from spark_jobs.quality import SUITES, QualityGateError, validate
+from spark_jobs.report import write_report
+from spark_jobs.takedowns import drop_taken_down, lake_paths, read_table, table_path, table_version
+
+SOURCE_TABLES = ("candidates", "scores", "takedowns")
+# Near-duplicate blocking: 16 bands of 16 hyperplanes finds a pair at cosine 0.96 with ~98%
+# probability (per band (1 - 16.3/180)^16 = 0.22) while random pairs share a bucket at 2^-16.
+LSH_BANDS = 16
+LSH_BITS = 16
+LSH_SEED = 20_240_501
+HISTOGRAM_BINS = 20
+TOP_LANGUAGES = 20
+
+
+def subset_of(language_column):
+    """LAION-5B's language groups: en, nolang (detection unreliable), multi (everything else)."""
+    from pyspark.sql import functions as F
+
+    return F.when(language_column == "en", "en").when(language_column == "nolang", "nolang").otherwise("multi")
+
+
+def current_versions(spark, settings: Settings) -> dict[str, int]:
+    """The source tables' latest versions: pinned once, so one build reads one consistent state."""
+    return {name: table_version(spark, settings, name) for name in SOURCE_TABLES}
+
+
+def thresholds(settings: Settings) -> dict[str, float]:
+    return {
+        "en": settings.threshold_en,
+        "multi": settings.threshold_other,
+        "nolang": settings.threshold_other,
+        "near_duplicate_cosine": settings.near_duplicate_cosine,
+    }
+
+
+# --- pairs -----------------------------------------------------------------------------------------
+
+
+def compute_pairs(spark, settings: Settings, versions: dict[str, int]):
+    """(pairs DataFrame in the PAIRS schema, cached; facts: funnel, statuses, models) at `versions`."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    candidates = read_table(spark, settings, "candidates", versions["candidates"])
+    scores = read_table(spark, settings, "scores", versions["scores"])
+    takedowns = read_table(spark, settings, "takedowns", versions["takedowns"])
+
+    scored = candidates.join(scores.drop("url"), "uid").cache()
+    ok = scored.where(
+        (F.col("status") == STATUS_OK) & F.col("sha256").isNotNull() & F.col("img_emb").isNotNull()
+        & F.col("text_emb").isNotNull() & F.col("similarity").isNotNull()
+    ).withColumn("subset", subset_of(F.col("language")))  # fmt: skip
+    threshold = F.when(F.col("subset") == "en", F.lit(settings.threshold_en)).otherwise(F.lit(settings.threshold_other))
+    above = ok.where(F.col("similarity") >= threshold)
+    best_first = [F.col("similarity").desc(), F.col("uid").asc()]
+    by_pair = above.withColumn("_rank", F.row_number().over(Window.partitionBy("url", "text").orderBy(*best_first)))
+    by_pair = by_pair.where("_rank = 1").drop("_rank")
+    deduped = by_pair.withColumn("_rank", F.row_number().over(Window.partitionBy("sha256").orderBy(*best_first)))
+    deduped = deduped.where("_rank = 1").drop("_rank").cache()
+    kept = drop_taken_down(deduped, takedowns, ("sha256", "md5"))
+    marked = mark_near_duplicates(kept, settings.near_duplicate_cosine)
+    pairs = marked.select(*[F.col(c.name).cast(c.type) for c in PAIRS.columns]).cache()
+
+    funnel = {
+        "candidates": candidates.count(),
+        "scored": scored.count(),
+        "ok": ok.count(),
+        "above_threshold": above.count(),
+        "after_exact_dedup": deduped.count(),
+        "after_takedowns": pairs.count(),
+        "near_duplicates_marked": pairs.where(F.col("near_duplicate_of").isNotNull()).count(),
+    }
+    statuses = {r["status"]: r["count"] for r in scored.groupBy("status").count().orderBy(F.desc("count"), "status").collect()}
+    models = {
+        column: sorted(r[column] for r in ok.select(column).distinct().collect() if r[column] is not None)
+        for column in ("clip_model", "text_model", "nsfw_model", "watermark_model")
+    }
+    scored.unpersist()
+    deduped.unpersist()
+    return pairs, {"funnel": funnel, "statuses": statuses, "models": models}
+
+
+def lsh_planes(dim: int, bands: int = LSH_BANDS, bits: int = LSH_BITS, seed: int = LSH_SEED) -> np.ndarray:
+    """The fixed random hyperplanes (seeded: the same buckets on every build and rebuild)."""
+    return np.random.default_rng(seed).standard_normal((bands * bits, dim)).astype(np.float32)
+
+
+def mark_near_duplicates(df, min_cosine: float, bands: int = LSH_BANDS, bits: int = LSH_BITS):
+    """`df` plus near_duplicate_of: the best (highest similarity, then smallest uid) other row whose
+    image embedding has cosine >= min_cosine, found by LSH blocking + exact cosine per bucket."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+    from pyspark.sql.functions import pandas_udf
+
+    first = df.select(F.length("img_emb").alias("n")).first()
+    if first is None:
+        return df.withColumn("near_duplicate_of", F.lit(None).cast("string"))
+    planes = lsh_planes(first["n"] // 2, bands, bits)
+    weights = (1 << np.arange(bits, dtype=np.int64))
+
+    @pandas_udf("array<bigint>")
+    def bucket_keys(embeddings: pd.Series) -> pd.Series:
+        vectors = np.frombuffer(b"".join(embeddings), dtype="<f2").reshape(len(embeddings), -1).astype(np.float32)
+        signs = (vectors @ planes.T > 0).reshape(len(embeddings), bands, bits)
+        keys = (signs * weights).sum(axis=2) + np.arange(bands, dtype=np.int64) * (1 << bits)
+        return pd.Series(list(keys))
+
+    @pandas_udf("float")
+    def cosine(a: pd.Series, b: pd.Series) -> pd.Series:
+        left = np.frombuffer(b"".join(a), dtype="<f2").reshape(len(a), -1).astype(np.float32)
+        right = np.frombuffer(b"".join(b), dtype="<f2").reshape(len(b), -1).astype(np.float32)
+        return pd.Series((left * right).sum(axis=1))
+
+    keyed = df.select("uid", F.explode(bucket_keys("img_emb")).alias("bucket"))
+    candidates = (
+        keyed.alias("a")
+        .join(keyed.alias("b"), (F.col("a.bucket") == F.col("b.bucket")) & (F.col("a.uid") < F.col("b.uid")))
+        .select(F.col("a.uid").alias("uid_a"), F.col("b.uid").alias("uid_b"))
+        .distinct()
+    )
+    side = lambda name: df.select(  # noqa: E731
+        F.col("uid").alias(f"uid_{name}"), F.col("img_emb").alias(f"emb_{name}"), F.col("similarity").alias(f"sim_{name}")
+    )
+    close = (
+        candidates.join(side("a"), "uid_a")
+        .join(side("b"), "uid_b")
+        .where(cosine("emb_a", "emb_b") >= F.lit(min_cosine))
+    )
+    a_wins = F.col("sim_a") >= F.col("sim_b")  # on a tie the smaller uid (always a) wins
+    links = close.select(
+        F.when(a_wins, F.col("uid_b")).otherwise(F.col("uid_a")).alias("uid"),
+        F.when(a_wins, F.col("uid_a")).otherwise(F.col("uid_b")).alias("near_duplicate_of"),
+        F.when(a_wins, F.col("sim_a")).otherwise(F.col("sim_b")).alias("_winner_sim"),
+    )
+    best = links.withColumn(
+        "_rank", F.row_number().over(Window.partitionBy("uid").orderBy(F.desc("_winner_sim"), "near_duplicate_of"))
+    ).where("_rank = 1")
+    return df.join(best.select("uid", "near_duplicate_of"), "uid", "left")
+
+
+def write_pairs(spark, settings: Settings, pairs) -> int:
+    """Replace the pairs table in one commit; returns the new version."""
+    pairs.write.format("delta").mode("overwrite").save(table_path(settings, "pairs"))
+    return table_version(spark, settings, "pairs")
+
+
+# --- gates -----------------------------------------------------------------------------------------
+
+
+def gate(spark, settings: Settings, scores, pairs, funnel: dict, docs_dir: str) -> dict:
+    """GX suites for scores and pairs plus the cross-layer counts (pairs <= ok <= candidates, kept
+    fraction within bounds). Data Docs go to docs_dir/<table>; any failure raises QualityGateError."""
+    n_ok = funnel["ok"]
+    min_pairs = max(1, math.ceil(settings.kept_fraction_min * n_ok))
+    max_pairs = min(n_ok, math.floor(settings.kept_fraction_max * n_ok))
+    layers = {
+        "scores": [("expect_table_row_count_to_be_between", {"max_value": funnel["candidates"]})],
+        "pairs": [
+            ("expect_table_row_count_to_be_between", {"min_value": min_pairs, "max_value": max_pairs}),
+            ("expect_column_values_to_be_between", {"column": "similarity", "min_value": min(settings.threshold_en, settings.threshold_other)}),
+        ],
+    }  # fmt: skip
+    reports = {
+        name: validate(spark, name, df, SUITES[name] + layers[name], docs_dir=os.path.join(docs_dir, name))
+        for name, df in (("scores", scores), ("pairs", pairs))
+    }
+    summary = {
+        name: {
+            "success": r.success,
+            "evaluated": len(r.outcomes),
+            "failed": [o.describe() for o in r.failures],
+        }
+        for name, r in reports.items()
+    }
+    for report in reports.values():
+        report.raise_for_failures()
+    return summary
+
+
+# --- the release -----------------------------------------------------------------------------------
+
+
+def _histogram(df, column: str, bins: int = HISTOGRAM_BINS) -> dict:
+    """Counts over [0, 1] in `bins` equal bins (values outside land in the edge bins)."""
+    from pyspark.sql import functions as F
+
+    index = F.least(F.greatest(F.floor(F.col(column) * bins), F.lit(0)), F.lit(bins - 1)).cast("int")
+    found = {r["i"]: r["count"] for r in df.where(F.col(column).isNotNull()).groupBy(index.alias("i")).count().collect()}
+    return {"edges": [round(i / bins, 6) for i in range(bins + 1)], "counts": [int(found.get(i, 0)) for i in range(bins)]}
+
+
+def _release_inputs(versions: dict[str, int], settings: Settings) -> dict:
+    """What a release id hashes: the source versions and every parameter that shapes the rows."""
+    return {
+        "sources": {k: versions[k] for k in SOURCE_TABLES},
+        "thresholds": thresholds(settings),
+        "near_duplicates": {"bands": LSH_BANDS, "bits": LSH_BITS, "seed": LSH_SEED},
+    }
+
+
+def _store(settings: Settings, client=None) -> publish.ReleaseStore:
+    return publish.ReleaseStore(settings.release_dir, client=client, s3_endpoint=settings.s3_endpoint)
+
+
+def _staging_dir(store: publish.ReleaseStore, release_id: str) -> str:
+    """Stage next to a local store (so publishing is one atomic rename), else in the temp dir."""
+    if store.is_s3:
+        return tempfile.mkdtemp(prefix=f"altlake-{release_id}-")
+    path = os.path.join(store.location, f".staging-{release_id}-{uuid.uuid4().hex[:8]}")
+    os.makedirs(path)
+    return path
+
+
+def build_release(
+    spark,
+    settings: Settings,
+    client=None,
+    date: str | None = None,
+    run_id: str | None = None,
+    rows_per_file: int = publish.ROWS_PER_FILE,
+) -> dict:
+    """Build pairs, gate them, publish `<release_dir>/<release_id>/` and record it in `releases`.
+
+    Refuses (ReleaseExistsError) when the same inputs were already released that day; raises
+    QualityGateError, before touching the pairs table, when a GX expectation fails.
+    """
+    from delta.tables import DeltaTable
+
+    date = date or datetime.now(timezone.utc).strftime("%Y%m%d")
+    versions = current_versions(spark, settings)
+    release_id = publish.release_id_for(date, _release_inputs(versions, settings))
+    store = _store(settings, client)
+    if store.exists(release_id):
+        raise publish.ReleaseExistsError(f"release {release_id} already exists at {store.url(release_id)}; releases are immutable")
+
+    pairs, facts = compute_pairs(spark, settings, versions)
+    docs_dir = lake_paths(settings).gx_docs(run_id or release_id)
+    scores = read_table(spark, settings, "scores", versions["scores"])
+    gx_summary = gate(spark, settings, scores, pairs, facts["funnel"], docs_dir)
+    versions = {**versions, "pairs": write_pairs(spark, settings, pairs)}
+    pairs.unpersist()
+    published = read_table(spark, settings, "pairs", versions["pairs"])
+
+    staging = _staging_dir(store, release_id)
+    try:
+        counts = publish.write_release_files(published, staging, rows_per_file)
+        shutil.copytree(docs_dir, os.path.join(staging, "gx"))
+        manifest = {
+            "release_id": release_id,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "format_version": publish.FORMAT_VERSION,
+            "sources": versions,
+            "thresholds": thresholds(settings),
+            "near_duplicates": {"method": "random-hyperplane LSH, exact cosine within buckets", "bands": LSH_BANDS, "bits": LSH_BITS, "seed": LSH_SEED},
+            "funnel": facts["funnel"],
+            "counts": counts,
+            "statuses": facts["statuses"],
+            "languages": _top_languages(published),
+            "histograms": {c: _histogram(published, c) for c in ("similarity", "punsafe", "pwatermark")},
+            "models": facts["models"],
+            "gx": gx_summary,
+            "rows_per_file": rows_per_file,
+            "layout": {"parquet": "parquet/<subset>/part-NNNNN.parquet", "embeddings": "embeddings/<subset>/{img_emb,text_emb,metadata}/"},
+        }  # fmt: skip
+        write_report(manifest, os.path.join(staging, "report.html"))
+        manifest["files"] = publish.file_checksums(staging)
+        text = publish.manifest_bytes(manifest)
+        location = store.publish(staging, release_id, text)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+    row = (release_id, datetime.now(timezone.utc), location, sum(counts.values()), hashlib.sha256(text).hexdigest(), text.decode())
+    (
+        DeltaTable.forPath(spark, table_path(settings, "releases"))
+        .alias("t")
+        .merge(spark.createDataFrame([row], RELEASES.spark_ddl()).alias("s"), "t.release_id = s.release_id")
+        .whenNotMatchedInsertAll()
+        .execute()
+    )
+    return {
+        "release_id": release_id,
+        "location": location,
+        "sources": versions,
+        "counts": counts,
+        "funnel": facts["funnel"],
+        "gx": gx_summary,
+        "files": len(manifest["files"]),
+    }
+
+
+def _top_languages(pairs) -> dict[str, int]:
+    from pyspark.sql import functions as F
+
+    rows = pairs.groupBy("language").count().orderBy(F.desc("count"), "language").limit(TOP_LANGUAGES).collect()
+    return {r["language"]: int(r["count"]) for r in rows}
+
+
+def rebuild_release(spark, settings: Settings, release_id: str, out_dir: str, client=None) -> dict:
+    """Recompute a release's data files from the Delta versions in its manifest and compare checksums."""
+    manifest = _store(settings, client).read_manifest(release_id)
+    t = manifest["thresholds"]
+    pinned = settings.with_(threshold_en=t["en"], threshold_other=t["multi"], near_duplicate_cosine=t["near_duplicate_cosine"])
+    pairs, _ = compute_pairs(spark, pinned, manifest["sources"])
+    publish.write_release_files(pairs, out_dir, manifest["rows_per_file"])
+    pairs.unpersist()
+    expected = publish.data_files(manifest["files"])
+    actual = publish.data_files(publish.file_checksums(out_dir))
+    mismatched = sorted(k for k in expected.keys() & actual.keys() if expected[k]["sha256"] != actual[k]["sha256"])
+    return {
+        "release_id": release_id,
+        "identical": not mismatched and expected.keys() == actual.keys(),
+        "files_compared": len(expected),
+        "mismatched": mismatched,
+        "missing": sorted(expected.keys() - actual.keys()),
+        "extra": sorted(actual.keys() - expected.keys()),
+    }
+
+
+# --- CLI -------------------------------------------------------------------------------------------
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rebuild", metavar="RELEASE_ID", help="rebuild this release into --out and compare checksums")
+    parser.add_argument("--out", help="where --rebuild writes its files")
+    parser.add_argument("--date", help="YYYYMMDD of the release id (default: today, UTC)")
+    parser.add_argument("--store", help="release store: a directory or s3://bucket/prefix (default: ALTLAKE_RELEASE_STORE)")
+    parser.add_argument("--lake", help="lake root (default: ALTLAKE_LAKE_DIR)")
+    parser.add_argument("--master", help="Spark master (default: ALTLAKE_SPARK_MASTER)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from spark_jobs.session import get_spark
+
+    settings = Settings.from_env(lake_dir=args.lake, spark_master=args.master, release_store=args.store)
+    spark = get_spark(settings, "altlake-release")
+    try:
+        if args.rebuild:
+            if not args.out:
+                print("altlake build-release: --rebuild needs --out", file=sys.stderr)
+                return 2
+            summary = rebuild_release(spark, settings, args.rebuild, args.out)
+            print(json.dumps(summary, indent=2))
+            return 0 if summary["identical"] else 1
+        summary = build_release(spark, settings, date=args.date)
+    except (QualityGateError, publish.ReleaseExistsError) as error:
+        print(f"altlake build-release: {error}", file=sys.stderr)
+        return 1
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="release", description="build, gate and publish a release")
+    configure(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Small generators for the release-side tests: candidate rows and worker-shaped output dirs.
+
+The output layout follows the scoring worker's contract exactly (results.parquet with
+WORKER_RESULTS, img_emb/img_emb_0.npy + text_emb/text_emb_0.npy float16 aligned with
+metadata/metadata_0.parquet, _SUCCESS JSON written last), so merge tests read what the worker writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from altlake.schemas import CANDIDATES, SCORES, WORKER_RESULTS
+from spark_jobs.takedowns import table_path
+
+T0 = datetime(2024, 5, 1, tzinfo=timezone.utc)
+DIM = 32
+
+
+def uid_of(url: str, text: str) -> str:
+    return hashlib.sha256(f"{url}\n{text}".encode()).hexdigest()[:32]
+
+
+def candidate(url: str, text: str, language: str = "en", crawl: str = "CC-MAIN-2024-10", uid: str | None = None) -> dict:
+    return {
+        "uid": uid or uid_of(url, text), "url": url, "text": text, "page_url": url.rsplit("/", 1)[0] + "/page.html",
+        "wat_path": "test.wat", "language": language, "language_score": 0.9, "license": None,
+        "first_seen_crawl": crawl, "last_seen_crawl": crawl, "ingested_at": T0,
+    }  # fmt: skip
+
+
+def append_rows(spark, settings, table_name: str, rows: list[dict], schema) -> None:
+    """Append rows to a lake table (the tests' stand-in for the upstream stage that fills it)."""
+    ddl = schema.spark_ddl()
+    df = spark.createDataFrame([tuple(r[c] for c in schema.column_names) for r in rows], ddl)
+    df.write.format("delta").mode("append").save(table_path(settings, table_name))
+
+
+def add_candidates(spark, settings, rows: list[dict]) -> None:
+    append_rows(spark, settings, "candidates", rows, CANDIDATES)
+
+
+def unit(vector: np.ndarray) -> np.ndarray:
+    return vector / np.linalg.norm(vector)
+
+
+def random_unit(rng: np.random.Generator, dim: int = DIM) -> np.ndarray:
+    return unit(rng.standard_normal(dim))
+
+
+def f16_bytes(vector: np.ndarray) -> bytes:
+    return np.asarray(vector, dtype="<f2").tobytes()
+
+
+def result(uid: str, url: str, status: str = "ok", similarity: float | None = 0.3, seed: int = 0,
+           scored_at: datetime = T0, batch_id: str = "b", sha256: str | None = None) -> dict:  # fmt: skip
+    """One worker result row; ok rows get hashes and scores, failures an error."""
+    ok = status == "ok"
+    digest = sha256 or hashlib.sha256(f"image-{uid}-{seed}".encode()).hexdigest()
+    return {
+        "uid": uid, "url": url, "status": status, "error": None if ok else f"{status} while downloading",
+        "http_status": 200 if ok else None, "original_width": 640 if ok else None, "original_height": 480 if ok else None,
+        "width": 256 if ok else None, "height": 192 if ok else None,
+        "sha256": digest if ok else None, "md5": hashlib.md5(digest.encode()).hexdigest() if ok else None,
+        "similarity": similarity if ok else None, "punsafe": 0.1 if ok else None, "pwatermark": 0.2 if ok else None,
+        "clip_model": "ViT-B-32/laion2b" if ok else None, "text_model": "ViT-B-32/laion2b" if ok else None,
+        "nsfw_model": "clip-nsfw-linear" if ok else None, "watermark_model": "wm-linear" if ok else None,
+        "batch_id": batch_id, "download_s": 0.01, "scored_at": scored_at,
+    }  # fmt: skip
+
+
+def write_worker_output(out_dir: str, rows: list[dict], embeddings: dict[str, tuple[np.ndarray, np.ndarray]],
+                        success: bool = True) -> None:  # fmt: skip
+    """A worker-shaped output dir: results + aligned embeddings of the ok rows (+ _SUCCESS last)."""
+    os.makedirs(out_dir, exist_ok=True)
+    rows = sorted(rows, key=lambda r: r["uid"])
+    table = pa.Table.from_pylist(rows, schema=WORKER_RESULTS.to_arrow())
+    pq.write_table(table, os.path.join(out_dir, "results.parquet"))
+    ok = [r for r in rows if r["status"] == "ok"]
+    for kind, index in (("img_emb", 0), ("text_emb", 1)):
+        os.makedirs(os.path.join(out_dir, kind), exist_ok=True)
+        array = np.stack([embeddings[r["uid"]][index] for r in ok]).astype(np.float16) if ok else np.zeros((0, DIM), np.float16)
+        np.save(os.path.join(out_dir, kind, f"{kind}_0.npy"), array)
+    os.makedirs(os.path.join(out_dir, "metadata"), exist_ok=True)
+    metadata = pa.table({"uid": [r["uid"] for r in ok], "url": [r["url"] for r in ok], "caption": ["c"] * len(ok)})
+    pq.write_table(metadata, os.path.join(out_dir, "metadata", "metadata_0.parquet"))
+    if success:
+        counts: dict[str, int] = {}
+        for r in rows:
+            counts[r["status"]] = counts.get(r["status"], 0) + 1
+        with open(os.path.join(out_dir, "_SUCCESS"), "w") as f:
+            json.dump({"rows": len(rows), "per_status": counts}, f)
+
+
+def score_row(res: dict, img: np.ndarray | None, text: np.ndarray | None, attempts: int = 1) -> dict:
+    """A `scores` table row from a worker result (for tests that start from scored data)."""
+    return {**res, "attempts": attempts, "img_emb": None if img is None else f16_bytes(img),
+            "text_emb": None if text is None else f16_bytes(text)}  # fmt: skip
+
+
+def add_scores(spark, settings, rows: list[dict]) -> None:
+    append_rows(spark, settings, "scores", rows, SCORES)
+
+
+def later(minutes: int) -> datetime:
+    return T0 + timedelta(minutes=minutes)

@@ -1,0 +1,108 @@
+"""Score merge on real Delta tables: idempotent, newer wins, embeddings joined by uid, nothing lost."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from altlake.config import Settings
+from spark_jobs.batches import plan_batches
+from spark_jobs.merge_scores import merge_batch, merge_planned_batches
+from spark_jobs.takedowns import TakedownRequest, add_takedowns, read_table
+from tests.spark_jobs.lakegen import add_candidates, candidate, later, random_unit, result, write_worker_output
+
+
+@pytest.fixture(scope="module")
+def lake(tmp_path_factory):
+    from spark_jobs.session import get_spark
+
+    settings = Settings.from_env(
+        lake_dir=str(tmp_path_factory.mktemp("merge") / "lake"), spark_master="local[2]", spark_shuffle_partitions=2
+    )
+    return get_spark(settings, app_name="altlake-tests"), settings
+
+
+def _scores(spark, settings) -> list[dict]:
+    return sorted((r.asDict() for r in read_table(spark, settings, "scores").collect()), key=lambda r: r["uid"])
+
+
+def test_merge_is_idempotent_newer_wins_and_counts_attempts(lake):
+    spark, settings = lake
+    rng = np.random.default_rng(7)
+    rows = [candidate(f"https://cdn.example.org/{i}.png", f"caption text {i}") for i in range(5)]
+    add_candidates(spark, settings, rows)
+    (batch,) = plan_batches(spark, settings, batch_size=10)["batches"]
+    vectors = {r["uid"]: (random_unit(rng), random_unit(rng)) for r in rows}
+    flaky, listed = rows[0], rows[1]
+    first = [result(r["uid"], r["url"], "ok", 0.31, batch_id=batch["batch_id"]) for r in rows[1:4]]
+    first += [result(flaky["uid"], flaky["url"], "timeout", batch_id=batch["batch_id"])]
+    # rows[4] is missing from the results: it must not be lost (planned again later).
+
+    write_worker_output(batch["output_path"], first, vectors, success=False)
+    assert merge_batch(spark, settings, batch["batch_id"])["status"] == "incomplete"
+    assert read_table(spark, settings, "scores").count() == 0
+    assert read_table(spark, settings, "batches").first()["status"] == "planned"
+
+    add_takedowns(spark, settings, [TakedownRequest("sha256", first[0]["sha256"], "hash list 2024-05")])
+    write_worker_output(batch["output_path"], first, vectors, success=True)
+    merged = merge_batch(spark, settings, batch["batch_id"])
+    assert merged["status"] == "merged" and merged["inserted"] == len(first)
+    assert merged["missing_from_results"] == 1
+    scores = {r["uid"]: r for r in _scores(spark, settings)}
+    assert set(scores) == {r["uid"] for r in first}
+    for row in first[1:3]:  # ok rows: embeddings are the npy rows of their uid, float16 little-endian
+        got = np.frombuffer(scores[row["uid"]]["img_emb"], dtype="<f2")
+        assert np.array_equal(got, vectors[row["uid"]][0].astype(np.float16))
+        got = np.frombuffer(scores[row["uid"]]["text_emb"], dtype="<f2")
+        assert np.array_equal(got, vectors[row["uid"]][1].astype(np.float16))
+    taken = scores[listed["uid"]]  # its image hash is listed: recorded, without scores or embeddings
+    assert taken["status"] == "opted_out" and taken["img_emb"] is None and taken["similarity"] is None
+    assert scores[flaky["uid"]]["status"] == "timeout" and scores[flaky["uid"]]["img_emb"] is None
+    assert all(r["attempts"] == 1 for r in scores.values())
+    done = read_table(spark, settings, "batches").first()
+    assert (done["status"], done["attempts"]) == ("done", 1)
+
+    # Delivered twice: nothing changes, not even the batch's attempts.
+    snapshot = _scores(spark, settings)
+    again = merge_batch(spark, settings, batch["batch_id"])
+    assert again["unchanged"] == len(first)
+    assert _scores(spark, settings) == snapshot
+    assert read_table(spark, settings, "batches").first()["attempts"] == 1
+
+    # The retry batch (timeout -> ok, newer) replaces the row and counts a second attempt ...
+    plan = plan_batches(spark, settings, batch_size=10)
+    (retry,) = plan["batches"]
+    assert retry["batch_id"] != batch["batch_id"] and plan["planned_rows"] == 2  # the timeout + the lost uid
+    newer = [result(flaky["uid"], flaky["url"], "ok", 0.4, scored_at=later(60), batch_id=retry["batch_id"]),
+             result(rows[4]["uid"], rows[4]["url"], "http_4xx", scored_at=later(60), batch_id=retry["batch_id"])]  # fmt: skip
+    write_worker_output(retry["output_path"], newer, vectors)
+    summary = merge_planned_batches(spark, settings)
+    assert summary["totals"] == {"merged": 1}
+    fixed = {r["uid"]: r for r in _scores(spark, settings)}[flaky["uid"]]
+    assert (fixed["status"], fixed["attempts"], fixed["batch_id"]) == ("ok", 2, retry["batch_id"])
+    assert read_table(spark, settings, "scores").count() == len(rows)  # every candidate has exactly one score
+
+    # ... and the older attempt, delivered late, changes nothing.
+    snapshot = _scores(spark, settings)
+    late = merge_batch(spark, settings, batch["batch_id"], output_dir=batch["output_path"])
+    assert late["status"] == "merged" and late["updated"] == 0
+    assert _scores(spark, settings) == snapshot
+
+
+def test_unreadable_output_marks_the_batch_failed_with_the_reason(lake):
+    spark, settings = lake
+    add_candidates(spark, settings, [candidate("https://cdn.example.org/broken.png", "a broken batch")])
+    (batch,) = plan_batches(spark, settings, batch_size=10)["batches"]
+    os.makedirs(batch["output_path"])
+    with open(os.path.join(batch["output_path"], "results.parquet"), "wb") as f:
+        f.write(b"not parquet at all")
+    with open(os.path.join(batch["output_path"], "_SUCCESS"), "w") as f:
+        f.write("{}")
+    before = read_table(spark, settings, "scores").count()
+    outcome = merge_batch(spark, settings, batch["batch_id"])
+    assert outcome["status"] == "failed" and outcome["error"]
+    row = read_table(spark, settings, "batches").where(f"batch_id = '{batch['batch_id']}'").first()
+    assert row["status"] == "failed" and row["attempts"] == 1 and "unreadable worker output" in row["error"]
+    assert read_table(spark, settings, "scores").count() == before

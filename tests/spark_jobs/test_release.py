@@ -1,0 +1,175 @@
+"""Release build end to end on real Delta tables: filters, gates, publishing, report, rebuild."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+
+import boto3
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from altlake.config import Settings
+from spark_jobs.publish import LAION_COLUMNS, ReleaseExistsError, file_checksums
+from spark_jobs.quality import QualityGateError
+from spark_jobs.release import build_release, rebuild_release
+from spark_jobs.takedowns import TakedownRequest, add_takedowns, apply_takedowns, read_table, table_version
+from tests.spark_jobs.lakegen import (
+    add_candidates,
+    add_scores,
+    candidate,
+    random_unit,
+    result,
+    score_row,
+    unit,
+)
+
+LISTED_SHA = hashlib.sha256(b"on a hash list").hexdigest()
+
+
+def _scenario(rng):
+    """Named rows, each exercising one rule; returns (candidates, scores, embeddings by uid)."""
+    c = {
+        "en_hi": candidate("https://a.org/1.jpg", "an english caption above 0.28"),
+        "en_low": candidate("https://a.org/2.jpg", "an english caption at 0.27"),
+        "de_mid": candidate("https://b.de/3.jpg", "eine deutsche Beschriftung", "de"),
+        "nolang_mid": candidate("https://c.net/4.jpg", "zzkx qqv 3311", "nolang"),
+        "sha_a": candidate("https://d.org/5.jpg", "same image, better caption"),
+        "sha_b": candidate("https://mirror.d.org/5.jpg", "same image, worse caption"),
+        "ut_a": candidate("https://e.org/6.jpg", "same url and text", uid="0" * 31 + "a"),
+        "ut_b": candidate("https://e.org/6.jpg", "same url and text", uid="0" * 31 + "b"),
+        "near_a": candidate("https://f.org/7.jpg", "a near duplicate, the better one"),
+        "near_b": candidate("https://g.org/7-resized.jpg", "a near duplicate, the worse one"),
+        "far": candidate("https://h.org/8.jpg", "an unrelated image"),
+        "failed": candidate("https://i.org/9.jpg", "a download that timed out"),
+        "listed": candidate("https://j.org/10.jpg", "an image on a hash takedown list"),
+        "unscored": candidate("https://k.org/11.jpg", "not scored yet"),
+    }
+    similarity = {"en_hi": 0.35, "en_low": 0.27, "de_mid": 0.27, "nolang_mid": 0.265, "sha_a": 0.40, "sha_b": 0.33,
+                  "ut_a": 0.5, "ut_b": 0.3, "near_a": 0.45, "near_b": 0.36, "far": 0.3, "listed": 0.5}  # fmt: skip
+    emb = {c[k]["uid"]: (random_unit(rng), random_unit(rng)) for k in c}
+    base = emb[c["near_a"]["uid"]][0]
+    emb[c["near_b"]["uid"]] = (unit(base + 0.03 * rng.standard_normal(base.shape)), random_unit(rng))
+    scores = []
+    for i, (name, row) in enumerate(c.items()):
+        if name == "unscored":
+            continue
+        status = "timeout" if name == "failed" else "ok"
+        res = result(row["uid"], row["url"], status, similarity.get(name), seed=i)
+        if name == "sha_b":
+            res["sha256"] = scores[-1]["sha256"]  # the same image bytes as sha_a
+        if name == "listed":
+            res["sha256"] = LISTED_SHA
+        img, text = emb[row["uid"]] if status == "ok" else (None, None)
+        scores.append(score_row(res, img, text))
+    return c, scores, emb
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, moto_server):
+    """One lake with the scenario, a failed gate attempt, then a successful local release."""
+    from spark_jobs.session import get_spark
+
+    root = tmp_path_factory.mktemp("release")
+    settings = Settings.from_env(
+        lake_dir=str(root / "lake"), release_store=str(root / "releases"), spark_master="local[2]",
+        spark_shuffle_partitions=2,
+    )  # fmt: skip
+    spark = get_spark(settings, app_name="altlake-tests")
+    rows, scores, emb = _scenario(np.random.default_rng(11))
+    add_candidates(spark, settings, list(rows.values()))
+    add_scores(spark, settings, scores)
+    add_takedowns(spark, settings, [TakedownRequest("sha256", LISTED_SHA, "hash list 2024-05")])
+
+    pairs_before = table_version(spark, settings, "pairs")
+    with pytest.raises(QualityGateError) as gate_error:  # 8 of 12 ok rows kept, above a 50% ceiling
+        build_release(spark, settings.with_(kept_fraction_max=0.5), date="20240501", run_id="strict")
+    gate_state = (table_version(spark, settings, "pairs") == pairs_before, list((root / "releases").glob("*")))
+
+    summary = build_release(spark, settings, date="20240501")
+    return spark, settings, rows, emb, summary, str(gate_error.value), gate_state
+
+
+def test_a_failing_gate_names_the_expectation_and_publishes_nothing(built):
+    _, _, _, _, _, message, (pairs_untouched, published) = built
+    assert "pairs" in message and "expect_table_row_count_to_be_between" in message
+    assert pairs_untouched and published == []
+
+
+def test_filters_dedup_takedowns_and_near_duplicates(built):
+    spark, settings, rows, _, summary, _, _ = built
+    kept = {"en_hi", "de_mid", "nolang_mid", "sha_a", "ut_a", "near_a", "near_b", "far"}
+    assert summary["funnel"] == {
+        "candidates": len(rows), "scored": len(rows) - 1, "ok": len(rows) - 2,
+        "above_threshold": len(rows) - 3, "after_exact_dedup": len(rows) - 5, "after_takedowns": len(kept),
+        "near_duplicates_marked": 1,
+    }  # fmt: skip
+    assert summary["counts"] == {"en": 6, "multi": 1, "nolang": 1}
+    pairs = {r["uid"]: r for r in read_table(spark, settings, "pairs").collect()}
+    assert set(pairs) == {rows[k]["uid"] for k in kept}
+    assert pairs[rows["near_b"]["uid"]]["near_duplicate_of"] == rows["near_a"]["uid"]
+    assert sum(p["near_duplicate_of"] is not None for p in pairs.values()) == 1
+    assert pairs[rows["de_mid"]["uid"]]["subset"] == "multi" and pairs[rows["nolang_mid"]["uid"]]["subset"] == "nolang"
+    assert summary["gx"]["scores"]["success"] and summary["gx"]["pairs"]["success"]
+
+
+def test_release_files_manifest_report_and_releases_row(built):
+    spark, settings, rows, emb, summary, _, _ = built
+    release = summary["location"]
+    manifest = json.loads(open(os.path.join(release, "manifest.json")).read())
+    assert manifest["files"] == file_checksums(release)  # every file, with its checksum
+    assert manifest["sources"]["takedowns"] == table_version(spark, settings, "takedowns")
+    assert manifest["sources"]["pairs"] == table_version(spark, settings, "pairs")
+    assert manifest["thresholds"] == {"en": 0.28, "multi": 0.26, "nolang": 0.26, "near_duplicate_cosine": 0.96}
+    assert manifest["models"]["clip_model"] == ["ViT-B-32/laion2b"]
+    assert os.path.exists(os.path.join(release, "gx", "pairs", "index.html"))
+
+    en = pq.read_table(os.path.join(release, "parquet", "en", "part-00000.parquet"))
+    assert en.column_names == list(LAION_COLUMNS) and en.num_rows == manifest["counts"]["en"]
+    assert en.column("uid").to_pylist() == sorted(en.column("uid").to_pylist())
+    meta = pq.read_table(os.path.join(release, "embeddings", "en", "metadata", "metadata_0.parquet"))
+    img = np.load(os.path.join(release, "embeddings", "en", "img_emb", "img_emb_0.npy"))
+    assert img.dtype == np.float16 and img.shape == (en.num_rows, emb[rows["far"]["uid"]][0].shape[0])
+    for i, uid in enumerate(meta.column("uid").to_pylist()):
+        assert np.array_equal(img[i], emb[uid][0].astype(np.float16))
+
+    report = open(os.path.join(release, "report.html")).read()
+    assert report.count("data:image/png;base64,") == 6
+    for step in ("candidates", "scored", "ok", "above_threshold", "after_exact_dedup", "after_takedowns"):
+        assert f"<td>{manifest['funnel'][step]}</td>" in report
+
+    (row,) = read_table(spark, settings, "releases").collect()
+    text = open(os.path.join(release, "manifest.json"), "rb").read()
+    assert row["release_id"] == summary["release_id"] and row["manifest_sha256"] == hashlib.sha256(text).hexdigest()
+    assert row["n_pairs"] == sum(manifest["counts"].values())
+    with pytest.raises(ReleaseExistsError):
+        build_release(spark, settings, date="20240501")
+
+
+def test_rebuild_is_bit_for_bit_after_the_tables_move_on_and_next_release_goes_to_s3(built, tmp_path, moto_server):
+    spark, settings, rows, emb, summary, _, _ = built
+    extra = candidate("https://z.org/new.jpg", "a pair from a newer crawl", crawl="CC-MAIN-2024-18")
+    add_candidates(spark, settings, [extra])
+    vector = random_unit(np.random.default_rng(5))
+    add_scores(spark, settings, [score_row(result(extra["uid"], extra["url"], "ok", 0.5, seed=99), vector, vector)])
+    add_takedowns(spark, settings, [TakedownRequest("domain", "h.org", "owner request")])
+    apply_takedowns(spark, settings)  # removes "far" from every table
+
+    rebuilt = rebuild_release(spark, settings, summary["release_id"], str(tmp_path / "rebuilt"))
+    assert rebuilt["identical"], rebuilt
+    assert rebuilt["files_compared"] == 3 + 3 * 3  # a parquet per subset + img/text/metadata per subset
+
+    client = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1")
+    client.create_bucket(Bucket="altlake-releases")
+    s3_settings = settings.with_(release_store="s3://altlake-releases/laion")
+    second = build_release(spark, s3_settings, client=client, date="20240501")
+    assert second["release_id"] != summary["release_id"]
+    assert second["location"] == f"s3://altlake-releases/laion/{second['release_id']}"
+    body = client.get_object(Bucket="altlake-releases", Key=f"laion/{second['release_id']}/manifest.json")["Body"]
+    manifest = json.loads(body.read())
+    assert manifest["sources"]["takedowns"] == table_version(spark, settings, "takedowns")
+    assert manifest["counts"]["en"] == summary["counts"]["en"]  # +1 new pair, -1 taken down
+    assert rows["far"]["uid"] not in {r["uid"] for r in read_table(spark, settings, "pairs").collect()}
+    assert set(manifest["files"]) >= {"report.html", "parquet/en/part-00000.parquet"}
