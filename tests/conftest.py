@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -37,4 +38,27 @@ def sample_wat(tmp_path: Path) -> Path:
     return copy
 
 
+@pytest.fixture(scope="session")
+def moto_server():
+    """An S3-compatible moto server on 127.0.0.1 for the run; yields its endpoint URL.
+
+    Fake credentials are set for the run (moto accepts any); buckets per test keep tests apart.
+    """
+    from moto.server import ThreadedMotoServer
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        os.environ.setdefault(name, "testing")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield f"http://{host}:{port}"
+    server.stop()
+
+
 os.environ.setdefault("PYSPARK_PYTHON", os.sys.executable)
+# Airflow reads its configuration on first import: the test run gets a private home (never the
+# developer's ~/airflow or ./airflow_home) with this repo's DAGs and no examples.
+os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="altlake-airflow-")
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"

@@ -1,0 +1,273 @@
+"""Great Expectations gates for the lake's tables: one data-driven suite per table.
+
+The suites are plain data (`SUITES`: table name -> list of (expectation type, kwargs)), so a new
+stage adds its gate by adding an entry, without touching the validation code. GX runs in our own
+code on an ephemeral context over the Spark DataFrame (never through Airflow), because this module
+also runs as a Spark job on clusters (`spark-submit spark_jobs/quality.py`, EMR Serverless).
+Each run renders the GX Data Docs (HTML) into `LakePaths.gx_docs(run_id)` so the evidence stays
+with the lake.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script by spark-submit / EMR: make our packages importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from altlake.config import Settings
+from altlake.paths import DATABASE, LakePaths
+from altlake.schemas import CANDIDATES, PAIRS, SCORE_STATUSES, SCORES, SUBSETS
+
+# One expectation: its GX type name (snake case) and its keyword arguments.
+Expectation = tuple[str, dict]
+
+# ISO 639-1/639-3 codes as fastText's lid.176 emits them ("en", "als", "yue"), or the contract's
+# "nolang" for unreliable detection (spark_jobs/wat.py).
+LANGUAGE_REGEX = r"^([a-z]{2,3}|nolang)$"
+
+SUITES: dict[str, list[Expectation]] = {
+    "candidates": [
+        ("expect_table_columns_to_match_set", {"column_set": CANDIDATES.column_names, "exact_match": True}),
+        ("expect_table_row_count_to_be_between", {"min_value": 1}),
+        ("expect_column_values_to_not_be_null", {"column": "uid"}),
+        ("expect_column_values_to_be_unique", {"column": "uid"}),
+        ("expect_column_values_to_not_be_null", {"column": "url"}),
+        ("expect_column_values_to_match_regex", {"column": "url", "regex": r"^https?://"}),
+        ("expect_column_values_to_not_be_null", {"column": "text"}),
+        ("expect_column_value_lengths_to_be_between", {"column": "text", "min_value": 5}),
+        ("expect_column_values_to_not_be_null", {"column": "language"}),
+        ("expect_column_values_to_match_regex", {"column": "language", "regex": LANGUAGE_REGEX}),
+        ("expect_column_values_to_not_be_null", {"column": "first_seen_crawl"}),
+    ],
+    # Release gates (spark_jobs/release.py adds the cross-layer row-count checks per build).
+    "scores": [
+        ("expect_table_columns_to_match_set", {"column_set": SCORES.column_names, "exact_match": True}),
+        ("expect_table_row_count_to_be_between", {"min_value": 1}),
+        ("expect_column_values_to_not_be_null", {"column": "uid"}),
+        ("expect_column_values_to_be_unique", {"column": "uid"}),
+        ("expect_column_values_to_not_be_null", {"column": "url"}),
+        ("expect_column_values_to_be_in_set", {"column": "status", "value_set": list(SCORE_STATUSES)}),
+        ("expect_column_values_to_be_between", {"column": "similarity", "min_value": -1, "max_value": 1}),
+        ("expect_column_values_to_be_between", {"column": "punsafe", "min_value": 0, "max_value": 1}),
+        ("expect_column_values_to_be_between", {"column": "pwatermark", "min_value": 0, "max_value": 1}),
+        ("expect_column_values_to_be_between", {"column": "attempts", "min_value": 1}),
+        ("expect_column_values_to_match_regex", {"column": "sha256", "regex": r"^[0-9a-f]{64}$"}),
+    ],
+    "pairs": [
+        ("expect_table_columns_to_match_set", {"column_set": PAIRS.column_names, "exact_match": True}),
+        ("expect_column_values_to_not_be_null", {"column": "uid"}),
+        ("expect_column_values_to_be_unique", {"column": "uid"}),
+        ("expect_column_values_to_not_be_null", {"column": "url"}),
+        ("expect_column_values_to_not_be_null", {"column": "text"}),
+        ("expect_compound_columns_to_be_unique", {"column_list": ["url", "text"]}),
+        ("expect_column_values_to_not_be_null", {"column": "sha256"}),
+        ("expect_column_values_to_be_unique", {"column": "sha256"}),
+        ("expect_column_values_to_be_in_set", {"column": "subset", "value_set": list(SUBSETS)}),
+        ("expect_column_values_to_match_regex", {"column": "language", "regex": LANGUAGE_REGEX}),
+        ("expect_column_values_to_be_between", {"column": "similarity", "min_value": -1, "max_value": 1}),
+        ("expect_column_values_to_be_between", {"column": "punsafe", "min_value": 0, "max_value": 1}),
+        ("expect_column_values_to_be_between", {"column": "pwatermark", "min_value": 0, "max_value": 1}),
+        ("expect_column_values_to_not_be_null", {"column": "img_emb"}),
+        ("expect_column_values_to_not_be_null", {"column": "text_emb"}),
+    ],
+}
+
+# The column that says which crawl a row belongs to, for gating one crawl's rows only.
+CRAWL_COLUMNS: dict[str, str] = {"candidates": "last_seen_crawl"}
+
+
+# Exit status of the command line when the data failed its suite (1 and 2 mean a crash / bad usage),
+# so a scheduler tells "bad data, do not retry" from "the job broke, retry".
+GATE_FAILED_EXIT = 3
+
+
+class QualityGateError(RuntimeError):
+    """A table failed its suite; the message names each failing expectation and column."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    expectation: str
+    column: str | None
+    success: bool
+    observed: dict = field(default_factory=dict)  # GX's result summary: counts and examples
+
+    def describe(self) -> str:
+        where = f" on column {self.column!r}" if self.column else ""
+        return f"{self.expectation}{where}: {json.dumps(self.observed, default=str)}"
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    table: str
+    suite: str
+    success: bool
+    n_rows: int
+    outcomes: tuple[Outcome, ...]
+    docs_dir: str | None = None
+
+    @property
+    def failures(self) -> list[Outcome]:
+        return [o for o in self.outcomes if not o.success]
+
+    def raise_for_failures(self) -> None:
+        """Fail loudly with every failing expectation, so the task log says what to fix."""
+        if self.success:
+            return
+        lines = "\n".join(f"  - {o.describe()}" for o in self.failures)
+        docs = f"\nData Docs: {self.docs_dir}" if self.docs_dir else ""
+        raise QualityGateError(
+            f"table {self.table!r} failed {len(self.failures)} of {len(self.outcomes)} expectations "
+            f"of suite {self.suite!r}:\n{lines}{docs}"
+        )
+
+    def to_dict(self) -> dict:
+        """Plain JSON types (lists, not tuples), as XCom and the command line's output want them."""
+        return json.loads(json.dumps(asdict(self), default=str))
+
+
+def validate(
+    spark,
+    table_name: str,
+    df=None,
+    suite: list[Expectation] | None = None,
+    docs_dir: str | None = None,
+) -> ValidationReport:
+    """Validate `df` (default: the whole catalog table) against `suite` (default: SUITES[table_name]).
+
+    With `docs_dir`, the GX Data Docs of this validation are written there as a static HTML site.
+    """
+    _quiet_gx()
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+    from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
+
+    expectations = SUITES[table_name] if suite is None else suite
+    if df is None:
+        df = spark.table(f"{DATABASE}.{table_name}")
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = ProgressBarsConfig(globally=False)  # no bars in task logs
+    batch_definition = (
+        context.data_sources.add_spark(name="altlake")
+        .add_dataframe_asset(name=table_name)
+        .add_batch_definition_whole_dataframe(name=table_name)
+    )
+    gx_suite = context.suites.add(gx.ExpectationSuite(name=f"{table_name}_suite"))
+    for expectation_type, kwargs in expectations:
+        gx_suite.add_expectation(ExpectationConfiguration(type=expectation_type, kwargs=kwargs).to_domain_obj())
+    definition = context.validation_definitions.add(
+        gx.ValidationDefinition(name=f"{table_name}_validation", data=batch_definition, suite=gx_suite)
+    )
+    actions = []
+    if docs_dir:
+        context.add_data_docs_site(site_name="altlake", site_config=_docs_site_config(docs_dir))
+        actions.append(gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["altlake"]))
+    checkpoint = context.checkpoints.add(
+        gx.Checkpoint(name=f"{table_name}_gate", validation_definitions=[definition], actions=actions)
+    )
+    df = df.persist()  # GX runs one Spark job per metric: read the table once
+    try:
+        result = checkpoint.run(batch_parameters={"dataframe": df})
+        n_rows = df.count()
+    finally:
+        df.unpersist()
+    (validation,) = result.run_results.values()
+    outcomes = tuple(
+        Outcome(
+            expectation=r.expectation_config.type,
+            column=r.expectation_config.kwargs.get("column"),
+            success=bool(r.success),
+            observed=_summary(r.result),
+        )
+        for r in validation.results
+    )
+    return ValidationReport(
+        table=table_name,
+        suite=gx_suite.name,
+        success=bool(validation.success),
+        n_rows=n_rows,
+        outcomes=outcomes,
+        docs_dir=docs_dir,
+    )
+
+
+def validate_table(
+    settings: Settings, table_name: str, run_id: str, crawl: str | None = None, spark=None
+) -> ValidationReport:
+    """Gate one table of the lake (only `crawl`'s rows when given); Data Docs go under the run's id."""
+    from pyspark.sql import functions as F
+
+    from spark_jobs.session import get_spark
+
+    spark = spark or get_spark(settings, app_name=f"altlake-quality-{table_name}")
+    df = spark.read.format("delta").load(_absolute(LakePaths(settings.lake_dir).table(table_name)))
+    if crawl is not None:
+        df = df.where(F.col(CRAWL_COLUMNS[table_name]) == F.lit(crawl))
+    docs_dir = LakePaths(_absolute(settings.lake_dir)).gx_docs(_safe_run_id(run_id))
+    return validate(spark, table_name, df, docs_dir=docs_dir)
+
+
+def _docs_site_config(docs_dir: str) -> dict:
+    """A static Data Docs site on the local disk or in S3, beside the lake."""
+    if re.match(r"^s3a?://", docs_dir):
+        bucket, _, prefix = re.sub(r"^s3a?://", "", docs_dir).partition("/")
+        backend = {"class_name": "TupleS3StoreBackend", "bucket": bucket, "prefix": prefix}
+    else:
+        backend = {"class_name": "TupleFilesystemStoreBackend", "base_directory": docs_dir}
+    return {
+        "class_name": "SiteBuilder",
+        "store_backend": backend,
+        "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
+    }
+
+
+def _summary(result: dict) -> dict:
+    """The parts of a GX result a person needs to act: counts, observed value, a few bad values."""
+    keys = ("observed_value", "element_count", "unexpected_count", "unexpected_percent", "partial_unexpected_list")
+    return {k: result[k] for k in keys if k in result and result[k] not in (None, [])}
+
+
+def _safe_run_id(run_id: str) -> str:
+    """Airflow run ids hold ':' and '+', which object stores and browsers handle badly."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", run_id)
+
+
+def _absolute(path: str) -> str:
+    return path if "://" in path else str(Path(path).absolute())
+
+
+def _quiet_gx() -> None:
+    """GX logs every API registration at INFO when imported; task logs need only its warnings."""
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Cluster entry point: validate one table, print the report as JSON, exit 3 when the data fails."""
+    parser = argparse.ArgumentParser(description="Validate a lake table against its GX suite")
+    parser.add_argument("--table", required=True, choices=sorted(SUITES))
+    parser.add_argument("--run-id", required=True, help="names the Data Docs folder under the lake's gx/")
+    parser.add_argument("--crawl", help="validate only this crawl's rows")
+    parser.add_argument("--lake", help="lake root (default: ALTLAKE_LAKE_DIR)")
+    args = parser.parse_args(argv)
+    from spark_jobs.extract import _submitted_master  # under spark-submit its master wins
+
+    settings = Settings.from_env(lake_dir=args.lake, spark_master=_submitted_master())
+    report = validate_table(settings, args.table, args.run_id, crawl=args.crawl)
+    print(json.dumps(report.to_dict(), default=str))
+    try:
+        report.raise_for_failures()
+    except QualityGateError as error:
+        print(error, file=sys.stderr)
+        return GATE_FAILED_EXIT
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""The GX gate on real data (the real WAT sample, extracted) and on deliberately bad rows."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from altlake.schemas import CANDIDATES
+from spark_jobs.quality import SUITES, QualityGateError, validate, validate_table
+
+CRAWL = "CC-MAIN-2015-18"
+
+
+def _candidate(uid: str, url: str, text: str, language: str) -> tuple:
+    now = datetime.now(timezone.utc)
+    return (uid, url, text, "http://example.org/page", "wat", language, 0.9, None, CRAWL, CRAWL, now)
+
+
+def test_real_candidates_pass_and_leave_data_docs(spark, settings, sample_wat):
+    from spark_jobs.extract import run_extract
+
+    summary = run_extract(settings, CRAWL, [str(sample_wat)], spark=spark)
+    report = validate_table(settings, "candidates", run_id="manual__2026-01-01T00:00:00+00:00", crawl=CRAWL, spark=spark)
+
+    assert report.success, [o.describe() for o in report.failures]
+    assert report.n_rows == summary["totals"]["new_candidates"] > 0
+    assert len(report.outcomes) == len(SUITES["candidates"])
+    report.raise_for_failures()  # a passing report does not raise
+    docs = Path(report.docs_dir)
+    assert docs.name == "manual__2026-01-01T00_00_00_00_00"  # safe for object stores and browsers
+    assert (docs / "index.html").is_file()
+    pages = list(docs.glob("validations/**/*.html"))
+    assert pages and "candidates_suite" in pages[0].read_text()
+
+
+def test_bad_rows_fail_naming_the_expectation_and_column(spark, settings):
+    rows = [
+        _candidate("u1", "http://example.org/a.jpg", "a red bicycle", "en"),
+        _candidate("u1", "http://example.org/b.jpg", "a blue bicycle", "en"),  # duplicate uid
+        _candidate("u3", "ftp://example.org/c.jpg", "a green bicycle", "en"),  # not http
+        _candidate("u4", "http://example.org/d.jpg", "abc", "english!"),  # short text, odd language
+    ]
+    report = validate(spark, "candidates", spark.createDataFrame(rows, CANDIDATES.spark_ddl()))
+
+    assert not report.success
+    failing = {(o.expectation, o.column) for o in report.failures}
+    assert failing == {
+        ("expect_column_values_to_be_unique", "uid"),
+        ("expect_column_values_to_match_regex", "url"),
+        ("expect_column_value_lengths_to_be_between", "text"),
+        ("expect_column_values_to_match_regex", "language"),
+    }
+    with pytest.raises(QualityGateError) as raised:
+        report.raise_for_failures()
+    message = str(raised.value)
+    assert "expect_column_values_to_be_unique on column 'uid'" in message
+    assert "ftp://example.org/c.jpg" in message  # the offending value, to act on
+    assert "failed 4 of" in message
+
+
+def test_an_empty_table_fails_the_row_count_expectation(spark, settings):
+    empty = spark.createDataFrame([], CANDIDATES.spark_ddl())
+    report = validate(spark, "candidates", empty, suite=[("expect_table_row_count_to_be_between", {"min_value": 1})])
+    assert [(o.expectation, o.success) for o in report.outcomes] == [("expect_table_row_count_to_be_between", False)]
