@@ -1,0 +1,5 @@
+import sys
+
+from bench.extract.run import main
+
+sys.exit(main())

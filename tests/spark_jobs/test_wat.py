@@ -1,0 +1,261 @@
+"""The per-WAT parser on the real Common Crawl sample and on files broken the ways real ones break."""
+
+from __future__ import annotations
+
+import gzip
+import re
+import socket
+from pathlib import Path
+
+import pytest
+
+from altlake.schemas import FILE_DONE, FILE_FAILED, REJECT_REASONS
+from spark_jobs.wat import (
+    NOLANG,
+    check_pair,
+    clean_text,
+    detect_language,
+    iter_raw_pairs,
+    pair_uid,
+    page_links,
+    process_wat,
+)
+
+SAMPLE_README = Path(__file__).resolve().parents[3] / "shared" / "data" / "commoncrawl" / "README.md"
+
+
+def _records(path: Path) -> list[bytes]:
+    return [r for r in re.split(rb"(?=WARC/1\.0\r\n)", path.read_bytes()) if r]
+
+
+def _pairs(result) -> set[tuple[str, str, str, str | None]]:
+    return {(p.uid, p.url, p.text, p.license) for p in result.pairs}
+
+
+def test_sample_counts_match_the_readme(sample_wat):
+    readme = SAMPLE_README.read_text()
+    links, pairs = (int(n) for n in re.search(r"(\d+) of them\s+with a non-empty `alt`, which make (\d+) distinct", readme).groups())
+    result = process_wat(str(sample_wat))
+    assert result.status == FILE_DONE and result.error is None
+    assert (result.raw_links, result.raw_pairs) == (links, pairs) == (88, 33)
+    assert result.records == 18 and result.pages == 4 and result.bad_records == 0
+    assert result.raw_pairs == result.kept_pairs + sum(result.rejected.values())
+    assert set(result.rejected) == set(REJECT_REASONS)
+    assert result.kept_pairs == len(result.pairs) > 0
+    assert len(set(iter_raw_pairs(str(sample_wat)))) == result.raw_pairs
+
+
+def test_sample_pairs_are_resolved_unescaped_and_filtered(sample_wat):
+    result = process_wat(str(sample_wat))
+    urls = {p.url for p in result.pairs}
+    assert all(u.startswith("http://") for u in urls)
+    assert not any(".gif" in u for u in urls)  # the sample's many .gif icons are dropped
+    assert result.rejected["bad_extension"] == sum(".gif" in u for u, _ in set(iter_raw_pairs(str(sample_wat))))
+    # Relative src on 0x20.be, resolved against the page URL.
+    assert "http://0x20.be/smw/skins/common/images/poweredby_mediawiki_88x31.png" in urls
+    # &amp; in timthumb URLs is unescaped.
+    assert any("timthumb.php?src=" in u and "&w=100" in u for u in urls)
+    assert not any("&amp;" in u for u in urls)
+    assert all(len(p.uid) == 32 and p.uid == pair_uid(p.url, p.text) for p in result.pairs)
+    assert {p.language for p in result.pairs} >= {"en"}
+
+
+def test_per_record_gzip_gives_the_same_result(sample_wat, tmp_path):
+    gz = tmp_path / "sample.warc.wat.gz"
+    gz.write_bytes(b"".join(gzip.compress(r) for r in _records(sample_wat)))
+    plain, zipped = process_wat(str(sample_wat)), process_wat(str(gz))
+    assert zipped.status == FILE_DONE
+    assert plain.summary() | {"path": "", "duration_s": 0} == zipped.summary() | {"path": "", "duration_s": 0}
+    assert _pairs(plain) == _pairs(zipped)
+
+
+def test_lf_line_endings_are_read_like_crlf(sample_wat, tmp_path):
+    lf = tmp_path / "lf.warc.wat"
+    lf.write_bytes(sample_wat.read_bytes().replace(b"\r\n", b"\n"))
+    result = process_wat(str(lf))
+    assert result.status == FILE_DONE and result.records == 18
+    assert (result.raw_links, result.raw_pairs) == (88, 33)
+    assert _pairs(result) == _pairs(process_wat(str(sample_wat)))
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.93])
+def test_truncated_gzip_fails_the_file_with_the_reason(sample_wat, tmp_path, fraction):
+    data = b"".join(gzip.compress(r) for r in _records(sample_wat))
+    cut = tmp_path / "cut.warc.wat.gz"
+    cut.write_bytes(data[: int(len(data) * fraction)])
+    result = process_wat(str(cut))
+    assert result.status == FILE_FAILED
+    assert "truncated" in result.error
+    assert result.pairs == []
+
+
+def test_plain_file_cut_inside_a_record_header_fails(sample_wat, tmp_path):
+    data = sample_wat.read_bytes()
+    last = data.rfind(b"WARC/1.0\r\n")
+    cut = tmp_path / "cut.warc.wat"
+    cut.write_bytes(data[: last + 40])  # the last record's header is incomplete
+    result = process_wat(str(cut))
+    assert result.status == FILE_FAILED and "truncated" in result.error
+
+
+def test_a_corrupt_json_record_is_counted_and_the_rest_kept(sample_wat, tmp_path):
+    records = _records(sample_wat)
+    index = next(i for i, r in enumerate(records) if b"1000games.me" in r and b'"IMG@/src"' in r)
+    broken = records[index].replace(b'"Links":[', b'"Links":[{{{', 1)
+    broken = broken.replace(b"Content-Length: ", b"Content-Length: ", 1)
+    header, _, body = broken.partition(b"\r\n\r\n")
+    body = body[:-4]
+    header = re.sub(rb"Content-Length: \d+", b"Content-Length: %d" % len(body), header)
+    records[index] = header + b"\r\n\r\n" + body + b"\r\n\r\n"
+    bad = tmp_path / "bad.warc.wat"
+    bad.write_bytes(b"".join(records))
+    result = process_wat(str(bad))
+    lost_links = sum(1 for link in re.findall(rb'\{[^{}]*"path":"IMG@/src"[^{}]*\}', records[index]) if b'"alt":""' not in link and b'"alt"' in link)
+    assert result.status == FILE_DONE
+    assert result.bad_records == 1 and "bad JSON" in result.error and f"record {index + 1}" in result.error
+    assert result.records == 18
+    assert 0 < result.raw_links == 88 - lost_links
+    assert not any("1000games" in p.url for p in result.pairs)
+    assert any("ngfiles.com" in p.url for p in result.pairs)
+
+
+def test_trailing_garbage_is_ignored_with_a_note(sample_wat, tmp_path):
+    messy = tmp_path / "messy.warc.wat"
+    messy.write_bytes(sample_wat.read_bytes() + b"\x00\x00some trailing bytes\r\n")
+    result = process_wat(str(messy))
+    assert result.status == FILE_DONE and "trailing" in result.error
+    assert _pairs(result) == _pairs(process_wat(str(sample_wat)))
+
+
+def test_garbage_between_records_fails_the_file(sample_wat, tmp_path):
+    records = _records(sample_wat)
+    messy = tmp_path / "messy.warc.wat"
+    messy.write_bytes(b"".join(records[:5]) + b"not a warc header\r\n\r\n" + b"".join(records[5:]))
+    result = process_wat(str(messy))
+    assert result.status == FILE_FAILED and "unparseable" in result.error
+
+
+def test_missing_file_fails_with_the_reason(tmp_path):
+    result = process_wat(str(tmp_path / "nope.warc.wat.gz"))
+    assert result.status == FILE_FAILED and "No such file" in result.error
+
+
+def test_an_empty_file_is_not_a_silent_zero(tmp_path):
+    (tmp_path / "empty.warc.wat").write_bytes(b"")
+    result = process_wat(str(tmp_path / "empty.warc.wat"))
+    assert result.status == FILE_FAILED and "no WARC records" in result.error
+
+
+@pytest.mark.parametrize(
+    ("url", "text", "reason"),
+    [
+        ("http://a.com/" + "x" * 2001, "A fine caption", "url_too_long"),
+        ("http://a.com/anim.GIF", "A fine caption", "bad_extension"),
+        ("http://a.com/logo.svg?x=1", "A fine caption", "bad_extension"),
+        ("data:image/png;base64,AAAA", "A fine caption", "bad_extension"),
+        ("javascript:void(0)", "A fine caption", "bad_extension"),
+        ("ftp://a.com/pic.jpg", "A fine caption", "not_http"),
+        ("http://[oops/pic.jpg", "A fine caption", "invalid_url"),
+        ("http:///pic.jpg", "A fine caption", "invalid_url"),
+        ("http://" + "h" * 61 + ".com/pic.jpg", "A fine caption", "host_too_long"),
+        ("http://a.com/pic.jpg", "word " * 401, "text_too_long"),
+        ("http://a.com/pic.jpg", " ab\x07c ", "text_too_short"),
+        ("https://a.com/pic.jpg", "A fine caption", None),
+    ],
+)
+def test_laion_rules(url, text, reason):
+    assert check_pair(url, text)[0] == reason
+
+
+def test_text_cleaning_fixes_mojibake_and_strips_non_printables():
+    assert clean_text("CafÃ©\tterrace\n\x07 at night") == "Café terrace at night"
+    assert clean_text("He said “hi”") == "He said “hi”"
+
+
+def test_language_detection_and_nolang():
+    assert detect_language("Ein rotes Fahrrad lehnt an einer Ziegelmauer")[0] == "de"
+    assert detect_language("Un vélo rouge appuyé contre un mur de briques")[0] == "fr"
+    code, score = detect_language("xq zz 7")
+    assert code == NOLANG and score < 0.5
+
+
+def test_page_links_use_base_entities_and_license():
+    envelope = {
+        "WARC-Header-Metadata": {"WARC-Target-URI": "http://site.org/a/page.html"},
+        "Payload-Metadata": {
+            "HTTP-Response-Metadata": {
+                "HTML-Metadata": {
+                    "Head": {"Base": "http://cdn.site.org/img/"},
+                    "Links": [
+                        {"path": "IMG@/src", "url": "cat.jpg?w=1&amp;h=2", "alt": "Fish &amp; chips &#3659;"},
+                        {"path": "IMG@/src", "url": "dog.jpg", "alt": ""},
+                        {"path": "IMG@/src", "url": "//other.org/x.png", "alt": "Other"},
+                        {"path": "A@/href", "rel": "license", "url": "https://creativecommons.org/licenses/by/4.0/"},
+                    ],
+                }
+            }
+        },
+    }
+    page_url, pairs, license_url = page_links(envelope)
+    assert page_url == "http://site.org/a/page.html"
+    assert pairs == [("http://cdn.site.org/img/cat.jpg?w=1&h=2", "Fish & chips \u0e4b"), ("http://other.org/x.png", "Other")]
+    assert license_url == "https://creativecommons.org/licenses/by/4.0/"
+
+
+def test_takedowns_by_url_and_by_domain(sample_wat):
+    clean = process_wat(str(sample_wat))
+    one_url = next(p.url for p in clean.pairs if "0x20.be" in p.url)
+    result = process_wat(str(sample_wat), takedown_urls=frozenset({one_url}), takedown_domains=frozenset({"ngfiles.com"}))
+    dropped = [p for p in clean.pairs if p.url == one_url or "ngfiles.com" in p.url]
+    assert result.rejected["taken_down"] == len(dropped) >= 2
+    assert result.kept_pairs == clean.kept_pairs - len(dropped)
+    assert not any(p.url == one_url or "ngfiles.com" in p.url for p in result.pairs)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_s3a_wat_and_listing_through_an_s3_server(sample_wat, monkeypatch):
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from spark_jobs.extract import resolve_wat_paths
+
+    for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(key, value)
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        s3 = boto3.client("s3", endpoint_url=endpoint)
+        s3.create_bucket(Bucket="commoncrawl")
+        key = "crawl-data/CC-MAIN-2015-18/segments/1/wat/sample.warc.wat.gz"
+        s3.put_object(Bucket="commoncrawl", Key=key, Body=b"".join(gzip.compress(r) for r in _records(sample_wat)))
+        s3.put_object(Bucket="commoncrawl", Key="crawl-data/CC-MAIN-2015-18/wat.paths.gz", Body=gzip.compress(f"{key}\n".encode()))
+        paths = resolve_wat_paths(["s3a://commoncrawl/crawl-data/CC-MAIN-2015-18/wat.paths.gz"], s3_endpoint=endpoint)
+        assert paths == [f"s3a://commoncrawl/{key}"]
+        result = process_wat(paths[0], s3_endpoint=endpoint)
+        assert result.status == FILE_DONE and (result.raw_links, result.raw_pairs) == (88, 33)
+        missing = process_wat("s3a://commoncrawl/nope.warc.wat.gz", s3_endpoint=endpoint)
+        assert missing.status == FILE_FAILED and "NoSuchKey" in missing.error
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("base", ["http://site.org/a/b/page.html?x=1", "https://site.org", "http://site.org/dir/", "http://site.org/x/../y.html"])
+@pytest.mark.parametrize(
+    "url",
+    ["img/a.jpg", "/img/a.jpg?w=1", "//cdn.site.org/a.png", "../up/a.jpg", "./here.jpg", "?page=2", "#top",
+     "a.jpg#frag", "  spaced.jpg", "tab\tin.jpg", "mailto:x@y.org", "HTTP://UPPER.org/A.jpg", "a:b/c.jpg", "https://x.org/a.jpg"],
+)
+def test_resolver_matches_urljoin(base, url):
+    from urllib.parse import urljoin
+
+    from spark_jobs.wat import Resolver
+
+    expected = url if url.startswith(("http://", "https://")) else urljoin(base, url)
+    assert Resolver(base)(url) == expected
