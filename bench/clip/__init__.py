@@ -1,0 +1,1 @@
+"""Benchmark: the scoring worker vs clip-retrieval (`python -m bench.clip`)."""

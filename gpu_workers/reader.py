@@ -1,0 +1,94 @@
+"""Reader: one scoring batch (a parquet of candidates, local or s3://) -> validated, unique rows.
+
+The worker's promise is "every input uid appears exactly once in the results", so the reader is
+where that promise starts: it refuses input it cannot account for (missing columns, rows without a
+uid) with a clear reason, collapses duplicated uids (counting them), and sorts by uid so that two
+runs over the same file produce the same output, whatever order the downloads finish in.
+"""
+
+from __future__ import annotations
+
+import io
+import posixpath
+from dataclasses import dataclass
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from altlake.schemas import CANDIDATES
+from gpu_workers.writer import read_url
+
+# The CANDIDATES columns the worker needs; every other column of the batch is ignored.
+REQUIRED_COLUMNS = ("uid", "url", "text", "language")
+NO_LANGUAGE = "nolang"
+
+
+class BatchInputError(ValueError):
+    """The batch file cannot be scored as given (the message says why)."""
+
+
+@dataclass(frozen=True)
+class InputRow:
+    uid: str
+    url: str  # "" when the input had none: scored as invalid_url, never dropped
+    text: str
+    language: str
+
+
+@dataclass(frozen=True)
+class Batch:
+    batch_id: str
+    rows: list[InputRow]  # unique uids, sorted by uid
+    input_rows: int  # rows in the file, duplicates included
+    duplicate_rows: int  # rows collapsed because their uid was already seen
+
+
+def default_batch_id(input_path: str) -> str:
+    """The lake writes batches as .../batches/<batch_id>/input.parquet; elsewhere use the file stem."""
+    name = posixpath.basename(input_path.rstrip("/"))
+    if name == "input.parquet":
+        return posixpath.basename(posixpath.dirname(input_path.rstrip("/"))) or "batch"
+    return name.removesuffix(".parquet") or "batch"
+
+
+def read_batch(input_path: str, s3_endpoint: str = "", batch_id: str | None = None) -> Batch:
+    """Read and validate a batch parquet (local path or s3:// URL)."""
+    try:
+        data = read_url(input_path, s3_endpoint)
+    except FileNotFoundError as exc:
+        raise BatchInputError(f"batch input not found: {input_path}") from exc
+    try:
+        parquet = pq.ParquetFile(io.BytesIO(data))
+    except pa.ArrowInvalid as exc:
+        raise BatchInputError(f"{input_path} is not a parquet file: {exc}") from exc
+    present = parquet.schema_arrow.names
+    missing = [name for name in REQUIRED_COLUMNS if name not in present]
+    if missing:
+        raise BatchInputError(
+            f"{input_path} lacks the candidate column(s) {missing} "
+            f"(found {present}; expected the columns of {CANDIDATES.name})"
+        )
+    table = parquet.read(columns=list(REQUIRED_COLUMNS))
+    return rows_to_batch(table.to_pylist(), batch_id or default_batch_id(input_path), input_path)
+
+
+def rows_to_batch(records: list[dict], batch_id: str, source: str = "batch") -> Batch:
+    """Validate records, collapse duplicated uids (first one wins) and sort by uid."""
+    unusable = [i for i, r in enumerate(records) if not isinstance(r.get("uid"), str) or not r["uid"]]
+    if unusable:
+        raise BatchInputError(
+            f"{source}: {len(unusable)} row(s) have no uid, so their outcome could not be recorded "
+            f"(first row indexes: {unusable[:10]})"
+        )
+    unique: dict[str, InputRow] = {}
+    for record in records:
+        if record["uid"] in unique:
+            continue
+        unique[record["uid"]] = InputRow(
+            uid=record["uid"],
+            url=record.get("url") or "",
+            text=record.get("text") or "",
+            language=record.get("language") or NO_LANGUAGE,
+        )
+    rows = [unique[uid] for uid in sorted(unique)]
+    return Batch(batch_id=batch_id, rows=rows, input_rows=len(records), duplicate_rows=len(records) - len(rows))

@@ -1,0 +1,469 @@
+"""The scoring worker: one batch of candidates -> downloads -> decode/resize -> CLIP -> safety heads -> files.
+
+Stages overlap in one bounded pipeline, so a 100k-row batch runs in flat memory:
+
+    reader ──rows──> downloader (asyncio thread, <= max_in_flight pulled ahead)
+           ──bodies──> decode pool (threads, <= decode_workers * 4 pending)
+           ──pixels──> inference thread (one batch running, one being filled)
+           ──scores──> results in memory (one small row + two float16 vectors per uid)
+    writer: results.parquet, clip-retrieval embeddings, optional webdataset shards, then _SUCCESS.
+
+The same `score_batch` runs from the `altlake score` command, inside an Airflow task and in the
+worker container on a GPU node. A batch whose _SUCCESS exists is skipped; a batch killed halfway
+is simply run again: outputs are sorted by uid and every file is atomic, so the re-run writes the
+same bytes (timing columns aside).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import sys
+import time
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from altlake.config import Settings
+from altlake.schemas import STATUS_OK
+from gpu_workers.downloader import DownloadConfig, FetchResult, download
+from gpu_workers.images import DecodedImage, ImageConfig, ImageRejected, decode
+from gpu_workers.models import DEMO, Models, ModelSpec, load_models, similarity
+from gpu_workers.reader import BatchInputError, InputRow, read_batch
+from gpu_workers.writer import (
+    RESULTS_FILE,
+    TIMING_COLUMNS,
+    ImageSpool,
+    OutputDir,
+    Sample,
+    metadata_table,
+    parquet_bytes,
+    read_success,
+    results_table,
+    sample_key,
+    write_embeddings,
+    write_success,
+    write_webdataset,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """How much work may be in flight at each stage (the memory bound) and what to write."""
+
+    batch_size: int = 64  # images per model call
+    max_in_flight: int = 256  # downloads pulled ahead of what has been consumed
+    decode_workers: int = 2  # threads decoding / resizing / preprocessing (Pillow releases the GIL)
+    webdataset: bool = False
+    samples_per_shard: int = 10_000
+
+    @property
+    def decode_window(self) -> int:
+        return self.decode_workers * 4
+
+
+@dataclass
+class Scored:
+    """One finished input row: the results.parquet row, plus embeddings when the row is ok."""
+
+    row: dict
+    stage: str  # where the row finished: download | decode | embed (datatrove-style counters)
+    img_emb: np.ndarray | None = None  # float16, L2-normalised
+    text_emb: np.ndarray | None = None
+    stored_image: bytes | None = None  # the resized, re-encoded image for webdataset shards
+
+
+# --- the bounded pipeline -------------------------------------------------------------------------
+
+
+def score_rows(
+    rows: Iterable[InputRow],
+    models: Models,
+    download_config: DownloadConfig,
+    image_config: ImageConfig,
+    pipeline: PipelineConfig,
+    batch_id: str,
+) -> Iterator[Scored]:
+    """Score rows lazily; yields one Scored per input row, in completion order.
+
+    At any time at most max_in_flight + decode_window + 2 * batch_size rows have been pulled from
+    `rows` without being yielded, however long `rows` is.
+    """
+    waiting: dict[str, InputRow] = {}  # pulled by the downloader, not yet yielded
+
+    def items() -> Iterator[tuple[str, str]]:
+        for row in rows:
+            waiting[row.uid] = row
+            yield row.uid, row.url
+
+    stages = _Stages(models, image_config, pipeline, batch_id)
+    with stages:
+        for fetch in download(items(), download_config, pipeline.max_in_flight):
+            row = waiting.pop(fetch.key)
+            if fetch.status != STATUS_OK:
+                yield Scored(_failure(row, batch_id, fetch, fetch.status, fetch.error), "download")
+                continue
+            yield from stages.feed(row, fetch)
+        yield from stages.finish()
+
+
+class _Stages:
+    """Decode pool + single inference thread, each with a fixed bound on pending work."""
+
+    def __init__(self, models: Models, image_config: ImageConfig, pipeline: PipelineConfig, batch_id: str):
+        self.models, self.image_config, self.pipeline, self.batch_id = models, image_config, pipeline, batch_id
+        self.decoding: deque[tuple[InputRow, FetchResult, Future]] = deque()
+        self.ready: list[tuple[InputRow, FetchResult, DecodedImage, object]] = []
+        self.inferring: Future | None = None
+        self.decoders = ThreadPoolExecutor(pipeline.decode_workers, thread_name_prefix="altlake-decode")
+        self.inference = ThreadPoolExecutor(1, thread_name_prefix="altlake-inference")
+
+    def __enter__(self) -> _Stages:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for future in (f for _, _, f in self.decoding):
+            future.cancel()
+        self.decoders.shutdown(wait=True, cancel_futures=True)
+        self.inference.shutdown(wait=True, cancel_futures=True)
+
+    def feed(self, row: InputRow, fetch: FetchResult) -> list[Scored]:
+        body, fetch.body = fetch.body, None  # the future owns the bytes now
+        self.decoding.append((row, fetch, self.decoders.submit(self._decode, body)))
+        return self._collect(block=len(self.decoding) > self.pipeline.decode_window)
+
+    def finish(self) -> list[Scored]:
+        done = self._collect(block=True, drain=True)
+        if self.ready:
+            done += self._start_inference()
+        if self.inferring is not None:
+            done += self.inferring.result()
+            self.inferring = None
+        return done
+
+    def _decode(self, body: bytes) -> tuple[DecodedImage, object]:
+        """Runs in the decode pool: check, decode, resize, and CLIP's own preprocessing."""
+        decoded = decode(body, self.image_config)
+        return decoded, self.models.preprocess([decoded.image])
+
+    def _collect(self, block: bool, drain: bool = False) -> list[Scored]:
+        """Move finished decodes on to inference; wait for the oldest when over the bound."""
+        done: list[Scored] = []
+        while self.decoding and (self.decoding[0][2].done() or block):
+            row, fetch, future = self.decoding.popleft()
+            try:
+                decoded, pixels = future.result()
+            except ImageRejected as rejected:
+                done.append(Scored(_failure(row, self.batch_id, fetch, rejected.status, rejected.message), "decode"))
+            except Exception as exc:  # noqa: BLE001 - a decoder bug is a recorded row, never a lost one
+                done.append(Scored(_failure(row, self.batch_id, fetch, "decode_error", f"{type(exc).__name__}: {exc}"), "decode"))
+            else:
+                self.ready.append((row, fetch, decoded, pixels))
+                if len(self.ready) >= self.pipeline.batch_size:
+                    done += self._start_inference()
+            block = drain or len(self.decoding) > self.pipeline.decode_window
+        return done
+
+    def _start_inference(self) -> list[Scored]:
+        """Hand `ready` to the inference thread, after collecting the batch still running there."""
+        done: list[Scored] = []
+        if self.inferring is not None:
+            done = self.inferring.result()
+        batch, self.ready = self.ready, []
+        self.inferring = self.inference.submit(self._infer, batch)
+        return done
+
+    def _infer(self, batch: list[tuple[InputRow, FetchResult, DecodedImage, object]]) -> list[Scored]:
+        """Embed and tag one batch, padded to batch_size so every model call has the same shapes.
+
+        Batches are filled in download-completion order, which differs between runs; with fixed
+        shapes a row's scores do not depend on its batch-mates (kernels pick the same code path),
+        so a re-run reproduces results bit for bit.
+        """
+        import torch
+
+        models, n, size = self.models, len(batch), self.pipeline.batch_size
+        pad = size - n
+        pixels = torch.cat([p for _, _, _, p in batch])
+        pixels = torch.cat([pixels, pixels.new_zeros((pad, *pixels.shape[1:]))])
+        if models.device.type == "cuda":
+            pixels = pixels.pin_memory()  # per-image tensors come from the decode threads
+        images = [decoded.image for _, _, decoded, _ in batch]
+        images += [Image.new("RGB", images[0].size, (255, 255, 255))] * pad
+        img = models.embed_images(pixels).astype(np.float16)
+        txt = self._embed_texts([r.text for r, _, _, _ in batch], [r.language for r, _, _, _ in batch]).astype(np.float16)
+        # Scores come from the stored float16 vectors, so anyone can recompute them from the release.
+        img32, txt32 = img.astype(np.float32), txt.astype(np.float32)
+        sims = similarity(img32[:n], txt32)
+        punsafe = models.punsafe(img32)
+        pwatermark = models.pwatermark(images)
+        scored = []
+        for i, (row, fetch, decoded, _) in enumerate(batch):
+            result = _result(row, self.batch_id, fetch, STATUS_OK, None)
+            result.update(
+                original_width=decoded.original_width,
+                original_height=decoded.original_height,
+                width=decoded.width,
+                height=decoded.height,
+                sha256=decoded.sha256,
+                md5=decoded.md5,
+                similarity=float(sims[i]),
+                punsafe=None if punsafe is None else float(punsafe[i]),
+                pwatermark=None if pwatermark is None else float(pwatermark[i]),
+                clip_model=models.clip_id,
+                text_model=models.text_model_for(row.language),
+                nsfw_model=models.nsfw_id,
+                watermark_model=models.watermark_id,
+            )
+            scored.append(Scored(result, "embed", img[i], txt[i], decoded.stored_bytes))
+        return scored
+
+    def _embed_texts(self, texts: list[str], languages: list[str]) -> np.ndarray:
+        """models.embed_texts per text-encoder group (English / other languages), each padded to batch_size."""
+        size = self.pipeline.batch_size
+        groups: dict[str, list[int]] = {}
+        for i, language in enumerate(languages):
+            groups.setdefault(self.models.text_model_for(language), []).append(i)
+        out = np.zeros((len(texts), self.models.embed_dim), np.float32)
+        for rows in groups.values():
+            language = languages[rows[0]]
+            padded = [texts[i] for i in rows] + [""] * (size - len(rows))
+            out[rows] = self.models.embed_texts(padded, [language] * size)[: len(rows)]
+        return out
+
+
+def _result(row: InputRow, batch_id: str, fetch: FetchResult, status: str, error: str | None) -> dict:
+    """The results.parquet columns every row has; ok rows add their measurements and scores."""
+    return {
+        "uid": row.uid,
+        "url": row.url,
+        "status": status,
+        "error": error,
+        "http_status": fetch.http_status,
+        "batch_id": batch_id,
+        "download_s": fetch.elapsed_s,
+        "scored_at": datetime.now(UTC),
+    }
+
+
+def _failure(row: InputRow, batch_id: str, fetch: FetchResult, status: str, error: str | None) -> dict:
+    """A failed row: never without a reason, even when the failing stage gave none."""
+    return _result(row, batch_id, fetch, status, error or status)
+
+
+# --- one batch, end to end ------------------------------------------------------------------------
+
+
+def score_batch(
+    input_path: str,
+    output_dir: str,
+    spec: ModelSpec,
+    download: DownloadConfig,
+    images: ImageConfig,
+    pipeline: PipelineConfig = PipelineConfig(),
+    *,
+    batch_id: str | None = None,
+    s3_endpoint: str = "",
+    models: Models | None = None,
+    progress: bool = False,
+) -> dict:
+    """Score one batch parquet into `output_dir`; returns the summary that _SUCCESS records.
+
+    Pass `models` to reuse loaded models across batches (an Airflow worker scoring many batches).
+    """
+    out = OutputDir(output_dir, s3_endpoint)
+    recorded = read_success(out)
+    if recorded is not None:
+        log.info("batch already scored, skipping: %s", output_dir)
+        return {**recorded, "skipped": True}
+    started_at, started = datetime.now(UTC), time.perf_counter()
+    swept = out.remove_stale_temps()
+    batch = read_batch(input_path, s3_endpoint, batch_id)
+    if batch.duplicate_rows:
+        log.warning("%s: %d duplicated uid row(s) collapsed", input_path, batch.duplicate_rows)
+    models = models or load_models(spec)
+    if not pipeline.webdataset:
+        images = dataclasses.replace(images, encode_format=None)  # nothing will store the pixels
+    loaded = time.perf_counter()
+
+    results: list[dict] = []
+    finished: Counter[tuple[str, str]] = Counter()  # (stage, status) -> rows
+    embeddings: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    spool = ImageSpool() if pipeline.webdataset else None
+    bar = tqdm(total=len(batch.rows), desc=f"score {batch.batch_id}", unit="row", file=sys.stderr, disable=not progress)
+    try:
+        for scored in score_rows(batch.rows, models, download, images, pipeline, batch.batch_id):
+            results.append(scored.row)
+            finished[scored.stage, scored.row["status"]] += 1
+            if scored.row["status"] == STATUS_OK:
+                embeddings[scored.row["uid"]] = (scored.img_emb, scored.text_emb)
+                if spool is not None:
+                    spool.add(scored.row["uid"], scored.stored_image)
+            bar.update()
+        bar.close()
+        scored_s = time.perf_counter() - loaded
+        shards = _write_outputs(out, batch.rows, results, embeddings, models.embed_dim, spool, images.encode_format, pipeline)
+    finally:
+        bar.close()
+        if spool is not None:
+            spool.close()
+
+    statuses = Counter(row["status"] for row in results)
+    wall_s = time.perf_counter() - started
+    summary = {
+        "batch_id": batch.batch_id,
+        "input": input_path,
+        "output": output_dir,
+        "rows": len(results),
+        "statuses": dict(sorted(statuses.items())),
+        "stages": _stage_counts(batch.input_rows, batch.duplicate_rows, finished),
+        "models": {
+            "clip": models.clip_id,
+            "text": models.text_id,
+            "multilingual_text": models.multilingual_text_id,
+            "nsfw": models.nsfw_id,
+            "watermark": models.watermark_id,
+        },
+        "webdataset_shards": shards,
+        "stale_temp_files_removed": swept,
+        "started_at": started_at.isoformat(),
+        "seconds": {
+            "load": round(loaded - started, 3),
+            "score": round(scored_s, 3),
+            "write": round(wall_s - scored_s - (loaded - started), 3),
+        },
+        "wall_s": round(wall_s, 3),
+        "images_per_s": round(statuses[STATUS_OK] / scored_s, 2) if scored_s else 0.0,
+        "rows_per_s": round(len(results) / scored_s, 2) if scored_s else 0.0,
+    }
+    write_success(out, summary)
+    return {**summary, "skipped": False}
+
+
+def _stage_counts(input_rows: int, duplicate_rows: int, finished: Counter) -> dict:
+    """Datatrove-style: what each step took in, kept, and dropped (by reason)."""
+    stages: dict[str, dict] = {"read": {"in": input_rows, "kept": input_rows - duplicate_rows, "dropped": {}}}
+    if duplicate_rows:
+        stages["read"]["dropped"]["duplicate_uid"] = duplicate_rows
+    remaining = input_rows - duplicate_rows
+    for stage in ("download", "decode", "embed"):
+        dropped = {status: n for (where, status), n in sorted(finished.items()) if where == stage and status != STATUS_OK}
+        kept = remaining - sum(dropped.values())
+        stages[stage] = {"in": remaining, "kept": kept, "dropped": dropped}
+        remaining = kept
+    return stages
+
+
+def _write_outputs(
+    out: OutputDir,
+    rows: list[InputRow],
+    results: list[dict],
+    embeddings: dict[str, tuple[np.ndarray, np.ndarray]],
+    embed_dim: int,
+    spool: ImageSpool | None,
+    image_ext: str | None,
+    pipeline: PipelineConfig,
+) -> list[str]:
+    """Embeddings (and shards) first, results.parquet after; the caller writes _SUCCESS last."""
+    table = results_table(results)
+    if table.num_rows != len(rows):
+        raise RuntimeError(f"scored {table.num_rows} rows for {len(rows)} input uids")  # a bug, never silent
+    ok = table.filter(np.asarray(table.column("status").to_pylist()) == STATUS_OK)
+    ok_uids = ok.column("uid").to_pylist()
+    inputs = {row.uid: row for row in rows}
+    empty = np.zeros((0, embed_dim), np.float16)
+    img = np.stack([embeddings[uid][0] for uid in ok_uids]) if ok_uids else empty
+    txt = np.stack([embeddings[uid][1] for uid in ok_uids]) if ok_uids else empty
+    captions = [inputs[uid].text for uid in ok_uids]
+    write_embeddings(out, img, txt, metadata_table(ok, captions, [inputs[uid].language for uid in ok_uids]))
+    shards: list[str] = []
+    if spool is not None:
+        deterministic = ok.drop_columns(list(TIMING_COLUMNS)).to_pylist()
+        samples = (
+            Sample(sample_key(i), spool.get(meta["uid"]), captions[i], meta) for i, meta in enumerate(deterministic)
+        )
+        shards = write_webdataset(out, samples, pipeline.samples_per_shard, image_ext)
+    out.write_bytes(RESULTS_FILE, parquet_bytes(table))
+    return shards
+
+
+# --- `altlake score` ------------------------------------------------------------------------------
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--input", required=True, help="batch parquet (local path or s3:// URL)")
+    parser.add_argument("--output", required=True, help="output directory (local path or s3:// prefix)")
+    model = parser.add_mutually_exclusive_group()
+    model.add_argument("--model", help=f"open_clip architecture (default: the demo model {ModelSpec.clip_model})")
+    model.add_argument("--checkpoint", help="a local open_clip checkpoint file instead of --model/--pretrained")
+    parser.add_argument("--pretrained", help="open_clip pretrained tag for --model (weights must be local)")
+    parser.add_argument("--text-model", help="multilingual text encoder for non-English captions: 'demo', a path or "
+                        "s3:// URL (default: demo with the demo CLIP, none otherwise: CLIP's own text tower)")
+    parser.add_argument("--allow-host", action="append", default=[], metavar="HOST",
+                        help="host, IP or CIDR the SSRF guard may reach although private (repeatable)")
+    parser.add_argument("--allow-listed-only", action="store_true",
+                        help="refuse every host not given with --allow-host, before any DNS lookup (offline demos)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default=ModelSpec.device)
+    parser.add_argument("--batch-size", type=int, default=PipelineConfig.batch_size, help="images per model call")
+    parser.add_argument("--max-in-flight", type=int, default=PipelineConfig.max_in_flight, help="downloads ahead")
+    parser.add_argument("--decode-workers", type=int, default=PipelineConfig.decode_workers)
+    parser.add_argument("--no-nsfw", action="store_true", help="skip the NSFW head (punsafe stays null)")
+    parser.add_argument("--no-watermark", action="store_true", help="skip the watermark head (pwatermark stays null)")
+    parser.add_argument("--webdataset", action="store_true", help="also write webdataset tar shards of the ok images")
+    parser.add_argument("--batch-id", help="default: the folder of .../<batch_id>/input.parquet, else the file name")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.pretrained and not args.model:
+        print("altlake score: --pretrained needs --model", file=sys.stderr)
+        return 2
+    settings = Settings.from_env()
+    spec = spec_from_args(args)
+    try:
+        summary = score_batch(
+            args.input,
+            args.output,
+            spec,
+            DownloadConfig.from_settings(settings, allow_hosts=tuple(args.allow_host), allow_listed_only=args.allow_listed_only),
+            ImageConfig(),
+            PipelineConfig(
+                batch_size=args.batch_size,
+                max_in_flight=args.max_in_flight,
+                decode_workers=args.decode_workers,
+                webdataset=args.webdataset,
+            ),
+            batch_id=args.batch_id,
+            s3_endpoint=settings.s3_endpoint,
+            progress=True,
+        )
+    except BatchInputError as exc:
+        print(f"altlake score: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, sort_keys=True))
+    return 0
+
+
+def spec_from_args(args: argparse.Namespace) -> ModelSpec:
+    """Only the flags given override ModelSpec's defaults (the demo models)."""
+    changes: dict[str, object] = {"device": args.device}
+    demo_clip = not args.model and not args.checkpoint
+    changes["multilingual_text_model"] = args.text_model or (DEMO if demo_clip else None)
+    if args.model:
+        changes.update(clip_model=args.model, pretrained=args.pretrained)
+    if args.checkpoint:
+        changes["checkpoint"] = args.checkpoint
+    if args.no_nsfw:
+        changes["nsfw_head"] = None
+    if args.no_watermark:
+        changes["watermark_head"] = None
+    return dataclasses.replace(ModelSpec(), **changes)

@@ -1,0 +1,386 @@
+"""The scoring worker end to end, against real HTTP servers on 127.0.0.1 and a moto S3 server.
+
+Real photos and generated scenes (with captions that match or do not) are served next to every
+kind of hostile endpoint; the demo models score them. Checked: each row's status, every uid once,
+embeddings aligned with metadata, webdataset shards, the _SUCCESS skip, bounded memory, a worker
+killed with SIGKILL mid-batch and re-run giving identical files, S3 output, and the infra files.
+"""
+
+from __future__ import annotations
+
+import io
+import itertools
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+import uuid
+from pathlib import Path
+
+import boto3
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from PIL import Image
+
+from altlake.config import Settings
+from altlake.schemas import STATUS_OK, WORKER_RESULTS
+from altlake_cli.image_server import ImageServer
+from gpu_workers.demo_models.synthetic import caption, mismatched_spec, random_spec, render
+from gpu_workers.downloader import DownloadConfig
+from gpu_workers.images import ImageConfig
+from gpu_workers.models import ModelSpec, load_models
+from gpu_workers.reader import InputRow
+from gpu_workers.worker import PipelineConfig, configure, score_batch, score_rows
+from gpu_workers.writer import IMG_EMB_FILE, METADATA_FILE, RESULTS_FILE, SUCCESS_FILE, TEXT_EMB_FILE, TIMING_COLUMNS
+
+REPO = Path(__file__).resolve().parents[2]
+SPEC = ModelSpec(multilingual_text_model="demo")  # the demo CLIP, text tower per language, both heads
+# Generated scenes are small files; LAION's 5 KB floor would reject them before the models see them.
+IMAGES = ImageConfig(min_bytes=1_000, size=64)
+PIPELINE = PipelineConfig(batch_size=8, max_in_flight=16, decode_workers=2)
+
+
+def _download(**overrides) -> DownloadConfig:
+    base = dict(allow_hosts=("127.0.0.1",), timeout_s=2.0, retries=0, max_bytes=2_000_000)
+    return DownloadConfig(**{**base, **overrides})
+
+
+@pytest.fixture(scope="module")
+def models():
+    return load_models(SPEC)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """The image server, also serving generated captioned scenes from a folder under /files/."""
+    folder = tmp_path_factory.mktemp("scenes")
+    rng = random.Random(7)
+    scenes = []
+    for i in range(8):
+        spec = random_spec(rng)
+        render(spec, size=128).save(folder / f"scene{i}.jpg", quality=95)
+        scenes.append((f"files/scene{i}.jpg", caption(spec), caption(mismatched_spec(spec, rng))))
+    with ImageServer(files_dir=folder) as srv:
+        srv.scenes = scenes
+        yield srv
+
+
+def _uid(url: str, text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(f"{url}\n{text}".encode()).hexdigest()[:32]
+
+
+def _batch(server: ImageServer) -> tuple[list[dict], dict[str, str], dict[str, str]]:
+    """Rows, the status each uid must end with, and the kind of each ok row (photo/match/mismatch)."""
+    rows, expected, kinds = [], {}, {}
+
+    def add(url: str, text: str, status: str, language: str = "en", kind: str = "") -> None:
+        uid = _uid(url, text)
+        rows.append({"uid": uid, "url": url, "text": text, "language": language, "page_url": "http://page.example/"})
+        expected[uid] = status
+        if kind:
+            kinds[uid] = kind
+
+    for name in ("astronaut", "chelsea", "coffee", "rocket"):
+        add(server.url(f"photo/{name}.jpg?size=200"), f"a photo of {name}", STATUS_OK, kind="photo")
+    for path, matching, mismatched in server.scenes:
+        add(server.url(path), matching, STATUS_OK, kind="match")
+        add(server.url(path), mismatched, STATUS_OK, kind="mismatch")
+    add(server.url("photo/china.jpg?size=200"), "ein Foto aus China", STATUS_OK, language="de", kind="photo")
+    hostile = {
+        "status/404": "http_4xx",
+        "status/500": "http_5xx",
+        "status/429": "http_429",
+        "html/page": "not_image",
+        "truncated/half.jpg": "decode_error",
+        "bomb/huge.png": "too_many_pixels",
+        "private/secret.jpg": "robots_disallowed",
+        "loop/0": "too_many_redirects",
+        "gen/anim.gif": "unsupported_format",
+        "gen/tiny.jpg?w=8&h=8": "too_small",
+        "noai/photo.jpg": "opted_out",
+        "redirect?to=http://10.0.0.1/x.jpg": "blocked_address",
+        "large/big.jpg?bytes=3000000": "too_large",
+        "slow/drip.jpg?bytes=1000&interval=0.5": "timeout",
+    }
+    for path, status in hostile.items():
+        add(server.url(path), f"hostile {path}", status)
+    add("", "no url at all", "invalid_url")
+    add("ftp://files.example/a.jpg", "not http", "invalid_url")
+    rows.append(dict(rows[0]))  # a duplicated uid: collapsed, counted
+    return rows, expected, kinds
+
+
+def _write_parquet(path: Path, rows: list[dict]) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return str(path)
+
+
+def test_mixed_batch_every_uid_once_with_its_status_and_aligned_embeddings(tmp_path, server, models):
+    rows, expected, kinds = _batch(server)
+    input_path = _write_parquet(tmp_path / "lake/batches/b-001/input.parquet", rows)
+    out = tmp_path / "out"
+
+    summary = score_batch(
+        input_path, str(out), SPEC, _download(), IMAGES, PipelineConfig(batch_size=8, webdataset=True), models=models
+    )
+
+    results = pq.read_table(out / RESULTS_FILE)
+    assert results.schema == WORKER_RESULTS.to_arrow()
+    uids = results.column("uid").to_pylist()
+    assert sorted(uids) == uids and len(uids) == len(set(uids)) == len(expected)
+    got = dict(zip(uids, results.column("status").to_pylist()))
+    assert got == expected
+    failures = [r for r in results.to_pylist() if r["status"] != STATUS_OK]
+    assert all(r["error"] for r in failures), "every failure carries a reason"
+    assert {r["batch_id"] for r in results.to_pylist()} == {"b-001"}
+
+    # Summary and marker count the same rows; the read stage reports the collapsed duplicate.
+    counts = {s: list(got.values()).count(s) for s in set(got.values())}
+    assert summary["statuses"] == counts and summary["skipped"] is False
+    assert summary["stages"]["read"] == {"in": len(rows), "kept": len(expected), "dropped": {"duplicate_uid": 1}}
+    assert summary["stages"]["download"]["dropped"]["http_4xx"] == 1
+    assert summary["stages"]["decode"]["dropped"]["decode_error"] == 1
+    assert json.loads((out / SUCCESS_FILE).read_text())["statuses"] == counts
+
+    # Embeddings: one unit-norm float16 row per ok row, in metadata order.
+    ok = [r for r in results.to_pylist() if r["status"] == STATUS_OK]
+    img, txt = np.load(out / IMG_EMB_FILE), np.load(out / TEXT_EMB_FILE)
+    meta = pq.read_table(out / METADATA_FILE).to_pylist()
+    assert img.dtype == txt.dtype == np.float16
+    assert img.shape == txt.shape == (len(ok), models.embed_dim)
+    assert np.allclose(np.linalg.norm(img.astype(np.float32), axis=1), 1, atol=1e-2)
+    assert np.allclose(np.linalg.norm(txt.astype(np.float32), axis=1), 1, atol=1e-2)
+    by_uid = {r["uid"]: r for r in rows}
+    assert [m["uid"] for m in meta] == [r["uid"] for r in ok]
+    assert [m["caption"] for m in meta] == [by_uid[r["uid"]]["text"] for r in ok]
+    recomputed = np.einsum("ij,ij->i", img.astype(np.float32), txt.astype(np.float32))
+    assert np.allclose(recomputed, [m["similarity"] for m in meta], atol=1e-2)
+
+    # Scores and model ids on ok rows; German text went through the multilingual tower.
+    assert all(0 <= r["punsafe"] <= 1 and 0 <= r["pwatermark"] <= 1 for r in ok)
+    assert all(r["clip_model"] == models.clip_id and r["sha256"] and r["width"] == 64 for r in ok)
+    text_models = {by_uid[r["uid"]]["language"]: r["text_model"] for r in ok}
+    assert text_models["en"] == models.text_id and text_models["de"] == models.multilingual_text_id != models.text_id
+
+    # The demo CLIP tells a fitting caption from a wrong one for the same picture.
+    sim = {r["uid"]: r["similarity"] for r in ok}
+    matching = [sim[u] for u, k in kinds.items() if k == "match"]
+    mismatched = [sim[u] for u, k in kinds.items() if k == "mismatch"]
+    assert np.mean(matching) > np.mean(mismatched)
+
+    # Webdataset shards: one <key>.jpg/.txt/.json per ok row, readable with tarfile.
+    with tarfile.open(out / "00000.tar") as tar:
+        names = tar.getnames()
+        assert len(names) == 3 * len(ok)
+        first = meta[0]["key"]
+        assert Image.open(io.BytesIO(tar.extractfile(f"{first}.jpg").read())).size == (64, 64)
+        assert tar.extractfile(f"{first}.txt").read().decode() == meta[0]["caption"]
+        assert json.loads(tar.extractfile(f"{first}.json").read())["uid"] == meta[0]["uid"]
+
+
+def test_finished_batch_is_skipped_with_its_recorded_summary(tmp_path, server, models):
+    rows = [{"uid": "a", "url": server.url("photo/coffee.jpg?size=100"), "text": "coffee", "language": "en"}]
+    input_path = _write_parquet(tmp_path / "in.parquet", rows)
+    first = score_batch(input_path, str(tmp_path / "out"), SPEC, _download(), IMAGES, PIPELINE, models=models)
+    before = (tmp_path / "out" / RESULTS_FILE).stat().st_mtime_ns
+    hits = server.hits("/photo/coffee.jpg")
+
+    again = score_batch(input_path, str(tmp_path / "out"), SPEC, _download(), IMAGES, PIPELINE, models=models)
+
+    assert again["skipped"] is True and again["statuses"] == first["statuses"] == {"ok": 1}
+    assert (tmp_path / "out" / RESULTS_FILE).stat().st_mtime_ns == before
+    assert server.hits("/photo/coffee.jpg") == hits, "a skipped batch downloads nothing"
+
+
+def test_pipeline_pulls_a_bounded_number_of_rows_ahead(server, models):
+    """A 100k-row batch must not be read into the pipeline at once: count what it pulls."""
+    pulled = 0
+
+    def rows():
+        nonlocal pulled
+        for i in range(100_000):
+            pulled += 1
+            yield InputRow(f"u{i:06d}", server.url(f"photo/astronaut.jpg?size=96&n={i % 50}"), "an astronaut", "en")
+
+    pipeline = PipelineConfig(batch_size=8, max_in_flight=16, decode_workers=2)
+    bound = pipeline.max_in_flight + 4 * pipeline.decode_workers + 2 * pipeline.batch_size
+    scored = score_rows(rows(), models, _download(), IMAGES, pipeline, "bounded")
+    ahead = []
+    for yielded, result in enumerate(itertools.islice(scored, 120), start=1):
+        assert result.row["status"] == STATUS_OK
+        ahead.append(pulled - yielded)
+    scored.close()
+    assert pipeline.max_in_flight <= max(ahead) <= bound  # it does run ahead (overlap), within the bound
+    assert pulled < 120 + bound
+
+
+# --- crash safety ---------------------------------------------------------------------------------
+
+
+def _score_cli(input_path: str, output: str) -> list[str]:
+    return [
+        sys.executable, "-m", "altlake_cli.main", "score", "--input", input_path, "--output", output,
+        "--allow-host", "127.0.0.1", "--batch-size", "4", "--decode-workers", "2",
+    ]  # fmt: skip
+
+
+def test_worker_killed_mid_batch_then_rerun_writes_identical_files(tmp_path, server, models):
+    rows = [
+        {"uid": f"p{i:02d}", "url": server.url(f"photo/{name}.jpg?size=200&v={i}"), "text": f"photo {name}", "language": "en"}
+        for i, name in enumerate(["astronaut", "chelsea", "coffee", "rocket", "china", "flower"] * 3)
+    ]
+    # Slow responses keep the worker mid-batch long enough to be killed there, every time.
+    rows += [
+        {"uid": f"s{i}", "url": server.url(f"photo/camera.jpg?size=200&delay=4&v={i}"), "text": "slow", "language": "en"}
+        for i in range(3)
+    ]
+    input_path = _write_parquet(tmp_path / "in.parquet", rows)
+    out = tmp_path / "killed"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = _score_cli(input_path, str(out))
+
+    server.reset_stats()
+    worker = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while server.hits("/photo/camera.jpg") < 3 and time.monotonic() < deadline and worker.poll() is None:
+        time.sleep(0.05)
+    assert worker.poll() is None, worker.communicate()[1].decode()[-2000:]
+    assert server.hits("/photo/camera.jpg") == 3, "the slow images are being served"
+    worker.send_signal(signal.SIGKILL)
+    worker.wait()
+    assert not (out / SUCCESS_FILE).exists()
+
+    rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr.decode()[-3000:]
+    summary = json.loads(rerun.stdout.decode().strip().splitlines()[-1])
+    assert summary["statuses"] == {"ok": len(rows)} and summary["skipped"] is False
+
+    # The same batch scored without interruption, in-process, with the configuration the CLI builds.
+    reference = tmp_path / "reference"
+    download = DownloadConfig.from_settings(Settings.from_env(), allow_hosts=("127.0.0.1",))
+    pipeline = PipelineConfig(batch_size=4, decode_workers=2)
+    score_batch(input_path, str(reference), SPEC, download, ImageConfig(), pipeline, models=models)
+
+    def without_timings(folder: Path) -> pa.Table:
+        return pq.read_table(folder / RESULTS_FILE).drop_columns(list(TIMING_COLUMNS))
+
+    assert without_timings(out).equals(without_timings(reference))
+    for name in (IMG_EMB_FILE, TEXT_EMB_FILE, METADATA_FILE):
+        assert (out / name).read_bytes() == (reference / name).read_bytes(), name
+    leftovers = [p for p in out.rglob("*") if ".tmp-" in p.name]
+    assert leftovers == []
+
+
+# --- S3 -------------------------------------------------------------------------------------------
+
+
+def test_input_and_output_on_s3(server, models, moto_server, tmp_path):
+    bucket = f"lake-{uuid.uuid4().hex[:8]}"
+    client = boto3.client("s3", endpoint_url=moto_server)
+    client.create_bucket(Bucket=bucket)
+    rows = [
+        {"uid": "a", "url": server.url("photo/rocket.jpg?size=100"), "text": "a rocket", "language": "en"},
+        {"uid": "b", "url": server.url("status/404"), "text": "gone", "language": "en"},
+    ]
+    local = _write_parquet(tmp_path / "input.parquet", rows)
+    client.upload_file(local, bucket, "batches/b-s3/input.parquet")
+    prefix = "batches/b-s3/output"
+
+    summary = score_batch(
+        f"s3://{bucket}/batches/b-s3/input.parquet", f"s3://{bucket}/{prefix}", SPEC, _download(), IMAGES,
+        PipelineConfig(batch_size=4, webdataset=True), s3_endpoint=moto_server, models=models,
+    )  # fmt: skip
+
+    keys = sorted(o["Key"].removeprefix(prefix + "/") for o in client.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"])
+    assert keys == sorted([RESULTS_FILE, IMG_EMB_FILE, TEXT_EMB_FILE, METADATA_FILE, SUCCESS_FILE, "00000.tar"])
+    assert client.list_multipart_uploads(Bucket=bucket).get("Uploads", []) == []
+    body = client.get_object(Bucket=bucket, Key=f"{prefix}/{RESULTS_FILE}")["Body"].read()
+    results = pq.read_table(io.BytesIO(body)).to_pylist()
+    assert [(r["uid"], r["status"], r["batch_id"]) for r in results] == [("a", "ok", "b-s3"), ("b", "http_4xx", "b-s3")]
+    assert summary["statuses"] == {"http_4xx": 1, "ok": 1}
+    img = np.load(io.BytesIO(client.get_object(Bucket=bucket, Key=f"{prefix}/{IMG_EMB_FILE}")["Body"].read()))
+    assert img.shape == (1, models.embed_dim)
+
+    again = score_batch(
+        f"s3://{bucket}/batches/b-s3/input.parquet", f"s3://{bucket}/{prefix}", SPEC, _download(), IMAGES,
+        s3_endpoint=moto_server, models=models,
+    )  # fmt: skip
+    assert again["skipped"] is True
+
+
+# --- the command line and its deployment files ----------------------------------------------------
+
+
+def test_cli_refuses_bad_input_with_a_reason(tmp_path, capsys):
+    from altlake_cli.main import main
+
+    bad = _write_parquet(tmp_path / "bad.parquet", [{"uid": "a", "link": "http://x.example/a.jpg"}])
+    assert main(["score", "--input", bad, "--output", str(tmp_path / "out")]) == 2
+    assert "lacks the candidate column(s) ['url', 'text', 'language']" in capsys.readouterr().err
+    assert not (tmp_path / "out" / SUCCESS_FILE).exists()
+
+
+def _parse_score_args(argv: list[str]):
+    """What `altlake score` would do with these arguments (argparse exits on anything unknown)."""
+    import argparse
+
+    from altlake_cli.main import COMMANDS
+
+    assert argv[0] == "score" and COMMANDS["score"][0] == "gpu_workers.worker"
+    parser = argparse.ArgumentParser()
+    configure(parser)
+    return parser.parse_args(argv[1:])
+
+
+def test_container_job_and_batch_definition_run_the_score_command():
+    dockerfile = (REPO / "infra/docker/worker.Dockerfile").read_text()
+    entrypoint = json.loads(re.search(r"^ENTRYPOINT (.+)$", dockerfile, re.M).group(1))
+    assert entrypoint == ["python", "-m", "altlake_cli.main"]
+    copied = {m.group(1) for m in re.finditer(r"^COPY (?!--from)(\S+) ", dockerfile, re.M)}
+    assert copied == {"infra/docker/worker-requirements.txt", "altlake/", "altlake_cli/", "gpu_workers/"}
+    assert "-r /tmp/worker-requirements.txt" in dockerfile
+
+    documents = list(yaml.safe_load_all((REPO / "infra/k8s/worker-job.yaml").read_text()))
+    job = next(d for d in documents if d["kind"] == "Job")
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    config_map = next(d for d in documents if d["kind"] == "ConfigMap")
+    assert container["envFrom"] == [{"configMapRef": {"name": config_map["metadata"]["name"]}}]
+    # Kubernetes expands $(VAR) in args from the container's environment (here: the ConfigMap).
+    env = config_map["data"]
+    args = _parse_score_args([re.sub(r"\$\((\w+)\)", lambda m: env[m.group(1)], a) for a in container["args"]])
+    assert (args.input, args.output, args.device) == (env["BATCH_INPUT"], env["BATCH_OUTPUT"], "cuda")
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+
+    batch = json.loads((REPO / "infra/aws/batch-job-definition.json").read_text())
+    props = batch["containerProperties"]
+    # AWS Batch replaces Ref::NAME with the job's parameters (defaults from the definition).
+    params = batch["parameters"]
+    args = _parse_score_args([params[a[5:]] if a.startswith("Ref::") else a for a in props["command"]])
+    assert (args.input, args.output, args.device) == (params["input"], params["output"], "cuda")
+    assert {"type": "GPU", "value": "1"} in props["resourceRequirements"]
+
+
+def test_worker_requirements_are_a_subset_of_the_project_lock():
+    def pins(path: Path) -> dict[str, str]:
+        found = {}
+        for line in path.read_text().splitlines():
+            match = re.match(r"^([A-Za-z0-9_.\-]+)==([^\s;]+)", line)
+            if match:
+                found[match.group(1).lower()] = match.group(2)
+        return found
+
+    project, worker = pins(REPO / "requirements.txt"), pins(REPO / "infra/docker/worker-requirements.txt")
+    assert {"torch", "open-clip-torch", "pillow", "aiohttp", "boto3", "pyarrow"} <= set(worker)
+    assert {name: project.get(name) for name in worker} == worker
+    assert not {"pyspark", "delta-spark", "apache-airflow", "great-expectations"} & set(worker)
