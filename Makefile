@@ -17,8 +17,12 @@ test: setup
 airflow: setup
 	$(VENV)/altlake airflow
 
+# Each benchmark installs the tool it is compared with into its own venv under ~/.cache/altlake.
 bench: setup
 	$(VENV)/python -m bench.extract
+	$(VENV)/python -m bench.download
+	$(VENV)/python -m bench.clip
+	$(VENV)/python -m bench.search
 
 clean:
 	rm -rf lake airflow_home .pytest_cache
