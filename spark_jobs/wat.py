@@ -8,7 +8,8 @@ Reading pipeline (img2dataset-style separation):
   open_wat      bytes of a local path, s3a:// / s3:// object or http(s) URL
   DecodedStream gunzip member by member (so a truncated member is detected, not silently cut),
                 restore CRLF when a file was converted to LF line endings, remember positions
-  fastwarc      WARC records; orjson only for records that contain an IMG@/src link
+  fastwarc      WARC records; JSON work only for HTML pages that contain an IMG@/src link:
+                simdjson validates the record, the IMG links are cut out of the bytes (fast_page_links)
   page_links    (absolute url, alt) pairs and the page's license, per HTML page
   check_pair    the LAION-5B rules; the first failing rule is the reject reason
 """
@@ -26,6 +27,7 @@ from typing import BinaryIO, Iterator
 from urllib.parse import urljoin, urlsplit
 
 import orjson
+import simdjson
 from fastwarc.warc import ArchiveIterator, WarcRecordType
 
 from altlake.schemas import FILE_DONE, FILE_FAILED, REJECT_REASONS
@@ -44,6 +46,7 @@ IMG_PATH = "IMG@/src"
 LICENSE_MARKER = "creativecommons.org/licenses/"
 _CHUNK = 1 << 20
 _TAIL = 1 << 18
+_FEED = 1 << 14
 _HEADER_START = b"\nWARC/1."
 
 
@@ -147,21 +150,23 @@ class DecodedStream:
     def _decode(self, data: bytes, final: bool) -> bytes:
         if not self.gzipped:
             return data
+        # Fed in slices: after each member zlib copies the rest of its input into unused_data, which
+        # for a 1 MiB chunk of 5 KB members cost more than the inflating itself.
         out = []
-        while data:
+        view, start = memoryview(data), 0
+        while start < len(view):
             if self._inflater is None:
                 self._inflater = zlib.decompressobj(31)
+            piece = view[start : start + _FEED]
             try:
-                out.append(self._inflater.decompress(data))
+                out.append(self._inflater.decompress(piece))
             except zlib.error as exc:
                 raise WatError(f"corrupt gzip data near compressed offset {self._compressed_pos}: {exc}") from exc
-            consumed = len(data) - len(self._inflater.unused_data)
+            consumed = len(piece) - len(self._inflater.unused_data)
             self._compressed_pos += consumed
+            start += consumed
             if self._inflater.eof:
-                data = self._inflater.unused_data
                 self._inflater = None
-            else:
-                data = b""
         if final and self._inflater is not None:
             raise WatError(f"truncated gzip member ending at compressed offset {self._compressed_pos}")
         return b"".join(out)
@@ -178,6 +183,62 @@ class DecodedStream:
 
 # --- per page -----------------------------------------------------------------------------------
 
+_IMG_LINK = b'"path":"IMG@/src"'
+_PAGE_URL = "/Envelope/WARC-Header-Metadata/WARC-Target-URI"
+_HTML_META = "/Envelope/Payload-Metadata/HTTP-Response-Metadata/HTML-Metadata"
+
+
+def fast_page_links(body: bytes, parser: simdjson.Parser) -> tuple[str, list[tuple[str, str]], str | None] | None:
+    """page_links' result from the raw record, without turning the whole page into Python objects.
+
+    simdjson validates the whole record (a broken one raises ValueError, as orjson would) and gives
+    the page URL and <base>; the IMG links are cut out of the bytes and parsed one by one. That
+    cut is safe because `"path":"IMG@/src"` can only be JSON structure (quotes inside strings are
+    escaped). Pages it cannot read exactly (license links, other spacing, unexpected link shapes)
+    go through orjson + page_links: the result is the same, only slower.
+    """
+    document = parser.parse(body)
+    try:
+        page_url = document.at_pointer(_PAGE_URL)
+        head = document.at_pointer(_HTML_META).get("Head")
+        base = head.get("Base") if isinstance(head, simdjson.Object) else head
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None  # not the expected shape: page_links decides
+    finally:
+        del document
+    if not isinstance(page_url, str) or LICENSE_MARKER.encode() in body or not isinstance(base, (str, type(None))):
+        return None
+    links = []
+    end = 0
+    while (at := body.find(_IMG_LINK, end)) >= 0:
+        start, end = body.rfind(b"{", 0, at), body.find(b"}", at)
+        try:
+            link = orjson.loads(body[start : end + 1])
+        except orjson.JSONDecodeError:
+            return None  # a brace inside a string: not a clean cut
+        if not isinstance(link, dict) or link.get("path") != IMG_PATH:
+            return None
+        links.append(link)
+    if len(links) != body.count(b'"IMG@/src"'):
+        return None  # an IMG link written differently
+    absolute = Resolver(_page_base(page_url, base))
+    pairs = []
+    for link in links:
+        url, alt = link.get("url"), link.get("alt")
+        if url and alt:
+            pairs.append((absolute(url), html.unescape(alt) if "&" in alt else alt))
+    return page_url, pairs, None
+
+
+def _page_base(page_url: str, base: str | None) -> str:
+    """The URL relative links resolve against: <base> when the page has a usable one."""
+    if base:
+        try:
+            return urljoin(page_url, html.unescape(base))
+        except ValueError:
+            pass
+    return page_url
+
 
 def page_links(envelope: dict) -> tuple[str, list[tuple[str, str]], str | None] | None:
     """(page url, [(absolute url, alt)] of IMG links with a non-empty alt, license) of an HTML page."""
@@ -186,14 +247,8 @@ def page_links(envelope: dict) -> tuple[str, list[tuple[str, str]], str | None] 
         meta = envelope["Payload-Metadata"]["HTTP-Response-Metadata"]["HTML-Metadata"]
     except (KeyError, TypeError):
         return None
-    base = page_url
     head = meta.get("Head") or {}
-    if head.get("Base"):
-        try:
-            base = urljoin(page_url, html.unescape(head["Base"]))
-        except ValueError:
-            pass
-    absolute = Resolver(base)
+    absolute = Resolver(_page_base(page_url, head.get("Base")))
     pairs = []
     license_url = None
     for link in meta.get("Links") or ():
@@ -291,27 +346,41 @@ def _hostname(url: str) -> str:
 
 def check_pair(url: str, text: str) -> tuple[str | None, str, str]:
     """(reject reason or None, cleaned text, hostname). Rules run in a fixed order; the first fails."""
+    reason, host = check_url(url)
+    if reason is not None:
+        return reason, text, host
+    reason, text = check_text(text)
+    return reason, text, host
+
+
+def check_url(url: str) -> tuple[str | None, str]:
+    """(reject reason or None, hostname): the URL rules, which run before the text rules."""
     if len(url) > MAX_URL_CHARS:
-        return "url_too_long", text, ""
+        return "url_too_long", ""
     lowered = url.lower()
     if any(part in lowered for part in BAD_URL_PARTS):
-        return "bad_extension", text, ""
+        return "bad_extension", ""
     if not lowered.startswith(("http://", "https://")):
-        return "not_http", text, ""
+        return "not_http", ""
     try:
         host = _hostname(url)
     except ValueError:
-        return "invalid_url", text, ""
+        return "invalid_url", ""
     if not host or " " in url or "." not in host:
-        return "invalid_url", text, host
+        return "invalid_url", host
     if len(host) > MAX_HOST_CHARS:
-        return "host_too_long", text, host
+        return "host_too_long", host
+    return None, host
+
+
+def check_text(text: str) -> tuple[str | None, str]:
+    """(reject reason or None, cleaned text): the text rules."""
     text = clean_text(text)
     if len(text) > MAX_TEXT_CHARS:
-        return "text_too_long", text, host
+        return "text_too_long", text
     if len(text) < MIN_TEXT_CHARS:
-        return "text_too_short", text, host
-    return None, text, host
+        return "text_too_short", text
+    return None, text
 
 
 def is_taken_down(url: str, host: str, urls: frozenset[str], domains: frozenset[str]) -> bool:
@@ -426,6 +495,8 @@ def _read_records(
     takedown_domains: frozenset[str],
 ) -> None:
     seen: dict[tuple[str, str], None] = {}
+    texts: dict[str, tuple[str | None, str, str, float]] = {}
+    parser = simdjson.Parser()
     last_start = -1
     records = ArchiveIterator(stream, parse_http=False, stream_detect=False, record_types=WarcRecordType.any_type)
     try:
@@ -447,14 +518,13 @@ def _read_records(
             if b'"IMG@/src"' not in body:
                 continue
             try:
-                envelope = orjson.loads(body)["Envelope"]
-            except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+                page = fast_page_links(body, parser) or page_links(orjson.loads(body)["Envelope"])
+            except (ValueError, KeyError, TypeError) as exc:  # simdjson and orjson: ValueError subclasses
                 result.bad_records += 1
                 result.note(f"record {result.records} ({record.record_id}): bad JSON: {exc}")
                 continue
-            page = page_links(envelope)
             if page is not None:
-                _add_page(page, seen, result, takedown_urls, takedown_domains)
+                _add_page(page, seen, texts, result, takedown_urls, takedown_domains)
     except OSError as exc:  # fastwarc: not a WARC header where one should be
         if stream.error:
             raise WatError(stream.error) from exc
@@ -475,6 +545,7 @@ def _read_records(
 def _add_page(
     page: tuple[str, list[tuple[str, str]], str | None],
     seen: dict[tuple[str, str], None],
+    texts: dict[str, tuple[str | None, str, str, float]],
     result: WatResult,
     takedown_urls: frozenset[str],
     takedown_domains: frozenset[str],
@@ -486,7 +557,12 @@ def _add_page(
             continue
         seen[(url, alt)] = None
         result.raw_pairs += 1
-        reason, text, host = check_pair(url, alt)
+        reason, host = check_url(url)
+        if reason is None:
+            if alt not in texts:  # alt texts repeat across a file: clean and identify each once
+                text_reason, text = check_text(alt)
+                texts[alt] = (text_reason, text, *(detect_language(text) if text_reason is None else (NOLANG, 0.0)))
+            reason, text, language, score = texts[alt]
         if reason is None and (takedown_urls or takedown_domains):
             if is_taken_down(url, host, takedown_urls, takedown_domains):
                 reason = "taken_down"
@@ -494,7 +570,6 @@ def _add_page(
             result.rejected[reason] += 1
             continue
         result.kept_pairs += 1
-        language, score = detect_language(text)
         result.pairs.append(Pair(pair_uid(url, text), url, text, page_url, language, score, license_url))
 
 

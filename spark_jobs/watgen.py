@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import gzip as gzip_module
 import hashlib
+import math
 import random
 import sys
 import uuid
@@ -92,12 +93,27 @@ class GeneratedWat:
     bytes_written: int
 
 
+# Calibrated on the real Common Crawl sample (CC-MAIN-2015-18, bench/extract/README.md has the figures):
+# per HTML page 51-243 links (mean 150), of which 18% IMG@/src; 81% of IMG links carry an alt; a page's
+# template images repeat (distinct pairs / alt links 37% there; 50% here, see DUPLICATE_*).
+IMAGES_MEDIAN, IMAGES_SIGMA, IMAGES_MAX = 12, 1.27, 300  # lognormal IMG links per page: median 12, mean ~27
+ANCHORS_MIN, ANCHORS_MAX = 45, 200  # A@/href links per page (real: 46-201)
+ALT_MISSING = 0.19  # IMG links without alt (missing key or "")
+GRID_PAGE = 0.5  # pages with 20+ image links whose links repeat 2-5 times (thumbnail grids, template blocks)
+DUPLICATE_LINK = 0.1  # otherwise, chance that an image link occurs twice
+BOILERPLATE_ALTS = ("Facebook", "Twitter", "RSS feed", "Search", "Home", "Powered by WordPress", "Subscribe by email")
+ANCHOR_WORDS = ("Home", "About us", "Contact", "Read more", "Next page", "Privacy policy", "Archives", "Login", "Tags")
+HTML_RESPONSES = 0.9  # share of responses that are HTML pages (real sample 4 of 5; redirects and 404s are the rest)
+
+
 class _Page:
     """One HTML page's links, in the shapes real WATs carry them."""
 
     def __init__(self, rng: random.Random, index: int, image_base: str | None, junk_ratio: float):
         self.rng = rng
-        self.host = f"www.{rng.choice(SITE_WORDS)}{rng.choice(SITE_WORDS)}{index % 997}.{rng.choice(TLDS)}"
+        # A few pages per site, next to each other (Common Crawl's WARCs of that era are sorted by URL).
+        site = random.Random(index // 4)
+        self.host = f"www.{site.choice(SITE_WORDS)}{site.choice(SITE_WORDS)}{index // 4 % 997}.{site.choice(TLDS)}"
         self.url = f"http://{self.host}/{rng.choice(SITE_WORDS)}/{index}.html"
         self.image_base = image_base.rstrip("/") if image_base else None
         # Pages whose images are relative resolve them against <base> when the images live elsewhere.
@@ -114,7 +130,7 @@ class _Page:
         if self.image_base:
             return f"{self.image_base}/{self.host}/{name}"
         if style < 0.4:
-            return f"http://{self.host}/images/{name}"
+            return f"http://{self.host}/wp-content/uploads/2015/04/{name}"
         if style < 0.6:
             return f"/images/{name}"
         if style < 0.7:
@@ -123,76 +139,104 @@ class _Page:
             return f"//cdn.{self.host.removeprefix('www.')}/{name}"
         return f"https://img.{self.host.removeprefix('www.')}/resize.php?src={name}&amp;w=300&amp;q=80"
 
-    def alt_text(self) -> str:
+    def alt_text(self, n: int) -> str:
+        """Mostly distinct texts (a sentence plus the image's own detail), as real alt texts are."""
         roll = self.rng.random()
         if roll < 0.06:
             return self.rng.choice(ENTITY_TEXTS)
         if roll < 0.09:
             return self.rng.choice(MOJIBAKE_TEXTS)
         language = self.language if roll < 0.8 else self.rng.choice(list(SENTENCES))
-        return self.rng.choice(SENTENCES[language])
+        sentence = self.rng.choice(SENTENCES[language])
+        return sentence if roll < 0.3 else f"{sentence} {n}"
 
     def junk_link(self) -> dict:
-        """A link one LAION-5B rule (or the raw extraction) must drop."""
-        kind = self.rng.randrange(12)
+        """A link with an alt that one LAION-5B rule must drop."""
+        kind = self.rng.randrange(10)
         good = self.image_url(self.rng.randrange(10_000))
         if kind == 0:
-            return {"alt": "", "path": "IMG@/src", "url": good}  # no alt: not even a raw link
-        if kind == 1:
-            return {"path": "IMG@/src", "url": good}
-        if kind == 2:
             return {"alt": "logo", "path": "IMG@/src", "url": good}  # text_too_short
-        if kind == 3:
+        if kind == 1:
             return {"alt": "Spinner animation", "path": "IMG@/src", "url": f"http://{self.host}/spinner.gif"}
-        if kind == 4:
+        if kind == 2:
             return {"alt": "Vector icon of a house", "path": "IMG@/src", "url": "/icons/house.svg"}
-        if kind == 5:
+        if kind == 3:
             return {"alt": "Inline pixel image", "path": "IMG@/src", "url": "data:image/png;base64,iVBORw0KGgo="}
-        if kind == 6:
+        if kind == 4:
             return {"alt": "Click to open the gallery", "path": "IMG@/src", "url": "javascript:openGallery(3)"}
-        if kind == 7:
+        if kind == 5:
             return {"alt": "Photo on a very long host name", "path": "IMG@/src", "url": f"http://{'x' * 70}.com/a.jpg"}
-        if kind == 8:
+        if kind == 6:
             return {"alt": "A photo with a huge tracking query", "path": "IMG@/src", "url": good + "?t=" + "a" * 2100}
-        if kind == 9:
+        if kind == 7:
             return {"alt": " ".join(["caption"] * 400), "path": "IMG@/src", "url": good}  # text_too_long
-        if kind == 10:
+        if kind == 8:
             return {"alt": "Picture from the archive", "path": "IMG@/src", "url": "ftp://files.example.org/pic.jpg"}
         return {"alt": "Photo behind a broken link", "path": "IMG@/src", "url": "http://[broken/pic.jpg"}
 
+    def image_links(self) -> list[dict]:
+        """The page's IMG@/src links: content images, site boilerplate, alt-less images, junk, repeats."""
+        rng = self.rng
+        total = min(IMAGES_MAX, max(1, round(rng.lognormvariate(math.log(IMAGES_MEDIAN), IMAGES_SIGMA))))
+        repeats = rng.randint(2, 5) if total >= 20 and rng.random() < GRID_PAGE else 1
+        links: list[dict] = []
+        for name in rng.sample(BOILERPLATE_ALTS, rng.randint(0, 3)):  # same url+alt on every page of the site
+            site = f"{self.image_base}/{self.host}" if self.image_base else f"http://{self.host}"
+            links.append({"alt": name, "path": "IMG@/src", "url": f"{site}/theme/{name.split()[0].lower()}.png"})
+        while len(links) < total:
+            roll = rng.random()
+            n = rng.randrange(10_000)
+            if roll < ALT_MISSING:
+                link = {"path": "IMG@/src", "url": self.image_url(n)}
+                if roll < ALT_MISSING / 2:
+                    link["alt"] = ""
+            elif roll < ALT_MISSING + (1 - ALT_MISSING) * self.junk_ratio:
+                link = self.junk_link()
+            else:
+                alt = self.alt_text(n)
+                link = {"alt": alt, "path": "IMG@/src", "url": self.image_url(n)}
+                if rng.random() < 0.5:
+                    link["title"] = alt
+            copies = repeats if repeats > 1 else (2 if rng.random() < DUPLICATE_LINK else 1)
+            links += [dict(link) for _ in range(copies)]
+        return links[:total]
+
     def links(self) -> list[dict]:
-        links: list[dict] = [{"path": "STYLE/#text", "href": f"http://{self.host}/style.css"}]
-        n_images = self.rng.randint(3, 25)
-        images = [self.image_url(self.rng.randrange(10_000)) for _ in range(n_images)]
-        for _ in range(self.rng.randint(20, 120)):
-            links.append({"path": "A@/href", "url": f"/{self.rng.choice(SITE_WORDS)}/{self.rng.randrange(10_000)}.html"})
-        for url in images:
-            alt = self.alt_text()
-            link = {"alt": alt, "path": "IMG@/src", "url": url}
-            if self.rng.random() < 0.3:
-                link["title"] = alt
-            links.insert(self.rng.randrange(len(links) + 1), link)
-            if self.rng.random() < 0.15:  # the same image and alt again (a duplicate pair)
-                links.append(dict(link))
-        for _ in range(int(n_images * self.junk_ratio)):
-            links.insert(self.rng.randrange(len(links) + 1), self.junk_link())
+        rng = self.rng
+        links: list[dict] = [
+            {"path": "STYLE/#text", "href": f"http://{self.host}/wp-content/themes/site/style.css"} for _ in range(rng.randint(0, 3))
+        ]
+        for _ in range(rng.randint(ANCHORS_MIN, ANCHORS_MAX)):
+            target = f"/{rng.choice(SITE_WORDS)}/{rng.randrange(2010, 2016)}/{rng.choice(SITE_WORDS)}-{rng.randrange(10_000)}.html"
+            if rng.random() < 0.4:
+                target = f"http://{self.host}{target}"
+            anchor = {"path": "A@/href", "text": rng.choice(ANCHOR_WORDS), "url": target}
+            if rng.random() < 0.25:
+                anchor["title"] = anchor["text"]
+            elif rng.random() < 0.1:
+                anchor["target"] = "_blank"
+            links.append(anchor)
+        for link in self.image_links():  # images sit between the anchors, in blocks as pages lay them out
+            links.insert(rng.randrange(len(links) + 1), link)
         if self.license:
             links.append({"path": "A@/href", "rel": "license", "url": self.license})
         links.append({"path": "FORM@/action", "method": "get", "url": "/search"})
         return links
 
     def head(self) -> dict:
+        rng = self.rng
         head: dict = {
-            "Title": f"{self.rng.choice(SENTENCES[self.language])} | {self.host}",
-            "Metas": [
-                {"name": "viewport", "content": "width=device-width, initial-scale=1"},
-                {"name": "description", "content": self.rng.choice(SENTENCES[self.language])},
-            ],
-            "Link": [
-                {"path": "LINK@/href", "rel": "stylesheet", "type": "text/css", "url": f"/css/site.css?v={self.rng.randrange(99)}"},
-                {"path": "LINK@/href", "rel": "icon", "type": "image/x-icon", "url": "/favicon.ico"},
-            ],
-            "Scripts": [{"path": "SCRIPT@/src", "type": "text/javascript", "url": "//cdn.example.net/jquery.min.js"}],
+            "Title": f"{rng.choice(SENTENCES[self.language])} | {self.host}",
+            "Metas": [{"name": "viewport", "content": "width=device-width, initial-scale=1"},
+                      {"name": "description", "content": rng.choice(SENTENCES[self.language])}]
+            + [{"content": f"{rng.choice(SITE_WORDS)} {rng.randrange(999)}", "name": f"og:{rng.choice(SITE_WORDS)}"}
+               for _ in range(rng.randint(2, 16))],
+            "Link": [{"path": "LINK@/href", "rel": "stylesheet", "type": "text/css", "url": f"/css/site.css?v={rng.randrange(99)}"},
+                     {"path": "LINK@/href", "rel": "icon", "type": "image/x-icon", "url": "/favicon.ico"}]
+            + [{"path": "LINK@/href", "rel": "alternate", "type": "application/rss+xml", "url": f"http://{self.host}/feed/{i}/"}
+               for i in range(rng.randint(0, 10))],
+            "Scripts": [{"path": "SCRIPT@/src", "type": "text/javascript", "url": f"//cdn.example.net/lib{i}.min.js?ver=1.{i}"}
+                        for i in range(rng.randint(2, 11))],
         }
         if self.base:
             head["Base"] = self.base
@@ -233,26 +277,55 @@ def _page_records(page: _Page, rng: random.Random, filename: str, offset: int) -
         "Actual-Content-Type": "application/http; msgtype=request",
         "HTTP-Request-Metadata": {
             "Request-Message": {"Method": "GET", "Version": "HTTP/1.1", "Path": page.url.split("/", 3)[3]},
-            "Headers": {"Host": page.host, "User-Agent": "CCBot/2.0 (https://commoncrawl.org/faq/)"},
+            "Headers": {
+                "Host": page.host,
+                "Accept-Encoding": "x-gzip, gzip, deflate",
+                "User-Agent": "CCBot/2.0 (http://commoncrawl.org/faq/)",
+                "Accept-Language": "en-US,en;q=0.8,*;q=0.5",
+                "Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+                "Connection": "close",
+            },
+            "Headers-Length": "257",
         },
+        "Trailing-Slop-Length": "0",
     }
-    html_page = rng.random() < 0.9
+    html_page = rng.random() < HTML_RESPONSES
     response_meta: dict = {
         "Response-Message": {"Status": "200" if html_page else "404", "Version": "HTTP/1.1", "Reason": "OK"},
-        "Headers": {"Content-Type": "text/html; charset=UTF-8", "Server": "nginx"},
+        "Headers": {
+            "Content-Type": "text/html; charset=UTF-8",
+            "Server": "nginx",
+            "Date": "Tue, 20 Feb 2024 10:00:00 GMT",
+            "X-Powered-By": "PHP/5.4.45",
+            "Cache-Control": "max-age=0, no-cache",
+            "Vary": "Accept-Encoding,Cookie",
+            "Set-Cookie": f"session={uuid.UUID(int=rng.getrandbits(128)).hex}; path=/; HttpOnly",
+            "Connection": "close",
+        },
         "Headers-Length": "300",
         "Entity-Length": str(rng.randrange(5_000, 90_000)),
+        "Entity-Trailing-Slop-Bytes": "0",
+        "Entity-Digest": "sha1:5ZDPMWG5PEUVMPLSDCD27D24JP52X2LL",
     }
     if html_page:
         response_meta["HTML-Metadata"] = {"Head": page.head(), "Links": page.links()}
     response = {"Actual-Content-Type": "application/http; msgtype=response", "HTTP-Response-Metadata": response_meta}
     metadata = {
         "Actual-Content-Type": "application/metadata-fields",
-        "WARC-Metadata-Metadata": {"Metadata-Records": [{"Name": "fetchTimeMs", "Value": str(rng.randrange(900))}]},
+        "WARC-Metadata-Metadata": {"Metadata-Records": [{"Name": "fetchTimeMs", "Value": str(rng.randrange(900))}],
+                                   "Trailing-Slop-Length": "0", "Actual-Content-Length": "20"},
+        "Trailing-Slop-Length": "4",
     }
     out = []
     for i, (kind, payload) in enumerate((("request", request), ("response", response), ("metadata", metadata))):
-        body = orjson.dumps(_envelope(kind, page.url, ids[i], payload, filename, offset + i * 500))
+        record = _envelope(kind, page.url, ids[i], payload, filename, offset + i * 500)
+        record["Envelope"]["Block-Digest"] = "sha1:ZPY7ANBHCTAT54SN2R2VGDT6OCF4PVNN"
+        record["Envelope"]["Actual-Content-Length"] = "1024"
+        record["Envelope"]["WARC-Header-Metadata"].update(
+            {"WARC-Warcinfo-ID": ids[5], "WARC-IP-Address": "93.184.216.34", "Content-Length": "1024",
+             "WARC-Concurrent-To": ids[(i + 1) % 3], "WARC-Payload-Digest": "sha1:3I42H3S6NNFQ2MSVX7XZKYAYSCX5QBYJ"}
+        )
+        body = orjson.dumps(record)
         headers = {
             "WARC-Type": "metadata",
             "WARC-Target-URI": page.url,
@@ -272,7 +345,7 @@ def generate_wat(
     gzip: bool = False,
     image_base: str | None = None,
     seed: int = 0,
-    junk_ratio: float = 0.3,
+    junk_ratio: float = 0.2,
 ) -> GeneratedWat:
     """Write a WAT of `pages` HTML pages (3 records each, after one warcinfo record)."""
     rng = random.Random(seed)
@@ -368,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gzip", action="store_true", help="gzip each record, as Common Crawl does")
     parser.add_argument("--image-base", help="serve every image URL from here, e.g. http://127.0.0.1:8000")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--junk-ratio", type=float, default=0.3, help="junk links per good image link")
+    parser.add_argument("--junk-ratio", type=float, default=0.2, help="share of alt-bearing image links that break a LAION rule")
     args = parser.parse_args(argv)
     result = generate_wat(
         args.out, args.pages, gzip=args.gzip, image_base=args.image_base, seed=args.seed, junk_ratio=args.junk_ratio

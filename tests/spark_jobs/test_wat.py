@@ -259,3 +259,35 @@ def test_resolver_matches_urljoin(base, url):
 
     expected = url if url.startswith(("http://", "https://")) else urljoin(base, url)
     assert Resolver(base)(url) == expected
+
+
+def _html_bodies(path: Path) -> list[bytes]:
+    from fastwarc.warc import ArchiveIterator
+
+    with open(path, "rb") as f:
+        bodies = [r.reader.read() for r in ArchiveIterator(f, parse_http=False)]
+    return [b for b in bodies if b'"HTML-Metadata"' in b and b'"IMG@/src"' in b]
+
+
+def test_fast_page_links_equals_page_links_or_defers(sample_wat, tmp_path):
+    """The byte-cut fast path gives exactly page_links' result, or None (then page_links runs)."""
+    import orjson
+    import simdjson
+
+    from spark_jobs.wat import fast_page_links, page_links
+    from spark_jobs.watgen import generate_wat
+
+    generate_wat(tmp_path / "g.wat", 60, seed=9)
+    bodies = _html_bodies(sample_wat) + _html_bodies(tmp_path / "g.wat")
+    parser = simdjson.Parser()
+    fast = [fast_page_links(b, parser) for b in bodies]
+    assert sum(f is not None for f in fast) > len(bodies) // 2  # the fast path is actually taken
+    for body, got in zip(bodies, fast):
+        if got is not None:
+            assert got == page_links(orjson.loads(body)["Envelope"])
+    # A brace inside an IMG link's alt makes the byte cut unsafe: the fast path must defer.
+    body = bodies[0].replace(b'"path":"IMG@/src"', b'"path":"IMG@/src","title":"a}b"', 1)
+    assert fast_page_links(body, parser) is None
+    assert page_links(orjson.loads(body)["Envelope"])[1]
+    with pytest.raises(ValueError):  # a broken record is still detected (counted in bad_records)
+        fast_page_links(bodies[0][:-40], parser)
