@@ -1,0 +1,296 @@
+"""`altlake demo` (= `make demo`): the whole LAION pipeline through Airflow, on this machine only.
+
+1. Starts the local image server (127.0.0.1) and writes a small synthetic crawl: WAT pages whose
+   image links point at it, with matching, mismatched, multilingual, watermarked, duplicated,
+   broken (404, truncated, not an image) and opted-out (X-Robots-Tag noai, robots.txt) pairs.
+2. Mixes in the real Common Crawl sample WAT when the checkout has it (../shared/data/commoncrawl/):
+   its images live on the internet, which the demo never contacts: the worker runs with
+   `--allow-listed-only`, so those rows are recorded as `blocked_address` without any DNS lookup.
+3. Runs cc_ingest (once per crawl) -> score_candidates -> build_release with `dag.test()` on a
+   SQLite Airflow DB under the Airflow home, local Spark, Delta under the lake, the demo CLIP.
+4. Prints where the release is, its funnel and a few `altlake sql` queries to try.
+
+Running it again is safe: the image server keeps its port, so the same crawl gives the same uids;
+nothing new is scored and the release (same inputs, same day) is reused instead of rewritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLE_WAT = REPO.parent / "shared" / "data" / "commoncrawl" / "CC-MAIN-2015-18-sample.warc.wat"
+SAMPLE_CRAWL = "CC-MAIN-2015-18"
+DEMO_CRAWL = "CC-MAIN-2099-01"  # a crawl id no real crawl will ever use
+DEFAULT_PORT = 8765
+IMAGE_PX = 384  # large enough that every JPEG passes the worker's 5 KB minimum (LAION's rule)
+LANGUAGES = ("de", "fr", "es")
+# The manifest's funnel in pipeline order (its JSON keys are sorted).
+FUNNEL_ORDER = ("candidates", "scored", "ok", "above_threshold", "after_exact_dedup", "after_takedowns", "near_duplicates_marked")
+
+
+@dataclass
+class DemoCrawl:
+    """The generated crawl: its WAT file and how many distinct pairs of each kind it holds."""
+
+    wat: Path
+    kinds: dict[str, int] = field(default_factory=dict)
+
+
+def write_demo_crawl(
+    work_dir: Path,
+    image_base: str,
+    *,
+    seed: int = 0,
+    matching: int = 12,
+    multilingual: int = 3,
+    mismatched: int = 4,
+    watermarked: int = 2,
+    broken: bool = True,
+    opted_out: bool = True,
+    extra_links: Sequence[tuple[str, str]] = (),
+) -> DemoCrawl:
+    """Render the images into work_dir/images (served under /files/) and write work_dir/demo.warc.wat.
+
+    Image links of the broken and opted-out kinds use the image server's hostile endpoints;
+    `extra_links` (src, alt) are added as given.
+    """
+    from gpu_workers.demo_models.synthetic import caption, mismatched_spec, random_spec, render
+    from spark_jobs.watgen import PageSpec, write_wat
+
+    rng = random.Random(seed)
+    images = work_dir / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    links: list[tuple[str, str]] = []
+    kinds: dict[str, int] = {}
+
+    def add_image(kind: str, spec, text: str) -> str:
+        name = f"{kind}-{kinds.get(kind, 0):03d}.jpg"
+        render(spec, IMAGE_PX).save(images / name, "JPEG", quality=95)
+        url = f"{image_base}/files/{name}"
+        links.append((url, text))
+        kinds[kind] = kinds.get(kind, 0) + 1
+        return url
+
+    for _ in range(matching):
+        spec = random_spec(rng)
+        add_image("matching", spec, caption(spec, "en"))
+    for i in range(multilingual):
+        spec = random_spec(rng)
+        add_image("multilingual", spec, caption(spec, LANGUAGES[i % len(LANGUAGES)]))
+    for _ in range(mismatched):
+        spec = random_spec(rng)
+        add_image("mismatched", spec, caption(mismatched_spec(spec, rng), "en"))
+    for _ in range(watermarked):
+        spec = random_spec(rng, watermark=True)
+        add_image("watermarked", spec, caption(spec, "en"))
+    if matching:  # the first image again under its caption (a duplicate pair: one candidate)
+        links.append(links[0])
+    if broken:
+        for path in ("/status/404/missing.jpg", "/truncated/half.jpg", "/html/page.jpg"):
+            links.append((f"{image_base}{path}", "A photo that will not arrive whole"))
+        kinds["broken"] = 3
+    if opted_out:
+        links.append((f"{image_base}/noai/opted-out.jpg", "A photo whose owner opted out of AI training"))
+        links.append((f"{image_base}/private/robots-disallowed.jpg", "A photo robots.txt keeps private"))
+        kinds["opted_out"] = 2
+    links.append((f"{image_base}/files/logo.jpg", "logo"))  # too short: dropped by the LAION rules
+    links += extra_links
+
+    per_page = 6
+    pages = [
+        PageSpec(
+            url=f"http://demo-site-{n}.example.org/gallery/{n}.html",
+            links=tuple(links[start : start + per_page]),
+            title=f"altlake demo gallery {n}",
+            license_url="https://creativecommons.org/licenses/by/4.0/" if n % 2 == 0 else None,
+        )
+        for n, start in enumerate(range(0, len(links), per_page))
+    ]
+    wat = write_wat(work_dir / "demo.warc.wat", pages)
+    return DemoCrawl(Path(wat.path), kinds)
+
+
+def demo_thresholds() -> dict[str, float]:
+    """The demo CLIP's calibrated thresholds (LAION's 0.28 / 0.26 are for ViT-B/32 and larger)."""
+    import torch
+
+    from gpu_workers.models import DEMO_FILES
+
+    def threshold(kind: str) -> float:
+        checkpoint = torch.load(DEMO_FILES[kind], map_location="cpu", weights_only=True)
+        return float(checkpoint["metadata"]["threshold"])
+
+    return {"en": threshold("clip"), "other": threshold("multilingual")}
+
+
+def demo_environment(lake_dir: Path, airflow_home: Path, thresholds: dict[str, float]) -> dict[str, str]:
+    """ALTLAKE_* and AIRFLOW_* variables of the demo run (set before Airflow is first imported)."""
+    return {
+        "AIRFLOW_HOME": str(airflow_home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{airflow_home / 'airflow.db'}",
+        "ALTLAKE_LAKE_DIR": str(lake_dir),
+        "ALTLAKE_SPARK_BACKEND": "local",
+        "ALTLAKE_SPARK_MASTER": os.environ.get("ALTLAKE_SPARK_MASTER", "local[2]"),
+        "ALTLAKE_SPARK_SHUFFLE_PARTITIONS": os.environ.get("ALTLAKE_SPARK_SHUFFLE_PARTITIONS", "4"),
+        "ALTLAKE_WORKER_BACKEND": "local",
+        # Only the local image server may be contacted; everything else is refused before DNS.
+        "ALTLAKE_WORKER_ARGS": "--allow-host 127.0.0.1 --allow-listed-only --decode-workers 1",
+        "ALTLAKE_WORKER_RETRIES": "1",
+        "ALTLAKE_BATCH_SIZE": os.environ.get("ALTLAKE_BATCH_SIZE", "2000"),
+        "ALTLAKE_THRESHOLD_EN": str(thresholds["en"]),
+        "ALTLAKE_THRESHOLD_OTHER": str(thresholds["other"]),
+    }
+
+
+def prepare_airflow_db() -> None:
+    """Migrate the SQLite metadata DB and create the pools the DAGs use (idempotent)."""
+    from airflow.models.pool import Pool
+    from airflow.utils import db
+
+    from plugins.defaults import SCORING_POOL, SCORING_POOL_DESCRIPTION, SCORING_POOL_SLOTS
+    from plugins.defaults import SPARK_POOL, SPARK_POOL_DESCRIPTION, SPARK_POOL_SLOTS
+
+    db.initdb()
+    Pool.create_or_update_pool(SPARK_POOL, SPARK_POOL_SLOTS, SPARK_POOL_DESCRIPTION, include_deferred=False)
+    Pool.create_or_update_pool(SCORING_POOL, SCORING_POOL_SLOTS, SCORING_POOL_DESCRIPTION, include_deferred=True)
+
+
+def load_dags() -> dict:
+    """The repo's DAGs as Airflow parses them (dags/ is a DAG folder, not an installed package)."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(REPO / "dags"))
+    if bag.import_errors:
+        raise RuntimeError(f"DAG files failed to import: {bag.import_errors}")
+    return bag.dags
+
+
+def run_dag(dag, run_conf: dict | None = None) -> dict[str, str]:
+    """One `dag.test()` run; returns {task_id[map index]: state} and raises if the run failed."""
+    run = dag.test(run_conf=run_conf or {})
+    states = {
+        ti.task_id + (f"[{ti.map_index}]" if ti.map_index >= 0 else ""): str(ti.state)
+        for ti in run.get_task_instances()
+    }
+    if str(run.state) != "success":
+        failed = {k: v for k, v in states.items() if v not in ("success", "skipped")}
+        raise RuntimeError(f"DAG {dag.dag_id} ended {run.state}; tasks not successful: {failed}")
+    return states
+
+
+class Progress:
+    """Numbered steps with elapsed time on stderr (the DAG runs log their tasks in between)."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps, self.done, self.started = steps, 0, time.perf_counter()
+
+    def step(self, message: str) -> None:
+        self.done += 1
+        print(f"\n[altlake demo {self.done}/{self.steps} | {self.elapsed():6.1f}s] {message}", file=sys.stderr, flush=True)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lake", default=os.environ.get("ALTLAKE_LAKE_DIR", "lake"), help="lake root (default ./lake)")
+    parser.add_argument("--airflow-home", default=os.environ.get("ALTLAKE_AIRFLOW_HOME", "airflow_home"),
+                        help="Airflow home with the SQLite metadata DB (default ./airflow_home)")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT,
+                        help=f"image server port on 127.0.0.1 (default {DEFAULT_PORT}; keep it to make re-runs reuse the uids)")
+    parser.add_argument("--no-sample", action="store_true", help="do not mix in the real Common Crawl sample WAT")
+
+
+def run(args: argparse.Namespace) -> int:
+    lake_dir = Path(args.lake).absolute()
+    airflow_home = Path(args.airflow_home).absolute()
+    work_dir = lake_dir / "demo-input"
+    progress = Progress(6)
+
+    progress.step("loading the demo model's calibrated similarity thresholds")
+    thresholds = demo_thresholds()
+    os.environ.update(demo_environment(lake_dir, airflow_home, thresholds))
+    airflow_home.mkdir(parents=True, exist_ok=True)
+
+    from altlake_cli.image_server import ImageServer
+
+    try:
+        server = ImageServer(port=args.port, files_dir=work_dir / "images")
+    except OSError as error:  # the port is taken: any free one works, but re-runs get new uids
+        print(f"  port {args.port} is busy ({error.strerror}): using a free port; image URLs differ from earlier runs", file=sys.stderr)
+        server = ImageServer(port=0, files_dir=work_dir / "images")
+    with server:
+        progress.step(f"image server on {server.base_url}; writing the synthetic crawl under {work_dir}")
+        crawl = write_demo_crawl(work_dir, server.base_url)
+        print(f"  {crawl.wat}: " + ", ".join(f"{n} {kind}" for kind, n in crawl.kinds.items()), file=sys.stderr)
+        sample = None if args.no_sample else SAMPLE_WAT
+        if sample is not None and not sample.is_file():
+            print(f"  the real sample WAT is missing ({sample}): continuing with the synthetic crawl only", file=sys.stderr)
+            sample = None
+
+        progress.step(f"Airflow metadata DB in {airflow_home}; cc_ingest ({DEMO_CRAWL}" + (f", {SAMPLE_CRAWL}" if sample else "") + ")")
+        prepare_airflow_db()
+        dags = load_dags()
+        run_dag(dags["cc_ingest"], {"crawl": DEMO_CRAWL, "wat_paths": [str(crawl.wat)]})
+        if sample is not None:
+            run_dag(dags["cc_ingest"], {"crawl": SAMPLE_CRAWL, "wat_paths": [str(sample)]})
+
+        progress.step("score_candidates: plan batches, score them with the demo CLIP, merge into `scores`")
+        scored = run_dag(dags["score_candidates"])
+        print(f"  tasks: {scored}", file=sys.stderr)
+
+    progress.step("build_release: GX gates, pairs, publish, KNN index")
+    released = run_dag(dags["build_release"])
+    print(f"  tasks: {released}", file=sys.stderr)
+
+    progress.step("summary")
+    print_summary(lake_dir, progress.elapsed())
+    return 0
+
+
+def latest_release(lake_dir: Path) -> dict:
+    """The newest row of `releases` (a re-run that changed nothing reuses the previous release)."""
+    from deltalake import DeltaTable
+
+    from altlake.paths import LakePaths
+
+    rows = DeltaTable(LakePaths(str(lake_dir)).table("releases")).to_pyarrow_table().to_pylist()
+    if not rows:
+        raise RuntimeError("no release was recorded")
+    return max(rows, key=lambda row: row["created_at"])
+
+
+def print_summary(lake_dir: Path, wall_s: float) -> None:
+    release = latest_release(lake_dir)
+    manifest = json.loads(release["manifest"])
+    width = max(map(len, manifest["funnel"]))
+    print(f"\naltlake demo finished in {wall_s:.0f}s\n")
+    print(f"release {release['release_id']}: {release['n_pairs']} pairs at {release['location']}")
+    print(f"  report:   {release['location']}/report.html")
+    print(f"  manifest: {release['location']}/manifest.json\n")
+    print("funnel (manifest.json):")
+    for step in FUNNEL_ORDER:
+        print(f"  {step:<{width}}  {manifest['funnel'][step]:>7}")
+    print("\nscore statuses: " + ", ".join(f"{status}={n}" for status, n in manifest["statuses"].items()))
+    print("subsets: " + ", ".join(f"{subset}={n}" for subset, n in manifest["counts"].items()))
+    lake = f" --lake {lake_dir}" if lake_dir != Path("lake").absolute() else ""
+    print("\ntry:")
+    for query in (
+        "SELECT status, count(*) AS n FROM scores GROUP BY status ORDER BY n DESC",
+        "SELECT subset, round(avg(similarity), 3) AS sim, count(*) AS n FROM pairs GROUP BY subset",
+        "SELECT url, text, similarity, pwatermark FROM pairs ORDER BY pwatermark DESC LIMIT 5",
+        "SELECT release_id, n_pairs, location FROM releases ORDER BY created_at DESC",
+    ):
+        print(f'  altlake sql{lake} "{query}"')
+    print(f"  altlake serve --release {release['location']}   # search the release in a browser")

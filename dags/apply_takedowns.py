@@ -1,0 +1,64 @@
+"""
+### apply_takedowns: opt-out and takedown requests -> `takedowns` -> removed from the lake
+
+Daily (re-applies every recorded request to rows that arrived since), or **Trigger DAG** with the
+form: lists of URLs, domains (subdomains included), sha256 / md5 digests, or a hash-list file
+(Re-LAION-5B style: one hex digest per line, or a parquet column), and the reason. Tasks:
+
+1. **add**: every request is checked first (a bad entry fails the run and writes nothing), then
+   MERGEd into `takedowns` on (kind, value): sending a request twice changes nothing.
+2. **apply**: deletes every match from candidates, scores and pairs (a hash match also removes the
+   candidate, so it is never downloaded again). The next release drops matches again and records
+   the `takedowns` version it honoured in its manifest.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from airflow.sdk import Param, dag, task
+
+from altlake.config import Settings
+from plugins import takedowns
+from plugins.defaults import DEFAULT_ARGS, SPARK_POOL
+
+
+def _list(title: str, description: str) -> Param:
+    return Param([], type="array", items={"type": "string"}, title=title, description=description)
+
+
+PARAMS = {
+    "url": _list("URLs", "exact image URLs"),
+    "domain": _list("Domains", "host names; their subdomains are covered too"),
+    "sha256": _list("SHA-256 digests", "hex digests of image bytes"),
+    "md5": _list("MD5 digests", "hex digests of image bytes"),
+    "hash_list": Param("", type="string", title="Hash-list file", description="path of a file of digests (one per line, or .parquet)"),
+    "hash_list_kind": Param("sha256", type="string", enum=["sha256", "md5"], title="Hash-list kind"),
+    "reason": Param("", type="string", title="Reason", description="required with any request, e.g. 'GDPR request 2024-113'"),
+}
+
+
+@dag(
+    dag_id="apply_takedowns",
+    schedule="@daily",
+    start_date=datetime(2025, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    params=PARAMS,
+    default_args=DEFAULT_ARGS,
+    tags=["altlake", "takedowns", "spark"],
+    doc_md=__doc__,
+)
+def apply_takedowns():
+    @task(pool=SPARK_POOL)
+    def add(params=None) -> dict:
+        return takedowns.add(Settings.from_env(), params)
+
+    @task(pool=SPARK_POOL)
+    def apply(added: dict) -> dict:
+        return {"added": added, **takedowns.apply(Settings.from_env())}
+
+    apply(add())
+
+
+apply_takedowns_dag = apply_takedowns()

@@ -1,0 +1,93 @@
+"""
+### score_candidates: unscored `candidates` -> scoring batches -> workers -> `scores` (Delta)
+
+Runs whenever cc_ingest updates the `altlake://candidates` asset, or **Trigger DAG** with the form
+(crawl, batch size, max batches). Tasks:
+
+1. **plan**: the Spark planner (`spark_jobs/batches.py`) writes one input parquet per batch and a
+   `batches` row; candidates whose download failed for good are never re-queued, retryable
+   failures only up to `ALTLAKE_RETRY_LIMITS`. Batches an interrupted run left planned are resumed.
+2. **score**: one mapped task per batch on `ALTLAKE_WORKER_BACKEND` (local subprocess | AWS Batch |
+   Kubernetes), in the `scoring` pool, retried with exponential backoff.
+3. **merge** (runs even when some batches failed): MERGE each finished batch into `scores` on uid
+   (repeating it changes nothing); a batch without the worker's `_SUCCESS` is marked failed with
+   the reason. Updates the `altlake://scores` asset that build_release is scheduled on.
+4. **check**: fails the run, naming each failed batch, when any batch did not finish.
+
+Worker backend and model are deployment settings (`ALTLAKE_WORKER_BACKEND`, `ALTLAKE_WORKER_ARGS`),
+read when the DAG is parsed; the form fields only confirm them and fail the run on a mismatch.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from airflow.sdk import Param, dag, task
+
+from altlake.config import Settings
+from plugins import scoring
+from plugins.assets import CANDIDATES_ASSET, SCORES_ASSET
+from plugins.defaults import DEFAULT_ARGS, SCORING_POOL, SPARK_POOL
+from plugins.worker_backends import BACKENDS, build_score_operator
+
+PARAMS = {
+    "crawl": Param(
+        "", type="string", pattern=r"^(CC-MAIN-\d{4}-\d{2})?$", title="Crawl id",
+        description="score only candidates first seen in this crawl; empty: every crawl",
+    ),
+    "batch_size": Param(None, type=["null", "integer"], minimum=1, title="Batch size", description="uids per batch; empty: ALTLAKE_BATCH_SIZE"),
+    "max_batches": Param(None, type=["null", "integer"], minimum=1, title="Max batches", description="plan at most this many new batches"),
+    "worker_backend": Param(
+        "", type="string", enum=["", *BACKENDS], title="Worker backend",
+        description="informational: the deployment's ALTLAKE_WORKER_BACKEND decides; a different value fails the run",
+    ),
+    "model": Param(
+        "", type="string", title="Model",
+        description="informational: the deployment's ALTLAKE_WORKER_ARGS decide (empty or 'demo': the demo models)",
+    ),
+}
+
+# Parse-time settings: the worker backend, its arguments and retries shape the mapped operator.
+DEPLOYMENT = Settings.from_env()
+
+
+@dag(
+    dag_id="score_candidates",
+    schedule=[CANDIDATES_ASSET],
+    start_date=datetime(2025, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    params=PARAMS,
+    default_args=DEFAULT_ARGS,
+    tags=["altlake", "scoring", "spark", "workers"],
+    doc_md=__doc__,
+)
+def score_candidates():
+    @task(pool=SPARK_POOL)
+    def plan(params=None, ti=None) -> list[dict]:
+        settings = scoring.run_settings(params)
+        scoring.check_deployment(settings, params["worker_backend"], params["model"])
+        planned = scoring.plan(settings, params["crawl"], params["batch_size"], params["max_batches"])
+        ti.xcom_push(key="counts", value=planned["counts"])
+        return planned["batches"]
+
+    @task(pool=SPARK_POOL, trigger_rule="all_done", outlets=[SCORES_ASSET])
+    def merge(batches: list[dict], params=None, outlet_events=None) -> dict:
+        summary = scoring.merge(scoring.run_settings(params), batches)
+        outlet_events[SCORES_ASSET].extra = {
+            "batches": summary["merged_batches"],
+            "rows": summary["rows"],
+            "per_status": summary["per_status"],
+        }
+        return summary
+
+    @task(pool=SPARK_POOL, trigger_rule="all_done")
+    def check(batches: list[dict], params=None) -> dict:
+        return scoring.check(scoring.run_settings(params), batches)
+
+    batches = plan()
+    scored = build_score_operator(DEPLOYMENT, batches, pool=SCORING_POOL)
+    scored >> merge(batches) >> check(batches)
+
+
+score_candidates_dag = score_candidates()

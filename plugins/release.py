@@ -1,0 +1,141 @@
+"""What the build_release DAG's tasks do, as plain functions (the DAG file only wires them).
+
+validate_candidates -> publish (pairs, the scores/pairs gates, the release files, the `releases`
+row: one function, `spark_jobs.release.build_release`, so versions are pinned once and nothing is
+written before every gate passed) -> build_index (the KNN index beside the release).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import tempfile
+from pathlib import Path
+
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from altlake.config import Settings
+
+log = logging.getLogger(__name__)
+
+DEFAULT_AWS_CONN_ID = "aws_default"
+# Threshold names the form accepts, and the Settings field each one overrides.
+THRESHOLD_FIELDS = {"en": "threshold_en", "other": "threshold_other", "near_duplicate_cosine": "near_duplicate_cosine"}
+
+
+def run_settings(params: dict) -> Settings:
+    """ALTLAKE_* settings with the run's release store and threshold overrides."""
+    overrides = dict(params.get("thresholds") or {})
+    unknown = sorted(set(overrides) - set(THRESHOLD_FIELDS))
+    if unknown:
+        raise AirflowFailException(f"unknown thresholds {unknown}: use {sorted(THRESHOLD_FIELDS)}")
+    values = {THRESHOLD_FIELDS[name]: float(value) for name, value in overrides.items()}
+    return Settings.from_env(release_store=params.get("release_store") or None, **values)
+
+
+def s3_client(settings: Settings, aws_conn_id: str):
+    """A boto3 S3 client from the Airflow connection when the store is on S3 (None otherwise)."""
+    if not settings.release_dir.startswith(("s3://", "s3a://")):
+        return None
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    return S3Hook(aws_conn_id=aws_conn_id or DEFAULT_AWS_CONN_ID).get_conn()
+
+
+def validate_candidates(settings: Settings, run_id: str) -> dict:
+    """The `candidates` suite over the whole table: a release is cut from every crawl's rows."""
+    from spark_jobs.quality import QualityGateError, validate_table
+
+    try:
+        report = validate_table(settings, "candidates", run_id)
+        report.raise_for_failures()
+    except QualityGateError as error:
+        raise AirflowFailException(f"release stopped by the candidates gate: {error}") from error
+    return {"table": "candidates", "n_rows": report.n_rows, "success": report.success, "docs_dir": report.docs_dir}
+
+
+def publish(settings: Settings, run_id: str, aws_conn_id: str = DEFAULT_AWS_CONN_ID) -> dict:
+    """Build pairs, gate scores and pairs (a failing expectation stops the release and is named),
+    publish the release and record it. The same inputs on the same day give the same release id,
+    which is never written twice: the recorded release is returned instead (so its index is still
+    built), or the task is skipped when it was published but never recorded."""
+    from spark_jobs.publish import ReleaseExistsError
+    from spark_jobs.quality import QualityGateError
+    from spark_jobs.release import build_release
+    from spark_jobs.session import get_spark
+
+    spark = get_spark(settings, "altlake-release")
+    try:
+        summary = build_release(spark, settings, client=s3_client(settings, aws_conn_id), run_id=run_id)
+    except QualityGateError as error:
+        raise AirflowFailException(f"release stopped by a quality gate: {error}") from error
+    except ReleaseExistsError as error:
+        existing = recorded_release(spark, settings)
+        if existing is None:
+            raise AirflowSkipException(f"nothing new to release: {error}") from error
+        log.info("nothing new to release: reusing %s at %s", existing["release_id"], existing["location"])
+        return existing
+    log.info("release %s at %s: %s", summary["release_id"], summary["location"], summary["counts"])
+    return summary
+
+
+def recorded_release(spark, settings: Settings) -> dict | None:
+    """The newest recorded release cut from the tables' current versions with these thresholds."""
+    from pyspark.sql import functions as F
+
+    from spark_jobs.release import current_versions, thresholds
+    from spark_jobs.takedowns import read_table
+
+    versions, wanted = current_versions(spark, settings), thresholds(settings)
+    for row in read_table(spark, settings, "releases").orderBy(F.desc("created_at")).collect():
+        manifest = json.loads(row["manifest"])
+        if manifest["thresholds"] == wanted and all(manifest["sources"].get(k) == v for k, v in versions.items()):
+            return {"release_id": row["release_id"], "location": row["location"], "counts": manifest["counts"],
+                    "funnel": manifest["funnel"], "reused": True}  # fmt: skip
+    return None
+
+
+def build_index(settings: Settings, location: str, aws_conn_id: str = DEFAULT_AWS_CONN_ID) -> dict:
+    """The release's KNN indices (explore/index.py), written into the release beside its files.
+
+    On S3 the release is read into a temporary directory and only the new `index/` files are
+    uploaded: the published files, manifest included, stay exactly as released.
+    """
+    from explore.index import build_index as build
+
+    if "://" not in location:
+        return _index_summary(build(location))
+    from spark_jobs.publish import ReleaseStore
+
+    store = ReleaseStore(settings.release_dir, client=s3_client(settings, aws_conn_id), s3_endpoint=settings.s3_endpoint)
+    release_id = location.rstrip("/").rsplit("/", 1)[1]
+    prefix = "/".join(p for p in (store.prefix, release_id) if p) + "/"
+    with tempfile.TemporaryDirectory(prefix=f"altlake-index-{release_id}-") as tmp:
+        local = Path(tmp, release_id)
+        for key in _s3_keys(store.client, store.bucket, prefix):
+            target = local / key[len(prefix):]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            store.client.download_file(store.bucket, key, str(target))
+        manifest_before = (local / "manifest.json").read_bytes()
+        info = build(str(local))
+        (local / "manifest.json").write_bytes(manifest_before)  # published manifests are immutable
+        for path in sorted((local / "index").rglob("*")):
+            if path.is_file():
+                store.client.upload_file(str(path), store.bucket, prefix + path.relative_to(local).as_posix())
+    return _index_summary(info)
+
+
+def _s3_keys(client, bucket: str, prefix: str) -> list[str]:
+    keys = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        keys += [item["Key"] for item in page.get("Contents", [])]
+    return keys
+
+
+def _index_summary(info: dict) -> dict:
+    return {
+        "release_id": info["release_id"],
+        "rows": info["rows"],
+        "skipped": info.get("skipped", False),
+        "indices": {m: {k: v for k, v in i.items() if k in ("file", "factory", "kind", "rows")} for m, i in info["indices"].items()},
+    }

@@ -1,0 +1,138 @@
+"""What the score_candidates DAG's tasks do, as plain functions (the DAG file only wires them).
+
+plan -> score (one mapped task per batch, plugins/worker_backends.py) -> merge -> check. The
+worker's `_SUCCESS` marker, not the task state or XCom, decides whether a batch is merged: it is
+the same on every backend, and a batch whose worker never wrote it is marked failed with the
+reason, so its uids are planned again by a later run while the other batches are merged now.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
+
+from altlake.config import Settings
+from altlake.schemas import BATCH_FAILED, BATCH_PLANNED
+
+log = logging.getLogger(__name__)
+
+# What the worker scores with when ALTLAKE_WORKER_ARGS names no model: the committed demo models.
+DEMO_MODEL = "demo"
+
+
+def run_settings(params: dict) -> Settings:
+    """ALTLAKE_* settings with the run's form overrides (empty fields keep the settings)."""
+    return Settings.from_env(batch_size=params.get("batch_size") or None)
+
+
+def check_deployment(settings: Settings, worker_backend: str, model: str) -> None:
+    """The backend and model are fixed when the DAG is parsed (the mapped operator is built then);
+    a form asking for others must fail loudly rather than silently score with the deployed ones."""
+    if worker_backend and worker_backend != settings.worker_backend:
+        raise AirflowFailException(
+            f"this deployment scores on worker_backend={settings.worker_backend!r}; the form asked for "
+            f"{worker_backend!r}: set ALTLAKE_WORKER_BACKEND for the Airflow deployment instead"
+        )
+    if model and model != deployed_model(settings):
+        raise AirflowFailException(
+            f"this deployment scores with model {deployed_model(settings)!r}; the form asked for {model!r}: "
+            f"set ALTLAKE_WORKER_ARGS (e.g. '--model ViT-L-14 --pretrained ...') for the Airflow deployment instead"
+        )
+
+
+def deployed_model(settings: Settings) -> str:
+    """The model the workers load: --model or --checkpoint of ALTLAKE_WORKER_ARGS, else `demo`."""
+    args = shlex.split(settings.worker_args)
+    for flag in ("--model", "--checkpoint"):
+        if flag in args[:-1]:
+            return args[args.index(flag) + 1]
+    return DEMO_MODEL
+
+
+def plan(settings: Settings, crawl: str | None, batch_size: int | None, max_batches: int | None) -> dict:
+    """Plan new batches and pick up batches an interrupted run left planned (the worker skips any
+    that already finished), so re-running the DAG resumes instead of starting over."""
+    from spark_jobs.batches import plan_batches
+    from spark_jobs.session import get_spark
+    from spark_jobs.takedowns import read_table
+
+    spark = get_spark(settings, "altlake-plan-batches")
+    summary = plan_batches(spark, settings, crawl or None, batch_size, max_batches)
+    new_ids = {b["batch_id"] for b in summary["batches"]}
+    leftover = [
+        {"batch_id": r["batch_id"], "n_rows": r["n_rows"], "input_path": r["input_path"], "output_path": r["output_path"]}
+        for r in read_table(spark, settings, "batches").where(f"status = '{BATCH_PLANNED}'").orderBy("batch_id").collect()
+        if r["batch_id"] not in new_ids
+    ]
+    batches = summary.pop("batches") + leftover
+    counts = {**summary, "new_batches": len(new_ids), "resumed_batches": len(leftover)}
+    log.info("scoring plan: %s", counts)
+    return {"batches": batches, "counts": counts}
+
+
+def merge(settings: Settings, batches: list[dict]) -> dict:
+    """Merge every finished batch into `scores` (MERGE on uid: safe to repeat); a batch without
+    `_SUCCESS` after all its task attempts is marked failed with why. Skips (no asset event) when
+    nothing new was merged."""
+    from spark_jobs.merge_scores import mark_batch_failed, merge_planned_batches
+    from spark_jobs.session import get_spark
+
+    if not batches:
+        raise AirflowSkipException("no batches were planned: nothing to merge")
+    spark = get_spark(settings, "altlake-merge-scores")
+    result = merge_planned_batches(spark, settings, [b["batch_id"] for b in batches])
+    outputs = {b["batch_id"]: b["output_path"] for b in batches}
+    failed = []
+    for outcome in result["batches"]:
+        if outcome["status"] == "incomplete":
+            reason = (
+                f"the scoring worker did not finish: no _SUCCESS in {outputs[outcome['batch_id']]} after every "
+                f"attempt of task score[{outcome['batch_id']}] (see its log)"
+            )
+            mark_batch_failed(spark, settings, outcome["batch_id"], reason)
+            failed.append({"batch_id": outcome["batch_id"], "error": reason})
+        elif outcome["status"] == "failed":
+            failed.append({"batch_id": outcome["batch_id"], "error": outcome["error"]})
+    merged = [o for o in result["batches"] if o["status"] == "merged"]
+    per_status: dict[str, int] = {}
+    for outcome in merged:
+        for status, n in outcome["per_status"].items():
+            per_status[status] = per_status.get(status, 0) + n
+    summary = {
+        "merged_batches": len(merged),
+        "failed_batches": failed,
+        "rows": sum(o["rows"] for o in merged),
+        "inserted": sum(o["inserted"] for o in merged),
+        "updated": sum(o["updated"] for o in merged),
+        "per_status": dict(sorted(per_status.items())),
+    }
+    log.info("merge: %s", summary)
+    if not merged:
+        raise AirflowSkipException(f"no batch finished ({len(failed)} failed): the scores table is unchanged")
+    return summary
+
+
+def check(settings: Settings, batches: list[dict]) -> dict:
+    """Fail the run, naming each batch and its reason, when any batch of this run ended failed;
+    the merged batches are already in `scores` and the failed ones are planned again next run."""
+    from spark_jobs.session import get_spark
+    from spark_jobs.takedowns import read_table
+
+    ids = [b["batch_id"] for b in batches]
+    if not ids:
+        return {"batches": 0, "failed": []}
+    spark = get_spark(settings, "altlake-check-batches")
+    table = read_table(spark, settings, "batches")
+    rows = table.where(table["batch_id"].isin(ids)).collect()
+    failed = sorted((r["batch_id"], r["error"]) for r in rows if r["status"] == BATCH_FAILED)
+    unfinished = sorted(r["batch_id"] for r in rows if r["status"] == BATCH_PLANNED)
+    if failed or unfinished:
+        lines = [f"  - {batch_id}: {error}" for batch_id, error in failed]
+        lines += [f"  - {batch_id}: still planned (not merged)" for batch_id in unfinished]
+        raise AirflowFailException(
+            f"{len(failed) + len(unfinished)} of {len(ids)} batches did not finish; the others are merged and "
+            f"these are planned again by the next run:\n" + "\n".join(lines)
+        )
+    return {"batches": len(ids), "failed": []}
