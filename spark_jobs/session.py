@@ -87,29 +87,41 @@ def get_spark(settings: Settings | None = None, app_name: str = "altlake"):
     return spark
 
 
+# Lakes whose tables this process already created and registered, per Spark session: every job
+# calls get_spark, and checking seven tables against the metastore each time costs seconds.
+_READY: set[tuple[int, str]] = set()
+
+
 def ensure_tables(spark, settings: Settings) -> None:
     """Create every Delta table that is missing and point the catalog names at this lake."""
     lake = LakePaths(_absolute(settings.lake_dir))
+    key = (id(spark), lake.root)
+    if key in _READY:
+        return
     spark.sql(f"CREATE DATABASE IF NOT EXISTS {DATABASE}")
     spark.sql(f"USE {DATABASE}")
+    external_catalog = spark._jsparkSession.sessionState().catalog().externalCatalog()
     for table in TABLES.values():
-        _ensure_table(spark, table, lake.table(table.name))
+        _ensure_table(spark, external_catalog, table, lake.table(table.name))
+    _READY.clear()  # the catalog names now point at this lake, not at any other
+    _READY.add(key)
 
 
-def _ensure_table(spark, table: Table, location: str) -> None:
+def _ensure_table(spark, external_catalog, table: Table, location: str) -> None:
     from delta.tables import DeltaTable
 
-    (
-        DeltaTable.createIfNotExists(spark)
-        .location(location)
-        .addColumns(spark.createDataFrame([], table.spark_ddl()).schema)
-        .partitionedBy(*table.partition_by)
-        .property("delta.appendOnly", "false")
-        .execute()
-    )
+    if not DeltaTable.isDeltaTable(spark, location):
+        (
+            DeltaTable.createIfNotExists(spark)
+            .location(location)
+            .addColumns(spark.createDataFrame([], table.spark_ddl()).schema)
+            .partitionedBy(*table.partition_by)
+            .execute()
+        )
     name = f"{DATABASE}.{table.name}"
-    if spark.catalog.tableExists(name):
-        current = spark.sql(f"DESCRIBE DETAIL {name}").first()["location"]
+    if external_catalog.tableExists(DATABASE, table.name):
+        # Read the location from the metastore itself: DESCRIBE DETAIL would load the Delta log.
+        current = external_catalog.getTable(DATABASE, table.name).location().toString()
         if _same_location(current, location):
             return
         spark.sql(f"DROP TABLE {name}")  # external: drops the name, never the data
