@@ -1,0 +1,75 @@
+"""The one nearest-neighbour search path: what the index tuner measures is what the service runs.
+
+Exact indices (IndexFlatIP) answer directly. Approximate ones (OPQ+IVF+PQ) return a shortlist of
+`rerank_factor * k` candidates whose true cosine is then computed from the release's own
+memory-mapped float16 embeddings, so the similarities a user sees are exact and the ranking loses
+only what the shortlist missed. That also means nothing but PQ codes has to stay in RAM.
+"""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+
+from explore.release import EmbeddingMatrix
+
+FLAT = "flat"
+IVF_PQ = "ivf_pq"
+
+
+class Knn:
+    """Search one index over one modality's embeddings."""
+
+    def __init__(self, index: faiss.Index, embeddings: EmbeddingMatrix, kind: str, rerank_factor: int = 4):
+        if index.ntotal != embeddings.n or index.d != embeddings.dim:
+            raise ValueError(f"index ({index.ntotal} x {index.d}) does not match the embeddings ({embeddings.n} x {embeddings.dim})")
+        self.index, self.embeddings, self.kind, self.rerank_factor = index, embeddings, kind, rerank_factor
+        self.n, self.dim = embeddings.n, embeddings.dim
+
+    def set_nprobe(self, nprobe: int) -> None:
+        if self.kind == IVF_PQ:
+            faiss.ParameterSpace().set_index_parameter(self.index, "nprobe", int(nprobe))
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(similarities, ids), each (nq, k), best first; ids are -1 past the end of a short list."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        k = max(1, min(int(k), self.n))
+        if self.kind == FLAT:
+            return self.index.search(queries, k)
+        shortlist = min(self.n, max(k * self.rerank_factor, k + 16))
+        _, candidates = self.index.search(queries, shortlist)
+        sims = np.full((len(queries), k), -np.inf, np.float32)
+        ids = np.full((len(queries), k), -1, np.int64)
+        for q, row in enumerate(candidates):
+            row = row[row >= 0]
+            if len(row) == 0:
+                continue
+            exact = self.embeddings.rows(row) @ queries[q]
+            best = np.argsort(-exact, kind="stable")[:k]
+            sims[q, : len(best)], ids[q, : len(best)] = exact[best], row[best]
+        return sims, ids
+
+
+def exact_topk(embeddings: EmbeddingMatrix, queries: np.ndarray, k: int, block_rows: int = 65_536) -> np.ndarray:
+    """Ground-truth ids (nq, k) by brute force over the memory-mapped matrix, one block at a time."""
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    k = min(k, embeddings.n)
+    best_sims = np.full((len(queries), 0), -np.inf, np.float32)
+    best_ids = np.zeros((len(queries), 0), np.int64)
+    for start, block in embeddings.chunks(block_rows):
+        sims = queries @ block.T
+        ids = np.broadcast_to(np.arange(start, start + len(block)), sims.shape)
+        all_sims = np.concatenate([best_sims, sims], axis=1)
+        all_ids = np.concatenate([best_ids, ids], axis=1)
+        top = np.argpartition(-all_sims, k - 1, axis=1)[:, :k] if all_sims.shape[1] > k else np.argsort(-all_sims, axis=1)
+        best_sims = np.take_along_axis(all_sims, top, axis=1)
+        best_ids = np.take_along_axis(all_ids, top, axis=1)
+    order = np.argsort(-best_sims, axis=1, kind="stable")
+    return np.take_along_axis(best_ids, order, axis=1)
+
+
+def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
+    """Mean fraction of the true top-k ids that the search returned (LAION's recall@k)."""
+    k = truth.shape[1]
+    hits = sum(len(np.intersect1d(f[:k], t)) for f, t in zip(found, truth))
+    return hits / float(truth.size)

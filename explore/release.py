@@ -1,0 +1,243 @@
+"""A release's embeddings and metadata, read in place and memory-mapped.
+
+Two layouts hold the same clip-retrieval files (row i of metadata_N describes row i of both npy):
+
+    <worker output>/img_emb/img_emb_N.npy, text_emb/text_emb_N.npy, metadata/metadata_N.parquet
+    <release>/embeddings/<subset>/{img_emb,text_emb,metadata}/...      (spark_jobs.publish)
+
+A release's global row id is its position in one fixed order: subsets in altlake.schemas.SUBSETS
+order (then any others by name), shards by N. The indices and the metadata file share that order,
+so an index hit is a row number and nothing more. Nothing here loads a whole array: the npy files
+are opened with mmap_mode="r", so serving a release larger than RAM only pages in what is touched.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from altlake.config import Settings
+from altlake.paths import release_path
+from altlake.schemas import SUBSETS
+
+MANIFEST = "manifest.json"
+INDEX_DIR = "index"
+METADATA_FILE = "metadata.arrow"
+_SHARD = re.compile(r"^(img_emb|text_emb|metadata)_(\d+)\.(npy|parquet)$")
+
+
+class ReleaseError(ValueError):
+    """A release directory that cannot be explored, with the reason."""
+
+
+@dataclass(frozen=True)
+class Shard:
+    subset: str  # "" for a worker's flat output
+    number: int
+    img_emb: Path
+    text_emb: Path
+    metadata: Path
+
+
+@dataclass(frozen=True)
+class Release:
+    path: Path
+    release_id: str
+    shards: tuple[Shard, ...]
+    manifest: dict | None
+
+    @property
+    def index_dir(self) -> Path:
+        return self.path / INDEX_DIR
+
+    @property
+    def metadata_file(self) -> Path:
+        return self.index_dir / METADATA_FILE
+
+    def embeddings(self, modality: str) -> "EmbeddingMatrix":
+        if modality not in ("image", "text"):
+            raise ValueError(f"modality must be image or text, not {modality!r}")
+        return EmbeddingMatrix([s.img_emb if modality == "image" else s.text_emb for s in self.shards])
+
+    def source_fingerprint(self) -> list[list]:
+        """(relative path, bytes) of every input file: an index is stale when this changes."""
+        files = [p for s in self.shards for p in (s.img_emb, s.text_emb, s.metadata)]
+        return [[str(p.relative_to(self.path)), p.stat().st_size] for p in files]
+
+
+def resolve_release(release: str, settings: Settings | None = None) -> Path:
+    """A path as given, or a release id under Settings.release_dir."""
+    if os.path.isdir(release):
+        return Path(release).resolve()
+    settings = settings or Settings.from_env()
+    candidate = release_path(settings.release_dir, release)
+    if "://" in candidate:
+        raise ReleaseError(f"release {release!r} lives in {candidate}; exploring needs a local copy (download it first)")
+    if not os.path.isdir(candidate):
+        raise ReleaseError(f"no release {release!r}: neither a directory nor an id under {settings.release_dir}")
+    return Path(candidate).resolve()
+
+
+def open_release(path: str | Path) -> Release:
+    """Discover and check the shards of a release (or a worker output dir)."""
+    root = Path(path)
+    manifest_path = root / MANIFEST
+    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
+    if (root / "img_emb").is_dir():
+        groups = [("", root)]
+    elif (root / "embeddings").is_dir():
+        names = [p.name for p in (root / "embeddings").iterdir() if (p / "img_emb").is_dir()]
+        ordered = [s for s in SUBSETS if s in names] + sorted(n for n in names if n not in SUBSETS)
+        groups = [(name, root / "embeddings" / name) for name in ordered]
+    else:
+        groups = []
+    shards = [shard for subset, base in groups for shard in _shards(subset, base)]
+    if not shards:
+        raise ReleaseError(f"{root} holds no embeddings: expected img_emb/ or embeddings/<subset>/img_emb/ (clip-retrieval layout)")
+    release_id = (manifest or {}).get("release_id") or root.name
+    return Release(root, str(release_id), tuple(shards), manifest)
+
+
+def _shards(subset: str, base: Path) -> list[Shard]:
+    found: dict[str, dict[int, Path]] = {"img_emb": {}, "text_emb": {}, "metadata": {}}
+    for kind in found:
+        folder = base / kind
+        for p in folder.iterdir() if folder.is_dir() else ():
+            m = _SHARD.match(p.name)
+            if m and m.group(1) == kind:
+                found[kind][int(m.group(2))] = p
+    numbers = sorted(found["img_emb"])
+    for kind in ("text_emb", "metadata"):
+        if sorted(found[kind]) != numbers:
+            raise ReleaseError(f"{base}: {kind} shards {sorted(found[kind])} do not match img_emb shards {numbers}")
+    shards = []
+    for n in numbers:
+        shard = Shard(subset, n, found["img_emb"][n], found["text_emb"][n], found["metadata"][n])
+        rows = {
+            "img_emb": _npy_shape(shard.img_emb)[0],
+            "text_emb": _npy_shape(shard.text_emb)[0],
+            "metadata": pq.ParquetFile(shard.metadata).metadata.num_rows,
+        }
+        if len(set(rows.values())) != 1:
+            raise ReleaseError(f"{base} shard {n}: row counts differ {rows}; row i must describe the same pair everywhere")
+        shards.append(shard)
+    return shards
+
+
+def _npy_shape(path: Path) -> tuple[int, ...]:
+    return np.load(path, mmap_mode="r").shape
+
+
+class EmbeddingMatrix:
+    """The concatenation of npy shards as one (N, D) matrix, memory-mapped, read as float32."""
+
+    def __init__(self, files: list[Path]):
+        self.parts = [np.load(f, mmap_mode="r") for f in files]
+        dims = {p.shape[1] for p in self.parts if p.ndim == 2}
+        if any(p.ndim != 2 for p in self.parts) or len(dims) != 1:
+            raise ReleaseError(f"embedding shards must be 2-D with one dimension, got {[p.shape for p in self.parts]}")
+        self.dim = dims.pop()
+        self.offsets = np.cumsum([0] + [len(p) for p in self.parts])
+        self.n = int(self.offsets[-1])
+
+    def rows(self, ids: np.ndarray) -> np.ndarray:
+        """Rows by global id (any order, repeats allowed) as float32."""
+        ids = np.asarray(ids, dtype=np.int64)
+        if len(self.parts) == 1:
+            return np.asarray(self.parts[0][ids], dtype=np.float32)
+        out = np.empty((len(ids), self.dim), np.float32)
+        part_of = np.searchsorted(self.offsets, ids, side="right") - 1
+        for p in np.unique(part_of):
+            mask = part_of == p
+            out[mask] = self.parts[p][ids[mask] - self.offsets[p]]
+        return out
+
+    def chunks(self, rows: int = 65_536):
+        """(first id, float32 block) over the whole matrix, one block in memory at a time."""
+        for part, start in zip(self.parts, self.offsets[:-1]):
+            for lo in range(0, len(part), rows):
+                yield int(start + lo), np.asarray(part[lo : lo + rows], dtype=np.float32)
+
+
+def write_metadata_file(release: Release, out: Path) -> int:
+    """All metadata shards, in global row order, as one uncompressed Arrow IPC file (memory-mappable).
+
+    Column names follow clip-retrieval: `caption` (a worker's `text` is renamed); a published
+    release gets a `subset` column. Returns the row count.
+    """
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(out.name + f".{os.getpid()}.part")
+    schema, rows = None, 0
+    writer = None
+    try:
+        for shard in release.shards:
+            table = pq.read_table(shard.metadata)
+            if "caption" not in table.column_names and "text" in table.column_names:
+                table = table.rename_columns(["caption" if c == "text" else c for c in table.column_names])
+            if shard.subset:
+                table = table.append_column("subset", pa.array([shard.subset] * table.num_rows, pa.string()))
+            if schema is None:
+                schema = table.schema.remove_metadata()
+                writer = pa.ipc.new_file(str(partial), schema)
+            try:
+                table = table.select(schema.names).cast(schema)
+            except (KeyError, pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise ReleaseError(f"{shard.metadata}: columns differ from the first shard's {schema.names}: {exc}") from exc
+            for batch in table.to_batches(max_chunksize=65_536):
+                writer.write_batch(batch)
+            rows += table.num_rows
+        writer.close()
+        writer = None
+        partial.replace(out)
+    finally:
+        if writer is not None:
+            writer.close()
+        partial.unlink(missing_ok=True)
+    return rows
+
+
+class MetadataStore:
+    """Row lookups in the memory-mapped metadata file: only the touched pages are read.
+
+    Lookups go batch by batch: pyarrow's take on a whole chunked table concatenates every chunk
+    first, which at 1M rows cost 100 ms a query instead of well under one.
+    """
+
+    def __init__(self, path: Path):
+        if not path.is_file():
+            raise ReleaseError(f"{path} is missing: run `altlake index --release ...` first")
+        reader = pa.ipc.open_file(pa.memory_map(str(path), "r"))
+        self.batches = [reader.get_batch(i) for i in range(reader.num_record_batches)]
+        self.offsets = np.cumsum([0] + [b.num_rows for b in self.batches])
+        self.n = int(self.offsets[-1])
+        self.columns = reader.schema.names
+
+    def take(self, ids: np.ndarray, columns: list[str] | None = None) -> list[dict]:
+        names = self.columns if columns is None else [c for c in columns if c in self.columns]
+        rows: list = [None] * len(ids)
+        for positions, batch, local in self._by_batch(ids):
+            for position, row in zip(positions, batch.select(names).take(local).to_pylist()):
+                rows[position] = row
+        return rows
+
+    def column(self, name: str, ids: np.ndarray) -> list:
+        values: list = [None] * len(ids)
+        if name in self.columns:
+            for positions, batch, local in self._by_batch(ids):
+                for position, value in zip(positions, batch.column(name).take(local).to_pylist()):
+                    values[position] = value
+        return values
+
+    def _by_batch(self, ids: np.ndarray):
+        ids = np.asarray(ids, dtype=np.int64)
+        batch_of = np.searchsorted(self.offsets, ids, side="right") - 1
+        for b in np.unique(batch_of):
+            positions = np.flatnonzero(batch_of == b)
+            yield positions, self.batches[b], pa.array(ids[positions] - self.offsets[b])

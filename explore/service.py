@@ -1,0 +1,342 @@
+"""`altlake serve`: clip-retrieval's clip back protocol over a release, plus metrics and a web page.
+
+Endpoints (request and response shapes as in rom1504/clip-retrieval's clip_back.py, so its
+ClipClient and front end work unchanged):
+    POST /knn-service   text | image (base64) | image_url | embedding_input -> [{id, similarity, url, caption, ...}]
+    POST /metadata      {ids, indice_name} -> [{id, metadata: {...}}]
+    GET  /indices-list  -> [name, ...]
+and ours: GET /indices/{name} (what the web page needs to know), /healthz, Prometheus /metrics,
+the web page at /, the OpenAPI spec at /openapi.json.
+
+Every bad input ends in a 4xx with {"error": "..."}: bodies over the size limit (413), malformed
+JSON or fields (422), bad base64 / images / embeddings (400, 415), unknown indices (404).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Literal
+
+import faiss
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException
+
+from altlake.config import Settings
+from explore.encoder import ModelOverrides, QueryEncoder
+from explore.errors import QueryError
+from explore.release import open_release, resolve_release
+from explore.search import Explorer, SearchOptions
+
+log = logging.getLogger(__name__)
+
+WEB_DIR = Path(__file__).resolve().parent / "web"
+MAX_NUM_IMAGES = 10_000
+MAX_EMBEDDING_DIM = 4096
+MAX_METADATA_IDS = 10_000
+DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+# --- the protocol ------------------------------------------------------------------------------
+
+
+class KnnRequest(BaseModel):
+    """clip back's /knn-service body; `hide_duplicate_urls` is altlake's addition."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    text: str | None = Field(None, max_length=2000)
+    image: str | None = Field(None, description="base64 image bytes (a data: URL prefix is accepted)")
+    image_url: str | None = Field(None, max_length=2048)
+    embedding_input: Annotated[list[float], Field(max_length=MAX_EMBEDDING_DIM)] | None = Field(
+        None, validation_alias=AliasChoices("embedding_input", "embedding")
+    )
+    modality: Literal["image", "text"] = "image"
+    num_images: int = Field(40, ge=1, le=MAX_NUM_IMAGES)
+    num_result_ids: int | None = Field(None, ge=1, le=MAX_NUM_IMAGES, description="candidates before filtering; default num_images")
+    indice_name: str | None = Field(None, max_length=256)
+    use_mclip: bool = False
+    deduplicate: bool = Field(False, description="hide near-duplicate images (image embedding cosine)")
+    hide_duplicate_urls: bool = False
+    use_safety_model: bool = Field(False, description="safe mode: hide results whose punsafe exceeds the threshold")
+    use_violence_detector: bool = False
+    aesthetic_score: Annotated[int, Field(ge=0, le=9)] | Literal[""] | None = None
+    aesthetic_weight: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | Literal[""] | None = None
+
+
+class MetadataRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    ids: Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=MAX_METADATA_IDS)]
+    indice_name: str | None = Field(None, max_length=256)
+
+
+class ErrorBody(BaseModel):
+    error: str
+
+
+class KnnResult(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    id: int
+    similarity: float
+    url: str | None = None
+    caption: str | None = None
+
+
+# --- the app -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
+    allow_hosts: tuple[str, ...] = ()  # SSRF allow-list for image_url queries (tests, private mirrors)
+    search: SearchOptions = field(default_factory=SearchOptions)
+    models: ModelOverrides = field(default_factory=ModelOverrides)
+    search_threads: int = 1  # OpenMP threads per query; requests run in parallel threads anyway
+
+
+def download_config(config: ServiceConfig, settings: Settings):
+    """The worker's downloader settings for image_url queries: one attempt, a short deadline."""
+    from gpu_workers.downloader import DownloadConfig
+
+    return DownloadConfig.from_settings(settings, allow_hosts=config.allow_hosts, timeout_s=15.0, retries=0, max_bytes=config.max_body_bytes)
+
+
+def load_explorers(releases: list[str], config: ServiceConfig, settings: Settings | None = None) -> list[Explorer]:
+    """Open each release (id or path) with its indices and its CLIP, failing fast on any problem."""
+    settings = settings or Settings.from_env()
+    downloads = download_config(config, settings)
+    explorers = []
+    for release in releases:
+        opened = open_release(resolve_release(release, settings))
+        encoder = QueryEncoder.for_manifest(opened.manifest, config.models)
+        explorers.append(Explorer(opened, encoder, config.search, downloads))
+    names = [e.name for e in explorers]
+    if len(set(names)) != len(names):
+        raise ValueError(f"two releases share a name: {names}")
+    return explorers
+
+
+def create_app(explorers: list[Explorer], config: ServiceConfig | None = None) -> FastAPI:
+    if not explorers:
+        raise ValueError("serve at least one release")
+    config = config or ServiceConfig()
+    by_name = {e.name: e for e in explorers}
+    app = FastAPI(
+        title="altlake explore",
+        version="1",
+        description="clip-retrieval compatible KNN search over altlake releases",
+    )
+    registry = CollectorRegistry()
+    requests = Counter("altlake_explore_requests", "HTTP requests by route and status", ["route", "method", "status"], registry=registry)
+    latency = Histogram("altlake_explore_request_seconds", "request latency by route", ["route"], buckets=LATENCY_BUCKETS, registry=registry)
+    results = Histogram("altlake_explore_results", "results returned per knn query", buckets=(0, 1, 10, 40, 100, 1000, 10_000), registry=registry)
+
+    def explorer_for(name: str | None) -> Explorer:
+        if name is None or name == "":
+            return explorers[0]
+        if name not in by_name:
+            raise QueryError(404, f"unknown indice_name {name!r}; available: {sorted(by_name)}")
+        return by_name[name]
+
+    @app.exception_handler(QueryError)
+    async def query_error(_: Request, exc: QueryError) -> JSONResponse:
+        return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}" for e in exc.errors()]
+        return JSONResponse({"error": "invalid request: " + "; ".join(problems)[:2000]}, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_: Request, exc: HTTPException) -> JSONResponse:
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers)
+
+    errors = {400: {"model": ErrorBody}, 404: {"model": ErrorBody}, 413: {"model": ErrorBody}, 415: {"model": ErrorBody}, 422: {"model": ErrorBody}}
+
+    @app.post("/knn-service", responses={200: {"model": list[KnnResult]}, **errors}, response_class=Response)
+    def knn_service(body: KnnRequest) -> Response:
+        """Nearest pairs of a text, image, image URL or embedding (clip back's protocol)."""
+        explorer = explorer_for(body.indice_name)
+        faiss.omp_set_num_threads(config.search_threads)  # per thread: request threads do not inherit it
+        if body.use_violence_detector:
+            raise QueryError(400, "use_violence_detector: no violence detector is available for this release")
+        vector = explorer.query_vector(body.text, body.image, body.image_url, body.embedding_input, body.use_mclip)
+        found = explorer.knn_search(
+            vector,
+            modality=body.modality,
+            num_images=body.num_images,
+            num_result_ids=body.num_result_ids or body.num_images,
+            safe_mode=body.use_safety_model,
+            hide_duplicate_urls=body.hide_duplicate_urls,
+            hide_near_duplicates=body.deduplicate,
+        )
+        results.observe(len(found))
+        return Response(orjson.dumps(found, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
+
+    @app.post("/metadata", responses=errors, response_class=Response)
+    def metadata(body: MetadataRequest) -> Response:
+        """Metadata of result ids (clip back's protocol)."""
+        found = explorer_for(body.indice_name).metadata_for(body.ids)
+        return Response(orjson.dumps(found, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
+
+    @app.get("/indices-list")
+    def indices_list() -> list[str]:
+        return list(by_name)
+
+    @app.get("/indices/{name}", responses=errors)
+    def index_details(name: str) -> dict:
+        """What a client needs to build queries: rows, dimension, model, index quality."""
+        explorer = explorer_for(name)
+        encoder = explorer.encoder
+        return {
+            "name": explorer.name,
+            "rows": explorer.metadata.n,
+            "dim": explorer.dim,
+            "columns": explorer.metadata.columns,
+            "clip_model": encoder.models.clip_id if encoder else None,
+            "text_queries": encoder is not None,
+            "multilingual": bool(encoder and encoder.has_multilingual),
+            "unsafe_threshold": explorer.options.unsafe_threshold,
+            "indices": {
+                m: {k: v for k, v in i.items() if k in ("factory", "kind", "nprobe", "recall_at_10", "rows")}
+                for m, i in explorer.info["indices"].items()
+            },
+        }
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"status": "ok", "indices": list(by_name)}
+
+    @app.get("/metrics", response_class=Response)
+    def metrics() -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(WEB_DIR / "index.html")
+
+    app.mount("/web", StaticFiles(directory=WEB_DIR), name="web")
+    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "POST"], allow_headers=["*"])
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
+    app.add_middleware(ProtocolJson, paths=("/knn-service", "/metadata"))
+    app.add_middleware(Metrics, requests=requests, latency=latency)
+    return app
+
+
+class BodyLimit:
+    """413 for bodies over the limit, by Content-Length up front or by counting a streamed body."""
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            body = orjson.dumps({"error": f"request body over the {self.max_bytes}-byte limit (or a bad Content-Length)"})
+            response = Response(body, status_code=413, media_type="application/json")
+            return await response(scope, receive, send)
+        seen = 0
+
+        async def counted_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise HTTPException(413, f"request body over the {self.max_bytes}-byte limit")
+            return message
+
+        return await self.app(scope, counted_receive, send)
+
+
+class ProtocolJson:
+    """clip back parses any body as JSON (Flask's force=True): ClipClient sends no Content-Type and
+    the clip-retrieval front end sends text/plain. Label those bodies JSON on the protocol routes."""
+
+    def __init__(self, app, paths: tuple[str, ...]):
+        self.app, self.paths = app, paths
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.paths:
+            headers = [(k, v) for k, v in scope.get("headers") or [] if k != b"content-type"]
+            declared = dict(scope.get("headers") or []).get(b"content-type", b"")
+            if not declared or declared.startswith(b"text/plain"):
+                scope["headers"] = [*headers, (b"content-type", b"application/json")]  # in place: Metrics reads scope["route"]
+        return await self.app(scope, receive, send)
+
+
+class Metrics:
+    """Request count and latency per route template (unmatched paths share one label)."""
+
+    def __init__(self, app, requests: Counter, latency: Histogram):
+        self.app, self.requests, self.latency = app, requests, latency
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        started = time.perf_counter()
+        status = {"code": 500}
+
+        async def observed_send(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, observed_send)
+        finally:
+            route = getattr(scope.get("route"), "path", None) or ("/web" if scope["path"].startswith("/web/") else "unmatched")
+            self.requests.labels(route, scope["method"], str(status["code"])).inc()
+            self.latency.labels(route).observe(time.perf_counter() - started)
+
+
+# --- CLI -----------------------------------------------------------------------------------------
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    settings = Settings.from_env()
+    parser.add_argument("--release", action="append", required=True, help="release id or path (repeat to serve several)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=1234)
+    parser.add_argument("--unsafe-threshold", type=float, default=SearchOptions.unsafe_threshold, help="safe mode hides punsafe above this")
+    parser.add_argument("--near-duplicate-cosine", type=float, default=settings.near_duplicate_cosine, help="image cosine of near duplicates")
+    parser.add_argument("--max-body-mb", type=float, default=DEFAULT_MAX_BODY_BYTES / 2**20, help="largest accepted request body")
+    parser.add_argument("--allow-host", action="append", default=[], help="host/IP/CIDR image_url queries may reach despite the SSRF guard")
+    parser.add_argument("--search-threads", type=int, default=1, help="OpenMP threads per faiss query (more only helps big exact indices on idle cores)")
+    parser.add_argument("--device", default="cpu", help="torch device for query embeddings")
+    parser.add_argument("--clip-checkpoint", help="CLIP weights file, for releases embedded from a checkpoint")
+    parser.add_argument("--multilingual-checkpoint", help="multilingual text tower file, when not the demo one")
+
+
+def run(args: argparse.Namespace) -> int:
+    import pyarrow
+    import uvicorn
+
+    # One query is tiny: kernel thread pools only add wake-up overhead (pyarrow's made a 10-row
+    # take cost 10x). Concurrency comes from serving requests in parallel instead.
+    pyarrow.set_cpu_count(1)
+    config = ServiceConfig(
+        max_body_bytes=int(args.max_body_mb * 2**20),
+        allow_hosts=tuple(args.allow_host),
+        search=SearchOptions(unsafe_threshold=args.unsafe_threshold, near_duplicate_cosine=args.near_duplicate_cosine),
+        models=ModelOverrides(clip_checkpoint=args.clip_checkpoint, multilingual_checkpoint=args.multilingual_checkpoint, device=args.device),
+        search_threads=args.search_threads,
+    )
+    app = create_app(load_explorers(args.release, config), config)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False)  # /metrics counts requests
+    return 0

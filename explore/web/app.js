@@ -1,0 +1,188 @@
+// altlake explore: a LAION-style search page over the clip back protocol served next to it.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const state = { image: null, results: [], page: 0, requested: 0, indices: {} };
+const MAX_RESULTS = 10000;
+
+function pageSize() { return parseInt($("page-size").value, 10); }
+function modality() { return document.querySelector("input[name=modality]:checked").value; }
+
+function setStatus(text, isError = false) {
+  $("status").textContent = text;
+  $("status").classList.toggle("error", isError);
+}
+
+function queryFields() {
+  const text = $("query").value.trim();
+  const url = $("image-url").value.trim();
+  if (state.image) return { image: state.image };
+  if (text) return { text };
+  if (url) return { image_url: url };
+  return null;
+}
+
+async function search(page = 0) {
+  const fields = queryFields();
+  if (!fields) { setStatus("Type a query, drop an image, or give an image URL."); return; }
+  const wanted = Math.min(pageSize() * (page + 1), MAX_RESULTS);
+  const body = {
+    ...fields,
+    modality: modality(),
+    num_images: wanted,
+    num_result_ids: Math.min(wanted * 3, MAX_RESULTS),
+    indice_name: $("index").value || null,
+    use_mclip: $("mclip").checked,
+    use_safety_model: $("safe").checked,
+    hide_duplicate_urls: $("hide-dup-urls").checked,
+    deduplicate: $("hide-near-dups").checked,
+  };
+  setStatus("Searching…");
+  try {
+    const response = await fetch("/knn-service", {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
+    });
+    const payload = await response.json();
+    if (!response.ok) { setStatus(payload.error || `error ${response.status}`, true); return; }
+    state.results = payload;
+    state.requested = wanted;
+    state.page = page;
+    render();
+  } catch (err) {
+    setStatus(`Search failed: ${err}`, true);
+  }
+}
+
+function render() {
+  const grid = $("results");
+  grid.replaceChildren();
+  const start = state.page * pageSize();
+  const shown = state.results.slice(start, start + pageSize());
+  for (const item of shown) {
+    const card = document.createElement("figure");
+    card.className = "result";
+    card.dataset.id = item.id;
+    const img = document.createElement("img");
+    img.loading = "lazy";
+    img.alt = item.caption || "";
+    img.src = item.url;
+    const caption = document.createElement("figcaption");
+    caption.className = "caption" + ($("full-captions").checked ? "" : " short");
+    caption.textContent = item.caption || "";
+    caption.title = item.caption || "";
+    const similarity = document.createElement("div");
+    similarity.className = "similarity";
+    similarity.textContent = `similarity ${item.similarity.toFixed(3)}`;
+    card.append(img, caption, similarity);
+    grid.append(card);
+  }
+  const more = state.results.length >= state.requested && state.requested < MAX_RESULTS;
+  $("prev").disabled = state.page === 0;
+  $("next").disabled = !more;
+  $("page-info").textContent = shown.length ? `page ${state.page + 1}` : "";
+  $("export-json").disabled = $("export-csv").disabled = state.results.length === 0;
+  setStatus(shown.length ? `${state.results.length} results` : "No results (try turning filters off).");
+  applyDisplay();
+}
+
+function applyDisplay() {
+  const grid = $("results");
+  grid.classList.toggle("hide-images", !$("show-images").checked);
+  grid.classList.toggle("hide-captions", !$("show-captions").checked);
+  grid.classList.toggle("hide-similarity", !$("show-similarity").checked);
+  for (const el of grid.querySelectorAll(".caption")) el.classList.toggle("short", !$("full-captions").checked);
+}
+
+function download(name, type, text) {
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(new Blob([text], { type }));
+  link.download = name;
+  document.body.append(link);
+  link.click();
+  link.remove();
+  setTimeout(() => URL.revokeObjectURL(link.href), 1000);
+}
+
+function exportRows() {
+  // img2dataset's column names first (URL, TEXT), then everything the service returned.
+  return state.results.map(({ url, caption, ...rest }) => ({ URL: url, TEXT: caption, ...rest }));
+}
+
+function csvCell(value) {
+  if (value === null || value === undefined) return "";
+  const text = String(value);
+  return /[",\n\r]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
+}
+
+function exportCsv() {
+  const rows = exportRows();
+  const columns = [...new Set(rows.flatMap((row) => Object.keys(row)))];
+  const lines = [columns.join(","), ...rows.map((row) => columns.map((c) => csvCell(row[c])).join(","))];
+  download("altlake-results.csv", "text/csv", lines.join("\n") + "\n");
+}
+
+function useImage(file) {
+  if (!file || !file.type.startsWith("image/")) { setStatus("That is not an image file.", true); return; }
+  const reader = new FileReader();
+  reader.onload = () => {
+    state.image = reader.result;  // a data: URL; the service accepts that prefix
+    $("query-image").hidden = false;
+    $("query-image").querySelector("img").src = reader.result;
+    $("query").value = "";
+    $("image-url").value = "";
+    search(0);
+  };
+  reader.readAsDataURL(file);
+}
+
+function clearImage() {
+  state.image = null;
+  $("query-image").hidden = true;
+}
+
+async function loadIndices() {
+  const names = await (await fetch("/indices-list")).json();
+  for (const name of names) {
+    const option = document.createElement("option");
+    option.value = option.textContent = name;
+    $("index").append(option);
+  }
+  await describeIndex();
+}
+
+async function describeIndex() {
+  const name = $("index").value;
+  if (!name) return;
+  const info = await (await fetch(`/indices/${encodeURIComponent(name)}`)).json();
+  $("mclip").disabled = !info.multilingual;
+  $("index-info").textContent = `${info.rows} pairs, ${info.dim}-d, ${info.clip_model || "no CLIP model: embedding queries only"}`;
+}
+
+$("search-form").addEventListener("submit", (event) => { event.preventDefault(); search(0); });
+$("query").addEventListener("input", () => { clearImage(); $("image-url").value = ""; });
+$("image-url").addEventListener("input", () => { clearImage(); $("query").value = ""; });
+$("pick-file").addEventListener("click", () => $("file").click());
+$("file").addEventListener("change", () => useImage($("file").files[0]));
+$("clear-image").addEventListener("click", clearImage);
+$("drop").addEventListener("dragover", (event) => { event.preventDefault(); $("drop").classList.add("over"); });
+$("drop").addEventListener("dragleave", () => $("drop").classList.remove("over"));
+$("drop").addEventListener("drop", (event) => {
+  event.preventDefault();
+  $("drop").classList.remove("over");
+  useImage(event.dataTransfer.files[0]);
+});
+$("prev").addEventListener("click", () => { state.page -= 1; render(); });
+$("next").addEventListener("click", () => search(state.page + 1));
+$("export-json").addEventListener("click", () => download("altlake-results.json", "application/json", JSON.stringify(exportRows(), null, 2)));
+$("export-csv").addEventListener("click", exportCsv);
+$("index").addEventListener("change", () => { describeIndex(); search(0); });
+for (const id of ["safe", "hide-dup-urls", "hide-near-dups", "mclip", "page-size"]) {
+  $(id).addEventListener("change", () => { if (queryFields()) search(0); });
+}
+for (const input of document.querySelectorAll("input[name=modality]")) {
+  input.addEventListener("change", () => { if (queryFields()) search(0); });
+}
+for (const id of ["show-images", "show-captions", "full-captions", "show-similarity"]) {
+  $(id).addEventListener("change", applyDisplay);
+}
+loadIndices().catch((err) => setStatus(`Could not load the indices: ${err}`, true));

@@ -1,0 +1,109 @@
+"""Index building: exact for small releases, tuned OPQ+IVF+PQ for large ones, recorded and idempotent."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from altlake_cli.main import main as altlake
+from explore.index import build_index, load_index_info, load_knn
+from explore.release import ReleaseError, open_release
+from tests.explore.conftest import make_release, unit_rows
+
+
+def _matrix(paths: list[Path]) -> np.ndarray:
+    return np.concatenate([np.load(p).astype(np.float32) for p in paths])
+
+
+def test_small_release_gets_exact_indices_recorded_in_the_manifest(synthetic_release: Path):
+    info = build_index(str(synthetic_release))
+
+    assert info["skipped"] is False and info["rows"] == 600
+    for modality in ("image", "text"):
+        assert info["indices"][modality]["kind"] == "flat"
+        assert info["indices"][modality]["recall_at_10"] == 1.0
+        assert (synthetic_release / "index" / f"{modality}.index").is_file()
+    manifest = json.loads((synthetic_release / "manifest.json").read_text())
+    assert manifest["release_id"] == "rel-synthetic"  # the original content is kept
+    assert manifest["index"]["indices"]["image"]["factory"] == "Flat"
+    on_disk = json.loads((synthetic_release / "index" / "index_info.json").read_text())
+    assert on_disk["indices"] == info["indices"]
+
+    # Global row order: subset "en" (400 rows) then "multi" (200), in the metadata file too.
+    table = pa.ipc.open_file(pa.memory_map(str(synthetic_release / "index" / "metadata.arrow"))).read_all()
+    assert table.num_rows == 600
+    assert table.column("subset").to_pylist() == ["en"] * 400 + ["multi"] * 200
+    assert table.column("caption")[450].as_py() == "generated pair number 450"
+
+    # The served search equals brute force over the npy files.
+    release = open_release(synthetic_release)
+    images = _matrix([s.img_emb for s in release.shards])
+    texts = _matrix([s.text_emb for s in release.shards])
+    knn = load_knn(release, "image", info["indices"]["image"])
+    queries = texts[[3, 450]]
+    _, ids = knn.search(queries / np.linalg.norm(queries, axis=1, keepdims=True), 10)
+    for q, row in zip(queries, ids):
+        assert list(row) == list(np.argsort(-(images @ q))[:10])
+
+
+def test_rebuild_is_skipped_until_the_inputs_change(synthetic_release: Path):
+    first = build_index(str(synthetic_release))
+    again = build_index(str(synthetic_release))
+    assert again["skipped"] is True and again["built_at"] == first["built_at"]
+
+    shard = open_release(synthetic_release).shards[1]
+    np.save(shard.img_emb, unit_rows(np.random.default_rng(7), 200, 48).astype(np.float16))
+    with pytest.raises(ReleaseError, match="one dimension"):
+        build_index(str(synthetic_release))
+    with pytest.raises(ValueError, match="stale"):
+        load_index_info(open_release(synthetic_release))
+
+
+def test_large_release_gets_a_tuned_ivf_pq_index_served_memory_mapped(tmp_path: Path):
+    root = make_release(tmp_path / "worker-out", [500, 300], layout="worker")
+    info = build_index(str(root), exact_max_rows=500, target_recall=0.9, recall_queries=60)
+
+    image = info["indices"]["image"]
+    assert image["kind"] == "ivf_pq" and image["factory"].startswith("OPQ") and ",IVF" in image["factory"]
+    assert image["recall_target_met"] and image["recall_at_10"] >= 0.9
+    assert image["recall_curve"][-1]["nprobe"] == image["nprobe"]
+
+    release = open_release(root)
+    knn = load_knn(release, "image", image)
+    ivf = faiss.extract_index_ivf(knn.index)
+    assert ivf.nprobe == image["nprobe"]
+    assert isinstance(faiss.downcast_InvertedLists(ivf.invlists), faiss.OnDiskInvertedLists)  # mmap, not RAM
+
+    # Recall on fresh queries, against our own brute force.
+    images = _matrix([s.img_emb for s in release.shards])
+    queries = unit_rows(np.random.default_rng(99), 50, 32)
+    _, found = knn.search(queries, 10)
+    truth = np.argsort(-(queries @ images.T), axis=1)[:, :10]
+    recall = np.mean([len(set(f) & set(t)) / 10 for f, t in zip(found, truth)])
+    assert recall >= 0.85
+    sims, _ = knn.search(queries[:1], 10)
+    assert np.all(np.diff(sims[0]) <= 1e-6)  # reranked: best first
+
+
+def test_mismatched_shards_are_refused_with_the_reason(tmp_path: Path):
+    root = make_release(tmp_path / "bad", [50, 30], layout="worker")
+    (root / "text_emb" / "text_emb_1.npy").unlink()
+    with pytest.raises(ReleaseError, match="text_emb shards"):
+        build_index(str(root))
+    with pytest.raises(ReleaseError, match="holds no embeddings"):
+        open_release(tmp_path)
+
+
+def test_cli_resolves_a_release_id_under_the_release_store(tmp_path: Path, monkeypatch, capsys):
+    store = tmp_path / "store"
+    make_release(store / "20240101-abc", [120])
+    monkeypatch.setenv("ALTLAKE_RELEASE_STORE", str(store))
+    assert altlake(["index", "--release", "20240101-abc"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["rows"] == 120 and printed["indices"]["text"]["kind"] == "flat"
+    assert (store / "20240101-abc" / "index" / "text.index").is_file()

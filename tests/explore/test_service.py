@@ -1,0 +1,187 @@
+"""The clip back protocol over a generated release: results, filters, metadata, metrics, validation."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from altlake.config import Settings
+from explore.index import build_index
+from explore.service import ServiceConfig, create_app, load_explorers
+from tests.explore.conftest import synthetic_metadata, unit_rows, write_shard
+
+DIM = 32
+LIMIT = 64 * 1024
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory) -> dict:
+    """300 pairs where rows 10-14 repeat the URLs of rows 0-4 and rows 20-24 nearly repeat their images."""
+    root = tmp_path_factory.mktemp("served") / "rel-served"
+    rng = np.random.default_rng(3)
+    img, txt = unit_rows(rng, 300, DIM), unit_rows(rng, 300, DIM)
+    img[20:25] = img[0:5] + 0.01 * rng.standard_normal((5, DIM)).astype(np.float32)
+    img[20:25] /= np.linalg.norm(img[20:25], axis=1, keepdims=True)
+    meta = synthetic_metadata(0, 300, rng)
+    meta["url"][10:15] = meta["url"][0:5]
+    write_shard(root, 0, img, txt, meta)
+    build_index(str(root))
+    return {
+        "root": root,
+        "img": np.load(root / "img_emb" / "img_emb_0.npy").astype(np.float32),
+        "txt": np.load(root / "text_emb" / "text_emb_0.npy").astype(np.float32),
+        "meta": meta,
+    }
+
+
+@pytest.fixture(scope="module")
+def client(release) -> TestClient:
+    config = ServiceConfig(max_body_bytes=LIMIT)
+    return TestClient(create_app(load_explorers([str(release["root"])], config, Settings.from_env()), config))
+
+
+def knn(client: TestClient, **body):
+    return client.post("/knn-service", json={"modality": "image", "num_images": 10, **body})
+
+
+def test_embedding_query_returns_clip_back_results_in_exact_order(client, release):
+    query = release["txt"][7] / np.linalg.norm(release["txt"][7])
+    response = knn(client, embedding_input=query.tolist(), num_images=12, indice_name="rel-served")
+    assert response.status_code == 200
+    results = response.json()
+    expected = np.argsort(-(release["img"] @ query))[:12]
+    assert [r["id"] for r in results] == list(expected)
+    first = results[0]
+    assert math.isclose(first["similarity"], float(release["img"][expected[0]] @ query), rel_tol=1e-4)
+    assert first["url"] == release["meta"]["url"][expected[0]]
+    assert first["caption"] == release["meta"]["caption"][expected[0]]
+    assert math.isclose(first["clip_similarity"], float(release["meta"]["similarity"][expected[0]]), rel_tol=1e-6)
+    assert {"uid", "punsafe", "pwatermark", "sha256", "width", "height", "language"} <= set(first)
+
+
+def test_text_modality_searches_the_text_embeddings(client, release):
+    results = knn(client, embedding=release["txt"][42].tolist(), modality="text", num_images=3).json()
+    assert results[0]["id"] == 42 and results[0]["similarity"] > 0.99
+
+
+def test_safe_mode_hides_results_above_the_unsafe_threshold(client, release):
+    query = release["img"][5].tolist()
+    plain = knn(client, embedding_input=query, num_images=60).json()
+    safe = knn(client, embedding_input=query, num_images=60, use_safety_model=True).json()
+    assert any(r["punsafe"] > 0.5 for r in plain)
+    assert safe and all(r["punsafe"] <= 0.5 for r in safe)
+    assert [r["id"] for r in safe] == [r["id"] for r in plain if r["punsafe"] <= 0.5]
+
+
+def test_dedup_hides_near_duplicate_images_and_duplicate_urls(client, release):
+    query = release["img"][0].tolist()
+    plain = [r["id"] for r in knn(client, embedding_input=query).json()]
+    assert plain[:2] == [0, 20]  # row 20 is row 0's near-duplicate image
+    deduped = [r["id"] for r in knn(client, embedding_input=query, deduplicate=True).json()]
+    assert deduped == [i for i in plain if i != 20]  # clip back: filters apply to num_result_ids candidates
+    wider = [r["id"] for r in knn(client, embedding_input=query, deduplicate=True, num_result_ids=20).json()]
+    assert len(wider) == 10 and 20 not in wider
+
+    both = release["img"][1] + release["img"][11]  # rows 1 and 11 share a URL
+    plain = [r["id"] for r in knn(client, embedding_input=both.tolist()).json()]
+    assert {1, 11} <= set(plain[:3])
+    unique = knn(client, embedding_input=both.tolist(), hide_duplicate_urls=True).json()
+    assert len({r["url"] for r in unique}) == len(unique)
+    assert ({1, 11} & {r["id"] for r in unique}) == {plain.index(1) < plain.index(11) and 1 or 11}
+
+
+def test_clip_retrieval_client_payload_is_accepted(client, release):
+    """Exactly what clip_retrieval.clip_client.ClipClient posts (nulls, aesthetic defaults)."""
+    payload = {
+        "text": None, "image": None, "image_url": None, "embedding_input": release["img"][9].tolist(),
+        "deduplicate": True, "use_safety_model": False, "use_violence_detector": False,
+        "indice_name": "rel-served", "use_mclip": False, "aesthetic_score": 9, "aesthetic_weight": 0.5,
+        "modality": "image", "num_images": 5, "num_result_ids": 5,
+    }  # fmt: skip
+    before = ok_knn_requests(client)
+    response = client.post("/knn-service", content=json.dumps(payload))  # no Content-Type, like requests' data=
+    assert response.status_code == 200 and response.json()[0]["id"] == 9
+    front = client.post("/knn-service", content=json.dumps(payload), headers={"content-type": "text/plain;charset=UTF-8"})
+    assert front.status_code == 200 and front.json() == response.json()  # the clip-retrieval front end's fetch()
+    assert ok_knn_requests(client) == before + 2
+
+
+def ok_knn_requests(client: TestClient) -> float:
+    series = 'altlake_explore_requests_total{method="POST",route="/knn-service",status="200"} '
+    lines = [line for line in client.get("/metrics").text.splitlines() if line.startswith(series)]
+    return float(lines[0][len(series):]) if lines else 0.0
+
+
+def test_metadata_indices_health_and_metrics(client, release):
+    response = client.post("/metadata", json={"ids": [4, 250], "indice_name": "rel-served"})
+    assert response.status_code == 200
+    assert [(m["id"], m["metadata"]["url"]) for m in response.json()] == [(4, release["meta"]["url"][4]), (250, release["meta"]["url"][250])]
+    assert client.post("/metadata", json={"ids": [300]}).status_code == 400
+    assert client.get("/indices-list").json() == ["rel-served"]
+    details = client.get("/indices/rel-served").json()
+    assert details["rows"] == 300 and details["dim"] == DIM and details["text_queries"] is False
+    assert client.get("/healthz").json()["status"] == "ok"
+
+    knn(client, embedding_input=release["img"][1].tolist())
+    metrics = client.get("/metrics").text
+    assert 'altlake_explore_requests_total{method="POST",route="/knn-service",status="200"}' in metrics
+    assert 'altlake_explore_request_seconds_count{route="/knn-service"}' in metrics
+
+
+def _png() -> str:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), "red").save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+@pytest.mark.parametrize(
+    "body, status, message",
+    [
+        ({"embedding_input": [0.1] * 31}, 400, "expects 32"),
+        ({"embedding_input": [0.0] * 32}, 400, "zero"),
+        ({"image": "not base64 @@@"}, 400, "not valid base64"),
+        ({"image": base64.b64encode(b"plain text, not a picture").decode()}, 415, "not_image"),
+        ({"image": _png()}, 400, "records none"),  # a valid image, but this release has no CLIP model
+        ({"text": "a red circle"}, 400, "records none"),
+        ({"image_url": "http://127.0.0.1:9/private.jpg"}, 400, "blocked_address"),
+        ({"image_url": "http://169.254.169.254/latest/meta-data"}, 400, "blocked_address"),
+        ({"embedding_input": [0.1] * 32, "num_images": 10**9}, 422, "num_images"),
+        ({"embedding_input": [0.1] * 32, "modality": "audio"}, 422, "modality"),
+        ({"embedding_input": [0.1] * 32, "indice_name": "nope"}, 404, "unknown indice_name"),
+        ({"embedding_input": [0.1] * 32, "use_violence_detector": True}, 400, "violence"),
+        ({}, 400, "give one of"),
+    ],
+)
+def test_bad_input_gets_a_clear_4xx(client, body, status, message):
+    response = knn(client, **body)
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]
+
+
+def test_non_finite_and_malformed_json_are_refused(client):
+    response = client.post("/knn-service", content='{"embedding_input": [NaN' + ", 0.1" * 31 + "]}")
+    assert response.status_code == 400 and "NaN" in response.json()["error"]
+    response = client.post("/knn-service", content=b"{not json")
+    assert response.status_code == 422 and "invalid request" in response.json()["error"]
+    assert client.post("/knn-service", content=b"[1, 2]").status_code == 422
+
+
+def test_oversized_bodies_are_refused_declared_or_streamed(client):
+    big = json.dumps({"image": "A" * (LIMIT + 10)})
+    response = client.post("/knn-service", content=big)
+    assert response.status_code == 413 and "limit" in response.json()["error"]
+
+    def chunks():  # no Content-Length: the server has to count
+        for _ in range(LIMIT // 4096 + 2):
+            yield b" " * 4096
+
+    response = client.post("/knn-service", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413

@@ -1,0 +1,85 @@
+"""The web page in real headless Chromium: query, results, safe mode, image upload, export."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import shutil
+
+import pytest
+import requests
+from playwright.sync_api import expect, sync_playwright
+
+from altlake.config import Settings
+from explore.service import ServiceConfig, create_app, load_explorers
+from tests.explore.conftest import uvicorn_server
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="module")
+def site(model_release):
+    config = ServiceConfig()
+    with uvicorn_server(create_app(load_explorers([str(model_release)], config, Settings.from_env()), config)) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def page(site):
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        context = browser.new_context(accept_downloads=True)
+        yield context.new_page()
+        browser.close()
+
+
+def api_ids(site: str, **body) -> list[int]:
+    defaults = {"modality": "image", "num_images": 40, "num_result_ids": 120, "hide_duplicate_urls": True, "deduplicate": True}
+    response = requests.post(f"{site}/knn-service", json={**defaults, **body}, timeout=60)
+    response.raise_for_status()
+    return [r["id"] for r in response.json()]
+
+
+def shown_ids(page) -> list[int]:
+    return [int(i) for i in page.locator("#results .result").evaluate_all("cards => cards.map(c => c.dataset.id)")]
+
+
+def test_query_safe_mode_upload_and_export(page, site, image_site):
+    page.goto(site)
+    expect(page.locator("#index option")).to_have_count(1)
+    expect(page.locator("#index-info")).to_contain_text("48 pairs")
+
+    page.fill("#query", "a red circle")
+    page.press("#query", "Enter")
+    expect(page.locator("#results .result").first).to_be_visible()
+    expect(page.locator("#status")).to_contain_text("results")
+    safe = shown_ids(page)
+    assert safe == api_ids(site, text="a red circle", use_safety_model=True)
+    assert page.locator("#results .result .caption").first.inner_text().strip()
+    assert "similarity" in page.locator("#results .result .similarity").first.inner_text()
+
+    page.uncheck("#safe")  # re-runs the search: unsafe-proxy pictures come back
+    expect(page.locator("#results .result")).not_to_have_count(len(safe))
+    unsafe = shown_ids(page)
+    assert unsafe == api_ids(site, text="a red circle", use_safety_model=False)
+    assert not any(i % 3 == 0 for i in safe)  # every third row carries the unsafe proxy (punsafe 0.9)
+    assert any(i % 3 == 0 for i in unsafe)
+
+    page.uncheck("#show-similarity")
+    expect(page.locator("#results .result .similarity").first).to_be_hidden()
+
+    with page.expect_download() as download:
+        page.click("#export-json")
+    rows = json.loads(open(download.value.path()).read())
+    assert [r["id"] for r in rows] == unsafe
+    assert all(r["URL"].startswith(image_site[0]) and r["TEXT"] for r in rows)
+
+    with page.expect_download() as download:
+        page.click("#export-csv")
+    table = list(csv.DictReader(io.StringIO(open(download.value.path()).read())))
+    assert [int(r["id"]) for r in table] == unsafe and list(table[0])[:2] == ["URL", "TEXT"]
+
+    page.set_input_files("#file", str(image_site[1] / "5.png"))  # query by image
+    expect(page.locator("#query-image")).to_be_visible()
+    expect(page.locator("#results .result").first).to_have_attribute("data-id", "5")
