@@ -29,3 +29,12 @@ def test_lake_paths_work_for_local_and_object_storage():
     assert LakePaths("s3a://bucket/lake/").table("candidates") == "s3a://bucket/lake/tables/candidates"
     assert LakePaths("/tmp/lake").batch_input("b1") == "/tmp/lake/batches/b1/input.parquet"
     assert join("s3://b", "/r1/", "manifest.json") == "s3://b/r1/manifest.json"
+
+
+def test_readme_documents_every_setting():
+    from dataclasses import fields
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    missing = [f.name for f in fields(Settings) if f"ALTLAKE_{f.name.upper()}" not in readme]
+    assert not missing, f"README's configuration reference lacks: {missing}"
