@@ -7,14 +7,25 @@ import pytest
 
 @pytest.fixture(scope="module")
 def dagbag():
-    """The DAG objects themselves (test_dag_integrity covers parsing them through a DagBag)."""
+    """The DAG objects themselves, parsed afresh under the default deployment settings.
+
+    The backend and retries are read when a DAG file is parsed, and other tests import these
+    modules under their own ALTLAKE_* variables, so reload them with those variables unset.
+    (test_dag_integrity covers parsing them through a DagBag.)"""
+    import importlib
+    import os
     from types import SimpleNamespace
 
-    from dags.apply_takedowns import apply_takedowns_dag
-    from dags.build_release import build_release_dag
-    from dags.score_candidates import score_candidates_dag
-
-    return SimpleNamespace(dags={d.dag_id: d for d in (score_candidates_dag, build_release_dag, apply_takedowns_dag)})
+    saved = {key: os.environ.pop(key) for key in list(os.environ) if key.startswith("ALTLAKE_")}
+    try:
+        modules = [
+            importlib.reload(importlib.import_module(f"dags.{name}"))
+            for name in ("score_candidates", "build_release", "apply_takedowns")
+        ]
+    finally:
+        os.environ.update(saved)
+    dags = [modules[0].score_candidates_dag, modules[1].build_release_dag, modules[2].apply_takedowns_dag]
+    return SimpleNamespace(dags={d.dag_id: d for d in dags})
 
 
 def test_score_candidates_fans_out_in_the_scoring_pool_and_merges_whatever_finished(dagbag):

@@ -215,9 +215,9 @@ def test_local_backend_in_a_real_airflow_run_scores_the_batch(settings: Settings
 
     with ImageServer() as server:
         photos = [
-            {"uid": "u1", "url": server.url("/gen/a.jpg?w=64&h=48"), "text": "a generated photo", "language": "en"},
+            {"uid": "u1", "url": server.url("/gen/a.jpg?w=640&h=480"), "text": "a generated photo", "language": "en"},
             {"uid": "u2", "url": server.url("/status/404"), "text": "a missing photo", "language": "en"},
-            {"uid": "u3", "url": server.url("/gen/b.png?w=80&h=60"), "text": "another photo", "language": "en"},
+            {"uid": "u3", "url": server.url("/gen/b.png?w=320&h=240"), "text": "another photo", "language": "en"},
         ]
         batch = write_batch(settings, "b-0", photos)
         home = tmp_path / "airflow"
