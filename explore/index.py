@@ -4,8 +4,9 @@ Releases up to 50k rows get an exact IndexFlatIP (fast enough, nothing to tune).
 OPQ + IVF + PQ with an inner-product metric (LAION's choice), whose shortlist is reranked
 exactly by explore.knn. nprobe is tuned upward until recall@k, measured against exact search on a
 sample of realistic cross-modal queries (text embeddings against the image index and vice
-versa), reaches the target; the curve and the pick go into index/index_info.json and into the
-release's manifest.json under "index".
+versa), reaches the target; the curve and the pick go into index/index_info.json. A published
+release's manifest.json is never rewritten (its checksum is recorded in the `releases` table), so
+the index's record lives beside it.
 
 Everything lands under <release>/index/: image.index, text.index, metadata.arrow (the metadata
 in global row order, memory-mappable), index_info.json. Files are written to a temporary name
@@ -128,10 +129,6 @@ def build_index(
         "source": source,
     }
     _write_json(info_path, info)
-    if (release.path / MANIFEST).is_file():
-        manifest = json.loads((release.path / MANIFEST).read_text())
-        manifest["index"] = {k: v for k, v in info.items() if k != "source"}
-        _write_json(release.path / MANIFEST, manifest)
     return {**info, "skipped": False}
 
 
