@@ -302,7 +302,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    settings = Settings.from_env(lake_dir=args.lake, spark_master=args.master or _submitted_master())
+    settings = Settings.from_env(lake_dir=args.lake, spark_master=args.master or None)
     try:
         paths = resolve_wat_paths(args.wat, args.limit, prefix=args.wat_prefix, s3_endpoint=settings.s3_endpoint)
     except (ValueError, OSError) as exc:
@@ -316,15 +316,6 @@ def run(args: argparse.Namespace) -> int:
     totals = summary["totals"]
     all_failed = totals[FILE_FAILED] > 0 and totals[FILE_DONE] == 0 and totals[SKIPPED] == 0
     return 1 if all_failed else 0
-
-
-def _submitted_master() -> str | None:
-    """Under spark-submit, the master given to spark-submit wins over settings."""
-    if "PYSPARK_GATEWAY_PORT" not in os.environ:
-        return None
-    from pyspark import SparkConf
-
-    return SparkConf().get("spark.master", None)
 
 
 def main(argv: list[str] | None = None) -> int:

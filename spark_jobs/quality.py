@@ -256,9 +256,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crawl", help="validate only this crawl's rows")
     parser.add_argument("--lake", help="lake root (default: ALTLAKE_LAKE_DIR)")
     args = parser.parse_args(argv)
-    from spark_jobs.extract import _submitted_master  # under spark-submit its master wins
 
-    settings = Settings.from_env(lake_dir=args.lake, spark_master=_submitted_master())
+    settings = Settings.from_env(lake_dir=args.lake)
     report = validate_table(settings, args.table, args.run_id, crawl=args.crawl)
     print(json.dumps(report.to_dict(), default=str))
     try:

@@ -70,11 +70,22 @@ def spark_conf(settings: Settings, app_name: str) -> dict[str, str]:
     return conf
 
 
+def submitted_master() -> str | None:
+    """The master spark-submit was given, when this driver runs under spark-submit."""
+    if "PYSPARK_GATEWAY_PORT" not in os.environ:
+        return None
+    from pyspark import SparkConf
+
+    return SparkConf().get("spark.master", None)
+
+
 def get_spark(settings: Settings | None = None, app_name: str = "altlake"):
-    """A Spark session with Delta and the lake's tables registered under the `altlake` database."""
+    """A Spark session with Delta and the lake's tables registered under the `altlake` database.
+
+    Under spark-submit the master given to spark-submit wins over the settings, for every job."""
     from pyspark.sql import SparkSession
 
-    settings = settings or Settings.from_env()
+    settings = (settings or Settings.from_env()).with_(spark_master=submitted_master())
     if "://" not in settings.lake_dir:
         Path(LakePaths(_absolute(settings.lake_dir)).metastore).mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
