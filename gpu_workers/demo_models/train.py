@@ -92,6 +92,16 @@ def _batches(n: int, batch_size: int, rng: np.random.Generator):
             yield order[i : i + batch_size]
 
 
+def _step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, schedule, bar: tqdm) -> None:
+    """One optimisation step with its learning-rate schedule, shown on the progress bar."""
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    schedule.step()
+    bar.update()
+    bar.set_postfix(loss=f"{loss.item():.4f}")
+
+
 def _progress(steps: int, label: str) -> tqdm:
     return tqdm(total=steps, desc=label, file=sys.stderr, leave=False)
 
@@ -127,12 +137,7 @@ def train_clip(steps: int, seed: int, batch_size: int = 128, n_train: int = 6000
             same = (caption_ids[idx][:, None] == caption_ids[idx][None, :]).float()
             target = same / same.sum(1, keepdim=True)
             loss = (torch.sum(-target * logits.log_softmax(1), 1).mean() + torch.sum(-target * logits.log_softmax(0).T, 1).mean()) / 2
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            bar.update()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            _step(loss, optimizer, schedule, bar)
     model.eval()
     return model, {"steps": steps, "train_scenes": n_train, "data_seed": seed}
 
@@ -194,12 +199,7 @@ def train_multilingual(clip: nn.Module, steps: int, seed: int, batch_size: int =
             idx = torch.from_numpy(next(batches))
             out = nn.functional.normalize(student(tokens[idx]), dim=-1)
             loss = (1 - (out * targets[idx]).sum(-1)).mean()
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            bar.update()
-            bar.set_postfix(loss=f"{loss.item():.4f}")
+            _step(loss, optimizer, schedule, bar)
     student.eval()
     return student, text_cfg, {"steps": steps, "data_seed": seed}
 
@@ -263,12 +263,7 @@ def train_watermark(steps: int, seed: int, n_train: int = 3000, batch_size: int 
         for _ in range(steps):
             idx = torch.from_numpy(next(batches))
             loss = nn.functional.cross_entropy(model(x[idx]), labels[idx])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            bar.update()
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            _step(loss, optimizer, schedule, bar)
     model.eval()
     return model, {"steps": steps, "train_images": n_train, "data_seed": seed}
 
