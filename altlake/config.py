@@ -48,6 +48,7 @@ class Settings:
     worker_args: str = ""  # extra `altlake score` flags, e.g. "--model ViT-L-14 --pretrained laion2b_s32b_b82k"
     worker_gpus: int = 1  # GPUs requested per batch container
     worker_cpus: int = 8  # CPUs requested per batch container (downloads and decoding)
+    worker_decode: str = "auto"  # where the worker decodes JPEGs: cpu | gpu (nvJPEG) | auto (gpu when on CUDA)
     worker_memory_gb: int = 24  # memory requested per batch container
     worker_retries: int = 3  # Airflow retries per batch, with exponential backoff
     aws_batch_job_queue: str = ""

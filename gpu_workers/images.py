@@ -2,21 +2,32 @@
 
 LAION's rules: drop bodies under a minimum size, refuse more than 89,478,484 pixels before any
 pixel is decoded (header only), accept JPEG / PNG / WebP. Resizing follows img2dataset's modes so
-shards are interchangeable with theirs. JPEGs are decoded at a reduced DCT scale when the target is
-much smaller (Pillow's draft mode): the single biggest CPU saving of the worker.
+shards are interchangeable with theirs; output sizes always come from the original dimensions, so
+every decoder (this one, the batched one in gpu_workers.batch_decode) yields the same geometry.
+
+Decoding is the worker's biggest CPU cost, so ordinary JPEGs (YCbCr or greyscale, i.e. nearly all
+of them) go through simplejpeg: libjpeg-turbo decodes them at the smallest of its 1/8-step DCT
+scales that is still at least the target size (full-quality IDCT and upsampling), where Pillow's
+draft mode only offers 1/2, 1/4 and 1/8. Anything simplejpeg does not take (CMYK, a damaged
+stream, PNG, WebP) goes through Pillow, which is also the judge of every rejection.
 """
 
 from __future__ import annotations
 
 import hashlib
 import io
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
+import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
 LAION_MAX_PIXELS = 89_478_484
 RESIZE_MODES = ("border", "keep_ratio", "center_crop", "no")
 REJECT_STATUSES = ("too_small", "too_many_pixels", "unsupported_format", "decode_error", "not_image")
+JPEG_SOI = b"\xff\xd8\xff"
+# JPEG colour spaces decoded outside Pillow; Adobe CMYK / YCCK need Pillow's inversion handling.
+FAST_JPEG_COLORSPACES = ("YCbCr", "Gray")
 
 # Pillow's own bomb guard stays on (someone may have set it to None); ours is the exact check below.
 if Image.MAX_IMAGE_PIXELS is None or Image.MAX_IMAGE_PIXELS > LAION_MAX_PIXELS + 1:
@@ -49,6 +60,22 @@ class ImageConfig:
             raise ValueError(f"encode_format must be jpg, png, webp or None, not {self.encode_format!r}")
 
 
+@dataclass(frozen=True)
+class Header:
+    """What is known before any pixel is decoded; every check on it has passed."""
+
+    format: str  # Pillow format name: JPEG, PNG, WEBP, ...
+    width: int
+    height: int
+    jpeg_colorspace: str | None = None  # from the JPEG header when read without Pillow
+    opened: Image.Image | None = field(default=None, repr=False, compare=False)  # Pillow's lazy image, if it read the header
+
+    @property
+    def plain_jpeg(self) -> bool:
+        """A YCbCr / greyscale JPEG: what libjpeg-turbo (and nvJPEG) decode straight to RGB."""
+        return self.format == "JPEG" and self.jpeg_colorspace in FAST_JPEG_COLORSPACES
+
+
 @dataclass
 class DecodedImage:
     image: Image.Image  # RGB, resized for storage (or the original when size is None / mode "no")
@@ -63,26 +90,24 @@ class DecodedImage:
 
 def decode(body: bytes, config: ImageConfig) -> DecodedImage:
     """Validate and decode one downloaded body; raise ImageRejected with a reason otherwise."""
-    if len(body) < config.min_bytes:
-        raise ImageRejected("too_small", f"{len(body)} bytes < minimum {config.min_bytes}")
-    image = _open_checked(body, config)
-    original_width, original_height = image.size
-    target = _target_size(image.size, config)
-    try:
-        if target is not None and image.format == "JPEG":
-            image.draft("RGB", target)  # decode at 1/2, 1/4 or 1/8 scale, never below target
-        image.load()
-        image = _to_rgb(image)
-    except Image.DecompressionBombError as exc:
-        raise ImageRejected("too_many_pixels", str(exc)) from exc
-    except Exception as exc:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError, ... on bad data
-        raise ImageRejected("decode_error", f"{type(exc).__name__}: {exc}") from exc
+    header = read_header(body, config)
+    target = target_size(header, config)
+    pixels = decode_plain_jpeg(body, target) if header.plain_jpeg else None
+    if pixels is not None:
+        image = Image.fromarray(pixels)
+    else:  # everything else, and any JPEG libjpeg-turbo refused: Pillow decodes or names the failure
+        image = _decode_with_pillow(body, header, target, config)
     if config.size is not None and config.resize_mode != "no":
-        image = resize(image, config.size, config.resize_mode)
+        image = resize(image, config.size, config.resize_mode, original_size=(header.width, header.height))
+    return finish(body, header, image, config)
+
+
+def finish(body: bytes, header: Header, image: Image.Image, config: ImageConfig) -> DecodedImage:
+    """The result for an RGB image already at storage size: hashes of the body, bytes for shards."""
     return DecodedImage(
         image=image,
-        original_width=original_width,
-        original_height=original_height,
+        original_width=header.width,
+        original_height=header.height,
         width=image.width,
         height=image.height,
         sha256=hashlib.sha256(body).hexdigest(),
@@ -91,8 +116,37 @@ def decode(body: bytes, config: ImageConfig) -> DecodedImage:
     )
 
 
-def _open_checked(body: bytes, config: ImageConfig) -> Image.Image:
-    """Open (header only) and check format and pixel count before anything is decoded."""
+def read_header(body: bytes, config: ImageConfig) -> Header:
+    """Every check made before a pixel is decoded: byte size, format allow-list, pixel count."""
+    if len(body) < config.min_bytes:
+        raise ImageRejected("too_small", f"{len(body)} bytes < minimum {config.min_bytes}")
+    header = _plain_jpeg_header(body) if "JPEG" in config.formats else None
+    if header is None:
+        header = _pillow_header(body)
+    if header.format not in config.formats:
+        raise ImageRejected("unsupported_format", f"{header.format} is not one of {', '.join(config.formats)}")
+    width, height = header.width, header.height
+    if width * height > config.max_pixels:
+        raise ImageRejected("too_many_pixels", f"{width}x{height} = {width * height} pixels > {config.max_pixels}")
+    if width < 1 or height < 1:
+        raise ImageRejected("decode_error", f"empty image {width}x{height}")
+    return header
+
+
+def _plain_jpeg_header(body: bytes) -> Header | None:
+    """The JPEG frame header read by libjpeg-turbo (no Python marker walk); None if not a plain JPEG."""
+    if not body.startswith(JPEG_SOI):
+        return None
+    try:
+        height, width, colorspace, _subsampling = simplejpeg.decode_jpeg_header(body)
+    except ValueError:
+        return None  # Pillow reads it again and names the problem
+    if colorspace not in FAST_JPEG_COLORSPACES:
+        return None
+    return Header("JPEG", width, height, colorspace)
+
+
+def _pillow_header(body: bytes) -> Header:
     try:
         image = Image.open(io.BytesIO(body))
     except Image.DecompressionBombError as exc:  # Pillow's own guard, at twice its MAX_IMAGE_PIXELS
@@ -101,25 +155,45 @@ def _open_checked(body: bytes, config: ImageConfig) -> Image.Image:
         raise ImageRejected("not_image", f"not a recognised image ({body[:16]!r}...)") from exc
     except Exception as exc:  # noqa: BLE001 - a recognised but broken header
         raise ImageRejected("decode_error", f"bad header: {type(exc).__name__}: {exc}") from exc
-    if image.format not in config.formats:
-        raise ImageRejected("unsupported_format", f"{image.format} is not one of {', '.join(config.formats)}")
-    width, height = image.size
-    if width * height > config.max_pixels:
-        raise ImageRejected("too_many_pixels", f"{width}x{height} = {width * height} pixels > {config.max_pixels}")
-    if width < 1 or height < 1:
-        raise ImageRejected("decode_error", f"empty image {width}x{height}")
-    return image
+    # A camera's multi-picture JPEG is a JPEG whose first frame is the picture, as browsers show it.
+    fmt = "JPEG" if image.format == "MPO" else image.format
+    return Header(fmt, image.width, image.height, opened=image)
 
 
-def _target_size(size: tuple[int, int], config: ImageConfig) -> tuple[int, int] | None:
-    """The smallest decoded size that still gives full quality at the storage size."""
+def decode_plain_jpeg(body: bytes, target: tuple[int, int] | None) -> np.ndarray | None:
+    """RGB pixels at the smallest libjpeg-turbo scale >= target; None when it refuses the stream."""
+    min_width, min_height = target or (0, 0)
+    try:
+        return simplejpeg.decode_jpeg(body, "RGB", min_width=min_width, min_height=min_height)
+    except ValueError:  # strict: also a truncated or corrupt stream, which Pillow then judges
+        return None
+
+
+def _decode_with_pillow(body: bytes, header: Header, target: tuple[int, int] | None, config: ImageConfig) -> Image.Image:
+    image = header.opened if header.opened is not None else _pillow_header(body).opened
+    try:
+        if target is not None and image.format in ("JPEG", "MPO"):
+            image.draft("RGB", target)  # decode at 1/2, 1/4 or 1/8 scale, never below target
+        image.load()
+        return _to_rgb(image)
+    except Image.DecompressionBombError as exc:
+        raise ImageRejected("too_many_pixels", str(exc)) from exc
+    except Exception as exc:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, ValueError, ... on bad data
+        raise ImageRejected("decode_error", f"{type(exc).__name__}: {exc}") from exc
+
+
+def target_size(header: Header, config: ImageConfig) -> tuple[int, int] | None:
+    """The smallest decoded size that still gives full quality at the storage size (None: full size)."""
     if config.size is None or config.resize_mode == "no":
         return None
+    scaled = scaled_size((header.width, header.height), config.size, config.resize_mode)
+    return scaled if scaled[0] < header.width else None
+
+
+def scaled_size(size: tuple[int, int], target: int, mode: str) -> tuple[int, int]:
+    """img2dataset's geometry: border fits the longest side to `target`, the other modes the shortest."""
     width, height = size
-    side = max(width, height) if config.resize_mode == "border" else min(width, height)
-    scale = config.size / side
-    if scale >= 1:
-        return None
+    scale = target / (max(width, height) if mode == "border" else min(width, height))
     return max(1, round(width * scale)), max(1, round(height * scale))
 
 
@@ -135,40 +209,40 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def resize(image: Image.Image, size: int, mode: str) -> Image.Image:
+def resize(image: Image.Image, size: int, mode: str, original_size: tuple[int, int] | None = None) -> Image.Image:
     """img2dataset's resize modes on an RGB image.
 
     border: longest side to `size`, then centred on a white size x size square.
     keep_ratio: shortest side to `size`, aspect ratio kept.
     center_crop: shortest side to `size`, then the centred size x size square.
     no: unchanged.
+    `original_size` is the size before a reduced-scale decode: the output geometry follows it, so
+    it does not depend on which DCT scale the decoder picked.
     """
+    if mode not in RESIZE_MODES:
+        raise ValueError(f"resize mode must be one of {RESIZE_MODES}, not {mode!r}")
     if mode == "no":
         return image
-    width, height = image.size
-    if mode == "border":
-        image = _scale(image, size / max(width, height))
-        if image.size == (size, size):
-            return image
+    new_size = scaled_size(original_size or image.size, size, mode)
+    if new_size != image.size:  # area averaging when shrinking (cv2 INTER_AREA's job), Lanczos when enlarging
+        shrinking = new_size[0] < image.width
+        image = image.resize(new_size, Image.Resampling.BOX if shrinking else Image.Resampling.LANCZOS)
+    left, top = border_offsets(image.size, size, mode)
+    if mode == "border" and image.size != (size, size):
         canvas = Image.new("RGB", (size, size), (255, 255, 255))
-        canvas.paste(image, ((size - image.width) // 2, (size - image.height) // 2))
+        canvas.paste(image, (left, top))
         return canvas
-    if mode == "keep_ratio":
-        return _scale(image, size / min(width, height))
     if mode == "center_crop":
-        image = _scale(image, size / min(width, height))
-        left, top = (image.width - size) // 2, (image.height - size) // 2
         return image.crop((left, top, left + size, top + size))
-    raise ValueError(f"resize mode must be one of {RESIZE_MODES}, not {mode!r}")
+    return image
 
 
-def _scale(image: Image.Image, scale: float) -> Image.Image:
-    """Area averaging when shrinking (cv2 INTER_AREA's job), Lanczos when enlarging."""
-    new_size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-    if new_size == image.size:
-        return image
-    shrinking = new_size[0] < image.width
-    return image.resize(new_size, Image.Resampling.BOX if shrinking else Image.Resampling.LANCZOS)
+def border_offsets(scaled: tuple[int, int], size: int, mode: str) -> tuple[int, int]:
+    """Where the scaled image sits: its offset on the border canvas, or the crop's corner in it."""
+    width, height = scaled
+    if mode == "border":
+        return (size - width) // 2, (size - height) // 2
+    return (width - size) // 2, (height - size) // 2
 
 
 def encode(image: Image.Image, fmt: str, quality: int = 95) -> bytes:

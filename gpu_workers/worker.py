@@ -3,7 +3,8 @@
 Stages overlap in one bounded pipeline, so a 100k-row batch runs in flat memory:
 
     reader ──rows──> downloader (asyncio thread, <= max_in_flight pulled ahead)
-           ──bodies──> decode pool (threads, <= decode_workers * 4 pending)
+           ──bodies──> decode pool (threads, <= decode_workers * 4 pending; on a GPU: batches of
+                       batch_size decoded by nvJPEG, <= 2 batches pending plus the one filling)
            ──pixels──> inference thread (one batch running, one being filled)
            ──scores──> results in memory (one small row + two float16 vectors per uid)
     writer: results.parquet, clip-retrieval embeddings, optional webdataset shards, then _SUCCESS.
@@ -34,6 +35,7 @@ from tqdm import tqdm
 
 from altlake.config import Settings
 from altlake.schemas import STATUS_OK
+from gpu_workers.batch_decode import DECODE_CHOICES, BatchDecoder, uses_batch_decoder
 from gpu_workers.downloader import DownloadConfig, FetchResult, download
 from gpu_workers.images import DecodedImage, ImageConfig, ImageRejected, decode
 from gpu_workers.models import DEMO, Models, ModelSpec, load_models, similarity
@@ -64,8 +66,13 @@ class PipelineConfig:
     batch_size: int = 64  # images per model call
     max_in_flight: int = 256  # downloads pulled ahead of what has been consumed
     decode_workers: int = 2  # threads decoding / resizing / preprocessing (Pillow releases the GIL)
+    decode: str = "auto"  # cpu | gpu (batched nvJPEG + resize on the device) | auto: gpu when the models run on CUDA
     webdataset: bool = False
     samples_per_shard: int = 10_000
+
+    def __post_init__(self) -> None:
+        if self.decode not in DECODE_CHOICES:
+            raise ValueError(f"decode must be one of {DECODE_CHOICES}, not {self.decode!r}")
 
     @property
     def decode_window(self) -> int:
@@ -97,7 +104,8 @@ def score_rows(
     """Score rows lazily; yields one Scored per input row, in completion order.
 
     At any time at most max_in_flight + decode_window + 2 * batch_size rows have been pulled from
-    `rows` without being yielded, however long `rows` is.
+    `rows` without being yielded, however long `rows` is (with GPU decoding the decode stage holds
+    up to 3 * batch_size instead of decode_window).
     """
     waiting: dict[str, InputRow] = {}  # pulled by the downloader, not yet yielded
 
@@ -118,11 +126,21 @@ def score_rows(
 
 
 class _Stages:
-    """Decode pool + single inference thread, each with a fixed bound on pending work."""
+    """Decode pool + single inference thread, each with a fixed bound on pending work.
+
+    Bodies are decoded in groups: of one on the CPU path (each decode its own task), of batch_size
+    with GPU decoding (one batched nvJPEG call per group).
+    """
 
     def __init__(self, models: Models, image_config: ImageConfig, pipeline: PipelineConfig, batch_id: str):
         self.models, self.image_config, self.pipeline, self.batch_id = models, image_config, pipeline, batch_id
-        self.decoding: deque[tuple[InputRow, FetchResult, Future]] = deque()
+        batched = uses_batch_decoder(pipeline.decode, models.device)
+        self.batch_decoder = BatchDecoder(image_config, models.device) if batched else None
+        self.group_size = pipeline.batch_size if batched else 1
+        self.window = 2 * pipeline.batch_size if batched else pipeline.decode_window  # rows submitted, not collected
+        self.filling: list[tuple[InputRow, FetchResult, bytes]] = []  # the next group
+        self.decoding: deque[tuple[list[tuple[InputRow, FetchResult]], Future]] = deque()
+        self.submitted = 0  # rows in self.decoding
         self.ready: list[tuple[InputRow, FetchResult, DecodedImage, object]] = []
         self.inferring: Future | None = None
         self.decoders = ThreadPoolExecutor(pipeline.decode_workers, thread_name_prefix="altlake-decode")
@@ -132,17 +150,21 @@ class _Stages:
         return self
 
     def __exit__(self, *exc) -> None:
-        for future in (f for _, _, f in self.decoding):
+        for future in (f for _, f in self.decoding):
             future.cancel()
         self.decoders.shutdown(wait=True, cancel_futures=True)
         self.inference.shutdown(wait=True, cancel_futures=True)
 
     def feed(self, row: InputRow, fetch: FetchResult) -> list[Scored]:
-        body, fetch.body = fetch.body, None  # the future owns the bytes now
-        self.decoding.append((row, fetch, self.decoders.submit(self._decode, body)))
-        return self._collect(block=len(self.decoding) > self.pipeline.decode_window)
+        body, fetch.body = fetch.body, None  # the decode task owns the bytes now
+        self.filling.append((row, fetch, body))
+        if len(self.filling) >= self.group_size:
+            self._submit_group()
+        return self._collect(block=self.submitted > self.window)
 
     def finish(self) -> list[Scored]:
+        if self.filling:
+            self._submit_group()
         done = self._collect(block=True, drain=True)
         if self.ready:
             done += self._start_inference()
@@ -151,27 +173,44 @@ class _Stages:
             self.inferring = None
         return done
 
-    def _decode(self, body: bytes) -> tuple[DecodedImage, object]:
-        """Runs in the decode pool: check, decode, resize, and CLIP's own preprocessing."""
-        decoded = decode(body, self.image_config)
+    def _submit_group(self) -> None:
+        group, self.filling = self.filling, []
+        future = self.decoders.submit(self._decode, [body for _, _, body in group])
+        self.decoding.append(([(row, fetch) for row, fetch, _ in group], future))
+        self.submitted += len(group)
+
+    def _decode(self, bodies: list[bytes]) -> list[tuple[DecodedImage, object] | Exception]:
+        """Runs in the decode pool: check, decode, resize, and CLIP's own preprocessing; one outcome per body."""
+        if self.batch_decoder is not None:
+            decoded: list[DecodedImage | Exception] = list(self.batch_decoder.decode(bodies))
+        else:
+            decoded = [_attempt(decode, body, self.image_config) for body in bodies]
+        return [outcome if isinstance(outcome, Exception) else _attempt(self._with_pixels, outcome) for outcome in decoded]
+
+    def _with_pixels(self, decoded: DecodedImage) -> tuple[DecodedImage, object]:
         return decoded, self.models.preprocess([decoded.image])
 
     def _collect(self, block: bool, drain: bool = False) -> list[Scored]:
-        """Move finished decodes on to inference; wait for the oldest when over the bound."""
+        """Move finished decodes on to inference; wait for the oldest group when over the bound."""
         done: list[Scored] = []
-        while self.decoding and (self.decoding[0][2].done() or block):
-            row, fetch, future = self.decoding.popleft()
+        while self.decoding and (self.decoding[0][1].done() or block):
+            items, future = self.decoding.popleft()
+            self.submitted -= len(items)
             try:
-                decoded, pixels = future.result()
-            except ImageRejected as rejected:
-                done.append(Scored(_failure(row, self.batch_id, fetch, rejected.status, rejected.message), "decode"))
-            except Exception as exc:  # noqa: BLE001 - a decoder bug is a recorded row, never a lost one
-                done.append(Scored(_failure(row, self.batch_id, fetch, "decode_error", f"{type(exc).__name__}: {exc}"), "decode"))
-            else:
-                self.ready.append((row, fetch, decoded, pixels))
-                if len(self.ready) >= self.pipeline.batch_size:
-                    done += self._start_inference()
-            block = drain or len(self.decoding) > self.pipeline.decode_window
+                outcomes = future.result()
+            except Exception as exc:  # noqa: BLE001 - a decoder bug fails its rows, recorded, never lost
+                outcomes = [exc] * len(items)
+            for (row, fetch), outcome in zip(items, outcomes, strict=True):
+                if isinstance(outcome, ImageRejected):
+                    done.append(Scored(_failure(row, self.batch_id, fetch, outcome.status, outcome.message), "decode"))
+                elif isinstance(outcome, Exception):
+                    error = f"{type(outcome).__name__}: {outcome}"
+                    done.append(Scored(_failure(row, self.batch_id, fetch, "decode_error", error), "decode"))
+                else:
+                    self.ready.append((row, fetch, *outcome))
+                    if len(self.ready) >= self.pipeline.batch_size:
+                        done += self._start_inference()
+            block = drain or self.submitted > self.window
         return done
 
     def _start_inference(self) -> list[Scored]:
@@ -240,6 +279,14 @@ class _Stages:
             padded = [texts[i] for i in rows] + [""] * (size - len(rows))
             out[rows] = self.models.embed_texts(padded, [language] * size)[: len(rows)]
         return out
+
+
+def _attempt(function, *args):
+    """function(*args), or the exception it raised: one bad image must not fail its group."""
+    try:
+        return function(*args)
+    except Exception as exc:  # noqa: BLE001 - turned into that row's failure status by _collect
+        return exc
 
 
 def _result(row: InputRow, batch_id: str, fetch: FetchResult, status: str, error: str | None) -> dict:
@@ -417,6 +464,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=PipelineConfig.batch_size, help="images per model call")
     parser.add_argument("--max-in-flight", type=int, default=PipelineConfig.max_in_flight, help="downloads ahead")
     parser.add_argument("--decode-workers", type=int, default=PipelineConfig.decode_workers)
+    parser.add_argument("--decode", choices=DECODE_CHOICES, default=None,
+                        help="where JPEGs are decoded and resized: cpu, gpu (batched nvJPEG, needs --device cuda) or "
+                        "auto = gpu when the models run on CUDA (default: ALTLAKE_WORKER_DECODE, else auto)")
     parser.add_argument("--no-nsfw", action="store_true", help="skip the NSFW head (punsafe stays null)")
     parser.add_argument("--no-watermark", action="store_true", help="skip the watermark head (pwatermark stays null)")
     parser.add_argument("--webdataset", action="store_true", help="also write webdataset tar shards of the ok images")
@@ -429,6 +479,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     settings = Settings.from_env()
     spec = spec_from_args(args)
+    decode_on = args.decode or settings.worker_decode
+    if decode_on not in DECODE_CHOICES or (decode_on == "gpu" and not spec.device.startswith("cuda")):
+        print(f"altlake score: decode must be auto, cpu, or gpu with --device cuda, not {decode_on!r} on {spec.device}", file=sys.stderr)
+        return 2
     try:
         summary = score_batch(
             args.input,
@@ -440,6 +494,7 @@ def run(args: argparse.Namespace) -> int:
                 batch_size=args.batch_size,
                 max_in_flight=args.max_in_flight,
                 decode_workers=args.decode_workers,
+                decode=decode_on,
                 webdataset=args.webdataset,
             ),
             batch_id=args.batch_id,

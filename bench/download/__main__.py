@@ -7,7 +7,9 @@ X-Robots-Tag, and the SSRF guard (127.0.0.1 allow-listed). CPU time is measured 
 resource.getrusage(RUSAGE_CHILDREN) around each tool's process, which includes img2dataset's
 worker processes. Each tool also runs once on a tiny list (`--startup-images`) so its fixed start-up
 cost (imports, process spawns) can be subtracted: the "marginal" columns are the cost per image
-of a long run. Results: a table on stdout and bench/out/download.json.
+of a long run. With --repeats N (default 3) every run is made N times, the tools taking turns, and
+the median CPU and wall seconds are reported: the machine may be shared, and one noisy start-up run
+would otherwise swing the marginal figures. Results: a table on stdout and bench/out/download.json.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import os
 import platform
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -66,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--resize-mode", default="border", choices=("border", "keep_ratio", "center_crop"))
     parser.add_argument("--startup-images", type=int, default=10, help="size of the start-up calibration run")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per tool and size; medians are reported")
     parser.add_argument("--out", default=str(REPO / "bench" / "out" / "download.json"))
     args = parser.parse_args(argv)
 
@@ -83,21 +87,33 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="altlake-bench-download-"))
     try:
         base_url = server.stdout.readline().split()[2]
-        runs = {}
-        for label, count in (("startup", args.startup_images), ("full", args.images)):
-            url_list = work / f"urls-{label}.parquet"
-            write_url_list(url_list, base_url, names[:count])
-            common = [str(args.threads), str(args.image_size), args.resize_mode]
-            commands = {
-                "altlake": [sys.executable, "-m", "bench.download.ours", str(url_list), str(work / label / "altlake"),
-                            "--threads", common[0], "--image-size", common[1], "--resize-mode", common[2]],
-                "img2dataset": [str(img2dataset_python), str(HERE / "run_img2dataset.py"), str(url_list),
-                                str(work / label / "img2dataset"), *common],
+        samples: dict[tuple[str, str], list[dict[str, float]]] = {}
+        for repeat in range(args.repeats):
+            for label, count in (("startup", args.startup_images), ("full", args.images)):
+                url_list = work / f"urls-{label}.parquet"
+                write_url_list(url_list, base_url, names[:count])
+                common = [str(args.threads), str(args.image_size), args.resize_mode]
+                folder = work / f"{label}-{repeat}"
+                commands = {
+                    "altlake": [sys.executable, "-m", "bench.download.ours", str(url_list), str(folder / "altlake"),
+                                "--threads", common[0], "--image-size", common[1], "--resize-mode", common[2]],
+                    "img2dataset": [str(img2dataset_python), str(HERE / "run_img2dataset.py"), str(url_list),
+                                    str(folder / "img2dataset"), *common],
+                }
+                for tool, command in commands.items():
+                    sample = measure(f"{tool} ({label}, {count} images, run {repeat + 1}/{args.repeats})", command, env)
+                    samples.setdefault((tool, label), []).append(sample)
+                samples["altlake", label][-1]["images"] = json.loads((folder / "altlake" / "summary.json").read_text())["successes"]
+                samples["img2dataset", label][-1]["images"] = img2dataset_successes(folder / "img2dataset")
+                shutil.rmtree(folder)
+        runs: dict[str, dict[str, dict]] = {}
+        for (tool, label), measured in samples.items():
+            runs.setdefault(tool, {})[label] = {
+                "wall_s": statistics.median(m["wall_s"] for m in measured),
+                "cpu_s": statistics.median(m["cpu_s"] for m in measured),
+                "images": min(m["images"] for m in measured),  # a run that lost images does not flatter its tool
+                "cpu_s_runs": [round(m["cpu_s"], 2) for m in measured],
             }
-            for tool, command in commands.items():
-                runs.setdefault(tool, {})[label] = measure(f"{tool} ({label}, {count} images)", command, env)
-            runs["altlake"][label]["images"] = json.loads((work / label / "altlake" / "summary.json").read_text())["successes"]
-            runs["img2dataset"][label]["images"] = img2dataset_successes(work / label / "img2dataset")
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -115,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     marginal_ratio = ours["marginal_images_per_cpu_s"] / theirs["marginal_images_per_cpu_s"]
     report = {
         "benchmark": "download+decode+resize, local server",
-        "images": args.images, "source_size": args.source_size, "threads": args.threads,
+        "images": args.images, "source_size": args.source_size, "threads": args.threads, "repeats": args.repeats,
         "image_size": args.image_size, "resize_mode": args.resize_mode, "img2dataset": IMG2DATASET,
         "cpu_count": os.cpu_count(), "python": platform.python_version(),
         "runs": runs, "per_core_speedup": ratio, "marginal_per_core_speedup": marginal_ratio,
@@ -124,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
 
-    print(f"\n{args.images} JPEGs of ~{args.source_size}px -> {args.resize_mode} {args.image_size}px, {args.threads} threads, 1 process")
+    print(f"\n{args.images} JPEGs of ~{args.source_size}px -> {args.resize_mode} {args.image_size}px, {args.threads} threads, "
+          f"1 process, median of {args.repeats} run(s)")
     print(f"{'tool':<12} {'ok images':>10} {'wall s':>8} {'CPU s':>8} {'img/s':>8} {'img/CPU-s':>10} {'marginal img/CPU-s':>19}")
     for name, run in runs.items():
         full = run["full"]

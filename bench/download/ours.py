@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--resize-mode", default="border")
     args = parser.parse_args(argv)
 
-    table = pq.read_table(args.url_list, columns=["key", "url", "caption"]).to_pydict()
+    # ParquetFile, not read_table: the latter imports pyarrow.dataset and with it pandas (~1 CPU-s).
+    table = pq.ParquetFile(args.url_list).read(columns=["key", "url", "caption"]).to_pydict()
     captions = dict(zip(table["key"], table["caption"]))
     download_config = DownloadConfig.from_settings(
         Settings.from_env(),

@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import io
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from altlake_cli.image_server import bomb_png, generated_bytes, photo_bytes
-from gpu_workers.images import ImageConfig, ImageRejected, decode, resize
+from gpu_workers.images import ImageConfig, ImageRejected, decode, resize, scaled_size
 
 RED, GREEN, BLUE, WHITE = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)
 
@@ -83,6 +84,38 @@ def test_large_jpeg_decoded_at_reduced_scale_keeps_its_original_dimensions():
     decoded = decode(body, ImageConfig(size=256, resize_mode="center_crop"))
     assert (decoded.original_width, decoded.original_height) == (2048, 2048)
     assert decoded.image.size == (256, 256)
+
+
+def test_reduced_scale_jpeg_decode_matches_a_full_pillow_decode():
+    """libjpeg-turbo's 1/8-step DCT scaling + BOX gives the pixels of a full decode + BOX, nearly."""
+    body = photo_bytes("chelsea", "jpg", 1000)
+    for mode in ("border", "center_crop", "keep_ratio"):
+        fast = decode(body, ImageConfig(size=200, resize_mode=mode))
+        with Image.open(io.BytesIO(body)) as full:
+            reference = resize(full.convert("RGB"), 200, mode)
+        assert fast.image.size == reference.size
+        diff = np.abs(np.asarray(fast.image, np.int16) - np.asarray(reference, np.int16))
+        assert diff.mean() < 6.0, mode  # DCT-domain scaling is not a box filter: close, not equal
+
+
+def test_output_geometry_follows_the_original_size_not_the_decode_scale():
+    body = encoded(stripes(1001, 667), "JPEG")
+    decoded = decode(body, ImageConfig(min_bytes=0, size=256, resize_mode="keep_ratio"))
+    assert decoded.image.size == (round(1001 * 256 / 667), 256) == scaled_size((1001, 667), 256, "keep_ratio")
+
+
+def test_cmyk_and_multi_picture_jpegs_are_decoded():
+    cmyk = io.BytesIO()
+    stripes(400, 200).convert("CMYK").save(cmyk, "JPEG")
+    mpo = io.BytesIO()
+    stripes(400, 200).save(mpo, "MPO", save_all=True, append_images=[stripes(200, 400)])
+    with Image.open(io.BytesIO(mpo.getvalue())) as opened:
+        assert opened.format == "MPO"  # a camera's multi-picture file: a JPEG with a second frame
+    for body in (cmyk.getvalue(), mpo.getvalue()):
+        decoded = decode(body, ImageConfig(min_bytes=0, size=128))
+        assert (decoded.original_width, decoded.original_height) == (400, 200)
+        assert decoded.image.mode == "RGB"
+        assert close_to(decoded.image.getpixel((5, 64)), RED) and close_to(decoded.image.getpixel((64, 64)), GREEN)
 
 
 def test_transparency_is_flattened_on_white():

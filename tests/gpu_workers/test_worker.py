@@ -225,6 +225,46 @@ def test_pipeline_pulls_a_bounded_number_of_rows_ahead(server, models):
     assert pulled < 120 + bound
 
 
+def test_batched_decoder_path_gives_the_cpu_path_statuses_and_close_embeddings(server, models):
+    """decode="gpu" runs the CUDA code path (BatchDecoder, groups of batch_size) on the CPU here."""
+    rows = [InputRow(f"p{i}", server.url(f"photo/{name}.jpg?size=200"), f"a photo of {name}", "en")
+            for i, name in enumerate(("astronaut", "chelsea", "coffee", "rocket", "china"))]
+    rows += [InputRow(f"s{i}", server.url(path), text, "en") for i, (path, text, _) in enumerate(server.scenes)]
+    rows += [
+        InputRow("h0", server.url("truncated/half.jpg"), "broken", "en"),
+        InputRow("h1", server.url("bomb/huge.png"), "bomb", "en"),
+        InputRow("h2", server.url("gen/anim.gif"), "gif", "en"),
+        InputRow("h3", server.url("photo/coffee.png?size=150"), "a png", "en"),
+    ]
+
+    def run(decode: str) -> dict[str, object]:
+        pipeline = PipelineConfig(batch_size=4, max_in_flight=8, decode_workers=2, decode=decode)
+        return {s.row["uid"]: s for s in score_rows(iter(rows), models, _download(), IMAGES, pipeline, f"b-{decode}")}
+
+    cpu, batched = run("cpu"), run("gpu")
+    assert set(cpu) == set(batched) == {row.uid for row in rows}
+    assert {u: s.row["status"] for u, s in batched.items()} == {u: s.row["status"] for u, s in cpu.items()}
+    assert {cpu[u].row["status"] for u in ("h0", "h1", "h2")} == {"decode_error", "too_many_pixels", "unsupported_format"}
+    ok = [u for u, s in cpu.items() if s.row["status"] == STATUS_OK]
+    assert len(ok) == len(rows) - 3
+    cpu_embeddings = np.stack([cpu[u].img_emb for u in ok]).astype(np.float32)
+    for i, uid in enumerate(ok):
+        a, b = cpu[uid], batched[uid]
+        for column in ("width", "height", "original_width", "original_height", "sha256", "md5"):
+            assert a.row[column] == b.row[column], (uid, column)
+        cosines = cpu_embeddings @ b.img_emb.astype(np.float32)
+        assert cosines[i] > 0.98 and int(np.argmax(cosines)) == i, uid  # the same picture, resampled a bit differently
+
+
+def test_cli_refuses_gpu_decode_without_cuda(tmp_path, capsys):
+    from altlake_cli.main import main
+
+    batch = _write_parquet(tmp_path / "in.parquet", [{"uid": "a", "url": "http://x.example/a.jpg", "text": "a", "language": "en"}])
+    assert main(["score", "--input", batch, "--output", str(tmp_path / "out"), "--decode", "gpu"]) == 2
+    assert "gpu with --device cuda" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 # --- crash safety ---------------------------------------------------------------------------------
 
 
