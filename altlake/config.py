@@ -26,6 +26,9 @@ class Settings:
     spark_master: str = "local[*]"
     spark_driver_memory: str = "2g"
     spark_shuffle_partitions: int = 8
+    # The cluster supplies the Delta jars and the Hive catalog (EMR Serverless: its Delta and the
+    # Glue Data Catalog): sessions then add neither the cached jars nor an embedded Derby metastore.
+    spark_provided: bool = False
     # Where releases are published: a local directory or s3://bucket/prefix.
     release_store: str = ""
     # S3-compatible endpoint (moto server in tests, MinIO, or empty for AWS itself).

@@ -250,7 +250,9 @@ def test_s3a_wat_and_listing_through_an_s3_server(sample_wat, monkeypatch):
 @pytest.mark.parametrize(
     "url",
     ["img/a.jpg", "/img/a.jpg?w=1", "//cdn.site.org/a.png", "../up/a.jpg", "./here.jpg", "?page=2", "#top",
-     "a.jpg#frag", "  spaced.jpg", "tab\tin.jpg", "mailto:x@y.org", "HTTP://UPPER.org/A.jpg", "a:b/c.jpg", "https://x.org/a.jpg"],
+     "a.jpg#frag", "  spaced.jpg", "tab\tin.jpg", "mailto:x@y.org", "HTTP://UPPER.org/A.jpg", "a:b/c.jpg", "https://x.org/a.jpg",
+     "../../a.jpg", "../../../../../x.jpg?q=1", "../a/./b.jpg", "../", "..//x.jpg", "data:image/png;base64,iVBO", "javascript:go(1)",
+     "ftp://files.example.org/p.jpg", "host:8080/x.jpg", "Mailto:X", "svn+ssh://x/y", "HTTPS://x.org/b.jpg"],
 )
 def test_resolver_matches_urljoin(base, url):
     from urllib.parse import urljoin
@@ -291,3 +293,39 @@ def test_fast_page_links_equals_page_links_or_defers(sample_wat, tmp_path):
     assert page_links(orjson.loads(body)["Envelope"])[1]
     with pytest.raises(ValueError):  # a broken record is still detected (counted in bad_records)
         fast_page_links(bodies[0][:-40], parser)
+    assert any(f is not None and f[2] for f in fast)  # license pages are read on the fast path too
+
+
+def _page(links: list[dict], head_links: list[dict] = ()) -> bytes:
+    import orjson
+
+    meta = {"Head": {"Title": "t", "Link": list(head_links)}, "Links": links}
+    envelope = {"WARC-Header-Metadata": {"WARC-Target-URI": "http://site.org/a/page.html"},
+                "Payload-Metadata": {"HTTP-Response-Metadata": {"HTML-Metadata": meta}}}
+    return orjson.dumps({"Envelope": envelope})
+
+
+@pytest.mark.parametrize(
+    "links, head_links, fast_reads_it",
+    [
+        ([{"title": "", "alt": 'Café "quoted" back\\slash', "path": "IMG@/src", "url": "img/é.jpg"}], [], True),
+        ([{"alt": "A &amp; B", "path": "IMG@/src", "url": "/x.jpg?a=1&amp;b=2", "title": "t"},
+          {"path": "A@/href", "url": "https://creativecommons.org/licenses/by/4.0/", "rel": "license"}], [], True),
+        ([{"path": "IMG@/src", "url": "/late.jpg", "alt": "alt after the url"}], [], False),
+        ([{"alt": "in an area", "path": "AREA@/href", "url": "/map"}, {"alt": "a photo", "path": "IMG@/src", "url": "/p.jpg"}], [], False),
+        ([{"alt": "a photo", "path": "IMG@/src", "url": "/p.jpg"}],
+         [{"path": "LINK@/href", "rel": "license", "url": "http://creativecommons.org/licenses/by-sa/3.0/"}], False),
+    ],
+    ids=["escapes", "entities-and-license", "alt-after-url", "alt-on-another-tag", "head-license"],
+)
+def test_fast_page_links_reads_escapes_and_defers_on_unusual_shapes(links, head_links, fast_reads_it):
+    import orjson
+    import simdjson
+
+    from spark_jobs.wat import fast_page_links, page_links
+
+    body = _page(links, head_links).replace("é".encode(), b"\\u00e9")  # JSON escapes, as some writers emit
+    expected = page_links(orjson.loads(body)["Envelope"])
+    assert expected[1]  # every case has a pair to find
+    got = fast_page_links(body, simdjson.Parser())
+    assert got == (expected if fast_reads_it else None)
