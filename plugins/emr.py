@@ -7,8 +7,8 @@ holds comes from `Settings` (ALTLAKE_EMR_*; see infra/aws/README.md):
 - entryPoint: `{emr_code_uri}/{script}`; our packages travel as `{emr_code_uri}/altlake.zip`
   (spark.submit.pyFiles), built by `build_code_zip`.
 - sparkSubmitParameters: Delta from Maven (the delta-spark version pinned in this venv), the Delta
-  SQL extension and catalog, and the job's non-default ALTLAKE_* settings as driver and executor
-  environment.
+  SQL extension and catalog, the Glue Data Catalog as Hive metastore, and the job's non-default
+  ALTLAKE_* settings plus ALTLAKE_SPARK_PROVIDED=true as driver and executor environment.
 - configurationOverrides: driver/executor logs to `emr_log_uri`.
 """
 
@@ -25,6 +25,7 @@ from plugins.spark import REPO, SparkJob
 CODE_ZIP = "altlake.zip"
 PACKAGES = ("altlake", "spark_jobs")  # what the jobs import on the cluster
 SCALA_VERSION = "2.13"  # Spark 4 is built for Scala 2.13 only
+GLUE_CATALOG = "com.amazonaws.glue.catalog.metastore.AWSGlueDataCatalogHiveClientFactory"
 
 
 def _required(settings: Settings) -> None:
@@ -48,8 +49,11 @@ def spark_submit_conf(settings: Settings, job: SparkJob) -> dict[str, str]:
         "spark.submit.pyFiles": f"{code}/{CODE_ZIP}",
         "spark.sql.shuffle.partitions": str(settings.spark_shuffle_partitions),
         "spark.sql.session.timeZone": "UTC",
+        # The catalog is the Glue Data Catalog and the jars come with the job: the session must
+        # not look for a local jar cache or start an embedded Derby metastore.
+        "spark.hadoop.hive.metastore.client.factory.class": GLUE_CATALOG,
     }
-    for name, value in changed_settings(settings).items():
+    for name, value in {**changed_settings(settings), "spark_provided": "true"}.items():
         if any(ch.isspace() for ch in value):
             raise ValueError(f"ALTLAKE_{name.upper()}={value!r}: EMR's sparkSubmitParameters cannot carry spaces")
         conf[f"spark.emr-serverless.driverEnv.ALTLAKE_{name.upper()}"] = value

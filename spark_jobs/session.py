@@ -43,13 +43,10 @@ def spark_conf(settings: Settings, app_name: str) -> dict[str, str]:
     conf = {
         "spark.app.name": app_name,
         "spark.master": settings.spark_master,
-        "spark.jars": ",".join(spark_jars(settings)),
         "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
         "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
         "spark.sql.catalogImplementation": "hive",
         "spark.sql.warehouse.dir": lake.warehouse,
-        "spark.hadoop.javax.jdo.option.ConnectionURL": metastore_url(settings),
-        "spark.driver.extraJavaOptions": f"-Dderby.system.home={Path(lake.metastore)}",
         "spark.driver.memory": settings.spark_driver_memory,
         "spark.sql.shuffle.partitions": str(settings.spark_shuffle_partitions),
         "spark.ui.enabled": "false",
@@ -59,6 +56,14 @@ def spark_conf(settings: Settings, app_name: str) -> dict[str, str]:
         "spark.pyspark.python": sys.executable,
         "spark.pyspark.driver.python": sys.executable,
     }
+    if not settings.spark_provided:
+        conf.update(
+            {
+                "spark.jars": ",".join(spark_jars(settings)),
+                "spark.hadoop.javax.jdo.option.ConnectionURL": metastore_url(settings),
+                "spark.driver.extraJavaOptions": f"-Dderby.system.home={Path(lake.metastore)}",
+            }
+        )
     if settings.s3_endpoint:
         conf.update(
             {

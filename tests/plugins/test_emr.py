@@ -7,8 +7,9 @@ from importlib.metadata import version
 import pytest
 
 from altlake.config import Settings
-from plugins.emr import build_code_zip, configuration_overrides, job_driver, start_job_operator
+from plugins.emr import GLUE_CATALOG, build_code_zip, configuration_overrides, job_driver, start_job_operator
 from plugins.spark import extract_job, quality_job
+from spark_jobs.session import spark_conf
 
 EMR = dict(
     spark_backend="emr_serverless",
@@ -21,7 +22,7 @@ EMR = dict(
 )
 
 
-def test_extract_job_driver_and_overrides():
+def test_extract_job_driver_and_overrides(tmp_path):
     settings = Settings.from_env(environ={}, **EMR)
     job = extract_job("CC-MAIN-2024-10", ["s3a://commoncrawl/a.wat.gz", "s3a://commoncrawl/b.wat.gz"], settings.lake_dir)
 
@@ -43,6 +44,19 @@ def test_extract_job_driver_and_overrides():
     assert conf["spark.emr-serverless.driverEnv.ALTLAKE_LAKE_DIR"] == "s3a://altlake-lake/prod"
     assert conf["spark.executorEnv.ALTLAKE_LAKE_DIR"] == "s3a://altlake-lake/prod"
     assert not any("SPARK_BACKEND" in k or "ALTLAKE_EMR_" in k or "SPARK_MASTER" in k for k in conf)
+    assert conf["spark.hadoop.hive.metastore.client.factory.class"] == GLUE_CATALOG
+
+    # The session the job opens on the cluster, from the environment this request gives its driver:
+    # no local jar cache (there is none there) and no embedded Derby catalog.
+    prefix = "spark.emr-serverless.driverEnv."
+    cluster_env = {k.removeprefix(prefix): v for k, v in conf.items() if k.startswith(prefix)}
+    cluster = Settings.from_env(environ={**cluster_env, "ALTLAKE_CACHE_DIR": str(tmp_path / "no-jars-here")})
+    session_conf = spark_conf(cluster, "altlake-extract")
+    assert cluster.spark_provided and cluster.lake_dir == "s3a://altlake-lake/prod"
+    assert "spark.jars" not in session_conf and not any("jdo" in k or "derby" in v for k, v in session_conf.items())
+    assert session_conf["spark.sql.catalogImplementation"] == "hive"
+    with pytest.raises(RuntimeError, match="Delta jars are missing"):  # where Spark is not provided, the cache is required
+        spark_conf(cluster.with_(spark_provided=False), "altlake-extract")
 
     assert configuration_overrides(settings) == {
         "monitoringConfiguration": {"s3MonitoringConfiguration": {"logUri": "s3://altlake-logs/emr/"}}
