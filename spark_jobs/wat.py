@@ -581,7 +581,7 @@ def _read_records(
             if b'"IMG@/src"' not in body:
                 continue
             try:
-                page = fast_page_links(body, parser) or page_links(orjson.loads(body)["Envelope"])
+                page = read_page(body, parser)
             except (ValueError, KeyError, TypeError) as exc:  # simdjson and orjson: ValueError subclasses
                 result.bad_records += 1
                 result.note(f"record {result.records} ({record.record_id}): bad JSON: {exc}")
@@ -637,12 +637,19 @@ def _add_page(
         result.pairs.append(Pair(pair_uid(url, text), url, text, page_url, language, score, license_url))
 
 
+def read_page(body: bytes, parser: simdjson.Parser) -> tuple[str, list[tuple[str, str]], str | None] | None:
+    """page_links' result for one record's JSON: the fast path when it can vouch for it, else orjson."""
+    return fast_page_links(body, parser) or page_links(orjson.loads(body)["Envelope"])
+
+
 def iter_raw_pairs(path: str) -> Iterator[tuple[str, str]]:
-    """Every (absolute url, alt) IMG link with a non-empty alt, in file order (for comparisons)."""
+    """Every (absolute url, alt) IMG link with a non-empty alt, in file order: the links alone,
+    without dedup or rules (cc2dataset's output, for comparisons and the like-for-like benchmark)."""
+    parser = simdjson.Parser()
     with open_wat(path) as raw:
         for record in ArchiveIterator(DecodedStream(raw), parse_http=False, stream_detect=False):
             body = record.reader.read()
             if record.record_type == WarcRecordType.metadata and b'"IMG@/src"' in body:
-                page = page_links(orjson.loads(body)["Envelope"])
+                page = read_page(body, parser)
                 if page:
                     yield from page[1]
