@@ -23,7 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "subset": ("explore.subset", "write an img2dataset-ready parquet of the pairs nearest to queries"),
     "plan-batches": ("spark_jobs.batches", "plan scoring batches of unscored / retryable candidates"),
     "merge-scores": ("spark_jobs.merge_scores", "merge finished worker outputs into the scores table"),
-    "build-release": ("spark_jobs.release", "build, gate and publish a release (or --rebuild one and verify it)"),
+    "build-release": ("altlake_cli.build_release", "build, gate, index and publish a release (or --rebuild one and verify it)"),
     "takedown": ("spark_jobs.takedowns", "record takedown requests (url, domain, hash list) and apply them"),
     "image-server": ("altlake_cli.image_server", "serve real, generated and hostile images on 127.0.0.1 (tests, demo, benches)"),
 }

@@ -9,9 +9,12 @@ form (release store, threshold overrides, AWS connection). Tasks:
    marks), the `scores` and `pairs` gates (a failing expectation stops the release and is named in
    the log; Data Docs under `<lake>/gx/<run id>/`), then the LAION-compatible parquet, embeddings,
    report and manifest to the release store (a local directory, or s3:// through the Amazon
-   provider's S3Hook), and a row in `releases`. The manifest records the takedowns version honoured.
+   provider's S3Hook), and a row in `releases`. The manifest records the takedowns version honoured
+   and the KNN index (`explore/index.py`), built from the staged files before publishing: kind,
+   parameters, recall@10 against exact search, checksums.
    Same inputs on the same day = same release id, never written twice: the recorded one is reused.
-3. **build_index**: the KNN indices (`explore/index.py`) inside the release, for `altlake serve`.
+3. **build_index**: confirms the index in the manifest; a release published before indices were
+   part of publishing gets `index/` written beside its files (the manifest stays untouched).
 """
 
 from __future__ import annotations

@@ -4,9 +4,13 @@ Releases up to 50k rows get an exact IndexFlatIP (fast enough, nothing to tune).
 OPQ + IVF + PQ with an inner-product metric (LAION's choice), whose shortlist is reranked
 exactly by explore.knn. nprobe is tuned upward until recall@k, measured against exact search on a
 sample of realistic cross-modal queries (text embeddings against the image index and vice
-versa), reaches the target; the curve and the pick go into index/index_info.json. A published
-release's manifest.json is never rewritten (its checksum is recorded in the `releases` table), so
-the index's record lives beside it.
+versa), reaches the target; the curve and the pick go into index/index_info.json.
+
+The release publisher builds the index from the STAGED release (`index_staged_release`), so the
+manifest records it (kind, parameters, recall@10, sample size, file checksums) and the index is as
+immutable as the rest of the release. A published release's manifest is never rewritten (its
+checksum is in the `releases` table): `altlake index` refuses a release whose manifest records an
+index, and for one published without (older releases, worker outputs) writes index/ beside it.
 
 Everything lands under <release>/index/: image.index, text.index, metadata.arrow (the metadata
 in global row order, memory-mappable), index_info.json. Files are written to a temporary name
@@ -31,7 +35,7 @@ from tqdm import tqdm
 
 from altlake.config import Settings
 from explore.knn import FLAT, IVF_PQ, Knn, exact_topk, recall_at_k
-from explore.release import MANIFEST, MetadataStore, Release, open_release, resolve_release, write_metadata_file
+from explore.release import INDEX_DIR, MetadataStore, Release, ReleaseError, open_release, resolve_release, write_metadata_file
 
 INDEX_INFO = "index_info.json"
 FORMAT_VERSION = 1
@@ -48,6 +52,10 @@ _MAX_TRAIN_ROWS = 65_536  # 64 per list at nlist 1024; faiss wants >= 39
 # shortlist is reranked exactly, at 3-5x the build time.
 _OPQ_ITERATIONS, _OPQ_FIRST_PQ_ITERATIONS = 6, 10
 _KMEANS_ITERATIONS = 10
+
+
+class IndexRecordedError(ReleaseError):
+    """The release's manifest already records its index: published files are never rewritten."""
 
 
 def index_path(release: Release, modality: str) -> Path:
@@ -76,9 +84,16 @@ def build_index(
     force: bool = False,
     progress: bool = False,
     seed: int = 0,
+    release_id: str | None = None,
 ) -> dict:
     """Build (or confirm up to date) both indices and the metadata file of a release; return index_info."""
-    release = open_release(release_dir)
+    release = open_release(release_dir, release_id)
+    if release.manifest and release.manifest.get("index"):
+        raise IndexRecordedError(
+            f"{release.path} was published with its index recorded in manifest.json "
+            f"(image recall@10 {release.manifest['index']['indices']['image'].get('recall_at_10')}); published releases are "
+            "immutable, so it is served as is: copy the release elsewhere to index it differently"
+        )
     params = {
         "exact_max_rows": exact_max_rows,
         "target_recall": target_recall,
@@ -130,6 +145,26 @@ def build_index(
     }
     _write_json(info_path, info)
     return {**info, "skipped": False}
+
+
+def index_staged_release(staging_dir: str, release_id: str) -> dict:
+    """The publisher's hook: index a staged release (default parameters) and return its manifest section."""
+    return manifest_section(build_index(staging_dir, release_id=release_id))
+
+
+def manifest_section(info: dict) -> dict:
+    """What a release manifest records of its index. `files` lists paths; the publisher, which
+    checksums every file of the release, replaces it with {path: {sha256, bytes}}."""
+    files = [info["metadata_file"], *(i["file"] for i in info["indices"].values()), f"{INDEX_DIR}/{INDEX_INFO}"]
+    return {
+        "format_version": info["format_version"],
+        "metric": info["metric"],
+        "rows": info["rows"],
+        "build_s": info["build_s"],
+        "params": info["params"],
+        "indices": {m: {k: v for k, v in i.items() if k != "recall_curve"} for m, i in info["indices"].items()},
+        "files": sorted(files),
+    }
 
 
 def _train_and_fill(spec: str, embeddings, seed: int, progress: bool, desc: str) -> faiss.Index:
@@ -245,16 +280,20 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     path = resolve_release(args.release, Settings.from_env())
-    info = build_index(
-        str(path),
-        exact_max_rows=args.exact_max_rows,
-        target_recall=args.target_recall,
-        recall_queries=args.recall_queries,
-        rerank_factor=args.rerank_factor,
-        factory=args.factory,
-        force=args.force,
-        progress=True,
-    )
+    try:
+        info = build_index(
+            str(path),
+            exact_max_rows=args.exact_max_rows,
+            target_recall=args.target_recall,
+            recall_queries=args.recall_queries,
+            rerank_factor=args.rerank_factor,
+            factory=args.factory,
+            force=args.force,
+            progress=True,
+        )
+    except IndexRecordedError as error:
+        print(f"altlake index: {error}", file=sys.stderr)
+        return 1
     summary = {m: {k: v for k, v in i.items() if k != "recall_curve"} for m, i in info["indices"].items()}
     print(json.dumps({"release": str(path), "rows": info["rows"], "skipped": info["skipped"], "indices": summary}, indent=2))
     return 0

@@ -100,8 +100,20 @@ class Explorer:
         hide_near_duplicates: bool,
     ) -> list[dict]:
         sims, ids = self.knn[modality].search(vector[None, :], max(num_result_ids, num_images))
-        keep = ids[0] >= 0
-        sims, ids = sims[0][keep], ids[0][keep]
+        return self.results(sims[0], ids[0], num_images, safe_mode, hide_duplicate_urls, hide_near_duplicates)
+
+    def results(
+        self,
+        sims: np.ndarray,
+        ids: np.ndarray,
+        num_images: int,
+        safe_mode: bool,
+        hide_duplicate_urls: bool,
+        hide_near_duplicates: bool,
+    ) -> list[dict]:
+        """One query's neighbours (best first, -1 padded), filtered, cut to num_images, with metadata."""
+        keep = ids >= 0
+        sims, ids = sims[keep], ids[keep]
         if safe_mode:
             punsafe = np.array([math.nan if p is None else p for p in self.metadata.column("punsafe", ids)], dtype=np.float64)
             keep = punsafe <= self.options.unsafe_threshold  # NaN (unknown) compares False: hidden

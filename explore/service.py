@@ -15,21 +15,28 @@ JSON or fields (422), bad base64 / images / embeddings (400, 415), unknown indic
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import logging
+import os
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
 import faiss
+import numpy as np
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest, multiprocess
 from pydantic import AliasChoices, BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from altlake.config import Settings
@@ -45,6 +52,7 @@ MAX_NUM_IMAGES = 10_000
 MAX_EMBEDDING_DIM = 4096
 MAX_METADATA_IDS = 10_000
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+SERVE_ARGS_ENV = "ALTLAKE_SERVE_ARGS"  # `altlake serve --workers N`: each worker process rebuilds the app from these
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -104,7 +112,7 @@ class ServiceConfig:
     allow_hosts: tuple[str, ...] = ()  # SSRF allow-list for image_url queries (tests, private mirrors)
     search: SearchOptions = field(default_factory=SearchOptions)
     models: ModelOverrides = field(default_factory=ModelOverrides)
-    search_threads: int = 1  # OpenMP threads per query; requests run in parallel threads anyway
+    search_threads: int = 1  # OpenMP threads per faiss call; parallelism comes from worker processes
 
 
 def download_config(config: ServiceConfig, settings: Settings):
@@ -143,6 +151,7 @@ def create_app(explorers: list[Explorer], config: ServiceConfig | None = None) -
     requests = Counter("altlake_explore_requests", "HTTP requests by route and status", ["route", "method", "status"], registry=registry)
     latency = Histogram("altlake_explore_request_seconds", "request latency by route", ["route"], buckets=LATENCY_BUCKETS, registry=registry)
     results = Histogram("altlake_explore_results", "results returned per knn query", buckets=(0, 1, 10, 40, 100, 1000, 10_000), registry=registry)
+    batches = Histogram("altlake_explore_search_batch", "queries answered per faiss call (micro-batching)", buckets=(1, 2, 4, 8, 16, 32, 64), registry=registry)
 
     def explorer_for(name: str | None) -> Explorer:
         if name is None or name == "":
@@ -166,23 +175,22 @@ def create_app(explorers: list[Explorer], config: ServiceConfig | None = None) -
 
     errors = {400: {"model": ErrorBody}, 404: {"model": ErrorBody}, 413: {"model": ErrorBody}, 415: {"model": ErrorBody}, 422: {"model": ErrorBody}}
 
+    batcher = SearchBatcher(config.search_threads, batches)
+
     @app.post("/knn-service", responses={200: {"model": list[KnnResult]}, **errors}, response_class=Response)
-    def knn_service(body: KnnRequest) -> Response:
+    async def knn_service(body: KnnRequest) -> Response:
         """Nearest pairs of a text, image, image URL or embedding (clip back's protocol)."""
         explorer = explorer_for(body.indice_name)
-        faiss.omp_set_num_threads(config.search_threads)  # per thread: request threads do not inherit it
         if body.use_violence_detector:
             raise QueryError(400, "use_violence_detector: no violence detector is available for this release")
-        vector = explorer.query_vector(body.text, body.image, body.image_url, body.embedding_input, body.use_mclip)
-        found = explorer.knn_search(
-            vector,
-            modality=body.modality,
-            num_images=body.num_images,
-            num_result_ids=body.num_result_ids or body.num_images,
-            safe_mode=body.use_safety_model,
-            hide_duplicate_urls=body.hide_duplicate_urls,
-            hide_near_duplicates=body.deduplicate,
-        )
+        query = (body.text, body.image, body.image_url, body.embedding_input, body.use_mclip)
+        if body.text or body.image or body.image_url:  # CLIP encoding or a download: keep the event loop free
+            vector = await run_in_threadpool(explorer.query_vector, *query)
+        else:  # an embedding is validated and normalised in microseconds: a thread hop would cost more
+            vector = explorer.query_vector(*query)
+        k = max(body.num_result_ids or body.num_images, body.num_images)
+        sims, ids = await batcher.search(explorer, body.modality, vector, k)
+        found = explorer.results(sims, ids, body.num_images, body.use_safety_model, body.hide_duplicate_urls, body.deduplicate)
         results.observe(len(found))
         return Response(orjson.dumps(found, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
 
@@ -222,7 +230,12 @@ def create_app(explorers: list[Explorer], config: ServiceConfig | None = None) -
 
     @app.get("/metrics", response_class=Response)
     def metrics() -> Response:
-        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        """This process's counters, or every worker's summed when several serve (prometheus multiprocess)."""
+        if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+        combined = CollectorRegistry()
+        multiprocess.MultiProcessCollector(combined)
+        return Response(generate_latest(combined), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
@@ -234,6 +247,45 @@ def create_app(explorers: list[Explorer], config: ServiceConfig | None = None) -
     app.add_middleware(ProtocolJson, paths=("/knn-service", "/metadata"))
     app.add_middleware(Metrics, requests=requests, latency=latency)
     return app
+
+
+class SearchBatcher:
+    """Concurrent queries for the same index and k share one faiss call (micro-batching).
+
+    A request queues its vector and awaits; the first one in a queue schedules the flush for the
+    end of the current event-loop pass, so every request parsed in that pass joins the batch. The
+    search runs on the event loop itself: ~1 ms of CPU, cheaper than a thread hop, and several
+    worker processes give the parallelism. Grouping by k keeps every answer identical to a lone
+    query's (a wider k would widen the reranked shortlist).
+    """
+
+    def __init__(self, omp_threads: int, batch_sizes: Histogram):
+        self.omp_threads, self.batch_sizes = omp_threads, batch_sizes
+        self.queues: dict[tuple[str, str, int], list[tuple[np.ndarray, asyncio.Future]]] = {}
+
+    async def search(self, explorer, modality: str, vector: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        key = (explorer.name, modality, k)
+        future = asyncio.get_running_loop().create_future()
+        queue = self.queues.setdefault(key, [])
+        queue.append((vector, future))
+        if len(queue) == 1:
+            asyncio.get_running_loop().call_soon(self._flush, explorer, key)
+        return await future
+
+    def _flush(self, explorer, key: tuple[str, str, int]) -> None:
+        batch = self.queues.pop(key)
+        self.batch_sizes.observe(len(batch))
+        faiss.omp_set_num_threads(self.omp_threads)  # per thread: the loop's thread may not be the main one
+        try:
+            sims, ids = explorer.knn[key[1]].search(np.stack([vector for vector, _ in batch]), key[2])
+        except Exception as exc:  # noqa: BLE001 - every waiting request gets the error, none hangs
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        for row, (_, future) in enumerate(batch):
+            if not future.done():  # a client that disconnected cancelled its future
+                future.set_result((sims[row], ids[row]))
 
 
 class BodyLimit:
@@ -317,18 +369,46 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--near-duplicate-cosine", type=float, default=settings.near_duplicate_cosine, help="image cosine of near duplicates")
     parser.add_argument("--max-body-mb", type=float, default=DEFAULT_MAX_BODY_BYTES / 2**20, help="largest accepted request body")
     parser.add_argument("--allow-host", action="append", default=[], help="host/IP/CIDR image_url queries may reach despite the SSRF guard")
-    parser.add_argument("--search-threads", type=int, default=1, help="OpenMP threads per faiss query (more only helps big exact indices on idle cores)")
+    parser.add_argument("--workers", type=int, default=1, help="server processes sharing the memory-mapped indices (about one per core)")
+    parser.add_argument("--search-threads", type=int, default=1, help="OpenMP threads per faiss call (more only helps big exact indices on idle cores)")
     parser.add_argument("--device", default="cpu", help="torch device for query embeddings")
     parser.add_argument("--clip-checkpoint", help="CLIP weights file, for releases embedded from a checkpoint")
     parser.add_argument("--multilingual-checkpoint", help="multilingual text tower file, when not the demo one")
 
 
 def run(args: argparse.Namespace) -> int:
-    import pyarrow
     import uvicorn
 
+    if args.workers < 1:
+        raise SystemExit("altlake serve: --workers must be at least 1")
+    if args.workers == 1:
+        uvicorn.run(app_from_args(args), host=args.host, port=args.port, log_level="info", access_log=False)  # /metrics counts requests
+        return 0
+    # Worker processes are spawned fresh: each rebuilds the app from the arguments (the indices and
+    # metadata are memory-mapped, so the page cache holds them once) and counts into shared metric files.
+    metrics_dir = tempfile.mkdtemp(prefix="altlake-serve-metrics-")
+    os.environ[SERVE_ARGS_ENV] = json.dumps(vars(args))
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    try:
+        uvicorn.run(
+            "explore.service:app_from_environment", factory=True, workers=args.workers,
+            host=args.host, port=args.port, log_level="info", access_log=False,
+        )  # fmt: skip
+    finally:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
+    return 0
+
+
+def app_from_environment() -> FastAPI:
+    """uvicorn's app factory in each worker process of `altlake serve --workers N`."""
+    return app_from_args(argparse.Namespace(**json.loads(os.environ[SERVE_ARGS_ENV])))
+
+
+def app_from_args(args: argparse.Namespace) -> FastAPI:
+    import pyarrow
+
     # One query is tiny: kernel thread pools only add wake-up overhead (pyarrow's made a 10-row
-    # take cost 10x). Concurrency comes from serving requests in parallel instead.
+    # take cost 10x). Concurrency comes from micro-batching and worker processes instead.
     pyarrow.set_cpu_count(1)
     config = ServiceConfig(
         max_body_bytes=int(args.max_body_mb * 2**20),
@@ -337,6 +417,4 @@ def run(args: argparse.Namespace) -> int:
         models=ModelOverrides(clip_checkpoint=args.clip_checkpoint, multilingual_checkpoint=args.multilingual_checkpoint, device=args.device),
         search_threads=args.search_threads,
     )
-    app = create_app(load_explorers(args.release, config), config)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info", access_log=False)  # /metrics counts requests
-    return 0
+    return create_app(load_explorers(args.release, config), config)

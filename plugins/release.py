@@ -1,8 +1,9 @@
 """What the build_release DAG's tasks do, as plain functions (the DAG file only wires them).
 
-validate_candidates -> publish (pairs, the scores/pairs gates, the release files, the `releases`
-row: one function, `spark_jobs.release.build_release`, so versions are pinned once and nothing is
-written before every gate passed) -> build_index (the KNN index beside the release).
+validate_candidates -> publish (pairs, the scores/pairs gates, the release files, their KNN index
+built from the staged files and recorded in the manifest, the `releases` row: one function,
+`spark_jobs.release.build_release`, so versions are pinned once and nothing is written before every
+gate passed) -> build_index (confirms the manifest's index; indexes older releases beside them).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ def publish(settings: Settings, run_id: str, aws_conn_id: str = DEFAULT_AWS_CONN
     publish the release and record it. The same inputs on the same day give the same release id,
     which is never written twice: the recorded release is returned instead (so its index is still
     built), or the task is skipped when it was published but never recorded."""
+    from explore.index import index_staged_release
     from spark_jobs.publish import ReleaseExistsError
     from spark_jobs.quality import QualityGateError
     from spark_jobs.release import build_release
@@ -66,7 +68,7 @@ def publish(settings: Settings, run_id: str, aws_conn_id: str = DEFAULT_AWS_CONN
 
     spark = get_spark(settings, "altlake-release")
     try:
-        summary = build_release(spark, settings, client=s3_client(settings, aws_conn_id), run_id=run_id)
+        summary = build_release(spark, settings, client=s3_client(settings, aws_conn_id), run_id=run_id, index_release=index_staged_release)
     except QualityGateError as error:
         raise AirflowFailException(f"release stopped by a quality gate: {error}") from error
     except ReleaseExistsError as error:
@@ -96,19 +98,23 @@ def recorded_release(spark, settings: Settings) -> dict | None:
 
 
 def build_index(settings: Settings, location: str, aws_conn_id: str = DEFAULT_AWS_CONN_ID) -> dict:
-    """The release's KNN indices (explore/index.py), written into the release beside its files.
+    """The release's KNN indices: recorded in its manifest when `publish` built them from the staged
+    files (nothing to do), else (a release published before that) written beside its files.
 
-    On S3 the release is read into a temporary directory and only the new `index/` files are
+    On S3 such a release is read into a temporary directory and only the new `index/` files are
     uploaded: the published files, manifest included, stay exactly as released.
     """
     from explore.index import build_index as build
-
-    if "://" not in location:
-        return _index_summary(build(location))
     from spark_jobs.publish import ReleaseStore
 
     store = ReleaseStore(settings.release_dir, client=s3_client(settings, aws_conn_id), s3_endpoint=settings.s3_endpoint)
     release_id = location.rstrip("/").rsplit("/", 1)[1]
+    manifest = store.read_manifest(release_id)
+    if manifest.get("index"):
+        return {"release_id": release_id, "rows": manifest["index"]["rows"], "skipped": True, "in_manifest": True,
+                "indices": _indices_summary(manifest["index"]["indices"])}  # fmt: skip
+    if "://" not in location:
+        return _index_summary(build(location))
     prefix = "/".join(p for p in (store.prefix, release_id) if p) + "/"
     with tempfile.TemporaryDirectory(prefix=f"altlake-index-{release_id}-") as tmp:
         local = Path(tmp, release_id)
@@ -137,5 +143,10 @@ def _index_summary(info: dict) -> dict:
         "release_id": info["release_id"],
         "rows": info["rows"],
         "skipped": info.get("skipped", False),
-        "indices": {m: {k: v for k, v in i.items() if k in ("file", "factory", "kind", "rows")} for m, i in info["indices"].items()},
+        "in_manifest": False,
+        "indices": _indices_summary(info["indices"]),
     }
+
+
+def _indices_summary(indices: dict) -> dict:
+    return {m: {k: v for k, v in i.items() if k in ("file", "factory", "kind", "rows", "recall_at_10")} for m, i in indices.items()}

@@ -24,6 +24,7 @@ import shutil
 import sys
 import tempfile
 import uuid
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -256,11 +257,15 @@ def build_release(
     date: str | None = None,
     run_id: str | None = None,
     rows_per_file: int = publish.ROWS_PER_FILE,
+    index_release: Callable[[str, str], dict] | None = None,
 ) -> dict:
     """Build pairs, gate them, publish `<release_dir>/<release_id>/` and record it in `releases`.
 
     Refuses (ReleaseExistsError) when the same inputs were already released that day; raises
     QualityGateError, before touching the pairs table, when a GX expectation fails.
+    `index_release(staging_dir, release_id)` (explore.index.index_staged_release, passed in by the
+    caller: spark_jobs does not depend on explore) indexes the staged files before publishing and
+    returns the manifest's `index` section, whose listed files get their checksums here.
     """
     from delta.tables import DeltaTable
 
@@ -300,8 +305,12 @@ def build_release(
             "rows_per_file": rows_per_file,
             "layout": {"parquet": "parquet/<subset>/part-NNNNN.parquet", "embeddings": "embeddings/<subset>/{img_emb,text_emb,metadata}/"},
         }  # fmt: skip
+        if index_release is not None:
+            manifest["index"] = index_release(staging, release_id)
         write_report(manifest, os.path.join(staging, "report.html"))
         manifest["files"] = publish.file_checksums(staging)
+        if "index" in manifest:
+            manifest["index"]["files"] = {path: manifest["files"][path] for path in manifest["index"]["files"]}
         text = publish.manifest_bytes(manifest)
         location = store.publish(staging, release_id, text)
     finally:
@@ -323,6 +332,7 @@ def build_release(
         "funnel": facts["funnel"],
         "gx": gx_summary,
         "files": len(manifest["files"]),
+        "index": manifest.get("index"),
     }
 
 
@@ -366,7 +376,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--master", help="Spark master (default: ALTLAKE_SPARK_MASTER)")
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, index_release: Callable[[str, str], dict] | None = None) -> int:
+    """The command; `index_release` as in build_release (spark-submit runs it without one)."""
     from spark_jobs.session import get_spark
 
     settings = Settings.from_env(lake_dir=args.lake, spark_master=args.master, release_store=args.store)
@@ -379,7 +390,7 @@ def run(args: argparse.Namespace) -> int:
             summary = rebuild_release(spark, settings, args.rebuild, args.out)
             print(json.dumps(summary, indent=2))
             return 0 if summary["identical"] else 1
-        summary = build_release(spark, settings, date=args.date)
+        summary = build_release(spark, settings, date=args.date, index_release=index_release)
     except (QualityGateError, publish.ReleaseExistsError) as error:
         print(f"altlake build-release: {error}", file=sys.stderr)
         return 1

@@ -141,6 +141,9 @@ def test_chain_publishes_a_release_that_matches_its_tables(chain, spark):
         (img,) = (location / "embeddings" / subset / "img_emb").glob("*.npy")
         assert np.load(img).shape[0] == count
     assert (location / "index" / "index_info.json").is_file()
+    index = manifest["index"]  # built from the staged files before publishing, recorded in the manifest
+    assert index["rows"] == n_pairs and 0 < index["indices"]["image"]["recall_at_10"] <= 1
+    assert all(manifest["files"][path] == checksum for path, checksum in index["files"].items())
 
 
 def test_killed_scoring_run_resumes_to_identical_tables(chain, crawl, spark, tmp_path, monkeypatch):
@@ -221,5 +224,5 @@ def test_build_release_publishes_to_s3_through_the_airflow_connection(chain, mot
     manifest = json.loads(s3.get_object(Bucket="altlake-releases", Key=prefix + "manifest.json")["Body"].read())
     assert manifest["thresholds"]["near_duplicate_cosine"] == 0.99
     assert {prefix + name for name in manifest["files"]} <= keys  # every file the manifest lists was uploaded
-    assert prefix + "index/index_info.json" in keys
+    assert prefix + "index/index_info.json" in keys and "index/index_info.json" in manifest["index"]["files"]
     assert sum(manifest["counts"].values()) == row["n_pairs"] > 0

@@ -107,3 +107,36 @@ def test_cli_resolves_a_release_id_under_the_release_store(tmp_path: Path, monke
     printed = json.loads(capsys.readouterr().out)
     assert printed["rows"] == 120 and printed["indices"]["text"]["kind"] == "flat"
     assert (store / "20240101-abc" / "index" / "text.index").is_file()
+
+
+def test_metadata_lookups_read_the_arrow_buffers_exactly_like_pyarrow(tmp_path: Path):
+    from explore.release import MetadataStore
+
+    n = 300
+    table = pa.table({
+        "url": pa.array([None if i % 7 == 0 else f"https://x.org/{i}-é.jpg" for i in range(n)]),
+        "caption": pa.array(["" if i % 5 == 0 else "caption " * (i % 4) for i in range(n)], pa.large_string()),
+        "punsafe": pa.array([None if i % 11 == 0 else i / n for i in range(n)], pa.float32()),
+        "width": pa.array([None if i % 13 == 0 else i for i in range(n)], pa.int32()),
+        "half": pa.array(np.arange(n, dtype=np.float16)),
+        "flag": pa.array([None if i % 3 == 0 else bool(i % 2) for i in range(n)]),
+    })  # fmt: skip
+    path = tmp_path / "metadata.arrow"
+    with pa.ipc.new_file(str(path), table.schema) as writer:
+        for batch in table.to_batches(max_chunksize=37):  # lookups cross many record batches
+            writer.write_batch(batch)
+    store = MetadataStore(path)
+    ids = np.random.default_rng(4).integers(0, n, 500)
+    assert store.take(ids) == table.take(pa.array(ids)).to_pylist()
+    assert store.take(ids, ["punsafe", "nope"]) == table.select(["punsafe"]).take(pa.array(ids)).to_pylist()
+    assert store.column("url", ids) == table.column("url").take(pa.array(ids)).to_pylist()
+
+
+def test_index_refuses_a_release_whose_manifest_records_its_index(synthetic_release: Path, capsys):
+    manifest_path = synthetic_release / "manifest.json"
+    recorded = {**json.loads(manifest_path.read_text()), "index": {"indices": {"image": {"recall_at_10": 1.0}}}}
+    manifest_path.write_text(json.dumps(recorded))
+    assert altlake(["index", "--release", str(synthetic_release), "--force"]) == 1
+    assert "published releases are immutable" in capsys.readouterr().err
+    assert not (synthetic_release / "index").exists()  # nothing written beside it
+    assert json.loads(manifest_path.read_text()) == recorded

@@ -185,3 +185,73 @@ def test_oversized_bodies_are_refused_declared_or_streamed(client):
 
     response = client.post("/knn-service", content=chunks(), headers={"content-type": "application/json"})
     assert response.status_code == 413
+
+
+def test_concurrent_queries_share_one_faiss_call_and_answer_like_lone_ones(release):
+    import asyncio
+
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from explore.service import SearchBatcher
+
+    (explorer,) = load_explorers([str(release["root"])], ServiceConfig(), Settings.from_env())
+    sizes = Histogram("batch", "batch sizes", buckets=(1, 2, 4, 8), registry=(registry := CollectorRegistry()))
+    batcher = SearchBatcher(1, sizes)
+    queries = [(release["txt"][i] / np.linalg.norm(release["txt"][i]), 5 if i % 3 else 12) for i in range(9)]
+
+    async def all_at_once():
+        return await asyncio.gather(*(batcher.search(explorer, "image", q.astype(np.float32), k) for q, k in queries))
+
+    answers = asyncio.run(all_at_once())
+    assert registry.get_sample_value("batch_count") == 2  # one faiss call per k, not one per query
+    assert registry.get_sample_value("batch_sum") == len(queries)
+    for (query, k), (sims, ids) in zip(queries, answers):
+        lone_sims, lone_ids = explorer.knn["image"].search(query[None, :].astype(np.float32), k)
+        assert ids.tolist() == lone_ids[0].tolist() and np.allclose(sims, lone_sims[0])
+
+
+def test_serve_with_several_workers_answers_and_sums_their_metrics(release):
+    """`altlake serve --workers 2`: real worker processes, one port, one /metrics over both."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    import requests
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "altlake_cli.main", "serve", "--release", str(release["root"]), "--port", str(port), "--workers", "2"]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert server.poll() is None, server.stderr.read().decode()[-2000:]
+            try:
+                if requests.get(base + "/healthz", timeout=2).ok:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, "altlake serve --workers 2 did not start"
+            time.sleep(0.3)
+
+        def query(i: int) -> list[int]:
+            body = {"embedding_input": release["img"][i].tolist(), "num_images": 3}
+            response = requests.post(base + "/knn-service", json=body, timeout=30)
+            assert response.status_code == 200, response.text
+            return [r["id"] for r in response.json()]
+
+        with ThreadPoolExecutor(8) as pool:
+            tops = list(pool.map(query, range(40)))
+        assert [top[0] for top in tops] == list(range(40))  # each stored image finds itself first
+        metrics = requests.get(base + "/metrics", timeout=10).text
+        served = [line for line in metrics.splitlines() if line.startswith("altlake_explore_requests_total{") and 'route="/knn-service"' in line]
+        assert served and sum(float(line.rsplit(" ", 1)[1]) for line in served) == 40
+        batched = [line for line in metrics.splitlines() if line.startswith("altlake_explore_search_batch_sum")]
+        assert sum(float(line.rsplit(" ", 1)[1]) for line in batched) == 40  # every query went through one faiss call
+    finally:
+        server.terminate()
+        server.wait(timeout=60)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
 
@@ -12,6 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from altlake.config import Settings
+from altlake_cli.main import main as altlake_main
+from explore.index import IndexRecordedError, build_index, index_staged_release
+from explore.release import open_release
+from explore.search import Explorer, SearchOptions
 from spark_jobs.publish import LAION_COLUMNS, ReleaseExistsError, file_checksums
 from spark_jobs.quality import QualityGateError
 from spark_jobs.release import build_release, rebuild_release
@@ -88,7 +94,11 @@ def built(tmp_path_factory, moto_server):
         build_release(spark, settings.with_(kept_fraction_max=0.5), date="20240501", run_id="strict")
     gate_state = (table_version(spark, settings, "pairs") == pairs_before, list((root / "releases").glob("*")))
 
-    summary = build_release(spark, settings, date="20240501")
+    # Published through `altlake build-release`, which builds the index into the manifest.
+    cli = ["build-release", "--lake", settings.lake_dir, "--store", settings.release_store, "--master", "local[2]", "--date", "20240501"]
+    with contextlib.redirect_stdout(io.StringIO()) as printed:
+        assert altlake_main(cli) == 0
+    summary = json.loads(printed.getvalue())
     return spark, settings, rows, emb, summary, str(gate_error.value), gate_state
 
 
@@ -148,6 +158,34 @@ def test_release_files_manifest_report_and_releases_row(built):
         build_release(spark, settings, date="20240501")
 
 
+def test_the_index_is_built_before_publishing_and_recorded_in_the_manifest(built):
+    _, _, rows, emb, summary, _, _ = built
+    release = summary["location"]
+    manifest = json.loads(open(os.path.join(release, "manifest.json")).read())
+    index = manifest["index"]
+    assert summary["index"] == index
+    n = sum(manifest["counts"].values())
+    for modality in ("image", "text"):
+        recorded = index["indices"][modality]
+        assert recorded["kind"] == "flat" and recorded["rows"] == n and recorded["recall_queries"] == n
+        assert recorded["recall_at_10"] == 1.0  # exact search finds exactly the brute-force neighbours
+    checksums = file_checksums(release)
+    assert set(index["files"]) == {"index/image.index", "index/text.index", "index/metadata.arrow", "index/index_info.json"}
+    assert all(index["files"][path] == checksums[path] == manifest["files"][path] for path in index["files"])
+
+    # Built in staging, it serves the published release: a stored image embedding finds its own row.
+    explorer = Explorer(open_release(release), None, SearchOptions(), None)
+    assert explorer.name == summary["release_id"]
+    uid = rows["far"]["uid"]
+    (top, *_) = explorer.knn_search(emb[uid][0], "image", 3, 3, False, False, False)
+    assert top["uid"] == uid and top["similarity"] > 0.99
+
+    # `altlake index` never rewrites a release whose manifest records its index.
+    with pytest.raises(IndexRecordedError, match="immutable"):
+        build_index(release, force=True)
+    assert file_checksums(release) == checksums
+
+
 def test_rebuild_is_bit_for_bit_after_the_tables_move_on_and_next_release_goes_to_s3(built, tmp_path, moto_server):
     spark, settings, rows, emb, summary, _, _ = built
     extra = candidate("https://z.org/new.jpg", "a pair from a newer crawl", crawl="CC-MAIN-2024-18")
@@ -164,7 +202,7 @@ def test_rebuild_is_bit_for_bit_after_the_tables_move_on_and_next_release_goes_t
     client = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1")
     client.create_bucket(Bucket="altlake-releases")
     s3_settings = settings.with_(release_store="s3://altlake-releases/laion")
-    second = build_release(spark, s3_settings, client=client, date="20240501")
+    second = build_release(spark, s3_settings, client=client, date="20240501", index_release=index_staged_release)
     assert second["release_id"] != summary["release_id"]
     assert second["location"] == f"s3://altlake-releases/laion/{second['release_id']}"
     body = client.get_object(Bucket="altlake-releases", Key=f"laion/{second['release_id']}/manifest.json")["Body"]
@@ -172,4 +210,7 @@ def test_rebuild_is_bit_for_bit_after_the_tables_move_on_and_next_release_goes_t
     assert manifest["sources"]["takedowns"] == table_version(spark, settings, "takedowns")
     assert manifest["counts"]["en"] == summary["counts"]["en"]  # +1 new pair, -1 taken down
     assert rows["far"]["uid"] not in {r["uid"] for r in read_table(spark, settings, "pairs").collect()}
-    assert set(manifest["files"]) >= {"report.html", "parquet/en/part-00000.parquet"}
+    assert set(manifest["files"]) >= {"report.html", "parquet/en/part-00000.parquet", "index/image.index"}
+    assert manifest["index"]["rows"] == sum(manifest["counts"].values())
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket="altlake-releases", Prefix=f"laion/{second['release_id']}/")["Contents"]}
+    assert {f"laion/{second['release_id']}/{path}" for path in manifest["index"]["files"]} <= keys
