@@ -16,11 +16,13 @@ Reading pipeline (img2dataset-style separation):
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import html
 import re
 import time
 import unicodedata
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import BinaryIO, Iterator
@@ -541,7 +543,7 @@ def process_wat(
         result.fail(f"cannot open: {type(exc).__name__}: {exc}")
         return result
     try:
-        with raw:
+        with raw, _without_cyclic_gc():
             _read_records(DecodedStream(raw), result, takedown_urls, takedown_domains)
     except WatError as exc:
         result.fail(str(exc))
@@ -549,6 +551,20 @@ def process_wat(
         result.fail(f"{type(exc).__name__}: {exc}")
     result.duration_s = round(time.perf_counter() - started, 3)
     return result
+
+
+@contextmanager
+def _without_cyclic_gc() -> Iterator[None]:
+    """Pause the cycle collector while a file is read: a WAT allocates millions of small acyclic
+    objects (pairs, tuples, strings), and every full collection re-scans all the kept ones, which
+    cost ~20% of the extraction. Reference counting still frees everything as usual."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
 
 
 def _read_records(

@@ -329,3 +329,19 @@ def test_fast_page_links_reads_escapes_and_defers_on_unusual_shapes(links, head_
     assert expected[1]  # every case has a pair to find
     got = fast_page_links(body, simdjson.Parser())
     assert got == (expected if fast_reads_it else None)
+
+
+def test_the_cycle_collector_is_paused_only_while_a_file_is_read(sample_wat, tmp_path):
+    import gc
+
+    broken = tmp_path / "broken.wat.gz"
+    broken.write_bytes(b"\x1f\x8b\x08\x00" + b"not gzip" * 10)
+    for path in (str(sample_wat), str(broken), str(tmp_path / "missing.wat")):
+        process_wat(path)
+        assert gc.isenabled()
+    gc.disable()
+    try:
+        process_wat(str(sample_wat))
+        assert not gc.isenabled()  # a caller that turned it off keeps it off
+    finally:
+        gc.enable()
