@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="100000,1000000", help="comma-separated vector counts")
     parser.add_argument("--dim", type=int, default=512, help="embedding dimension (512: CLIP ViT-B/32)")
     parser.add_argument("--queries", type=int, default=300, help="distinct queries: run once each at concurrency 1 for recall")
-    parser.add_argument("--concurrency", default="1,4,16", help="comma-separated client concurrencies")
+    parser.add_argument("--concurrency", default="1,4,8,16", help="comma-separated client concurrencies")
     parser.add_argument("--duration", type=float, default=6.0, help="seconds of load per concurrency above 1")
     parser.add_argument("--timeout", type=float, default=5.0, help="per-request deadline in seconds (a stalled server times out)")
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="`altlake serve --workers` (default: one per core)")
