@@ -12,7 +12,7 @@ demo: setup
 	$(VENV)/altlake demo
 
 test: setup
-	$(VENV)/python -m pytest -q
+	$(VENV)/python -m pytest -q --durations=15
 
 airflow: setup
 	$(VENV)/altlake airflow
