@@ -12,7 +12,7 @@ demo: setup
 	$(VENV)/altlake demo
 
 test: setup
-	$(VENV)/python -m pytest -q --durations=15
+	$(VENV)/python -m pytest -q --durations=15 -n auto --maxprocesses 4 --dist loadfile
 
 airflow: setup
 	$(VENV)/altlake airflow
