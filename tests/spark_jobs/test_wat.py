@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
+import http.server
 import re
 import socket
+import threading
 from pathlib import Path
 
 import pytest
@@ -67,6 +70,23 @@ def test_per_record_gzip_gives_the_same_result(sample_wat, tmp_path):
     assert zipped.status == FILE_DONE
     assert plain.summary() | {"path": "", "duration_s": 0} == zipped.summary() | {"path": "", "duration_s": 0}
     assert _pairs(plain) == _pairs(zipped)
+
+
+def test_a_wat_served_over_http_reads_like_the_local_file(sample_wat, tmp_path):
+    """http(s) paths (Common Crawl's own https://data.commoncrawl.org) stream through urllib."""
+    (tmp_path / "sample.warc.wat.gz").write_bytes(b"".join(gzip.compress(r) for r in _records(sample_wat)))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        try:
+            served, missing = process_wat(f"{base}/sample.warc.wat.gz"), process_wat(f"{base}/missing.warc.wat.gz")
+        finally:
+            server.shutdown()
+    local = process_wat(str(sample_wat))
+    assert served.status == FILE_DONE and (served.raw_links, served.raw_pairs) == (88, 33)
+    assert _pairs(served) == _pairs(local)
+    assert missing.status == FILE_FAILED and "cannot open" in missing.error and "404" in missing.error
 
 
 def test_lf_line_endings_are_read_like_crlf(sample_wat, tmp_path):
