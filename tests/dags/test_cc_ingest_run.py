@@ -57,6 +57,8 @@ def test_cc_ingest_extracts_validates_and_updates_the_asset(airflow_db, settings
     assert list(docs.glob("validations/**/*.html")), "the validation's Data Docs page is missing"
 
     with create_session() as session:
-        events = [e for e in session.query(AssetEvent).all() if e.asset.uri == CANDIDATES_ASSET.uri]
+        # This run's events only: the worker's Airflow database also holds other test files' runs.
+        events = session.query(AssetEvent).filter_by(source_dag_id=dag.dag_id, source_run_id=run.run_id).all()
+        events = [e for e in events if e.asset.uri == CANDIDATES_ASSET.uri]
     assert [e.extra.get("crawl") for e in events] == [CRAWL]
     assert events[0].extra["rows"] == rows

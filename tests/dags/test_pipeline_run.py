@@ -102,7 +102,7 @@ def test_chain_publishes_a_release_that_matches_its_tables(chain, spark):
 
     from plugins.assets import SCORES_ASSET
 
-    settings, run_states, _ = chain
+    settings, run_states, run_ids = chain
     assert set(run_states["cc_ingest"].values()) == {"success"}
     score_states = run_states["score_candidates"]
     assert [k for k in score_states if k.startswith("score[")] == ["score[0]", "score[1]"], score_states
@@ -119,7 +119,9 @@ def test_chain_publishes_a_release_that_matches_its_tables(chain, spark):
     assert {b["status"] for b in batches} == {"done"} and len(batches) == 2
 
     with create_session() as session:
-        events = [e for e in session.query(AssetEvent).all() if e.asset.uri == SCORES_ASSET.uri]
+        # This chain's scoring run only: the worker's Airflow database also holds other test files' runs.
+        events = session.query(AssetEvent).filter_by(source_dag_id="score_candidates", source_run_id=run_ids["score_candidates"]).all()
+        events = [e for e in events if e.asset.uri == SCORES_ASSET.uri]
     assert events and events[-1].extra["rows"] == scores.count()
 
     (release,) = spark.read.format("delta").load(LakePaths(settings.lake_dir).table("releases")).collect()
