@@ -162,9 +162,14 @@ def manifest_section(info: dict) -> dict:
         "rows": info["rows"],
         "build_s": info["build_s"],
         "params": info["params"],
-        "indices": {m: {k: v for k, v in i.items() if k != "recall_curve"} for m, i in info["indices"].items()},
+        "indices": _without_curves(info["indices"]),
         "files": sorted(files),
     }
+
+
+def _without_curves(indices: dict) -> dict:
+    """Each index's record without its nprobe/recall curve (kept in index_info.json only)."""
+    return {m: {k: v for k, v in i.items() if k != "recall_curve"} for m, i in indices.items()}
 
 
 def _train_and_fill(spec: str, embeddings, seed: int, progress: bool, desc: str) -> faiss.Index:
@@ -294,6 +299,5 @@ def run(args: argparse.Namespace) -> int:
     except IndexRecordedError as error:
         print(f"altlake index: {error}", file=sys.stderr)
         return 1
-    summary = {m: {k: v for k, v in i.items() if k != "recall_curve"} for m, i in info["indices"].items()}
-    print(json.dumps({"release": str(path), "rows": info["rows"], "skipped": info["skipped"], "indices": summary}, indent=2))
+    print(json.dumps({"release": str(path), "rows": info["rows"], "skipped": info["skipped"], "indices": _without_curves(info["indices"])}, indent=2))
     return 0

@@ -30,14 +30,17 @@ class Knn:
         if self.kind == IVF_PQ:
             faiss.ParameterSpace().set_index_parameter(self.index, "nprobe", int(nprobe))
 
+    def shortlist(self, k: int) -> int:
+        """How many approximate candidates are reranked exactly for a top-k."""
+        return min(self.n, max(k * self.rerank_factor, k + 16))
+
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(similarities, ids), each (nq, k), best first; ids are -1 past the end of a short list."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         k = max(1, min(int(k), self.n))
         if self.kind == FLAT:
             return self.index.search(queries, k)
-        shortlist = min(self.n, max(k * self.rerank_factor, k + 16))
-        _, candidates = self.index.search(queries, shortlist)
+        _, candidates = self.index.search(queries, self.shortlist(k))
         sims = np.full((len(queries), k), -np.inf, np.float32)
         ids = np.full((len(queries), k), -1, np.int64)
         for q, row in enumerate(candidates):

@@ -126,7 +126,6 @@ class DecodedStream:
         line_end = decoded.find(b"\n")
         self.lf_only = line_end > 0 and decoded[line_end - 1 : line_end] != b"\r"
         self._pending = self._restore_crlf(decoded)
-        self._eof = not decoded
 
     def tell(self) -> int:
         return self.pos

@@ -206,16 +206,16 @@ async def _ready(url: str) -> bool:
 def measure(url: str, bodies: list[bytes], truth: np.ndarray, levels: list[int], duration_s: float, timeout_s: float) -> dict:
     """Warm-up, then every query once at concurrency 1 (latency + recall), then each higher level for
     `duration_s` cycling the same queries. Only answered requests count toward q/s and latency."""
-    asyncio.run(_load(url, bodies[:50], 4, len(bodies), timeout_s))  # page cache, lazy imports, connections
+    asyncio.run(send_queries(url, bodies[:50], 4, len(bodies), timeout_s))  # page cache, lazy imports, connections
     per_level, recall = {}, None
     for concurrency in levels:
         if concurrency == 1:
-            stats, found = asyncio.run(_load(url, bodies, 1, len(bodies), timeout_s, keep_ids=True))
+            stats, found = asyncio.run(send_queries(url, bodies, 1, len(bodies), timeout_s, keep_ids=True))
             answered = [i for i in range(len(bodies)) if i in found]
             if answered:
                 recall = round(recall_at_k(np.array([found[i] for i in answered]), truth[answered]), 4)
         else:
-            stats, _ = asyncio.run(_load(url, bodies, concurrency, None, timeout_s, duration_s=duration_s))
+            stats, _ = asyncio.run(send_queries(url, bodies, concurrency, None, timeout_s, duration_s=duration_s))
         per_level[str(concurrency)] = stats
         print(f"    c={concurrency}: {stats}", file=sys.stderr)
     clean = [s["qps"] for s in per_level.values() if s["timeouts"] == 0 and s["errors"] == 0]
@@ -228,7 +228,7 @@ def measure(url: str, bodies: list[bytes], truth: np.ndarray, levels: list[int],
     }
 
 
-async def _load(url, bodies, concurrency, total, timeout_s, duration_s=None, keep_ids=False) -> tuple[dict, dict]:
+async def send_queries(url, bodies, concurrency, total, timeout_s, duration_s=None, keep_ids=False) -> tuple[dict, dict]:
     """`concurrency` clients, each one request at a time, until `total` requests or `duration_s` pass."""
     latencies: list[float] = []
     found: dict[int, list[int]] = {}

@@ -20,7 +20,7 @@ import orjson
 import pyarrow
 
 from altlake.config import Settings
-from bench.search.__main__ import OUT, _load, make_queries, query_body, running
+from bench.search.__main__ import OUT, make_queries, query_body, running, send_queries
 from explore.service import KnnRequest, ServiceConfig, load_explorers
 
 
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     bodies = [query_body(q, release.name) for q in make_queries(release, args.queries)]
     requests = [KnnRequest.model_validate_json(b) for b in bodies]
     vectors = [explorer.query_vector(None, None, None, r.embedding_input, False) for r in requests]
-    shortlist = min(knn.n, max(10 * knn.rerank_factor, 10 + 16))
+    shortlist = knn.shortlist(10)
     neighbours = [knn.search(v[None, :], 10) for v in vectors]
     found = [explorer.results(s[0], i[0], 10, False, False, False) for s, i in neighbours]
     stages = {
@@ -56,8 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     rows["shortlist + rerank, per query in a batch of 16"] = _per_call_ms(lambda i: knn.search(batch, 10), 20) / 16
     command = [sys.executable, "-m", "altlake_cli.main", "serve", "--release", str(release), "--port", "{port}"]
     with running(command, ready_path="/indices-list") as url:
-        asyncio.run(_load(url + "/knn-service", bodies[:50], 1, 50, 10.0))
-        stats, _ = asyncio.run(_load(url + "/knn-service", bodies, 1, len(bodies), 10.0))
+        asyncio.run(send_queries(url + "/knn-service", bodies[:50], 1, 50, 10.0))
+        stats, _ = asyncio.run(send_queries(url + "/knn-service", bodies, 1, len(bodies), 10.0))
     rows["HTTP round trip, 1 client (p50)"] = stats["p50_ms"]
     print(f"\nper-query cost, {args.vectors} x {args.dim}, k=10, one thread:")
     for name, ms in rows.items():
