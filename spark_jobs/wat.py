@@ -1,7 +1,7 @@
 """WAT parsing and the LAION-5B pair rules: one WAT file in, counted pairs out.
 
-Pure Python (fastwarc + orjson, no Spark), so the Spark job, the benchmark and the tests all run
-the very same per-file function, `process_wat`. Nothing here raises for bad input: a broken record
+No Spark here (fastwarc, simdjson, orjson and our C link reader `watlinks`), so the Spark job, the
+benchmark and the tests all run the very same per-file function, `process_wat`. Nothing here raises for bad input: a broken record
 is counted in `bad_records`, a broken file comes back with status `failed` and the reason.
 
 Reading pipeline (img2dataset-style separation):
@@ -9,7 +9,7 @@ Reading pipeline (img2dataset-style separation):
   DecodedStream gunzip (ISA-L; a truncated or corrupt member is detected, not silently cut),
                 restore CRLF when a file was converted to LF line endings, remember positions
   fastwarc      WARC records; JSON work only for HTML pages that contain an IMG@/src link:
-                simdjson validates the record, the IMG links are cut out of the bytes (fast_page_links)
+                simdjson validates the record, C (native/watlinks) reads its Links (fast_page_links)
   page_links    (absolute url, alt) pairs and the page's license, per HTML page
   check_pair    the LAION-5B rules; the first failing rule is the reject reason
 """
@@ -21,7 +21,6 @@ import gzip
 import hashlib
 import html
 import io
-import re
 import time
 import unicodedata
 from contextlib import contextmanager
@@ -32,6 +31,7 @@ from urllib.parse import urljoin, urlsplit
 
 import orjson
 import simdjson
+import watlinks
 from fastwarc.warc import ArchiveIterator, WarcRecordType
 from isal import igzip, isal_zlib
 
@@ -195,89 +195,44 @@ class DecodedStream:
 
 _PAGE_URL = "/Envelope/WARC-Header-Metadata/WARC-Target-URI"
 _HTML_META = "/Envelope/Payload-Metadata/HTTP-Response-Metadata/HTML-Metadata"
-_JSON_STRING = rb'"([^"\\]*(?:\\.[^"\\]*)*)"'
-# Every `"alt":"` of a page: either an IMG link as Common Crawl writes it ([title,] alt, [title,]
-# path, url), giving (alt, url, b""), or any other alt, giving (b"", b"", its first character).
-_ALTS = re.compile(
-    rb'"alt":(?:' + _JSON_STRING + rb',(?:"title":"[^"\\]*(?:\\.[^"\\]*)*",)?"path":"IMG@/src","url":'
-    + _JSON_STRING + rb'|"(.))',
-    re.DOTALL,
-)
-_LINKS_KEY = b'"Links":['
-_LICENSE_BYTES = LICENSE_MARKER.encode()
-
-
-class _Unsure(Exception):
-    """The byte-level reading cannot vouch for its result: page_links decides."""
 
 
 def fast_page_links(body: bytes, parser: simdjson.Parser) -> tuple[str, list[tuple[str, str]], str | None] | None:
     """page_links' result from the raw record, without turning the whole page into Python objects.
 
     simdjson validates the whole record (a broken one raises ValueError, as orjson would) and gives
-    the page URL and <base>; one regex pass then reads every IMG link that has an alt. Reading JSON
-    with a regex is safe here because `"alt":"` can only be JSON structure (quotes inside strings
-    are escaped), so the pass is exact when every non-empty alt of the page has the IMG shape.
-    Pages it cannot vouch for (an alt elsewhere, a license only in <head>, unexpected shapes)
-    return None and go through orjson + page_links: the result is the same, only slower.
+    the page URL, the <base> and the number of links; the C reader (`watlinks`) then walks the
+    Links array's bytes, building Python strings only for the pairs. Pages it cannot vouch for (a
+    link that is not flat strings, a license that may sit in <head>, a second Links array) return
+    None and go through orjson + page_links: the result is the same, only slower.
     """
-    document = parser.parse(body)
-    try:
-        page_url = document.at_pointer(_PAGE_URL)
-        head = document.at_pointer(_HTML_META).get("Head")
-        base = head.get("Base") if isinstance(head, simdjson.Object) else head
-    except (KeyError, TypeError, ValueError, AttributeError):
-        return None  # not the expected shape: page_links decides
-    finally:
-        del document
-    if not isinstance(page_url, str) or not isinstance(base, (str, type(None))):
+    shape = _page_shape(parser.parse(body))
+    if shape is None:
         return None
-    links = _ALTS.findall(body)
-    if any(other not in (b"", b'"') for _, _, other in links):
-        return None  # a non-empty alt outside the IMG shape we read exactly
-    try:
-        license_url = _links_license(body) if _LICENSE_BYTES in body else None
-    except _Unsure:
-        return None
+    page_url, base, link_count = shape
     absolute = Resolver(_page_base(page_url, base))
-    pairs = []
-    for raw_alt, raw_url, _ in links:
-        if raw_alt and raw_url:
-            alt = raw_alt.decode() if b"\\" not in raw_alt else _json_text(raw_alt)
-            url = raw_url.decode() if b"\\" not in raw_url else _json_text(raw_url)
-            pairs.append((absolute(url), html.unescape(alt) if "&" in alt else alt))
+    prefixes = (absolute.scheme, absolute.root, absolute.directory) if absolute.fast else None
+    found = watlinks.img_links(body, prefixes, absolute, html.unescape)
+    if found is None or found[2] != link_count:
+        return None
+    pairs, license_url, _ = found
     return page_url, pairs, absolute(license_url) if license_url else None
 
 
-def _json_text(raw: bytes) -> str:
-    """A JSON string's value from its escaped bytes between the quotes."""
-    return orjson.loads(b'"' + raw + b'"')
-
-
-def _links_license(body: bytes) -> str | None:
-    """The first non-IMG link in Links whose url is a Creative Commons license, as page_links finds it.
-
-    Each occurrence of the marker is cut out as its enclosing link object. An occurrence before
-    Links (a <head> license, or anything we cannot place) makes the result unsure.
-    """
-    links_start = body.find(_LINKS_KEY)
-    if links_start < 0 or body.count(_LINKS_KEY) != 1:
-        raise _Unsure
-    at = body.find(_LICENSE_BYTES)
-    while at >= 0:
-        start, end = body.rfind(b"{", 0, at), body.find(b"}", at)
-        try:
-            link = orjson.loads(body[start : end + 1])
-        except orjson.JSONDecodeError:
-            raise _Unsure from None  # a brace inside a string: not a clean cut
-        url = link.get("url") if isinstance(link, dict) else None
-        if isinstance(url, str) and LICENSE_MARKER in url:
-            if start < links_start:
-                raise _Unsure  # a <head> license counts only when Links has none: let page_links look
-            if link.get("path") != IMG_PATH:
-                return url
-        at = body.find(_LICENSE_BYTES, end)
-    return None
+def _page_shape(document: simdjson.Object) -> tuple[str, str | None, int] | None:
+    """(page url, <base>, number of links) of a parsed record, or None when it is not that shape.
+    Only plain values leave: the parser can be reused once the document's proxies are gone."""
+    try:
+        page_url = document.at_pointer(_PAGE_URL)
+        meta = document.at_pointer(_HTML_META)
+        head = meta.get("Head")
+        base = head.get("Base") if isinstance(head, simdjson.Object) else head
+        links = meta.get("Links")
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+    if not isinstance(page_url, str) or not isinstance(base, (str, type(None))) or not isinstance(links, simdjson.Array):
+        return None
+    return page_url, base, len(links)
 
 
 def _page_base(page_url: str, base: str | None) -> str:
