@@ -2,7 +2,7 @@
 
 Both run single-process on the same generated, per-record-gzipped WAT, side by side in one run;
 altlake twice: the whole per-WAT job (links, dedup, LAION rules, ftfy, language ID, uids) and the
-links alone (`iter_raw_pairs`: the same work and output as cc2dataset's function);
+links alone (`read_raw_links`: the same work and output as cc2dataset's function);
 cc2dataset runs from its own venv (created here with uv on first use). Throughput is measured in
 CPU seconds of the extracting process (time.process_time), i.e. per core, which also keeps the
 figures meaningful on a shared machine. The run also checks that both tools see the same raw
@@ -26,7 +26,7 @@ import orjson
 from tqdm import tqdm
 
 from altlake.config import Settings
-from spark_jobs.wat import detect_language, iter_raw_pairs, process_wat
+from spark_jobs.wat import detect_language, process_wat, read_raw_links
 from spark_jobs.watgen import generate_wat
 
 CC2DATASET = "cc2dataset==1.5.0"
@@ -58,7 +58,7 @@ def run_altlake(wat: Path) -> tuple[float, dict]:
 def run_altlake_links(wat: Path) -> tuple[float, dict]:
     """The same work as cc2dataset: every IMG link with an alt, resolved; no dedup, rules or language."""
     started = time.process_time()
-    links = sum(1 for _ in iter_raw_pairs(str(wat)))
+    links = len(read_raw_links(str(wat)))
     return time.process_time() - started, {"links": links}
 
 
@@ -75,7 +75,7 @@ def summarise(runs: list[tuple[float, dict]]) -> dict:
 
 def compare_pair_sets(wat: Path, cc2_pairs: Path) -> dict:
     """Our raw http(s) pairs vs cc2dataset's, with its URLs/alts HTML-unescaped as ours are."""
-    ours = {(u, a) for u, a in iter_raw_pairs(str(wat)) if u.startswith(("http://", "https://"))}
+    ours = {(u, a) for u, a in read_raw_links(str(wat)) if u.startswith(("http://", "https://"))}
     theirs = set()
     for line in cc2_pairs.read_text().splitlines():
         url, alt = orjson.loads(line)

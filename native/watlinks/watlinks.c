@@ -109,6 +109,26 @@ static int hex4(const char *p, unsigned *out) {
     return 0;
 }
 
+/* A character as UTF-8 at `w`; callers only use it where it replaces a longer escape. */
+static char *put_utf8(char *w, unsigned cp) {
+    if (cp < 0x80) {
+        *w++ = (char)cp;
+    } else if (cp < 0x800) {
+        *w++ = (char)(0xC0 | (cp >> 6));
+        *w++ = (char)(0x80 | (cp & 0x3F));
+    } else if (cp < 0x10000) {
+        *w++ = (char)(0xE0 | (cp >> 12));
+        *w++ = (char)(0x80 | ((cp >> 6) & 0x3F));
+        *w++ = (char)(0x80 | (cp & 0x3F));
+    } else {
+        *w++ = (char)(0xF0 | (cp >> 18));
+        *w++ = (char)(0x80 | ((cp >> 12) & 0x3F));
+        *w++ = (char)(0x80 | ((cp >> 6) & 0x3F));
+        *w++ = (char)(0x80 | (cp & 0x3F));
+    }
+    return w;
+}
+
 /* The UTF-8 bytes of a JSON string's value into `out` (emptied first). UNSURE for a lone surrogate
  * or a malformed escape: orjson rejects those, and the slow path reports them as it does. */
 static int decode_string(const Span *s, Buffer *out) {
@@ -146,22 +166,7 @@ static int decode_string(const Span *s, Buffer *out) {
             } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
                 return UNSURE;
             }
-            /* \uXXXX is 6 bytes and becomes at most 3; a pair is 12 and becomes 4: no overflow. */
-            if (cp < 0x80) {
-                *w++ = (char)cp;
-            } else if (cp < 0x800) {
-                *w++ = (char)(0xC0 | (cp >> 6));
-                *w++ = (char)(0x80 | (cp & 0x3F));
-            } else if (cp < 0x10000) {
-                *w++ = (char)(0xE0 | (cp >> 12));
-                *w++ = (char)(0x80 | ((cp >> 6) & 0x3F));
-                *w++ = (char)(0x80 | (cp & 0x3F));
-            } else {
-                *w++ = (char)(0xF0 | (cp >> 18));
-                *w++ = (char)(0x80 | ((cp >> 12) & 0x3F));
-                *w++ = (char)(0x80 | ((cp >> 6) & 0x3F));
-                *w++ = (char)(0x80 | (cp & 0x3F));
-            }
+            w = put_utf8(w, cp); /* \uXXXX is 6 bytes and becomes at most 3; a pair is 12 and becomes 4 */
             break;
         }
         default: return UNSURE;
@@ -176,19 +181,61 @@ static int starts_with(const char *s, Py_ssize_t n, const char *prefix) {
     return n >= k && memcmp(s, prefix, k) == 0;
 }
 
-/* html.unescape's result when every '&' starts "&amp;" (the one entity URLs and alts are full of):
- * one left-to-right pass, as html.unescape does. Returns 0 when another entity needs html.unescape. */
-static int unescape_amp(Buffer *text) {
+/* A numeric reference `&#...;` at `r` to an ordinary character, read as html.unescape reads it:
+ * its length and code point, or 0 for a form html.unescape has to judge itself (no ';', controls,
+ * its cp1252 remaps, surrogates, noncharacters, huge numbers). */
+static Py_ssize_t numeric_reference(const char *r, const char *end, unsigned *cp) {
+    const char *p = r + 2;
+    int hex = p < end && (*p == 'x' || *p == 'X');
+    p += hex;
+    const char *digits = p;
+    unsigned long v = 0;
+    for (; p < end && p - digits < 8; p++) {
+        int d = (*p >= '0' && *p <= '9')           ? *p - '0'
+                : hex && (*p >= 'a' && *p <= 'f') ? *p - 'a' + 10
+                : hex && (*p >= 'A' && *p <= 'F') ? *p - 'A' + 10
+                                                   : -1;
+        if (d < 0) break;
+        v = v * (hex ? 16 : 10) + d;
+    }
+    if (p == digits || p >= end || *p != ';') return 0;
+    if (v < 0x20 || (v >= 0x7F && v <= 0x9F) || (v >= 0xD800 && v <= 0xDFFF) || (v >= 0xFDD0 && v <= 0xFDEF) ||
+        (v & 0xFFFE) == 0xFFFE || v > 0x10FFFF)
+        return 0;
+    *cp = (unsigned)v;
+    return p + 1 - r;
+}
+
+/* Named references that html.unescape maps to one character, with their ';' (without it, or for
+ * any other name, html.unescape has rules of its own). */
+static const struct {
+    const char *name;
+    unsigned cp;
+} NAMED[] = {{"&amp;", '&'}, {"&quot;", '"'}, {"&lt;", '<'}, {"&gt;", '>'}, {"&apos;", '\''}, {"&nbsp;", 0xA0}};
+
+/* html.unescape's result when every '&' starts one of the references above, in one left-to-right
+ * pass as html.unescape makes it. Returns 0 when another form needs html.unescape itself. */
+static int unescape_simple(Buffer *text) {
     char *r = text->data, *w = text->data, *end = text->data + text->len;
     if (!memchr(r, '&', end - r)) return 1;
     while (r < end) {
-        if (*r == '&') {
-            if (end - r < 5 || memcmp(r, "&amp;", 5) != 0) return 0;
-            *w++ = '&';
-            r += 5;
-        } else {
+        if (*r != '&') {
             *w++ = *r++;
+            continue;
         }
+        unsigned cp = 0;
+        Py_ssize_t used = 0;
+        if (end - r > 2 && r[1] == '#') {
+            used = numeric_reference(r, end, &cp);
+        } else {
+            for (size_t i = 0; i < sizeof NAMED / sizeof NAMED[0] && !used; i++) {
+                Py_ssize_t k = (Py_ssize_t)strlen(NAMED[i].name);
+                if (end - r >= k && memcmp(r, NAMED[i].name, k) == 0) used = k, cp = NAMED[i].cp;
+            }
+        }
+        if (!used) return 0;
+        w = put_utf8(w, cp); /* in place: every reference is longer than its character's UTF-8 */
+        r += used;
     }
     text->len = w - text->data;
     return 1;
@@ -206,16 +253,42 @@ typedef struct {
 static int is_alnum(char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
 static int is_alpha(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
 
+static int has_dot_segment(const char *u, Py_ssize_t n) {
+    for (Py_ssize_t i = 0; i + 1 < n; i++)
+        if (u[i] == '/' && u[i + 1] == '.') return 1;
+    return 0;
+}
+
+/* Resolver._up: leading "../" segments against the page's directory, clamped at the root. */
+static int join_up(const Base *base, const char *u, Py_ssize_t n, Buffer *scratch) {
+    const char *path = base->directory + base->root_len;
+    Py_ssize_t path_len = base->directory_len - base->root_len;
+    while (n >= 3 && memcmp(u, "../", 3) == 0) {
+        u += 3, n -= 3;
+        Py_ssize_t cut = path_len; /* path[: path.rstrip("/").rfind("/") + 1] or "/" */
+        while (cut > 0 && path[cut - 1] == '/') cut--;
+        while (cut > 0 && path[cut - 1] != '/') cut--;
+        if (cut == 0) path = "/", cut = 1;
+        path_len = cut;
+    }
+    if (n == 0 || !is_alnum(u[0]) || has_dot_segment(u, n)) return 0; /* more dot segments or an odd shape */
+    scratch->len = 0;
+    if (buffer_add(scratch, base->root, base->root_len) < 0 || buffer_add(scratch, path, path_len) < 0 ||
+        buffer_add(scratch, u, n) < 0)
+        return -1;
+    return 1;
+}
+
 /* A joined URL in `scratch`; 0 when the shape is one for Resolver/urljoin (the caller calls back). */
 static int join_fast(const Base *base, const Buffer *url, Buffer *scratch, int *as_is) {
     const char *u = url->data;
     Py_ssize_t n = url->len;
     *as_is = 0;
-    if (!base->fast || n == 0 || u[0] == '.') return 0;
+    if (!base->fast || n == 0) return 0;
     for (Py_ssize_t i = 0; i < n; i++)
         if ((unsigned char)u[i] < 0x21 || (unsigned char)u[i] > 0x7E) return 0; /* space, control, non-ASCII */
-    for (Py_ssize_t i = 0; i + 1 < n; i++)
-        if (u[i] == '/' && u[i + 1] == '.') return 0; /* dot segments */
+    if (n >= 3 && memcmp(u, "../", 3) == 0) return join_up(base, u, n, scratch);
+    if (u[0] == '.' || has_dot_segment(u, n)) return 0;
     scratch->len = 0;
     if (n >= 2 && u[0] == '/' && u[1] == '/') {
         if (buffer_add(scratch, base->scheme, base->scheme_len) < 0 || buffer_add(scratch, ":", 1) < 0) return -1;
@@ -248,7 +321,7 @@ static PyObject *absolute_url(const Base *base, Buffer *url, Buffer *scratch, Py
     if (memchr(url->data, '&', url->len)) {
         original = utf8(url->data, url->len);
         if (!original) return NULL;
-        if (!unescape_amp(url)) { /* another entity: Resolver unescapes and joins it */
+        if (!unescape_simple(url)) { /* another reference: Resolver unescapes and joins it */
             PyObject *joined = PyObject_CallOneArg(resolve, original);
             Py_DECREF(original);
             return joined;
@@ -279,7 +352,7 @@ static PyObject *alt_text(Buffer *alt, PyObject *unescape) {
     if (!memchr(alt->data, '&', alt->len)) return utf8(alt->data, alt->len);
     PyObject *original = utf8(alt->data, alt->len);
     if (!original) return NULL;
-    if (unescape_amp(alt)) {
+    if (unescape_simple(alt)) {
         Py_DECREF(original);
         return utf8(alt->data, alt->len);
     }
@@ -472,8 +545,8 @@ PyDoc_STRVAR(img_links_doc,
 "license: the decoded url of the first other link that contains the Creative Commons marker\n"
 "(not yet resolved), or None; links: how many objects the Links array has, for the caller to\n"
 "check against its parser. prefixes: (scheme, root, directory) of the page's base for the common\n"
-"relative shapes, or None. resolve(url) joins the other URLs; unescape(text) decodes HTML\n"
-"entities other than &amp;. None when the bytes are not in the shape this reader vouches for.");
+"relative shapes, or None. resolve(url) joins the other URLs; unescape(text) decodes the HTML\n"
+"references this reader leaves to it. None when the bytes are not in the shape it vouches for.");
 
 static PyObject *img_links(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 4) {

@@ -18,10 +18,10 @@ from spark_jobs.wat import (
     check_pair,
     clean_text,
     detect_language,
-    iter_raw_pairs,
-    pair_uid,
     page_links,
+    pair_uid,
     process_wat,
+    read_raw_links,
 )
 
 SAMPLE_README = Path(__file__).resolve().parents[3] / "shared" / "data" / "commoncrawl" / "README.md"
@@ -46,7 +46,8 @@ def test_sample_counts_match_the_readme(sample_wat):
     assert result.raw_pairs == result.kept_pairs + sum(result.rejected.values())
     assert set(result.rejected) == set(REJECT_REASONS)
     assert result.kept_pairs == len(result.pairs) > 0
-    assert len(set(iter_raw_pairs(str(sample_wat)))) == result.raw_pairs
+    raw_links = read_raw_links(str(sample_wat))
+    assert (len(raw_links), len(set(raw_links))) == (result.raw_links, result.raw_pairs)
 
 
 def test_sample_pairs_are_resolved_unescaped_and_filtered(sample_wat):
@@ -54,7 +55,7 @@ def test_sample_pairs_are_resolved_unescaped_and_filtered(sample_wat):
     urls = {p.url for p in result.pairs}
     assert all(u.startswith("http://") for u in urls)
     assert not any(".gif" in u for u in urls)  # the sample's many .gif icons are dropped
-    assert result.rejected["bad_extension"] == sum(".gif" in u for u, _ in set(iter_raw_pairs(str(sample_wat))))
+    assert result.rejected["bad_extension"] == sum(".gif" in u for u, _ in set(read_raw_links(str(sample_wat))))
     # Relative src on 0x20.be, resolved against the page URL.
     assert "http://0x20.be/smw/skins/common/images/poweredby_mediawiki_88x31.png" in urls
     # &amp; in timthumb URLs is unescaped.
@@ -386,8 +387,9 @@ def test_fast_page_links_reads_escapes_and_defers_on_unusual_shapes(links, head_
 
 
 @pytest.mark.parametrize("base", [None, "/other/dir/", "https://cdn.site.org/x/", "http://site.org/x/../y/", "ftp://files.org/a/"])
-def test_fast_page_links_resolves_every_url_shape_as_resolver_does(base, link_reader):
-    """The C reader joins the common shapes itself and hands the rest to Resolver: same result."""
+def test_fast_page_links_resolves_urls_and_references_as_resolver_and_unescape_do(base, link_reader):
+    """The C reader joins the common URL shapes and decodes the common HTML references itself, and
+    hands the rest to Resolver and html.unescape: the same result either way."""
     import orjson
     import simdjson
 
@@ -397,13 +399,18 @@ def test_fast_page_links_resolves_every_url_shape_as_resolver_does(base, link_re
               "  spaced.jpg", "tab\tin.jpg", "mailto:x@y.org", "HTTP://UPPER.org/A.jpg", "a:b/c.jpg", "https://x.org/a.jpg",
               "data:image/png;base64,iVBO", "javascript:go(1)", "svn+ssh://x/y", "http:relative.jpg", "Https:x",
               "-odd.jpg", "9lives.jpg", "bad scheme:x", "x.org:8080/y.jpg", "/a?b=1&amp;c=2", "/a?b=1&lt;c", "&amp;start.jpg",
-              "é/x.jpg", "/ümlaut.jpg", ".hidden.jpg", "a/../b.jpg", "a/b.jpg#x/.y"]
-    links = [{"alt": f"photo {i}", "path": "IMG@/src", "url": url} for i, url in enumerate(shapes)]
+              "é/x.jpg", "/ümlaut.jpg", ".hidden.jpg", "a/../b.jpg", "a/b.jpg#x/.y", "../../a.jpg", "../../../../../x.jpg?q=1",
+              "../a/./b.jpg", "../", "..//x.jpg", "../-x.jpg", "../../é.jpg", "/a?x=&#39;1&#39;&amp;y=&quot;"]
+    references = ["&#39;", "&#x27;", "&#X1F600;", "&#128512;", "&#0;", "&#13;", "&#128;", "&#150;", "&#127;", "&#xD800;",
+                  "&#39", "&#;", "&#x;", "&nbsp;", "&quot;", "&apos;", "&lt;&gt;", "&lt", "&eacute;", "&amp;amp;", "&#65;&#x42;",
+                  "&#9999999999;", "&#x110000;", "&#xFFFE;", "&#x1FFFF;", "&#xFDD0;", "&#00000039;", "&#000000039;", "&", "&#"]
+    links = [{"alt": f"photo {i} {references[i % len(references)]} x", "path": "IMG@/src", "url": url}
+             for i, url in enumerate(shapes + references)]
     body = _page(links, base=base)
     got = fast_page_links(body, simdjson.Parser())
     assert got is not None
     assert got == page_links(orjson.loads(body)["Envelope"])
-    assert len(got[1]) == len(shapes)
+    assert len(got[1]) == len(shapes) + len(references)
 
 
 def test_fast_page_links_equals_page_links_on_random_pages(link_reader):
@@ -419,7 +426,8 @@ def test_fast_page_links_equals_page_links_on_random_pages(link_reader):
     from spark_jobs.wat import fast_page_links, page_links
 
     rng = random.Random(7)
-    alphabet = ["a", "Z", "0", " ", "/", ".", ":", "?", "&", "&amp;", "&lt;", "&#39;", "&", '"', "\\", "{", "}", "[", "]",
+    alphabet = ["a", "Z", "0", " ", "/", ".", ":", "?", "&", "&amp;", "&lt;", "&#39;", "&#x1F600;", "&nbsp;", "&#150;", "&eacute;",
+                "&quot", "&#", "&", '"', "\\", "{", "}", "[", "]",
                 ",", "é", "日本", "😀", "\n", "\t", "\x01", "IMG@/src", "creativecommons.org/licenses/", "../", "//", "http://"]
 
     def text() -> str:
