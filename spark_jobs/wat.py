@@ -1,8 +1,9 @@
 """WAT parsing and the LAION-5B pair rules: one WAT file in, counted pairs out.
 
 No Spark here (fastwarc, simdjson, orjson and our C link reader `watlinks`), so the Spark job, the
-benchmark and the tests all run the very same per-file function, `process_wat`. Nothing here raises for bad input: a broken record
-is counted in `bad_records`, a broken file comes back with status `failed` and the reason.
+benchmark and the tests all run the very same per-file function, `process_wat`. Nothing here raises
+for bad input: a broken record is counted in `bad_records`, a broken file comes back with status
+`failed` and the reason.
 
 Reading pipeline (img2dataset-style separation):
   open_wat      bytes of a local path, s3a:// / s3:// object or http(s) URL
