@@ -59,8 +59,10 @@ typedef struct {
 
 enum { OK = 0, UNSURE = 1, FAILED = -1 }; /* FAILED: a Python exception is set */
 
+static int is_ws(char c) { return c == ' ' || c == '\n' || c == '\r' || c == '\t'; }
+
 static const char *skip_ws(const char *p, const char *end) {
-    while (p < end && (*p == ' ' || *p == '\n' || *p == '\r' || *p == '\t')) p++;
+    while (p < end && is_ws(*p)) p++;
     return p;
 }
 
@@ -95,15 +97,20 @@ static const char *read_string(const char *p, const char *end, Span *span) {
     return q;
 }
 
+/* A hex digit's value, or -1. */
+static int hex_value(char c) {
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
 static int hex4(const char *p, unsigned *out) {
     unsigned v = 0;
     for (int i = 0; i < 4; i++) {
-        char c = p[i];
-        v <<= 4;
-        if (c >= '0' && c <= '9') v |= c - '0';
-        else if (c >= 'a' && c <= 'f') v |= c - 'a' + 10;
-        else if (c >= 'A' && c <= 'F') v |= c - 'A' + 10;
-        else return -1;
+        int d = hex_value(p[i]);
+        if (d < 0) return -1;
+        v = v << 4 | (unsigned)d;
     }
     *out = v;
     return 0;
@@ -191,10 +198,7 @@ static Py_ssize_t numeric_reference(const char *r, const char *end, unsigned *cp
     const char *digits = p;
     unsigned long v = 0;
     for (; p < end && p - digits < 8; p++) {
-        int d = (*p >= '0' && *p <= '9')           ? *p - '0'
-                : hex && (*p >= 'a' && *p <= 'f') ? *p - 'a' + 10
-                : hex && (*p >= 'A' && *p <= 'F') ? *p - 'A' + 10
-                                                   : -1;
+        int d = hex ? hex_value(*p) : (*p >= '0' && *p <= '9') ? *p - '0' : -1;
         if (d < 0) break;
         v = v * (hex ? 16 : 10) + d;
     }
@@ -411,7 +415,7 @@ static const char *find_links(const char *body, Py_ssize_t n) {
     const char *at = memmem(body, n, LINKS_KEY, sizeof LINKS_KEY - 1);
     if (!at) return NULL;
     const char *before = at;
-    while (before > body && (before[-1] == ' ' || before[-1] == '\n' || before[-1] == '\r' || before[-1] == '\t')) before--;
+    while (before > body && is_ws(before[-1])) before--;
     if (before == body || (before[-1] != '{' && before[-1] != ',')) return NULL; /* not a key we can place */
     return at;
 }
