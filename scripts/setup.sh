@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One idempotent setup for a fresh machine or a fresh clone:
 #   - a project virtualenv in .venv with the pinned requirements (uv, reusing its cache) and the
-#     C link reader of native/watlinks,
+#     C WAT readers of native/watread (gunzip with the vendored libdeflate, the IMG link reader),
 #   - the Delta / hadoop-aws jars resolved from Maven Central into a cache outside the checkout,
 #   - the Debian chromium used by the browser tests, when missing.
 # A stamp keyed on everything that shapes the result lets a second run return at once.
@@ -12,7 +12,8 @@ CACHE_DIR="${ALTLAKE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/altlake}"
 JAR_DIR="$CACHE_DIR/jars"
 PY="${PYTHON:-python3}"
 STAMP=.venv/.altlake-setup
-KEY=$(cat requirements.txt pyproject.toml infra/spark/jars-pom.xml scripts/setup.sh native/watlinks/{pyproject.toml,setup.py,watlinks.c} | sha256sum | cut -c1-16)
+KEY=$(cat requirements.txt pyproject.toml infra/spark/jars-pom.xml scripts/setup.sh native/watread/{pyproject.toml,setup.py} \
+  $(find native/watread -name '*.[ch]' -not -path '*/build/*' | LC_ALL=C sort) | sha256sum | cut -c1-16)
 
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$KEY" ] && [ -f "$JAR_DIR/.complete" ]; then
   exit 0
@@ -26,8 +27,8 @@ fi
 [ -x .venv/bin/python ] || uv venv --quiet --python "$PY" .venv
 VIRTUAL_ENV="$PWD/.venv" uv pip install --quiet -r requirements.txt
 VIRTUAL_ENV="$PWD/.venv" uv pip install --quiet --no-deps -e .
-# The extraction's C link reader, compiled here (needs a C compiler, as the other native packages' sdists would).
-VIRTUAL_ENV="$PWD/.venv" uv pip install --quiet ./native/watlinks
+# The extraction's C readers, compiled here (needs a C compiler, as the other native packages' sdists would).
+VIRTUAL_ENV="$PWD/.venv" uv pip install --quiet ./native/watread
 
 if [ ! -f "$JAR_DIR/.complete" ]; then
   echo "==> resolving Spark jars from Maven Central into $JAR_DIR"

@@ -1,16 +1,16 @@
 """WAT parsing and the LAION-5B pair rules: one WAT file in, counted pairs out.
 
-No Spark here (fastwarc, simdjson, orjson and our C link reader `watlinks`), so the Spark job, the
+No Spark here (fastwarc, simdjson, orjson and our C readers `watgunzip` and `watlinks`), so the Spark job, the
 benchmark and the tests all run the very same per-file function, `process_wat`. Nothing here raises
 for bad input: a broken record is counted in `bad_records`, a broken file comes back with status
 `failed` and the reason.
 
 Reading pipeline (img2dataset-style separation):
   open_wat      bytes of a local path, s3a:// / s3:// object or http(s) URL
-  DecodedStream gunzip (ISA-L; a truncated or corrupt member is detected, not silently cut),
-                restore CRLF when a file was converted to LF line endings, remember positions
+  DecodedStream gunzip (libdeflate member by member, ISA-L's streaming reader for the rest; a
+                truncated or corrupt member is detected, not silently cut), restore CRLF when a file was converted to LF line endings, remember positions
   fastwarc      WARC records; JSON work only for HTML pages that contain an IMG@/src link:
-                simdjson validates the record, C (native/watlinks) reads its Links (fast_page_links)
+                simdjson validates the record, C (native/watread) reads its Links (fast_page_links)
   page_links    (absolute url, alt) pairs and the page's license, per HTML page
   check_pair    the LAION-5B rules; the first failing rule is the reject reason
 """
@@ -32,6 +32,7 @@ from urllib.parse import urljoin, urlsplit
 
 import orjson
 import simdjson
+import watgunzip
 import watlinks
 from fastwarc.warc import ArchiveIterator, WarcRecordType
 from isal import igzip, isal_zlib
@@ -50,6 +51,8 @@ NOLANG = "nolang"
 IMG_PATH = "IMG@/src"
 LICENSE_MARKER = "creativecommons.org/licenses/"
 _CHUNK = 1 << 20
+# Compressed bytes buffered for one gzip member before it is left to the streaming reader.
+_MAX_MEMBER = 16 << 20
 _TAIL = 1 << 18
 _HEADER_START = b"\nWARC/1."
 
@@ -87,33 +90,70 @@ class _Source(io.RawIOBase):
     def __init__(self, raw: BinaryIO, peeked: bytes):
         self._raw = raw
         self._peeked = peeked
+        self._at = 0
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer) -> int:
-        data, self._peeked = self._peeked[: len(buffer)], self._peeked[len(buffer) :]
+        data = self._peeked[self._at : self._at + len(buffer)]
+        self._at += len(data)
         if len(data) < len(buffer):
             data += self._raw.read(len(buffer) - len(data))
         buffer[: len(data)] = data
         return len(data)
 
 
+class _MemberReader:
+    """A per-record-gzipped stream, inflated member by member by libdeflate (watgunzip).
+
+    Common Crawl's members are small, so each is inflated whole from a buffer of compressed input,
+    ~1.5x faster than a streaming reader. A member that does not inflate whole from up to
+    _MAX_MEMBER buffered bytes (one huge member, a truncated or corrupt one, trailing garbage)
+    hands the rest of the stream to ISA-L's streaming reader, which decodes any size in bounded
+    memory and raises the exact error (EOFError, BadGzipFile, isal_zlib.error).
+    """
+
+    def __init__(self, raw: BinaryIO):
+        self._raw = raw
+        self._input = b""
+        self._offset = 0
+        self._streaming: BinaryIO | None = None
+
+    def read(self, size: int) -> bytes:
+        """About `size` decoded bytes (whole members, so possibly more); b"" at the end."""
+        while self._streaming is None:
+            decoded, offset = watgunzip.gunzip_members(self._input, self._offset, size)
+            progressed, self._offset = offset > self._offset, offset
+            if decoded:
+                return decoded
+            if progressed:
+                continue  # empty members only
+            more = self._raw.read(_CHUNK)
+            pending = self._input[self._offset :].lstrip(b"\x00")  # zero padding between members, as gzip allows
+            if not more and not pending:
+                return b""
+            if more and len(pending) <= _MAX_MEMBER:
+                self._input, self._offset = pending + more, 0
+            else:
+                self._streaming = igzip.GzipFile(fileobj=_Source(self._raw, pending + more), mode="rb")
+        return self._streaming.read(size)
+
+
 class DecodedStream:
     """The WARC text of a plain or per-record-gzipped file, as fastwarc reads it.
 
     We gunzip here rather than in fastwarc because fastwarc stops silently at a truncated gzip
-    member; ISA-L's gzip reader (C, all members in one stream, ~2x zlib fed member by member)
-    raises for it, and for corrupt data. A file whose line endings were converted to LF has
-    Content-Lengths that no longer match multi-line bodies, so LF is turned back into CRLF (the
-    exact inverse).
+    member; _MemberReader raises for it, and for corrupt data. A file whose line endings were
+    converted to LF has Content-Lengths that no longer match multi-line bodies, so LF is turned
+    back into CRLF (the exact inverse).
     """
 
     def __init__(self, raw: BinaryIO):
         magic = raw.read(2)
         self.gzipped = magic == b"\x1f\x8b"
         source = _Source(raw, magic)
-        self._decoded: BinaryIO = igzip.GzipFile(fileobj=source, mode="rb") if self.gzipped else source
+        self._decoded: BinaryIO | _MemberReader = _MemberReader(source) if self.gzipped else source
         self._pending = b""
         self._offset = 0
         self._previous = b""

@@ -5,6 +5,9 @@ from __future__ import annotations
 import functools
 import gzip
 import http.server
+import io
+import itertools
+import random
 import re
 import socket
 import threading
@@ -25,7 +28,7 @@ from spark_jobs.wat import (
 )
 
 SAMPLE_README = Path(__file__).resolve().parents[3] / "shared" / "data" / "commoncrawl" / "README.md"
-WATLINKS_C = Path(__file__).resolve().parents[2] / "native" / "watlinks" / "watlinks.c"
+WATLINKS_C = Path(__file__).resolve().parents[2] / "native" / "watread" / "watlinks.c"
 
 
 def _records(path: Path) -> list[bytes]:
@@ -65,10 +68,24 @@ def test_sample_pairs_are_resolved_unescaped_and_filtered(sample_wat):
     assert {p.language for p in result.pairs} >= {"en"}
 
 
-def test_per_record_gzip_gives_the_same_result(sample_wat, tmp_path):
+@pytest.mark.parametrize("layout", ["per_record", "whole_file", "whole_file_streamed"])
+def test_gzip_gives_the_same_result(sample_wat, tmp_path, monkeypatch, layout):
+    """Common Crawl's member per record, or one member for the file (inflated whole, or streamed
+    by ISA-L when it is larger than the member buffer)."""
     gz = tmp_path / "sample.warc.wat.gz"
-    gz.write_bytes(b"".join(gzip.compress(r) for r in _records(sample_wat)))
-    plain, zipped = process_wat(str(sample_wat)), process_wat(str(gz))
+    if layout == "per_record":
+        gz.write_bytes(b"".join(gzip.compress(r) for r in _records(sample_wat)))
+    else:
+        gz.write_bytes(gzip.compress(sample_wat.read_bytes()))
+    streamed = []
+    if layout == "whole_file_streamed":
+        from spark_jobs import wat
+
+        monkeypatch.setattr(wat, "_CHUNK", 500)
+        monkeypatch.setattr(wat, "_MAX_MEMBER", 1000)
+        monkeypatch.setattr(wat.igzip, "GzipFile", functools.partial(_spy, wat.igzip.GzipFile, streamed))
+    zipped, plain = process_wat(str(gz)), process_wat(str(sample_wat))
+    assert len(streamed) == (layout == "whole_file_streamed")
     assert zipped.status == FILE_DONE
     assert plain.summary() | {"path": "", "duration_s": 0} == zipped.summary() | {"path": "", "duration_s": 0}
     assert _pairs(plain) == _pairs(zipped)
@@ -108,6 +125,81 @@ def test_truncated_gzip_fails_the_file_with_the_reason(sample_wat, tmp_path, fra
     result = process_wat(str(cut))
     assert result.status == FILE_FAILED
     assert "truncated" in result.error
+    assert result.pairs == []
+
+
+def _spy(cls, calls: list, *args, **kwargs):
+    calls.append(args or kwargs)
+    return cls(*args, **kwargs)
+
+
+def _gzip_members(*parts: bytes) -> bytes:
+    return b"".join(gzip.compress(part, mtime=0) for part in parts)
+
+
+def test_gunzip_members_inflates_whole_members_and_stops_at_the_first_that_is_not():
+    import watgunzip
+
+    parts = [b"first record", b"", b"x" * 5000, b"last record"]
+    data = _gzip_members(*parts)
+    ends = list(itertools.accumulate(len(_gzip_members(part)) for part in parts))
+    assert watgunzip.gunzip_members(data, 0, 1 << 20) == (b"".join(parts), len(data))
+    assert watgunzip.gunzip_members(data, 0, 1) == (parts[0], ends[0])  # stops once the limit is reached
+    assert watgunzip.gunzip_members(data, ends[1], 1 << 20) == (b"".join(parts[2:]), len(data))
+    # Cut inside the third member: the whole ones, then a stop at its start.
+    assert watgunzip.gunzip_members(data[: ends[2] - 3], 0, 1 << 20) == (b"".join(parts[:2]), ends[1])
+    bad_crc = bytearray(data)
+    bad_crc[ends[2] - 6] ^= 0xFF  # the third member's CRC-32
+    assert watgunzip.gunzip_members(bytes(bad_crc), 0, 1 << 20) == (b"".join(parts[:2]), ends[1])
+    # A member larger than the output buffer (limit + 1 MiB) grows it.
+    big = random.Random(1).randbytes(3 << 20)
+    assert watgunzip.gunzip_members(memoryview(_gzip_members(big)), 0, 1) == (big, len(_gzip_members(big)))
+    for offset, limit in ((len(data) + 1, 10), (-1, 10), (0, 0)):
+        with pytest.raises(ValueError):
+            watgunzip.gunzip_members(data, offset, limit)
+    with pytest.raises(TypeError):
+        watgunzip.gunzip_members("not bytes", 0, 10)
+
+
+def test_member_reader_inflates_every_member_layout_in_c(monkeypatch):
+    """Members of every size, straddling the input chunks, equal gzip's output and never leave the C path."""
+    from spark_jobs import wat
+
+    rng = random.Random(7)
+    parts = [rng.choice([b"", rng.randbytes(rng.randrange(1, 30_000)), b"WARC record text " * rng.randrange(1, 2000)])
+             for _ in range(200)]
+    for chunk in (997, 1 << 20):
+        monkeypatch.setattr(wat, "_CHUNK", chunk)
+        reader = wat._MemberReader(io.BytesIO(_gzip_members(*parts) + b"\0" * 64))  # zero padding at the end
+        decoded = b"".join(iter(lambda: reader.read(4096), b""))
+        assert decoded == b"".join(parts)
+        assert reader._streaming is None
+
+
+def test_member_reader_leaves_a_huge_member_to_the_streaming_reader(monkeypatch):
+    from spark_jobs import wat
+
+    monkeypatch.setattr(wat, "_MAX_MEMBER", 50_000)
+    rng = random.Random(3)
+    parts = [b"before " * 100, rng.randbytes(200_000), b"after " * 100, b"", b"last"]
+    reader = wat._MemberReader(io.BytesIO(_gzip_members(*parts[:2]) + b"\0" * 9 + _gzip_members(*parts[2:])))
+    assert b"".join(iter(lambda: reader.read(1000), b"")) == b"".join(parts)
+    assert reader._streaming is not None
+
+
+@pytest.mark.parametrize(("damage", "reason"), [("crc", "CRC check failed"), ("garbage", "Not a gzipped file")])
+def test_a_corrupt_gzip_member_fails_the_file_with_the_reason(sample_wat, tmp_path, damage, reason):
+    records = _records(sample_wat)
+    data = bytearray(_gzip_members(*records))
+    sixth_end = len(_gzip_members(*records[:6]))
+    if damage == "crc":
+        data[sixth_end - 6] ^= 0xFF  # the sixth record's CRC-32
+    else:
+        data[sixth_end:sixth_end] = b"not gzip at all"
+    broken = tmp_path / "broken.warc.wat.gz"
+    broken.write_bytes(bytes(data))
+    result = process_wat(str(broken))
+    assert result.status == FILE_FAILED and "corrupt gzip data" in result.error and reason in result.error
     assert result.pairs == []
 
 

@@ -1,0 +1,85 @@
+/* watgunzip: the complete gzip members at the start of a buffer, inflated by libdeflate.
+ *
+ * Common Crawl gzips every WARC record as its own member, so a WAT is tens of thousands of small
+ * gzip streams, and inflating one costs mostly its Huffman table setup, which libdeflate does
+ * about 1.5x faster than ISA-L or zlib-ng. libdeflate only inflates whole members held in memory,
+ * so this decodes the members that are complete and stops at the first one that is not (cut off
+ * by the end of the buffer, corrupt, or not gzip at all): the caller reads more input, or hands the
+ * rest to a streaming reader that tells which it is.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include "libdeflate.h"
+
+/* Room for the member that crosses `limit`: most records are far smaller. */
+#define SLACK (1 << 20)
+/* A member that inflates to more than this is left to the streaming reader (bounded memory). */
+#define MAX_MEMBER_OUTPUT (64 << 20)
+
+PyDoc_STRVAR(gunzip_members_doc,
+"gunzip_members(data, offset, limit) -> (decoded, next_offset)\n\n"
+"Inflate the complete gzip members of `data` from `offset` on, until `limit` decoded bytes are\n"
+"reached, and return the decoded bytes with the offset just after the last member inflated.\n"
+"Stops without error at a member that does not inflate whole from `data` (CRC and size checked):\n"
+"next_offset == offset with no bytes then means this member needs more input, or a streaming\n"
+"reader to say what is wrong with it.");
+
+static PyObject *gunzip_members(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (nargs != 3) {
+        PyErr_SetString(PyExc_TypeError, "gunzip_members(data, offset, limit) takes 3 arguments");
+        return NULL;
+    }
+    Py_ssize_t offset = PyLong_AsSsize_t(args[1]);
+    Py_ssize_t limit = offset == -1 && PyErr_Occurred() ? -1 : PyLong_AsSsize_t(args[2]);
+    if (limit == -1 && PyErr_Occurred()) return NULL;
+    Py_buffer in;
+    if (PyObject_GetBuffer(args[0], &in, PyBUF_SIMPLE) < 0) return NULL;
+    if (offset < 0 || offset > in.len || limit <= 0) {
+        PyBuffer_Release(&in);
+        PyErr_SetString(PyExc_ValueError, "gunzip_members: need 0 <= offset <= len(data) and limit > 0");
+        return NULL;
+    }
+    struct libdeflate_decompressor *inflater = libdeflate_alloc_decompressor();
+    Py_ssize_t capacity = limit + SLACK;
+    PyObject *out = inflater ? PyBytes_FromStringAndSize(NULL, capacity) : NULL;
+    if (!out) {
+        if (inflater) libdeflate_free_decompressor(inflater);
+        PyBuffer_Release(&in);
+        return inflater ? NULL : PyErr_NoMemory();
+    }
+    const char *source = in.buf;
+    Py_ssize_t produced = 0;
+    while (offset < in.len && produced < limit) {
+        size_t used = 0, made = 0;
+        enum libdeflate_result result;
+        Py_BEGIN_ALLOW_THREADS
+        result = libdeflate_gzip_decompress_ex(inflater, source + offset, (size_t)(in.len - offset),
+                                               PyBytes_AS_STRING(out) + produced, (size_t)(capacity - produced),
+                                               &used, &made);
+        Py_END_ALLOW_THREADS
+        if (result == LIBDEFLATE_SUCCESS) {
+            offset += (Py_ssize_t)used;
+            produced += (Py_ssize_t)made;
+        } else if (result == LIBDEFLATE_INSUFFICIENT_SPACE && produced == 0 && capacity < MAX_MEMBER_OUTPUT) {
+            capacity *= 2;  /* one member larger than the buffer: grow and inflate it again */
+            if (_PyBytes_Resize(&out, capacity) < 0) break;
+        } else {
+            break;  /* incomplete or bad member, or no room left: the caller decides */
+        }
+    }
+    libdeflate_free_decompressor(inflater);
+    PyBuffer_Release(&in);
+    if (!out || _PyBytes_Resize(&out, produced) < 0) return NULL;
+    return Py_BuildValue("Nn", out, offset);
+}
+
+static PyMethodDef methods[] = {
+    {"gunzip_members", (PyCFunction)(void (*)(void))gunzip_members, METH_FASTCALL, gunzip_members_doc},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "watgunzip", "Whole gzip members, inflated by libdeflate.", -1, methods};
+
+PyMODINIT_FUNC PyInit_watgunzip(void) { return PyModule_Create(&module); }
