@@ -1,14 +1,15 @@
 """WAT parsing and the LAION-5B pair rules: one WAT file in, counted pairs out.
 
-No Spark here (fastwarc, simdjson, orjson and our C readers `watgunzip` and `watlinks`), so the Spark job, the
-benchmark and the tests all run the very same per-file function, `process_wat`. Nothing here raises
-for bad input: a broken record is counted in `bad_records`, a broken file comes back with status
-`failed` and the reason.
+No Spark here (fastwarc, simdjson, orjson and our C readers `watgunzip` and `watlinks`), so the
+Spark job, the benchmark and the tests all run the very same per-file function, `process_wat`.
+Nothing here raises for bad input: a broken record is counted in `bad_records`, a broken file comes
+back with status `failed` and the reason.
 
 Reading pipeline (img2dataset-style separation):
   open_wat      bytes of a local path, s3a:// / s3:// object or http(s) URL
   DecodedStream gunzip (libdeflate member by member, ISA-L's streaming reader for the rest; a
-                truncated or corrupt member is detected, not silently cut), restore CRLF when a file was converted to LF line endings, remember positions
+                truncated or corrupt member is detected, not silently cut), restore CRLF when a
+                file was converted to LF line endings, remember positions
   fastwarc      WARC records; JSON work only for HTML pages that contain an IMG@/src link:
                 simdjson validates the record, C (native/watread) reads its Links (fast_page_links)
   page_links    (absolute url, alt) pairs and the page's license, per HTML page
