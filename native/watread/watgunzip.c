@@ -25,29 +25,23 @@ PyDoc_STRVAR(gunzip_members_doc,
 "next_offset == offset with no bytes then means this member needs more input, or a streaming\n"
 "reader to say what is wrong with it.");
 
-static PyObject *gunzip_members(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+static PyObject *gunzip_members(PyObject *module, PyObject *args) {
     (void)module;
-    if (nargs != 3) {
-        PyErr_SetString(PyExc_TypeError, "gunzip_members(data, offset, limit) takes 3 arguments");
-        return NULL;
-    }
-    Py_ssize_t offset = PyLong_AsSsize_t(args[1]);
-    Py_ssize_t limit = offset == -1 && PyErr_Occurred() ? -1 : PyLong_AsSsize_t(args[2]);
-    if (limit == -1 && PyErr_Occurred()) return NULL;
     Py_buffer in;
-    if (PyObject_GetBuffer(args[0], &in, PyBUF_SIMPLE) < 0) return NULL;
+    Py_ssize_t offset, limit;
+    if (!PyArg_ParseTuple(args, "y*nn:gunzip_members", &in, &offset, &limit)) return NULL;
     if (offset < 0 || offset > in.len || limit <= 0) {
         PyBuffer_Release(&in);
         PyErr_SetString(PyExc_ValueError, "gunzip_members: need 0 <= offset <= len(data) and limit > 0");
         return NULL;
     }
-    struct libdeflate_decompressor *inflater = libdeflate_alloc_decompressor();
     Py_ssize_t capacity = limit + SLACK;
-    PyObject *out = inflater ? PyBytes_FromStringAndSize(NULL, capacity) : NULL;
-    if (!out) {
-        if (inflater) libdeflate_free_decompressor(inflater);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, capacity);
+    struct libdeflate_decompressor *inflater = out ? libdeflate_alloc_decompressor() : NULL;
+    if (!inflater) {
+        Py_XDECREF(out);
         PyBuffer_Release(&in);
-        return inflater ? NULL : PyErr_NoMemory();
+        return out ? PyErr_NoMemory() : NULL;
     }
     const char *source = in.buf;
     Py_ssize_t produced = 0;
@@ -76,7 +70,7 @@ static PyObject *gunzip_members(PyObject *module, PyObject *const *args, Py_ssiz
 }
 
 static PyMethodDef methods[] = {
-    {"gunzip_members", (PyCFunction)(void (*)(void))gunzip_members, METH_FASTCALL, gunzip_members_doc},
+    {"gunzip_members", gunzip_members, METH_VARARGS, gunzip_members_doc},
     {NULL, NULL, 0, NULL},
 };
 

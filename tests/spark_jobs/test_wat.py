@@ -35,6 +35,17 @@ def _records(path: Path) -> list[bytes]:
     return [r for r in re.split(rb"(?=WARC/1\.0\r\n)", path.read_bytes()) if r]
 
 
+def _gzip_members(*parts: bytes) -> bytes:
+    """Each part as its own gzip member, as Common Crawl writes its records."""
+    return b"".join(gzip.compress(part, mtime=0) for part in parts)
+
+
+def _spy(cls, calls: list, *args, **kwargs):
+    """cls(*args, **kwargs), noting the call in `calls`."""
+    calls.append(args or kwargs)
+    return cls(*args, **kwargs)
+
+
 def _pairs(result) -> set[tuple[str, str, str, str | None]]:
     return {(p.uid, p.url, p.text, p.license) for p in result.pairs}
 
@@ -74,7 +85,7 @@ def test_gzip_gives_the_same_result(sample_wat, tmp_path, monkeypatch, layout):
     by ISA-L when it is larger than the member buffer)."""
     gz = tmp_path / "sample.warc.wat.gz"
     if layout == "per_record":
-        gz.write_bytes(b"".join(gzip.compress(r) for r in _records(sample_wat)))
+        gz.write_bytes(_gzip_members(*_records(sample_wat)))
     else:
         gz.write_bytes(gzip.compress(sample_wat.read_bytes()))
     streamed = []
@@ -93,7 +104,7 @@ def test_gzip_gives_the_same_result(sample_wat, tmp_path, monkeypatch, layout):
 
 def test_a_wat_served_over_http_reads_like_the_local_file(sample_wat, tmp_path):
     """http(s) paths (Common Crawl's own https://data.commoncrawl.org) stream through urllib."""
-    (tmp_path / "sample.warc.wat.gz").write_bytes(b"".join(gzip.compress(r) for r in _records(sample_wat)))
+    (tmp_path / "sample.warc.wat.gz").write_bytes(_gzip_members(*_records(sample_wat)))
     handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
     with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
         threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -119,22 +130,13 @@ def test_lf_line_endings_are_read_like_crlf(sample_wat, tmp_path):
 
 @pytest.mark.parametrize("fraction", [0.5, 0.93])
 def test_truncated_gzip_fails_the_file_with_the_reason(sample_wat, tmp_path, fraction):
-    data = b"".join(gzip.compress(r) for r in _records(sample_wat))
+    data = _gzip_members(*_records(sample_wat))
     cut = tmp_path / "cut.warc.wat.gz"
     cut.write_bytes(data[: int(len(data) * fraction)])
     result = process_wat(str(cut))
     assert result.status == FILE_FAILED
     assert "truncated" in result.error
     assert result.pairs == []
-
-
-def _spy(cls, calls: list, *args, **kwargs):
-    calls.append(args or kwargs)
-    return cls(*args, **kwargs)
-
-
-def _gzip_members(*parts: bytes) -> bytes:
-    return b"".join(gzip.compress(part, mtime=0) for part in parts)
 
 
 def test_gunzip_members_inflates_whole_members_and_stops_at_the_first_that_is_not():
@@ -348,7 +350,7 @@ def test_s3a_wat_and_listing_through_an_s3_server(sample_wat, monkeypatch):
         s3 = boto3.client("s3", endpoint_url=endpoint)
         s3.create_bucket(Bucket="commoncrawl")
         key = "crawl-data/CC-MAIN-2015-18/segments/1/wat/sample.warc.wat.gz"
-        s3.put_object(Bucket="commoncrawl", Key=key, Body=b"".join(gzip.compress(r) for r in _records(sample_wat)))
+        s3.put_object(Bucket="commoncrawl", Key=key, Body=_gzip_members(*_records(sample_wat)))
         s3.put_object(Bucket="commoncrawl", Key="crawl-data/CC-MAIN-2015-18/wat.paths.gz", Body=gzip.compress(f"{key}\n".encode()))
         paths = resolve_wat_paths(["s3a://commoncrawl/crawl-data/CC-MAIN-2015-18/wat.paths.gz"], s3_endpoint=endpoint)
         assert paths == [f"s3a://commoncrawl/{key}"]
