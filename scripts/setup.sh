@@ -20,15 +20,19 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$KEY" ] && [ -f "$JAR_DIR/.complete
 fi
 
 echo "==> altlake setup (cache: $CACHE_DIR)"
-if ! command -v uv >/dev/null 2>&1; then
-  "$PY" -m pip install --quiet --user uv || "$PY" -m pip install --quiet uv
-  export PATH="$HOME/.local/bin:$PATH"
+# uv is a pinned package of the venv itself and is always called as .venv/bin/uv: nothing here or
+# later (tests, benchmarks, the demo) relies on a PATH that only this script had.
+UV=.venv/bin/uv
+UV_PIN=$(grep -E '^uv==' requirements.txt)
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+if [ ! -x "$UV" ] || [ "uv==$("$UV" --version | cut -d' ' -f2)" != "$UV_PIN" ]; then
+  .venv/bin/python -m pip --version >/dev/null 2>&1 || .venv/bin/python -m ensurepip --upgrade >/dev/null
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check "$UV_PIN"
 fi
-[ -x .venv/bin/python ] || uv venv --quiet --python "$PY" .venv
-VIRTUAL_ENV="$PWD/.venv" uv pip install --quiet -r requirements.txt
-VIRTUAL_ENV="$PWD/.venv" uv pip install --quiet --no-deps -e .
+VIRTUAL_ENV="$PWD/.venv" "$UV" pip install --quiet -r requirements.txt
+VIRTUAL_ENV="$PWD/.venv" "$UV" pip install --quiet --no-deps -e .
 # The extraction's C readers, compiled here (needs a C compiler, as the other native packages' sdists would).
-VIRTUAL_ENV="$PWD/.venv" uv pip install --quiet ./native/watread
+VIRTUAL_ENV="$PWD/.venv" "$UV" pip install --quiet ./native/watread
 
 if [ ! -f "$JAR_DIR/.complete" ]; then
   echo "==> resolving Spark jars from Maven Central into $JAR_DIR"

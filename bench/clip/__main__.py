@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from altlake.config import Settings
+from bench.venvs import peer_venv
 from altlake_cli.image_server import ImageServer, photo_files
 from gpu_workers.downloader import DownloadConfig
 from gpu_workers.images import ImageConfig
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(work, ignore_errors=True)
     images_dir = work / "images"
     captions = make_images(images_dir, args.images)
-    venv = ensure_clip_retrieval_venv(Path(Settings.from_env().cache_dir) / "bench-venvs")
+    venv = ensure_clip_retrieval_venv()
 
     rows = []
     for label, heads in (("altlake score (CLIP only)", False), ("altlake score (CLIP + NSFW + watermark)", True)):
@@ -101,22 +101,13 @@ def make_images(folder: Path, n: int) -> list[str]:
     return captions
 
 
-def ensure_clip_retrieval_venv(root: Path) -> Path:
-    """clip-retrieval in its own venv, created once (a stamp marks a complete install)."""
-    venv = root / CLIP_RETRIEVAL.replace("==", "-")
-    stamp = venv / ".altlake-complete"
-    if stamp.exists():
-        return venv
-    print(f"==> installing {CLIP_RETRIEVAL} into {venv}", file=sys.stderr)
-    root.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "VIRTUAL_ENV": str(venv)}
-    subprocess.run(["uv", "venv", "-q", "--clear", "--python", "3.11", str(venv)], check=True)
-    constraints = str(REPO / "requirements.txt")
-    subprocess.run(["uv", "pip", "install", "-q", "-c", constraints, *CLIP_RETRIEVAL_DEPS], check=True, env=env)
-    # Last, so nothing resolved above upgrades setuptools past pkg_resources again.
-    subprocess.run(["uv", "pip", "install", "-q", "--no-deps", *CLIP_RETRIEVAL_NO_DEPS], check=True, env=env)
-    stamp.touch()
-    return venv
+def ensure_clip_retrieval_venv() -> Path:
+    """clip-retrieval in its own venv; its own pins are installed last without dependencies, so
+    nothing resolved before upgrades setuptools past pkg_resources again."""
+    return peer_venv(
+        CLIP_RETRIEVAL.replace("==", "-"), CLIP_RETRIEVAL_DEPS,
+        no_deps=CLIP_RETRIEVAL_NO_DEPS, constraints=REPO / "requirements.txt",
+    )
 
 
 def run_altlake(label: str, images_dir: Path, captions: list[str], work: Path, batch_size: int, cores: int, heads: bool) -> dict:

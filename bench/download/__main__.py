@@ -28,21 +28,12 @@ import time
 from pathlib import Path
 
 from altlake.config import Settings
+from bench.venvs import peer_venv
 from bench.download.dataset import make_images, write_url_list
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 IMG2DATASET = "img2dataset==1.47.0"
-
-
-def tool_venv(cache_dir: Path, requirement: str) -> Path:
-    """A venv with just `requirement`, made once with uv under the cache dir; its python."""
-    venv = cache_dir / "bench-venvs" / requirement.replace("==", "-")
-    python = venv / "bin" / "python"
-    if not python.exists():
-        subprocess.run(["uv", "venv", "-q", str(venv), "--python", "3.11"], check=True)
-        subprocess.run(["uv", "pip", "install", "-q", requirement], check=True, env={**os.environ, "VIRTUAL_ENV": str(venv)})
-    return python
 
 
 def measure(name: str, command: list[str], env: dict[str, str]) -> dict[str, float]:
@@ -75,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = Settings.from_env()
     cache = Path(settings.cache_dir)
-    img2dataset_python = tool_venv(cache, IMG2DATASET)
+    img2dataset_python = peer_venv(IMG2DATASET.replace("==", "-"), [IMG2DATASET]) / "bin" / "python"
     images = cache / "bench-data" / f"download-{args.images}-{args.source_size}"
     names = make_images(images, args.images, args.source_size)
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "PYTHONPATH": str(REPO)}

@@ -3,7 +3,7 @@
 Both run single-process on the same generated, per-record-gzipped WAT, side by side in one run;
 altlake twice: the whole per-WAT job (links, dedup, LAION rules, ftfy, language ID, uids) and the
 links alone (`read_raw_links`: the same work and output as cc2dataset's function);
-cc2dataset runs from its own venv (created here with uv on first use). Throughput is measured in
+cc2dataset runs from its own venv (bench/venvs.py, created on first use). Throughput is measured in
 CPU seconds of the extracting process (time.process_time), i.e. per core, which also keeps the
 figures meaningful on a shared machine. The run also checks that both tools see the same raw
 (url, alt) pair set. Figures go to stdout as a table and to bench/out/extract.json.
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import html
-import os
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import orjson
 from tqdm import tqdm
 
 from altlake.config import Settings
+from bench.venvs import peer_venv
 from spark_jobs.wat import detect_language, process_wat, read_raw_links
 from spark_jobs.watgen import generate_wat
 
@@ -33,17 +33,6 @@ CC2DATASET = "cc2dataset==1.5.0"
 REPO = Path(__file__).resolve().parents[2]
 OUT_DIR = REPO / "bench" / "out"
 PROBE = Path(__file__).with_name("cc2dataset_probe.py")
-
-
-def bench_venv(cache_dir: Path) -> Path:
-    """cc2dataset's own venv, created once under the cache dir (never inside the repo)."""
-    venv = cache_dir / "bench-venvs" / "cc2dataset"
-    python = venv / "bin" / "python"
-    if not python.exists():
-        print(f"installing {CC2DATASET} into {venv} ...", file=sys.stderr)
-        subprocess.run(["uv", "venv", "-q", "--python", "3.11", str(venv)], check=True)
-        subprocess.run(["uv", "pip", "install", "-q", CC2DATASET], check=True, env={**os.environ, "VIRTUAL_ENV": str(venv)})
-    return python
 
 
 def run_altlake(wat: Path) -> tuple[float, dict]:
@@ -96,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     if not wat.exists():
         print(f"generating {wat} ...", file=sys.stderr)
         generate_wat(wat, args.pages, gzip=True, seed=args.seed)
-    python = bench_venv(cache)
+    python = peer_venv("cc2dataset", [CC2DATASET]) / "bin" / "python"
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     cc2_pairs = OUT_DIR / "cc2dataset-pairs.jsonl"
 

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     settings = Settings.from_env()
     work = Path(settings.cache_dir) / "bench" / "search"
-    venv = ensure_clip_retrieval_venv(Path(settings.cache_dir) / "bench-venvs")
+    venv = ensure_clip_retrieval_venv()
     levels = [int(c) for c in args.concurrency.split(",")]
 
     rows = []

@@ -11,8 +11,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from altlake.config import Settings
 from altlake_cli.main import main as altlake
+from bench.venvs import peer_venv
 from explore.subset import build_subset
 
 IMG2DATASET = "img2dataset==1.47.0"
@@ -20,12 +20,7 @@ IMG2DATASET = "img2dataset==1.47.0"
 
 def img2dataset_cli() -> Path:
     """img2dataset in its own venv under the cache dir (outside the repo), installed once."""
-    venv = Path(Settings.from_env().cache_dir) / "test-venvs" / IMG2DATASET.replace("==", "-")
-    cli = venv / "bin" / "img2dataset"
-    if not cli.exists():
-        subprocess.run(["uv", "venv", "-q", "--python", "3.11", str(venv)], check=True)
-        subprocess.run(["uv", "pip", "install", "-q", IMG2DATASET], check=True, env={**os.environ, "VIRTUAL_ENV": str(venv)})
-    return cli
+    return peer_venv(IMG2DATASET.replace("==", "-"), [IMG2DATASET]) / "bin" / "img2dataset"
 
 
 def _sims(release: Path, text: str) -> np.ndarray:
