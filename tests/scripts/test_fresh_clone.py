@@ -32,12 +32,11 @@ def fresh_clone(tmp_path_factory) -> tuple[Path, dict[str, str]]:
     """A clone of HEAD with `scripts/setup.sh` run in it under the stripped PATH."""
     clone = tmp_path_factory.mktemp("fresh") / "altlake"
     subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True, timeout=120)
-    env = {
-        "PATH": default_path_without_uv(),
-        "HOME": os.environ.get("HOME", "/root"),
-        "LANG": "C.UTF-8",
-        **{k: v for k, v in os.environ.items() if k.startswith(("ALTLAKE_CACHE_DIR", "UV_CACHE_DIR", "XDG_CACHE_HOME"))},
-    }
+    # The machine's environment (registry certificates, caches) with the PATH a new login gets; nothing
+    # of this run's venv or test session leaks in.
+    leaks = ("VIRTUAL_ENV", "PYTHONPATH", "PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "AIRFLOW_HOME", "PYSPARK_PYTHON")
+    env = {k: v for k, v in os.environ.items() if k not in leaks and not k.startswith("AIRFLOW__")}
+    env["PATH"] = default_path_without_uv()
     setup = subprocess.run(["bash", "scripts/setup.sh"], cwd=clone, env=env, capture_output=True, text=True, timeout=1200)
     assert setup.returncode == 0, setup.stdout[-3000:] + setup.stderr[-3000:]
     assert "==> setup done" in setup.stdout
