@@ -48,6 +48,7 @@ DOWNLOAD_FAILURES = (
     "robots_disallowed",
     "blocked_address",
     "invalid_url",
+    "invalid_input",  # a batch cell of the wrong type (text or language not a string, ...): never downloaded
     "error",
 )
 SCORE_STATUSES = (STATUS_OK, *DOWNLOAD_FAILURES)

@@ -3,13 +3,22 @@
 Each command lives in its own module with two functions, `configure(parser)` and
 `run(args) -> int`; this file only lists them, and imports a module when its command runs, so
 `altlake --help` stays instant and the worker image never needs Spark (nor Spark the worker).
+
+No command prints a traceback to its user. Bad input (ValueError, OSError: a missing release, a
+malformed hash list, a file where a folder belongs) is one line and exit status 2; anything else
+is one line naming a log file that holds the traceback, and exit status 1. ALTLAKE_DEBUG=1 lets
+exceptions through, for developers.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import time
+import traceback
+from pathlib import Path
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -39,7 +48,36 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(module_name)
     parser = argparse.ArgumentParser(prog=f"altlake {name}", description=help_text)
     module.configure(parser)
-    return int(module.run(parser.parse_args(rest)) or 0)
+    args = parser.parse_args(rest)  # a usage error is argparse's one line and exit status 2
+    if os.environ.get("ALTLAKE_DEBUG"):
+        return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        print(f"altlake {name}: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as exc:
+        print(f"altlake {name}: {one_line(exc)}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - a bug: one line for the user, the traceback in a file
+        print(f"altlake {name}: failed: {type(exc).__name__}: {one_line(exc)} (traceback: {_save_traceback(name)})", file=sys.stderr)
+        return 1
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of an exception's message (Java errors carry whole stack traces)."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:1000]
+
+
+def _save_traceback(command: str) -> str:
+    from altlake.config import Settings
+
+    folder = Path(Settings.from_env().cache_dir) / "logs"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"altlake-{command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    path.write_text(traceback.format_exc())
+    return str(path)
 
 
 def _print_usage(unknown: str | None) -> None:

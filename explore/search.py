@@ -23,6 +23,7 @@ from explore.release import Release
 # Metadata's own `similarity` (image-text CLIP score) is renamed: in a result, `similarity` is the
 # query's, as clip back returns it.
 PAIR_SIMILARITY = "clip_similarity"
+QUERY_IMAGE_SIDE = 224  # CLIP's usual input side, for checking an image where no model is loaded
 
 
 @dataclass(frozen=True)
@@ -35,10 +36,9 @@ class SearchOptions:
 class Explorer:
     """The indices, metadata and query encoder of one release, opened memory-mapped."""
 
-    def __init__(self, release: Release, encoder: QueryEncoder | None, options: SearchOptions, download_config):
+    def __init__(self, release: Release, encoder: QueryEncoder | None, options: SearchOptions):
         info = load_index_info(release)
         self.release, self.encoder, self.options, self.info = release, encoder, options, info
-        self.download_config = download_config  # gpu_workers DownloadConfig for image_url queries
         self.name = release.release_id
         self.knn = {modality: load_knn(release, modality, info["indices"][modality]) for modality in ("image", "text")}
         self.metadata = open_metadata(release)
@@ -49,23 +49,15 @@ class Explorer:
             raise ValueError(f"{self.name}: {self.metadata.n} metadata rows for {self.knn['image'].n} vectors")
 
     # -- the query vector --
-    def query_vector(
-        self,
-        text: str | None,
-        image: str | None,
-        image_url: str | None,
-        embedding: list[float] | None,
-        use_mclip: bool,
-    ) -> np.ndarray:
-        """clip back's precedence: non-empty text, then image, then image_url, then embedding."""
+    def query_vector(self, text: str | None, image: bytes | None, embedding: list[float] | None, use_mclip: bool) -> np.ndarray:
+        """clip back's precedence: non-empty text, then an image (uploaded or fetched from image_url
+        by the caller), then embedding."""
         if text:
             vector = self._require_encoder("text").embed_text(text, use_mclip)
-        elif image:
-            picture = load_image(decode_base64_image(image), self.options.max_image_pixels)
+        elif image is not None:  # checked as an image first: a bad upload is named even where no CLIP is recorded
+            side = self.encoder.models.image_size if self.encoder else QUERY_IMAGE_SIDE
+            picture = load_image(image, self.options.max_image_pixels, side)
             vector = self._require_encoder("image").embed_image(picture)
-        elif image_url:
-            picture = load_image(self.fetch_image(image_url), self.options.max_image_pixels)
-            vector = self._require_encoder("image_url").embed_image(picture)
         elif embedding is not None:
             vector = np.asarray(embedding, dtype=np.float64)
             if vector.shape != (self.dim,):
@@ -73,15 +65,6 @@ class Explorer:
         else:
             raise QueryError(400, "give one of text, image (base64), image_url or embedding_input")
         return unit(vector)
-
-    def fetch_image(self, url: str) -> bytes:
-        """Download a query image through the worker's SSRF guard (private addresses are refused)."""
-        from gpu_workers.downloader import download
-
-        result = next(download([("query", url)], self.download_config, max_in_flight=1))
-        if result.status != "ok" or result.body is None:
-            raise QueryError(400, f"image_url could not be used: {result.status}: {result.error}")
-        return result.body
 
     def _require_encoder(self, what: str) -> QueryEncoder:
         if self.encoder is None:
@@ -162,13 +145,23 @@ def decode_base64_image(value: str) -> bytes:
     return body
 
 
-def load_image(body: bytes, max_pixels: int):
-    """Decode a query image with the worker's checks (format, pixel bomb, corrupt data) -> RGB PIL image."""
-    from gpu_workers.images import ImageConfig, ImageRejected, decode
+def load_image(body: bytes, max_pixels: int, side: int):
+    """Decode a query image -> RGB PIL image whose shorter side is at most `side` (the model's input).
 
-    config = ImageConfig(min_bytes=1, max_pixels=max_pixels, size=None, resize_mode="no", encode_format=None)
+    The worker's limits (format, pixels, side lengths, aspect ratio) are checked on the header
+    before any pixel is decoded; a larger picture is decoded at a reduced scale where the format
+    allows it and resized to `side`, so CLIP's own preprocessing never enlarges a strip of
+    200,000 x 1 pixels into gigabytes.
+    """
+    import dataclasses
+
+    from gpu_workers.images import ImageConfig, ImageRejected, decode, read_header
+
+    limits = ImageConfig(min_bytes=1, max_pixels=max_pixels, size=None, resize_mode="no", encode_format=None)
     try:
-        return decode(body, config).image
+        header = read_header(body, limits)
+        bounded = min(header.width, header.height) > side
+        return decode(body, dataclasses.replace(limits, size=side, resize_mode="keep_ratio") if bounded else limits).image
     except ImageRejected as exc:
         raise QueryError(415 if exc.status in ("not_image", "unsupported_format") else 400, f"image rejected: {exc}") from exc
 

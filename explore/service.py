@@ -10,12 +10,18 @@ the web page at /, the OpenAPI spec at /openapi.json.
 
 Every bad input ends in a 4xx with {"error": "..."}: bodies over the size limit (413), malformed
 JSON or fields (422), bad base64 / images / embeddings (400, 415), unknown indices (404).
+
+Browsers: the web page is same-origin. Cross-origin callers (the clip-retrieval front end on its
+own host) are served only from the origins given with --cors-origin, and a body sent as a CORS
+"simple request" (no Content-Type, text/plain, a form) is accepted only from such an origin or
+from a non-browser client, so no other web page can drive a visitor's local server.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -42,8 +48,9 @@ from starlette.exceptions import HTTPException
 from altlake.config import Settings
 from explore.encoder import ModelOverrides, QueryEncoder
 from explore.errors import QueryError
+from explore.image_url import ImageUrlFetcher
 from explore.release import open_release, resolve_release
-from explore.search import Explorer, SearchOptions
+from explore.search import Explorer, SearchOptions, decode_base64_image
 
 log = logging.getLogger(__name__)
 
@@ -113,6 +120,8 @@ class ServiceConfig:
     search: SearchOptions = field(default_factory=SearchOptions)
     models: ModelOverrides = field(default_factory=ModelOverrides)
     search_threads: int = 1  # OpenMP threads per faiss call; parallelism comes from worker processes
+    cors_origins: tuple[str, ...] = ()  # cross-origin front ends allowed to call the API (none: same-origin only)
+    max_image_url_fetches: int = 32  # image_url downloads at once per process; more wait
 
 
 def download_config(config: ServiceConfig, settings: Settings):
@@ -125,27 +134,34 @@ def download_config(config: ServiceConfig, settings: Settings):
 def load_explorers(releases: list[str], config: ServiceConfig, settings: Settings | None = None) -> list[Explorer]:
     """Open each release (id or path) with its indices and its CLIP, failing fast on any problem."""
     settings = settings or Settings.from_env()
-    downloads = download_config(config, settings)
     explorers = []
     for release in releases:
         opened = open_release(resolve_release(release, settings))
         encoder = QueryEncoder.for_manifest(opened.manifest, config.models)
-        explorers.append(Explorer(opened, encoder, config.search, downloads))
+        explorers.append(Explorer(opened, encoder, config.search))
     names = [e.name for e in explorers]
     if len(set(names)) != len(names):
         raise ValueError(f"two releases share a name: {names}")
     return explorers
 
 
-def create_app(explorers: list[Explorer], config: ServiceConfig | None = None) -> FastAPI:
+def create_app(explorers: list[Explorer], config: ServiceConfig | None = None, settings: Settings | None = None) -> FastAPI:
     if not explorers:
         raise ValueError("serve at least one release")
     config = config or ServiceConfig()
     by_name = {e.name: e for e in explorers}
+    image_urls = ImageUrlFetcher(download_config(config, settings or Settings.from_env()), config.max_image_url_fetches)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI):
+        yield
+        await image_urls.close()
+
     app = FastAPI(
         title="altlake explore",
         version="1",
         description="clip-retrieval compatible KNN search over altlake releases",
+        lifespan=lifespan,
     )
     registry = CollectorRegistry()
     requests = Counter("altlake_explore_requests", "HTTP requests by route and status", ["route", "method", "status"], registry=registry)
@@ -183,8 +199,13 @@ def create_app(explorers: list[Explorer], config: ServiceConfig | None = None) -
         explorer = explorer_for(body.indice_name)
         if body.use_violence_detector:
             raise QueryError(400, "use_violence_detector: no violence detector is available for this release")
-        query = (body.text, body.image, body.image_url, body.embedding_input, body.use_mclip)
-        if body.text or body.image or body.image_url:  # CLIP encoding or a download: keep the event loop free
+        image = None
+        if not body.text and body.image:
+            image = decode_base64_image(body.image)
+        elif not body.text and body.image_url:
+            image = await image_urls.fetch(body.image_url)  # on this loop: a slow host holds no thread
+        query = (body.text, image, body.embedding_input, body.use_mclip)
+        if body.text or image is not None:  # CLIP encoding: keep the event loop free
             vector = await run_in_threadpool(explorer.query_vector, *query)
         else:  # an embedding is validated and normalised in microseconds: a thread hop would cost more
             vector = explorer.query_vector(*query)
@@ -195,17 +216,17 @@ def create_app(explorers: list[Explorer], config: ServiceConfig | None = None) -
         return Response(orjson.dumps(found, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
 
     @app.post("/metadata", responses=errors, response_class=Response)
-    def metadata(body: MetadataRequest) -> Response:
+    async def metadata(body: MetadataRequest) -> Response:
         """Metadata of result ids (clip back's protocol)."""
         found = explorer_for(body.indice_name).metadata_for(body.ids)
         return Response(orjson.dumps(found, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
 
     @app.get("/indices-list")
-    def indices_list() -> list[str]:
+    async def indices_list() -> list[str]:
         return list(by_name)
 
     @app.get("/indices/{name}", responses=errors)
-    def index_details(name: str) -> dict:
+    async def index_details(name: str) -> dict:
         """What a client needs to build queries: rows, dimension, model, index quality."""
         explorer = explorer_for(name)
         encoder = explorer.encoder
@@ -225,11 +246,11 @@ def create_app(explorers: list[Explorer], config: ServiceConfig | None = None) -
         }
 
     @app.get("/healthz")
-    def healthz() -> dict:
+    async def healthz() -> dict:
         return {"status": "ok", "indices": list(by_name)}
 
     @app.get("/metrics", response_class=Response)
-    def metrics() -> Response:
+    async def metrics() -> Response:
         """This process's counters, or every worker's summed when several serve (prometheus multiprocess)."""
         if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
             return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
@@ -238,13 +259,14 @@ def create_app(explorers: list[Explorer], config: ServiceConfig | None = None) -
         return Response(generate_latest(combined), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/", include_in_schema=False)
-    def page() -> FileResponse:
+    async def page() -> FileResponse:
         return FileResponse(WEB_DIR / "index.html")
 
     app.mount("/web", StaticFiles(directory=WEB_DIR), name="web")
-    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["GET", "POST"], allow_headers=["*"])
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
-    app.add_middleware(ProtocolJson, paths=("/knn-service", "/metadata"))
+    app.add_middleware(ProtocolJson, paths=("/knn-service", "/metadata"), trusted_origins=config.cors_origins)
+    if config.cors_origins:  # outermost, so its preflight answers come before anything else
+        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"], allow_headers=["Content-Type"])
     app.add_middleware(Metrics, requests=requests, latency=latency)
     return app
 
@@ -316,20 +338,39 @@ class BodyLimit:
         return await self.app(scope, counted_receive, send)
 
 
+# Content types a browser may POST cross-origin without a CORS preflight ("simple requests").
+SIMPLE_CONTENT_TYPES = (b"text/plain", b"application/x-www-form-urlencoded", b"multipart/form-data")
+
+
 class ProtocolJson:
     """clip back parses any body as JSON (Flask's force=True): ClipClient sends no Content-Type and
-    the clip-retrieval front end sends text/plain. Label those bodies JSON on the protocol routes."""
+    the clip-retrieval front end sends text/plain. Those bodies are labelled JSON on the protocol
+    routes, but only for callers that cannot be a foreign web page: no Origin header (a program),
+    the page's own origin, or a trusted front end. A browser on any other page gets a 415 before
+    the request does anything (no image_url fetch, no search)."""
 
-    def __init__(self, app, paths: tuple[str, ...]):
+    def __init__(self, app, paths: tuple[str, ...], trusted_origins: tuple[str, ...] = ()):
         self.app, self.paths = app, paths
+        self.trusted = {origin.rstrip("/").lower().encode() for origin in trusted_origins}
 
     async def __call__(self, scope, receive, send):
         if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.paths:
-            headers = [(k, v) for k, v in scope.get("headers") or [] if k != b"content-type"]
-            declared = dict(scope.get("headers") or []).get(b"content-type", b"")
-            if not declared or declared.startswith(b"text/plain"):
-                scope["headers"] = [*headers, (b"content-type", b"application/json")]  # in place: Metrics reads scope["route"]
+            raw = dict(scope.get("headers") or [])
+            declared = raw.get(b"content-type", b"").split(b";")[0].strip().lower()
+            if not declared or declared in SIMPLE_CONTENT_TYPES:
+                origin = raw.get(b"origin")
+                if origin is not None and not self._trusted(origin, scope, raw):
+                    body = orjson.dumps({"error": "send JSON with Content-Type: application/json (a cross-origin simple request is refused)"})
+                    return await Response(body, status_code=415, media_type="application/json")(scope, receive, send)
+                if declared in (b"", b"text/plain"):
+                    headers = [(k, v) for k, v in scope.get("headers") or [] if k != b"content-type"]
+                    scope["headers"] = [*headers, (b"content-type", b"application/json")]  # in place: Metrics reads scope["route"]
         return await self.app(scope, receive, send)
+
+    def _trusted(self, origin: bytes, scope, raw: dict) -> bool:
+        origin = origin.rstrip(b"/").lower()
+        own = (scope.get("scheme", "http").encode() + b"://" + raw.get(b"host", b"")).lower()
+        return origin == own or origin in self.trusted
 
 
 class Metrics:
@@ -369,6 +410,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--near-duplicate-cosine", type=float, default=settings.near_duplicate_cosine, help="image cosine of near duplicates")
     parser.add_argument("--max-body-mb", type=float, default=DEFAULT_MAX_BODY_BYTES / 2**20, help="largest accepted request body")
     parser.add_argument("--allow-host", action="append", default=[], help="host/IP/CIDR image_url queries may reach despite the SSRF guard")
+    parser.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                        help="a cross-origin front end allowed to call the API, e.g. http://localhost:3005 (repeatable; default none)")
     parser.add_argument("--workers", type=int, default=1, help="server processes sharing the memory-mapped indices (about one per core)")
     parser.add_argument("--search-threads", type=int, default=1, help="OpenMP threads per faiss call (more only helps big exact indices on idle cores)")
     parser.add_argument("--device", default="cpu", help="torch device for query embeddings")
@@ -416,5 +459,6 @@ def app_from_args(args: argparse.Namespace) -> FastAPI:
         search=SearchOptions(unsafe_threshold=args.unsafe_threshold, near_duplicate_cosine=args.near_duplicate_cosine),
         models=ModelOverrides(clip_checkpoint=args.clip_checkpoint, multilingual_checkpoint=args.multilingual_checkpoint, device=args.device),
         search_threads=args.search_threads,
+        cors_origins=tuple(getattr(args, "cors_origin", ())),
     )
     return create_app(load_explorers(args.release, config), config)

@@ -71,7 +71,7 @@ def build_subset(
         if len(body) > _MAX_QUERY_IMAGE_BYTES:
             raise ValueError(f"{path}: query image over {_MAX_QUERY_IMAGE_BYTES} bytes")
         try:
-            picture = load_image(body, SearchOptions.max_image_pixels)
+            picture = load_image(body, SearchOptions.max_image_pixels, encoder.models.image_size)
         except QueryError as exc:
             raise ValueError(f"{path}: {exc.message}") from exc
         labels.append(f"image:{Path(path).name}")

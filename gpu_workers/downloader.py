@@ -6,9 +6,14 @@ synchronous. At most `max_in_flight` inputs are pulled ahead of what the caller 
 memory is flat however long the input is. Every (key, url) comes back exactly once, as an image
 body or a failure class from `altlake.schemas.DOWNLOAD_FAILURES` with a readable reason.
 
-Order of checks per hop: URL syntax -> SSRF address policy (IP literals here, resolved names in the
-resolver, so each redirect is checked before anything is sent) -> robots.txt -> request -> HTTP
-status -> X-Robots-Tag opt-out and Content-Length (before the body) -> bounded body read.
+Order of checks per hop: URL syntax -> SSRF address policy on the host exactly as the client will
+connect to it (`safety.guard_url`: IP literals here, resolved names in the resolver, so each
+redirect is checked before anything is sent) -> robots.txt -> request -> HTTP status ->
+X-Robots-Tag opt-out and Content-Length (before the body) -> bounded body read.
+
+The per-attempt deadline counts time spent on the wire (every hop, headers and body), not time
+spent waiting for one of the host's slots: a slow but healthy host with a long queue is polite
+to wait for, not a timeout.
 """
 
 from __future__ import annotations
@@ -23,9 +28,10 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TypeVar
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urljoin
 
 import aiohttp
+import yarl
 from aiohttp.resolver import AsyncResolver
 
 from altlake.config import Settings
@@ -34,8 +40,10 @@ from gpu_workers.safety import (
     AddressPolicy,
     BlockedAddress,
     GuardedResolver,
+    InvalidUrl,
     RobotsCache,
     RobotsRules,
+    guard_url,
     parse_robots,
     x_robots_opt_out,
 )
@@ -213,10 +221,7 @@ class Fetcher:
         for attempt in range(self.config.retries + 1):
             result.attempts = attempt + 1
             try:
-                async with asyncio.timeout(self.config.timeout_s):
-                    final_url, (response_status, content_type, body) = await self._get(
-                        url, self._read_image, self.config.respect_robots
-                    )
+                final_url, (response_status, content_type, body) = await self._get(url, self._read_image, self.config.respect_robots)
                 result.status, result.error, result.http_status = STATUS_OK, None, response_status
                 result.final_url, result.content_type, result.body = final_url, content_type, body
                 break
@@ -234,13 +239,17 @@ class Fetcher:
         return result
 
     async def _get(self, url: str, read: Callable[[aiohttp.ClientResponse], Awaitable[T]], check_robots: bool) -> tuple[str, T]:
-        """GET following redirects ourselves, so every hop passes the address (and robots) checks."""
-        current = url
+        """GET following redirects ourselves, so every hop passes the address (and robots) checks.
+
+        One deadline covers the attempt's time on the wire, hop after hop; waiting for a host slot
+        (politeness) is not counted against it.
+        """
+        current, budget = url, _Deadline(self.config.timeout_s)
         for _ in range(self.config.max_redirects + 1):
-            host = self._check_url(current)
+            target = self._check_url(current)
             if check_robots:
-                await self._check_robots(current)
-            async with self._host_slot(host), self._request(current) as response:
+                await self._check_robots(target)
+            async with self._host_slot(target.raw_host), budget.running(), self._request(target) as response:
                 if response.status in REDIRECT_CODES and "Location" in response.headers:
                     current = urljoin(current, response.headers["Location"])
                     continue
@@ -262,35 +271,26 @@ class Fetcher:
         finally:
             gate.users -= 1
 
-    def _check_url(self, url: str) -> str:
-        """The URL's host, after syntax and IP-literal SSRF checks."""
+    def _check_url(self, url: str) -> yarl.URL:
+        """The URL to request, as the client will connect to it, after syntax and SSRF checks."""
         try:
-            parts = urlsplit(url)
-            host = parts.hostname
-            parts.port  # noqa: B018 - raises on a bad port
-        except ValueError as exc:
-            raise _Failure("invalid_url", f"unparseable URL: {exc}") from exc
-        if parts.scheme not in ("http", "https") or not host:
-            raise _Failure("invalid_url", f"not an http(s) URL with a host: {url[:200]}")
-        if self.config.allow_listed_only and not self.policy.is_allow_listed(host):
-            raise _Failure("blocked_address", f"refusing {host}: not on the allow-list (allow-listed hosts only)")
-        try:
-            self.policy.check_literal(host)
+            return guard_url(url, self.policy, self.config.allow_listed_only)
+        except InvalidUrl as exc:
+            raise _Failure("invalid_url", str(exc)) from exc
         except BlockedAddress as exc:
             raise _Failure("blocked_address", str(exc)) from exc
-        return host
 
-    async def _check_robots(self, url: str) -> None:
-        parts = urlsplit(url)
-        rules = await self.robots.rules(f"{parts.scheme}://{parts.netloc}")
+    async def _check_robots(self, target: yarl.URL) -> None:
+        origin = target.origin()
+        rules = await self.robots.rules(str(origin))
         if rules.failure:
-            raise _Failure(rules.failure, f"not fetched, robots.txt of {parts.netloc} unreadable: {rules.error}")
-        if not rules.allows(url, self.config.user_agent):
-            raise _Failure("robots_disallowed", f"robots.txt of {parts.netloc} disallows {parts.path or '/'}")
+            raise _Failure(rules.failure, f"not fetched, robots.txt of {origin.raw_authority} unreadable: {rules.error}")
+        if not rules.allows(str(target), self.config.user_agent):
+            raise _Failure("robots_disallowed", f"robots.txt of {origin.raw_authority} disallows {target.raw_path or '/'}")
 
-    def _request(self, url: str):
+    def _request(self, target: yarl.URL):
         """GET without following redirects, mapping transport errors to failure classes."""
-        return _ClassifiedRequest(self.session, url)
+        return _ClassifiedRequest(self.session, target)
 
     async def _read_image(self, response: aiohttp.ClientResponse) -> tuple[int, str, bytes]:
         """Status, opt-out and size checks on the headers, then a bounded body read."""
@@ -318,8 +318,7 @@ class Fetcher:
     async def _fetch_robots(self, robots_url: str) -> RobotsRules:
         """GET robots.txt through the same guards (address policy, host gate, redirects); never raises."""
         try:
-            async with asyncio.timeout(self.config.timeout_s):
-                return (await self._get(robots_url, self._read_robots, check_robots=False))[1]
+            return (await self._get(robots_url, self._read_robots, check_robots=False))[1]
         except _Failure as failure:
             if failure.status == "too_many_redirects":
                 return parse_robots(404, None)  # RFC 9309: treat as "unavailable", i.e. no rules
@@ -331,6 +330,24 @@ class Fetcher:
 
     async def _read_robots(self, response: aiohttp.ClientResponse) -> RobotsRules:
         return parse_robots(response.status, await _read_limited(response, self.config.robots_max_bytes, truncate=True))
+
+
+class _Deadline:
+    """Seconds left for one attempt, spent only while a request is on the wire."""
+
+    def __init__(self, seconds: float) -> None:
+        self.left = seconds
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[None]:
+        if self.left <= 0:
+            raise TimeoutError
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(self.left):
+                yield
+        finally:
+            self.left -= time.monotonic() - started
 
 
 class _HostGate:
@@ -362,7 +379,7 @@ class _HostGate:
 class _ClassifiedRequest:
     """`async with` around session.get that turns aiohttp/OS errors into _Failure classes."""
 
-    def __init__(self, session: aiohttp.ClientSession, url: str) -> None:
+    def __init__(self, session: aiohttp.ClientSession, url: yarl.URL) -> None:
         self._session, self._url = session, url
         self._response: aiohttp.ClientResponse | None = None
 

@@ -1,7 +1,10 @@
 """Decode, validate, resize and hash downloaded images (the scoring worker's "resizer").
 
 LAION's rules: drop bodies under a minimum size, refuse more than 89,478,484 pixels before any
-pixel is decoded (header only), accept JPEG / PNG / WebP. Resizing follows img2dataset's modes so
+pixel is decoded (header only), accept JPEG / PNG / WebP. The header must also pass side limits
+(a minimum side drops tracking pixels and icons, a maximum side and aspect ratio drop 200,000 x 1
+strips whose later resizes would cost gigabytes), and a JPEG whose data ends before the frame its
+header declares is refused rather than recorded at the claimed size over grey fill. Resizing follows img2dataset's modes so
 shards are interchangeable with theirs; output sizes always come from the original dimensions, so
 every decoder (this one, the batched one in gpu_workers.batch_decode) yields the same geometry.
 
@@ -26,6 +29,9 @@ LAION_MAX_PIXELS = 89_478_484
 RESIZE_MODES = ("border", "keep_ratio", "center_crop", "no")
 REJECT_STATUSES = ("too_small", "too_many_pixels", "unsupported_format", "decode_error", "not_image")
 JPEG_SOI = b"\xff\xd8\xff"
+DEFAULT_MIN_SIDE = 10
+DEFAULT_MAX_SIDE = 30_000
+DEFAULT_MAX_ASPECT_RATIO = 20.0
 # JPEG colour spaces decoded outside Pillow; Adobe CMYK / YCCK need Pillow's inversion handling.
 FAST_JPEG_COLORSPACES = ("YCbCr", "Gray")
 
@@ -47,6 +53,9 @@ class ImageRejected(ValueError):
 class ImageConfig:
     min_bytes: int = 5_000  # LAION-400M/5B dropped images under 5 KB
     max_pixels: int = LAION_MAX_PIXELS
+    min_side: int = DEFAULT_MIN_SIDE  # shorter side, pixels: tracking pixels and icons are not pictures
+    max_side: int = DEFAULT_MAX_SIDE  # longer side, pixels
+    max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO  # longer side / shorter side
     formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP")  # Pillow format names
     resize_mode: str = "border"  # border | keep_ratio | center_crop | no (img2dataset semantics)
     size: int | None = 256  # storage size; None keeps the original pixels
@@ -54,6 +63,8 @@ class ImageConfig:
     encode_quality: int = 95
 
     def __post_init__(self) -> None:
+        if self.min_side < 1 or self.max_side < self.min_side or self.max_aspect_ratio < 1:
+            raise ValueError(f"need 1 <= min_side <= max_side and max_aspect_ratio >= 1, not {self.min_side}, {self.max_side}, {self.max_aspect_ratio}")
         if self.resize_mode not in RESIZE_MODES:
             raise ValueError(f"resize_mode must be one of {RESIZE_MODES}, not {self.resize_mode!r}")
         if self.encode_format not in (None, "jpg", "png", "webp"):
@@ -92,7 +103,7 @@ def decode(body: bytes, config: ImageConfig) -> DecodedImage:
     """Validate and decode one downloaded body; raise ImageRejected with a reason otherwise."""
     header = read_header(body, config)
     target = target_size(header, config)
-    pixels = decode_plain_jpeg(body, target) if header.plain_jpeg else None
+    pixels = decode_plain_jpeg(body, header, target) if header.plain_jpeg else None
     if pixels is not None:
         image = Image.fromarray(pixels)
     else:  # everything else, and any JPEG libjpeg-turbo refused: Pillow decodes or names the failure
@@ -130,6 +141,12 @@ def read_header(body: bytes, config: ImageConfig) -> Header:
         raise ImageRejected("too_many_pixels", f"{width}x{height} = {width * height} pixels > {config.max_pixels}")
     if width < 1 or height < 1:
         raise ImageRejected("decode_error", f"empty image {width}x{height}")
+    if max(width, height) > config.max_side:
+        raise ImageRejected("too_many_pixels", f"{width}x{height}: a side over {config.max_side} pixels")
+    if max(width, height) > config.max_aspect_ratio * min(width, height):
+        raise ImageRejected("too_many_pixels", f"{width}x{height}: aspect ratio over {config.max_aspect_ratio:g}")
+    if min(width, height) < config.min_side:
+        raise ImageRejected("too_small", f"{width}x{height}: a side under {config.min_side} pixels")
     return header
 
 
@@ -152,7 +169,7 @@ def _pillow_header(body: bytes) -> Header:
     except Image.DecompressionBombError as exc:  # Pillow's own guard, at twice its MAX_IMAGE_PIXELS
         raise ImageRejected("too_many_pixels", str(exc)) from exc
     except UnidentifiedImageError as exc:
-        raise ImageRejected("not_image", f"not a recognised image ({body[:16]!r}...)") from exc
+        raise ImageRejected("not_image", f"not a recognised image format ({len(body)} bytes)") from exc
     except Exception as exc:  # noqa: BLE001 - a recognised but broken header
         raise ImageRejected("decode_error", f"bad header: {type(exc).__name__}: {exc}") from exc
     # A camera's multi-picture JPEG is a JPEG whose first frame is the picture, as browsers show it.
@@ -160,12 +177,19 @@ def _pillow_header(body: bytes) -> Header:
     return Header(fmt, image.width, image.height, opened=image)
 
 
-def decode_plain_jpeg(body: bytes, target: tuple[int, int] | None) -> np.ndarray | None:
-    """RGB pixels at the smallest libjpeg-turbo scale >= target; None when it refuses the stream."""
+def decode_plain_jpeg(body: bytes, header: Header, target: tuple[int, int] | None) -> np.ndarray | None:
+    """RGB pixels at the smallest libjpeg-turbo scale >= target; None when it refuses the stream
+    for a reason Pillow may forgive (extraneous bytes, say), which Pillow then judges.
+
+    Data that ends before the declared frame is covered is refused here: Pillow would fill the rest
+    with grey and report the header's size (a 480 x 480 picture claiming 9000 x 9000).
+    """
     min_width, min_height = target or (0, 0)
     try:
         return simplejpeg.decode_jpeg(body, "RGB", min_width=min_width, min_height=min_height)
-    except ValueError:  # strict: also a truncated or corrupt stream, which Pillow then judges
+    except ValueError as exc:  # strict: libjpeg-turbo's warnings are errors
+        if "premature end" in str(exc).lower():
+            raise ImageRejected("decode_error", f"JPEG data ends before its {header.width}x{header.height} frame is complete ({exc})") from exc
         return None
 
 

@@ -3,7 +3,9 @@
 The worker's promise is "every input uid appears exactly once in the results", so the reader is
 where that promise starts: it refuses input it cannot account for (missing columns, rows without a
 uid) with a clear reason, collapses duplicated uids (counting them), and sorts by uid so that two
-runs over the same file produce the same output, whatever order the downloads finish in.
+runs over the same file produce the same output, whatever order the downloads finish in. A row
+whose url, text or language cell has the wrong type (a number, a list) is kept with its `problem`,
+which the worker records as that row's failure: one bad cell never costs the rest of the batch.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class InputRow:
     url: str  # "" when the input had none: scored as invalid_url, never dropped
     text: str
     language: str
+    problem: str | None = None  # why the row cannot be scored as given (a mistyped cell), if so
 
 
 @dataclass(frozen=True)
@@ -57,6 +60,8 @@ def read_batch(input_path: str, s3_endpoint: str = "", batch_id: str | None = No
         data = read_url(input_path, s3_endpoint)
     except FileNotFoundError as exc:
         raise BatchInputError(f"batch input not found: {input_path}") from exc
+    except (IsADirectoryError, NotADirectoryError, PermissionError) as exc:
+        raise BatchInputError(f"batch input {input_path} is not a readable file: {exc.strerror}") from exc
     try:
         parquet = pq.ParquetFile(io.BytesIO(data))
     except pa.ArrowInvalid as exc:
@@ -84,11 +89,24 @@ def rows_to_batch(records: list[dict], batch_id: str, source: str = "batch") -> 
     for record in records:
         if record["uid"] in unique:
             continue
+        cells = {name: record.get(name) for name in ("url", "text", "language")}
+        mistyped = [f"{name} is {type(value).__name__} {_short(value)}, not a string" for name, value in cells.items()
+                    if value is not None and not isinstance(value, str)]  # fmt: skip
         unique[record["uid"]] = InputRow(
             uid=record["uid"],
-            url=record.get("url") or "",
-            text=record.get("text") or "",
-            language=record.get("language") or NO_LANGUAGE,
+            url=_text(cells["url"], ""),
+            text=_text(cells["text"], ""),
+            language=_text(cells["language"], NO_LANGUAGE),
+            problem="; ".join(mistyped) or None,
         )
     rows = [unique[uid] for uid in sorted(unique)]
     return Batch(batch_id=batch_id, rows=rows, input_rows=len(records), duplicate_rows=len(records) - len(rows))
+
+
+def _text(value: object, default: str) -> str:
+    return value if isinstance(value, str) and value else default
+
+
+def _short(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

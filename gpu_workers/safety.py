@@ -15,6 +15,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
+import yarl
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -30,8 +31,8 @@ class BlockedAddress(OSError):
     of ClientConnectorDNSError), where the downloader recognises it.
     """
 
-    def __init__(self, host: str, address: str, reason: str) -> None:
-        super().__init__(f"refusing {host} -> {address}: {reason} address")
+    def __init__(self, host: str, address: str, reason: str, message: str | None = None) -> None:
+        super().__init__(message or f"refusing {host} -> {address}: {reason} address")
         self.host, self.address, self.reason = host, address, reason
 
 
@@ -102,6 +103,33 @@ class AddressPolicy:
         except ValueError:
             return  # a name: the resolver checks what it resolves to
         self.check(host, host.strip("[]"))
+
+
+class InvalidUrl(ValueError):
+    """A URL the HTTP client cannot (or must not) request: bad syntax, another scheme, no host."""
+
+
+def guard_url(url: str, policy: AddressPolicy, allow_listed_only: bool = False) -> yarl.URL:
+    """The URL exactly as the HTTP client will connect to it, with the SSRF checks made on that form.
+
+    aiohttp parses a string URL with yarl, which applies IDNA / UTS #46 mapping to the host:
+    fullwidth digits (１２７.０.０.１), ideographic full stops (127。0。0。1), circled digits and
+    other Unicode forms become an ASCII IP literal that aiohttp connects to without asking the
+    resolver. So the decision is taken on yarl's host, and callers request the returned URL object,
+    never the string again: what was checked is what is connected to. Names are left to
+    GuardedResolver, which checks every address they resolve to.
+    """
+    try:
+        target = yarl.URL(url)
+        host, port = target.raw_host, target.port
+    except (ValueError, TypeError, UnicodeError) as exc:
+        raise InvalidUrl(f"unparseable URL: {type(exc).__name__}: {exc}") from exc
+    if target.scheme not in ("http", "https") or not host or port is None:
+        raise InvalidUrl(f"not an http(s) URL with a host: {url[:200]}")
+    if allow_listed_only and not policy.is_allow_listed(host):
+        raise BlockedAddress(host, host, "off-list", f"refusing {host}: not on the allow-list (allow-listed hosts only)")
+    policy.check_literal(host)
+    return target
 
 
 class GuardedResolver(AbstractResolver):

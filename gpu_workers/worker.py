@@ -84,7 +84,7 @@ class Scored:
     """One finished input row: the results.parquet row, plus embeddings when the row is ok."""
 
     row: dict
-    stage: str  # where the row finished: download | decode | embed (datatrove-style counters)
+    stage: str  # where the row finished: read | download | decode | embed (datatrove-style counters)
     img_emb: np.ndarray | None = None  # float16, L2-normalised
     text_emb: np.ndarray | None = None
     stored_image: bytes | None = None  # the resized, re-encoded image for webdataset shards
@@ -108,20 +108,32 @@ def score_rows(
     up to 3 * batch_size instead of decode_window).
     """
     waiting: dict[str, InputRow] = {}  # pulled by the downloader, not yet yielded
+    unusable: list[InputRow] = []  # rows with a mistyped cell: recorded, never downloaded
 
     def items() -> Iterator[tuple[str, str]]:
         for row in rows:
+            if row.problem:
+                unusable.append(row)
+                continue
             waiting[row.uid] = row
             yield row.uid, row.url
+
+    def refused() -> Iterator[Scored]:
+        while unusable:
+            row = unusable.pop()
+            fetch = FetchResult(key=row.uid, url=row.url, status="invalid_input")
+            yield Scored(_failure(row, batch_id, fetch, "invalid_input", row.problem), "read")
 
     stages = _Stages(models, image_config, pipeline, batch_id)
     with stages:
         for fetch in download(items(), download_config, pipeline.max_in_flight):
+            yield from refused()
             row = waiting.pop(fetch.key)
             if fetch.status != STATUS_OK:
                 yield Scored(_failure(row, batch_id, fetch, fetch.status, fetch.error), "download")
                 continue
             yield from stages.feed(row, fetch)
+        yield from refused()
         yield from stages.finish()
 
 
@@ -399,10 +411,11 @@ def score_batch(
 
 def _stage_counts(input_rows: int, duplicate_rows: int, finished: Counter) -> dict:
     """Datatrove-style: what each step took in, kept, and dropped (by reason)."""
-    stages: dict[str, dict] = {"read": {"in": input_rows, "kept": input_rows - duplicate_rows, "dropped": {}}}
+    read_dropped = {status: n for (where, status), n in sorted(finished.items()) if where == "read"}
     if duplicate_rows:
-        stages["read"]["dropped"]["duplicate_uid"] = duplicate_rows
-    remaining = input_rows - duplicate_rows
+        read_dropped = {"duplicate_uid": duplicate_rows, **read_dropped}
+    remaining = input_rows - sum(read_dropped.values())
+    stages: dict[str, dict] = {"read": {"in": input_rows, "kept": remaining, "dropped": read_dropped}}
     for stage in ("download", "decode", "embed"):
         dropped = {status: n for (where, status), n in sorted(finished.items()) if where == stage and status != STATUS_OK}
         kept = remaining - sum(dropped.values())
@@ -461,9 +474,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-listed-only", action="store_true",
                         help="refuse every host not given with --allow-host, before any DNS lookup (offline demos)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=ModelSpec.device)
-    parser.add_argument("--batch-size", type=int, default=PipelineConfig.batch_size, help="images per model call")
-    parser.add_argument("--max-in-flight", type=int, default=PipelineConfig.max_in_flight, help="downloads ahead")
-    parser.add_argument("--decode-workers", type=int, default=PipelineConfig.decode_workers)
+    parser.add_argument("--batch-size", type=at_least_one, default=PipelineConfig.batch_size, help="images per model call")
+    parser.add_argument("--max-in-flight", type=at_least_one, default=PipelineConfig.max_in_flight, help="downloads ahead")
+    parser.add_argument("--decode-workers", type=at_least_one, default=PipelineConfig.decode_workers)
     parser.add_argument("--decode", choices=DECODE_CHOICES, default=None,
                         help="where JPEGs are decoded and resized: cpu, gpu (batched nvJPEG, needs --device cuda) or "
                         "auto = gpu when the models run on CUDA (default: ALTLAKE_WORKER_DECODE, else auto)")
@@ -471,6 +484,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-watermark", action="store_true", help="skip the watermark head (pwatermark stays null)")
     parser.add_argument("--webdataset", action="store_true", help="also write webdataset tar shards of the ok images")
     parser.add_argument("--batch-id", help="default: the folder of .../<batch_id>/input.parquet, else the file name")
+
+
+def at_least_one(text: str) -> int:
+    """argparse type of counts that must be positive (0 would score nothing, or hang)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
 
 
 def run(args: argparse.Namespace) -> int:

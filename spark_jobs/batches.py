@@ -26,6 +26,7 @@ if __package__ in (None, ""):  # run as a script by spark-submit: make our packa
 
 from altlake.config import Settings
 from altlake.schemas import BATCH_FAILED, BATCH_PLANNED, BATCHES, CANDIDATES, RETRYABLE_STATUSES
+from spark_jobs.session import lake_fs
 from spark_jobs.takedowns import lake_paths, read_table, table_path
 
 DEFAULT_RETRY_LIMIT = 3
@@ -49,19 +50,9 @@ def parse_retry_limits(spec: str) -> dict[str, int]:
 # --- lake files (local or s3a://), written atomically -------------------------------------------------
 
 
-def _lake_fs(settings: Settings, url: str):
-    """(pyarrow filesystem, path) for a lake URL; S3 honours Settings.s3_endpoint."""
-    from pyarrow import fs
-
-    if url.startswith(("s3://", "s3a://")):
-        bucket_key = url.split("://", 1)[1]
-        return fs.S3FileSystem(endpoint_override=settings.s3_endpoint or None), bucket_key
-    return fs.LocalFileSystem(), url
-
-
 def write_lake_bytes(settings: Settings, url: str, data: bytes) -> None:
     """Write a whole file or nothing: temp + rename locally, one PUT on S3."""
-    filesystem, path = _lake_fs(settings, url)
+    filesystem, path = lake_fs(settings, url)
     if "://" in url:
         with filesystem.open_output_stream(path) as out:
             out.write(data)
@@ -77,7 +68,7 @@ def read_lake_bytes(settings: Settings, url: str) -> bytes | None:
     """The file's bytes, or None when it does not exist."""
     from pyarrow import fs
 
-    filesystem, path = _lake_fs(settings, url)
+    filesystem, path = lake_fs(settings, url)
     if filesystem.get_file_info(path).type != fs.FileType.File:
         return None
     with filesystem.open_input_stream(path) as f:
@@ -88,7 +79,7 @@ def list_lake_files(settings: Settings, url: str) -> list[str]:
     """Names of the files directly under a lake directory (sorted; empty when it is missing)."""
     from pyarrow import fs
 
-    filesystem, path = _lake_fs(settings, url)
+    filesystem, path = lake_fs(settings, url)
     infos = filesystem.get_file_info(fs.FileSelector(path, allow_not_found=True))
     return sorted(i.base_name for i in infos if i.type == fs.FileType.File)
 

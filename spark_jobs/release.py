@@ -378,15 +378,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace, index_release: Callable[[str, str], dict] | None = None) -> int:
     """The command; `index_release` as in build_release (spark-submit runs it without one)."""
-    from spark_jobs.session import get_spark
+    from spark_jobs.session import get_spark, require_lake
 
     settings = Settings.from_env(lake_dir=args.lake, spark_master=args.master, release_store=args.store)
+    if args.rebuild and not args.out:
+        print("altlake build-release: --rebuild needs --out", file=sys.stderr)
+        return 2
+    require_lake(settings)
+    if args.rebuild and not _store(settings).exists(args.rebuild):
+        print(f"altlake build-release: no release {args.rebuild!r} in {settings.release_dir}", file=sys.stderr)
+        return 2
     spark = get_spark(settings, "altlake-release")
     try:
         if args.rebuild:
-            if not args.out:
-                print("altlake build-release: --rebuild needs --out", file=sys.stderr)
-                return 2
             summary = rebuild_release(spark, settings, args.rebuild, args.out)
             print(json.dumps(summary, indent=2))
             return 0 if summary["identical"] else 1

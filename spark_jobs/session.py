@@ -28,6 +28,37 @@ def spark_jars(settings: Settings) -> list[str]:
     return jars
 
 
+def lake_fs(settings: Settings, url: str):
+    """(pyarrow filesystem, path) for a lake URL; S3 honours Settings.s3_endpoint."""
+    from pyarrow import fs
+
+    if url.startswith(("s3://", "s3a://")):
+        bucket_key = url.split("://", 1)[1]
+        return fs.S3FileSystem(endpoint_override=settings.s3_endpoint or None), bucket_key
+    return fs.LocalFileSystem(), url
+
+
+class NoLake(ValueError):
+    """A command that reads a lake was pointed at a place that holds none."""
+
+
+def require_lake(settings: Settings) -> None:
+    """Refuse a lake root without a single Delta table, before Spark starts: a mistyped --lake
+    would otherwise be created empty and every query over it would answer zero. Only the
+    commands that create a lake (extract, the demo, takedown add) skip this."""
+    from pyarrow import fs
+
+    tables = LakePaths(settings.lake_dir).table("")
+    filesystem, path = lake_fs(settings, tables)
+    try:
+        found = filesystem.get_file_info(fs.FileSelector(path.rstrip("/"), allow_not_found=True))
+        logs = filesystem.get_file_info([f"{info.path}/_delta_log" for info in found if info.type == fs.FileType.Directory])
+    except OSError as exc:
+        raise NoLake(f"cannot read the lake at {settings.lake_dir}: {exc}") from exc
+    if not any(info.type == fs.FileType.Directory for info in logs):
+        raise NoLake(f"no lake at {settings.lake_dir} (no Delta table under {tables.rstrip('/')}); check --lake / ALTLAKE_LAKE_DIR")
+
+
 def metastore_url(settings: Settings) -> str:
     """JDBC URL of the catalog: embedded Derby under the lake unless ALTLAKE_METASTORE_URL is set."""
     explicit = os.environ.get("ALTLAKE_METASTORE_URL")

@@ -33,9 +33,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pyspark.errors import PySparkException
 
-    from spark_jobs.session import get_spark
+    from spark_jobs.session import get_spark, require_lake
 
-    spark = get_spark(Settings.from_env(lake_dir=args.lake), app_name="altlake-sql")
+    settings = Settings.from_env(lake_dir=args.lake)
+    require_lake(settings)
+    spark = get_spark(settings, app_name="altlake-sql")
     for name in _PYSPARK_ERROR_LOGGERS:  # they log the error as JSON on stderr; we print it once, plainly
         logging.getLogger(name).disabled = True
     try:

@@ -133,6 +133,8 @@ def read_hash_list(path: str, kind: str) -> list[str]:
             errors.append(f"line {line_no}: {error}")
     if errors:
         raise ValueError(f"{path}: {len(errors)} invalid entries:\n  " + "\n  ".join(errors[:20]))
+    if not digests:
+        raise ValueError(f"{path}: no {kind} digest in the file")
     return digests
 
 
@@ -277,7 +279,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from spark_jobs.session import get_spark
+    from spark_jobs.session import get_spark, require_lake
 
     settings = Settings.from_env(lake_dir=args.lake, spark_master=args.master)
     if args.action == "add":
@@ -292,6 +294,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"altlake takedown add: {error}", file=sys.stderr)
             return 2
     else:
+        require_lake(settings)
         summary = apply_takedowns(get_spark(settings, "altlake-takedown"), settings)
     print(json.dumps(summary, indent=2))
     return 0

@@ -39,13 +39,13 @@ def main(argv: list[str] | None = None) -> int:
     knn = explorer.knn["image"]
     bodies = [query_body(q, release.name) for q in make_queries(release, args.queries)]
     requests = [KnnRequest.model_validate_json(b) for b in bodies]
-    vectors = [explorer.query_vector(None, None, None, r.embedding_input, False) for r in requests]
+    vectors = [explorer.query_vector(None, None, r.embedding_input, False) for r in requests]
     shortlist = knn.shortlist(10)
     neighbours = [knn.search(v[None, :], 10) for v in vectors]
     found = [explorer.results(s[0], i[0], 10, False, False, False) for s, i in neighbours]
     stages = {
         "parse JSON + validate (pydantic)": lambda i: KnnRequest.model_validate(json.loads(bodies[i])),
-        "check + normalise the vector": lambda i: explorer.query_vector(None, None, None, requests[i].embedding_input, False),
+        "check + normalise the vector": lambda i: explorer.query_vector(None, None, requests[i].embedding_input, False),
         f"faiss shortlist ({shortlist} ids)": lambda i: knn.index.search(vectors[i][None, :], shortlist),
         "shortlist + exact rerank": lambda i: knn.search(vectors[i][None, :], 10),
         "metadata of 10 rows (mmap Arrow)": lambda i: explorer.metadata.take(neighbours[i][1][0]),

@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 
 from altlake.config import Settings
 from explore.encoder import ModelOverrides, model_ids, spec_for
+from explore.image_url import NOT_FETCHED
 from explore.service import ServiceConfig, create_app, load_explorers
 
 
@@ -51,13 +52,13 @@ def test_image_and_image_url_queries_find_the_same_picture(client, image_site, m
     by_url = client.post("/knn-service", json={"image_url": f"{base}/7.png", "num_images": 3})
     assert by_url.status_code == 200 and by_url.json()[0]["id"] == 7
     missing = client.post("/knn-service", json={"image_url": f"{base}/nope.png"})
-    assert missing.status_code == 400 and "http_4xx" in missing.json()["error"]
+    assert missing.status_code == 400 and missing.json()["error"] == NOT_FETCHED
 
 
 def test_image_url_to_a_private_address_is_refused_without_an_allow_list(model_release, image_site):
     base, _ = image_site
     response = _client(model_release).post("/knn-service", json={"image_url": f"{base}/7.png"})
-    assert response.status_code == 400 and "blocked_address" in response.json()["error"]
+    assert response.status_code == 400 and "not a public address" in response.json()["error"]
 
 
 def test_mclip_without_a_multilingual_model_is_a_clear_4xx(client):

@@ -137,7 +137,7 @@ def test_metadata_indices_health_and_metrics(client, release):
 
 def _png() -> str:
     buffer = io.BytesIO()
-    Image.new("RGB", (8, 8), "red").save(buffer, format="PNG")
+    Image.new("RGB", (16, 16), "red").save(buffer, format="PNG")
     return base64.b64encode(buffer.getvalue()).decode()
 
 
@@ -150,8 +150,8 @@ def _png() -> str:
         ({"image": base64.b64encode(b"plain text, not a picture").decode()}, 415, "not_image"),
         ({"image": _png()}, 400, "records none"),  # a valid image, but this release has no CLIP model
         ({"text": "a red circle"}, 400, "records none"),
-        ({"image_url": "http://127.0.0.1:9/private.jpg"}, 400, "blocked_address"),
-        ({"image_url": "http://169.254.169.254/latest/meta-data"}, 400, "blocked_address"),
+        ({"image_url": "http://127.0.0.1:9/private.jpg"}, 400, "not a public address"),
+        ({"image_url": "http://169.254.169.254/latest/meta-data"}, 400, "not a public address"),
         ({"embedding_input": [0.1] * 32, "num_images": 10**9}, 422, "num_images"),
         ({"embedding_input": [0.1] * 32, "modality": "audio"}, 422, "modality"),
         ({"embedding_input": [0.1] * 32, "indice_name": "nope"}, 404, "unknown indice_name"),

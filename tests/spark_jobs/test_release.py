@@ -174,7 +174,7 @@ def test_the_index_is_built_before_publishing_and_recorded_in_the_manifest(built
     assert all(index["files"][path] == checksums[path] == manifest["files"][path] for path in index["files"])
 
     # Built in staging, it serves the published release: a stored image embedding finds its own row.
-    explorer = Explorer(open_release(release), None, SearchOptions(), None)
+    explorer = Explorer(open_release(release), None, SearchOptions())
     assert explorer.name == summary["release_id"]
     uid = rows["far"]["uid"]
     (top, *_) = explorer.knn_search(emb[uid][0], "image", 3, 3, False, False, False)
