@@ -3,8 +3,15 @@
 Sets AIRFLOW_HOME (Settings.airflow_home, default ./airflow_home) with a SQLite metadata DB, points
 Airflow at this repo's dags/ and plugins/, turns the examples off, creates the `spark` pool, then
 replaces itself with `airflow standalone` (scheduler, DAG processor, triggerer and the web UI /
-REST API). The admin password is printed on first start and kept in
-AIRFLOW_HOME/simple_auth_manager_passwords.json.generated. Tasks see the same ALTLAKE_* settings.
+REST API). The admin password is kept in AIRFLOW_HOME/simple_auth_manager_passwords.json.generated;
+every start says where. Tasks see the same ALTLAKE_* settings.
+
+A laptop's Airflow behaves as a person expects from it: the UI listens on 127.0.0.1 only (`--host`
+to change), the altlake DAGs are unpaused from their first start so the asset chain cc_ingest ->
+score_candidates -> build_release follows by itself, and no time-based schedule fires (the monthly
+ingest would reach for Common Crawl's crawl list, which an offline machine cannot): only runs a
+person triggers, and the runs their assets trigger, start. `--schedules` turns the monthly and
+daily schedules on, as a production deployment has them.
 """
 
 from __future__ import annotations
@@ -20,14 +27,19 @@ from plugins.defaults import SCORING_POOL, SCORING_POOL_DESCRIPTION, SCORING_POO
 from plugins.defaults import SPARK_POOL, SPARK_POOL_DESCRIPTION, SPARK_POOL_SLOTS
 
 REPO = Path(__file__).resolve().parent.parent
+PASSWORDS_FILE = "simple_auth_manager_passwords.json.generated"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=8080, help="web UI and REST API port (default 8080)")
     parser.add_argument("--home", help="AIRFLOW_HOME (default: $ALTLAKE_AIRFLOW_HOME or ./airflow_home)")
+    parser.add_argument("--host", default="127.0.0.1", help="address the web UI listens on (default 127.0.0.1: this machine only)")
+    parser.add_argument("--schedules", action="store_true", help="let the monthly ingest and daily takedown schedules fire (they need the internet)")
 
 
-def airflow_env(settings: Settings, port: int, base: dict[str, str] | None = None) -> dict[str, str]:
+def airflow_env(
+    settings: Settings, port: int, base: dict[str, str] | None = None, host: str = "127.0.0.1", schedules: bool = False
+) -> dict[str, str]:
     """The environment of every Airflow process: config by AIRFLOW__* variables, paths absolute
     (task processes do not share our working directory)."""
     home = Path(settings.airflow_home).absolute()
@@ -40,7 +52,10 @@ def airflow_env(settings: Settings, port: int, base: dict[str, str] | None = Non
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
             "AIRFLOW__API__PORT": str(port),
+            "AIRFLOW__API__HOST": host,
             "AIRFLOW__API__BASE_URL": f"http://localhost:{port}",
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": str(schedules),
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://localhost:{port}/execution/",
             # Task processes call the API server; on a busy laptop 5 s (the default) is too short.
             "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "60",
@@ -54,9 +69,9 @@ def airflow_env(settings: Settings, port: int, base: dict[str, str] | None = Non
     return env
 
 
-def prepare(settings: Settings, port: int) -> dict[str, str]:
+def prepare(settings: Settings, port: int, host: str = "127.0.0.1", schedules: bool = False) -> dict[str, str]:
     """Create AIRFLOW_HOME, migrate the metadata DB and create our pools; returns the environment."""
-    env = airflow_env(settings, port)
+    env = airflow_env(settings, port, host=host, schedules=schedules)
     Path(env["AIRFLOW_HOME"]).mkdir(parents=True, exist_ok=True)
     airflow = _airflow_bin()
     subprocess.run([airflow, "db", "migrate"], env=env, check=True, stdout=subprocess.DEVNULL)
@@ -74,8 +89,14 @@ def prepare(settings: Settings, port: int) -> dict[str, str]:
 def run(args: argparse.Namespace) -> int:
     settings = Settings.from_env(airflow_home=args.home)
     print(f"altlake airflow: preparing {Path(settings.airflow_home).absolute()} ...", file=sys.stderr)
-    env = prepare(settings, args.port)
-    print(f"altlake airflow: starting airflow standalone on http://localhost:{args.port}", file=sys.stderr)
+    env = prepare(settings, args.port, args.host, args.schedules)
+    passwords = Path(env["AIRFLOW_HOME"]) / PASSWORDS_FILE
+    shown = "localhost" if args.host in ("127.0.0.1", "0.0.0.0") else args.host
+    print(f"altlake airflow: starting airflow standalone on http://{shown}:{args.port} (listening on {args.host})", file=sys.stderr)
+    print(f"altlake airflow: log in as admin; the password is in {passwords}"
+          + ("" if passwords.exists() else " once the first start has written it"), file=sys.stderr)  # fmt: skip
+    if not args.schedules:
+        print("altlake airflow: time-based schedules are off (--schedules turns them on); trigger DAGs from the UI", file=sys.stderr)
     airflow = _airflow_bin()
     os.execve(airflow, [airflow, "standalone"], env)
     return 0  # not reached: execve replaces this process

@@ -24,7 +24,7 @@ from plugins.defaults import DEFAULT_ARGS, SPARK_POOL
 
 
 def _list(title: str, description: str) -> Param:
-    return Param([], type="array", items={"type": "string"}, title=title, description=description)
+    return Param(None, type=["null", "array"], items={"type": "string"}, title=title, description=description)
 
 
 PARAMS = {
@@ -32,14 +32,15 @@ PARAMS = {
     "domain": _list("Domains", "host names; their subdomains are covered too"),
     "sha256": _list("SHA-256 digests", "hex digests of image bytes"),
     "md5": _list("MD5 digests", "hex digests of image bytes"),
-    "hash_list": Param("", type="string", title="Hash-list file", description="path of a file of digests (one per line, or .parquet)"),
+    "hash_list": Param(None, type=["null", "string"], title="Hash-list file", description="path of a file of digests (one per line, or .parquet)"),
     "hash_list_kind": Param("sha256", type="string", enum=["sha256", "md5"], title="Hash-list kind"),
-    "reason": Param("", type="string", title="Reason", description="required with any request, e.g. 'GDPR request 2024-113'"),
+    "reason": Param(None, type=["null", "string"], title="Reason", description="required with any request, e.g. 'GDPR request 2024-113'"),
 }
 
 
 @dag(
     dag_id="apply_takedowns",
+    description="opt-out and takedown requests -> removed from every table",
     schedule="@daily",
     start_date=datetime(2025, 1, 1),
     catchup=False,

@@ -29,11 +29,11 @@ from plugins.defaults import DEFAULT_ARGS, SPARK_POOL
 
 PARAMS = {
     "release_store": Param(
-        "", type="string", title="Release store",
+        None, type=["null", "string"], title="Release store",
         description="a directory or s3://bucket/prefix; empty: ALTLAKE_RELEASE_STORE (default <lake>/releases)",
     ),
     "thresholds": Param(
-        {}, type="object", title="Threshold overrides",
+        None, type=["null", "object"], title="Threshold overrides",
         description='e.g. {"en": 0.3, "other": 0.28, "near_duplicate_cosine": 0.95}; empty: the settings',
         properties={name: {"type": "number", "minimum": -1, "maximum": 1} for name in release.THRESHOLD_FIELDS},
         additionalProperties=False,
@@ -44,6 +44,7 @@ PARAMS = {
 
 @dag(
     dag_id="build_release",
+    description="scores -> gated, deduplicated pairs -> a versioned release with its KNN index",
     schedule=[SCORES_ASSET],
     start_date=datetime(2025, 1, 1),
     catchup=False,

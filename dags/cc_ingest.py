@@ -29,11 +29,11 @@ from plugins.spark import BACKENDS
 
 PARAMS = {
     "crawl": Param(
-        "", type="string", pattern=r"^(CC-MAIN-\d{4}-\d{2})?$", title="Crawl id",
+        None, type=["null", "string"], pattern=r"^(CC-MAIN-\d{4}-\d{2})?$", title="Crawl id",
         description="e.g. CC-MAIN-2024-10; empty: the newest crawl in the crawl list",
     ),
     "wat_paths": Param(
-        [], type="array", items={"type": "string"}, title="WAT files",
+        None, type=["null", "array"], items={"type": "string"}, title="WAT files",
         description="local paths, globs, s3a:// or https:// URLs, or a wat.paths.gz listing; empty: the crawl's listing",
     ),
     "wat_limit": Param(None, type=["null", "integer"], minimum=1, title="WAT limit", description="take only the first N WAT files"),
@@ -41,13 +41,17 @@ PARAMS = {
         ingest.DEFAULT_WAT_PREFIX, type="string", title="WAT prefix",
         description="prefix of the entries of a wat.paths.gz listing (s3a://commoncrawl/ on AWS)",
     ),
-    "backend": Param("", type="string", enum=["", *BACKENDS], title="Spark backend", description="empty: ALTLAKE_SPARK_BACKEND"),
-    "spark_master": Param("", type="string", title="Spark master", description="e.g. spark://host:7077; empty: ALTLAKE_SPARK_MASTER"),
+    "backend": Param(
+        None, type=["null", "string"], enum=[None, *BACKENDS], title="Spark backend",
+        values_display={None: "as deployed (ALTLAKE_SPARK_BACKEND)"}, description="where Spark runs; default: ALTLAKE_SPARK_BACKEND",
+    ),
+    "spark_master": Param(None, type=["null", "string"], title="Spark master", description="e.g. spark://host:7077; empty: ALTLAKE_SPARK_MASTER"),
 }
 
 
 @dag(
     dag_id="cc_ingest",
+    description="Common Crawl WAT files -> image/alt-text candidates (Spark, Delta), gated by GX",
     schedule="@monthly",
     start_date=datetime(2025, 1, 1),
     catchup=False,

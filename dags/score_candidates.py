@@ -32,17 +32,18 @@ from plugins.worker_backends import BACKENDS, build_score_operator
 
 PARAMS = {
     "crawl": Param(
-        "", type="string", pattern=r"^(CC-MAIN-\d{4}-\d{2})?$", title="Crawl id",
+        None, type=["null", "string"], pattern=r"^(CC-MAIN-\d{4}-\d{2})?$", title="Crawl id",
         description="score only candidates first seen in this crawl; empty: every crawl",
     ),
     "batch_size": Param(None, type=["null", "integer"], minimum=1, title="Batch size", description="uids per batch; empty: ALTLAKE_BATCH_SIZE"),
     "max_batches": Param(None, type=["null", "integer"], minimum=1, title="Max batches", description="plan at most this many new batches"),
     "worker_backend": Param(
-        "", type="string", enum=["", *BACKENDS], title="Worker backend",
+        None, type=["null", "string"], enum=[None, *BACKENDS], title="Worker backend",
+        values_display={None: "as deployed (ALTLAKE_WORKER_BACKEND)"},
         description="informational: the deployment's ALTLAKE_WORKER_BACKEND decides; a different value fails the run",
     ),
     "model": Param(
-        "", type="string", title="Model",
+        None, type=["null", "string"], title="Model",
         description="informational: the deployment's ALTLAKE_WORKER_ARGS decide (empty or 'demo': the demo models)",
     ),
 }
@@ -53,6 +54,7 @@ DEPLOYMENT = Settings.from_env()
 
 @dag(
     dag_id="score_candidates",
+    description="new candidates -> download, CLIP and safety scores per batch -> scores (Delta)",
     schedule=[CANDIDATES_ASSET],
     start_date=datetime(2025, 1, 1),
     catchup=False,

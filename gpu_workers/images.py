@@ -29,6 +29,7 @@ LAION_MAX_PIXELS = 89_478_484
 RESIZE_MODES = ("border", "keep_ratio", "center_crop", "no")
 REJECT_STATUSES = ("too_small", "too_many_pixels", "unsupported_format", "decode_error", "not_image")
 JPEG_SOI = b"\xff\xd8\xff"
+JPEG_SOS = b"\xff\xda"  # start of scan: the entropy-coded data follows
 DEFAULT_MIN_SIDE = 10
 DEFAULT_MAX_SIDE = 30_000
 DEFAULT_MAX_ASPECT_RATIO = 20.0
@@ -151,7 +152,11 @@ def read_header(body: bytes, config: ImageConfig) -> Header:
 
 
 def _plain_jpeg_header(body: bytes) -> Header | None:
-    """The JPEG frame header read by libjpeg-turbo (no Python marker walk); None if not a plain JPEG."""
+    """The JPEG frame header read by libjpeg-turbo (no Python marker walk); None if not a plain JPEG.
+
+    A frame whose entropy-coded data is shorter than any encoder could make it (a 480 x 480 picture
+    whose header claims 9000 x 9000) is refused here, before any decoder, the batched GPU one
+    included, fills the missing rows with grey."""
     if not body.startswith(JPEG_SOI):
         return None
     try:
@@ -160,6 +165,10 @@ def _plain_jpeg_header(body: bytes) -> Header | None:
         return None  # Pillow reads it again and names the problem
     if colorspace not in FAST_JPEG_COLORSPACES:
         return None
+    scan = body.find(JPEG_SOS)
+    needed = -(-width // 8) * -(-height // 8) // 8  # every 8x8 luma block codes at least a 1-bit DC symbol
+    if scan < 0 or len(body) - scan < needed:
+        raise ImageRejected("decode_error", f"JPEG data of {len(body)} bytes is too short for its {width}x{height} frame")
     return Header("JPEG", width, height, colorspace)
 
 

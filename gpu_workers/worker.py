@@ -480,6 +480,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decode", choices=DECODE_CHOICES, default=None,
                         help="where JPEGs are decoded and resized: cpu, gpu (batched nvJPEG, needs --device cuda) or "
                         "auto = gpu when the models run on CUDA (default: ALTLAKE_WORKER_DECODE, else auto)")
+    parser.add_argument("--min-side", type=at_least_one, default=ImageConfig.min_side,
+                        help=f"refuse images whose shorter side is below this many pixels (default {ImageConfig.min_side})")
+    parser.add_argument("--max-aspect-ratio", type=float, default=ImageConfig.max_aspect_ratio,
+                        help=f"refuse images whose longer side exceeds this many times the shorter (default {ImageConfig.max_aspect_ratio:g})")
     parser.add_argument("--no-nsfw", action="store_true", help="skip the NSFW head (punsafe stays null)")
     parser.add_argument("--no-watermark", action="store_true", help="skip the watermark head (pwatermark stays null)")
     parser.add_argument("--webdataset", action="store_true", help="also write webdataset tar shards of the ok images")
@@ -513,7 +517,7 @@ def run(args: argparse.Namespace) -> int:
             args.output,
             spec,
             DownloadConfig.from_settings(settings, allow_hosts=tuple(args.allow_host), allow_listed_only=args.allow_listed_only),
-            ImageConfig(),
+            ImageConfig(min_side=args.min_side, max_aspect_ratio=args.max_aspect_ratio),
             PipelineConfig(
                 batch_size=args.batch_size,
                 max_in_flight=args.max_in_flight,

@@ -1,5 +1,8 @@
-"""`altlake airflow` for real: airflow standalone boots, cc_ingest is triggered through the REST API
-the web UI uses (JWT from the simple auth manager), and the run succeeds over the real WAT sample.
+"""`altlake airflow` for real, as a person meets it in a browser: airflow standalone boots on
+127.0.0.1, a headless Chromium logs in, opens each altlake DAG's trigger form and sends it with its
+defaults (the takedown form with a URL only; cc_ingest with the shared sample WAT typed in), each
+run is created, cc_ingest succeeds over the real WAT sample, and score_candidates follows on the
+candidates asset by itself (the DAGs are unpaused from the first start).
 
 Slow by nature (four Airflow components and two Spark JVMs on a shared 2-core machine), so every
 wait is generous but bounded, and everything started is shut down at the end.
@@ -7,8 +10,10 @@ wait is generous but bounded, and everything started is shut down at the end.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,11 +24,14 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect, sync_playwright
 
 from altlake.paths import LakePaths
 
 REPO = Path(__file__).resolve().parent.parent
 CRAWL = "CC-MAIN-2015-18"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ALTLAKE_DAGS = ("cc_ingest", "score_candidates", "build_release", "apply_takedowns")
 
 pytestmark = pytest.mark.timeout(2400)
 
@@ -84,7 +92,27 @@ def _stop(process: subprocess.Popen) -> None:
             continue
 
 
-def test_standalone_runs_cc_ingest_triggered_through_the_rest_api(tmp_path, sample_wat):
+def _runs(api: Api, dag_id: str) -> list[dict]:
+    status, body = api.call("GET", f"/api/v2/dags/{dag_id}/dagRuns?limit=100")
+    assert status == 200, body
+    return body["dag_runs"]
+
+
+def _trigger_from_form(page, base: str, dag_id: str, fields: dict[str, str]) -> None:
+    """Open the DAG's trigger form, type `fields` (param -> text), send it, see it accepted."""
+    page.goto(f"{base}/dags/{dag_id}")
+    page.get_by_role("button", name="Trigger").first.click()
+    dialog = page.locator("[role=dialog][data-state=open]")
+    expect(dialog).to_contain_text(f"Trigger Dag - {dag_id}")
+    for name, text in fields.items():
+        dialog.locator(f"#element_{name}").fill(text)
+    send = dialog.get_by_role("button", name="Trigger", exact=True)
+    expect(send).to_be_enabled()
+    send.click()
+    expect(page.get_by_text("Dag Run Triggered")).to_be_visible(timeout=60_000)
+
+
+def test_standalone_trigger_forms_in_a_browser_and_the_asset_chain(tmp_path, sample_wat):
     from deltalake import DeltaTable
 
     port, home, lake = _free_port(), tmp_path / "airflow_home", tmp_path / "lake"
@@ -94,8 +122,8 @@ def test_standalone_runs_cc_ingest_triggered_through_the_rest_api(tmp_path, samp
         ALTLAKE_SPARK_BACKEND="local",
         ALTLAKE_SPARK_MASTER="local[2]",
         ALTLAKE_SPARK_SHUFFLE_PARTITIONS="2",
-        # Only the run this test triggers: the @monthly schedule would reach for the internet.
-        AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE="False",
+        # The worker never looks a name up: the sample's internet URLs are refused at once.
+        ALTLAKE_WORKER_ARGS="--allow-listed-only --decode-workers 1",
     )
     log = tmp_path / "standalone.log"
     with log.open("w") as out:
@@ -108,16 +136,43 @@ def test_standalone_runs_cc_ingest_triggered_through_the_rest_api(tmp_path, samp
         _wait("the API server", lambda: api.call("GET", "/api/v2/monitor/health")[0] == 200, 900, process, log)
         passwords = home / "simple_auth_manager_passwords.json.generated"
         password = _wait("the admin password", lambda: passwords.exists() and json.loads(passwords.read_text()).get("admin"), 120, process, log)
+        assert str(passwords) in _tail(log, 100_000), "the start says where the password is"
+        assert _listening_addresses(port) == {"127.0.0.1"}, "a laptop's UI is not on the network"
         status, body = api.call("POST", "/auth/token", {"username": "admin", "password": password})
         assert status == 201, body
         api.token = body["access_token"]
+        for dag_id in ALTLAKE_DAGS:
+            _wait(f"{dag_id} to be parsed", lambda d=dag_id: api.call("GET", f"/api/v2/dags/{d}")[0] == 200, 600, process, log)
+            assert api.call("GET", f"/api/v2/dags/{dag_id}")[1]["is_paused"] is False, f"{dag_id} starts paused"
+        assert _runs(api, "cc_ingest") == [], "no run the user did not ask for"
 
-        _wait("cc_ingest to be parsed", lambda: api.call("GET", "/api/v2/dags/cc_ingest")[0] == 200, 600, process, log)
-        status, body = api.call("PATCH", "/api/v2/dags/cc_ingest", {"is_paused": False})
-        assert status == 200 and body["is_paused"] is False, body
-        conf = {"crawl": CRAWL, "wat_paths": [str(sample_wat)]}
-        status, run = api.call("POST", "/api/v2/dags/cc_ingest/dagRuns", {"logical_date": None, "conf": conf})
-        assert status == 200, run
+        base = f"http://127.0.0.1:{port}"
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            page.goto(base)
+            page.locator("input[name=username]").fill("admin")
+            page.locator("input[type=password]").fill(password)
+            page.get_by_role("button", name="Sign in").click()
+            page.wait_for_url(lambda url: "login" not in url, timeout=120_000)
+            # The forms that need nothing typed are sent as they open; each run is created, then
+            # cancelled so that the Spark pool is free for the ingest below.
+            for dag_id, fields in (
+                ("score_candidates", {}),
+                ("build_release", {}),
+                ("apply_takedowns", {"url": "http://images.example.org/taken-down.jpg", "reason": "browser test"}),
+            ):
+                _trigger_from_form(page, base, dag_id, fields)
+                runs = _wait(f"the {dag_id} run", lambda d=dag_id: _runs(api, d), 120, process, log, every_s=1)
+                assert [r["run_type"] for r in runs] == ["manual"]
+                if dag_id == "apply_takedowns":
+                    assert runs[0]["conf"]["url"] == [fields["url"]] and runs[0]["conf"]["hash_list"] is None
+                api.call("PATCH", f"/api/v2/dags/{dag_id}/dagRuns/{runs[0]['dag_run_id']}", {"state": "failed"})
+            _trigger_from_form(page, base, "cc_ingest", {"crawl": CRAWL, "wat_paths": str(sample_wat)})
+            browser.close()
+
+        run = _wait("the cc_ingest run", lambda: _runs(api, "cc_ingest"), 120, process, log, every_s=1)[0]
+        assert run["conf"]["crawl"] == CRAWL and run["conf"]["wat_paths"] == [str(sample_wat)]
         run_path = f"/api/v2/dags/cc_ingest/dagRuns/{run['dag_run_id']}"
 
         def finished():
@@ -139,6 +194,26 @@ def test_standalone_runs_cc_ingest_triggered_through_the_rest_api(tmp_path, samp
         assert candidates.num_rows == totals["new_candidates"]
         assert set(candidates.column("last_seen_crawl").to_pylist()) == {CRAWL}
         assert list((lake / "gx").glob("*/index.html")), "the run's GX Data Docs are missing"
+
+        chained = _wait(
+            "score_candidates to follow on the candidates asset",
+            lambda: [r for r in _runs(api, "score_candidates") if r["run_type"] == "asset_triggered"], 300, process, log,
+        )  # fmt: skip
+        assert len(chained) == 1
     finally:
         _stop(process)
     assert process.poll() is not None, "airflow standalone is still running"
+
+
+def _listening_addresses(port: int) -> set[str]:
+    """The local addresses of the sockets listening on `port` (from /proc/net/tcp and tcp6)."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            address, _, hex_port = local.partition(":")
+            if state == "0A" and int(hex_port, 16) == port:  # 0A: LISTEN
+                raw = bytes.fromhex(address)
+                words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))  # kernel order, per 32-bit word
+                found.add(str(ipaddress.ip_address(words)))
+    return found

@@ -117,6 +117,19 @@ def test_lying_and_tiny_images_are_refused_with_a_reason(name):
     assert rejected.value.status == status
 
 
+def test_a_gross_frame_lie_is_refused_from_the_header_before_any_decoder():
+    """The batched (GPU) decoder fills missing rows with grey like Pillow; the header check stops
+    a frame whose data is shorter than any encoder could make it before that decoder runs."""
+    from gpu_workers.batch_decode import BatchDecoder
+
+    outcomes = BatchDecoder(ImageConfig(min_bytes=1), "cpu").decode([_jpeg_claiming(9000, 9000), photo_bytes("astronaut", "jpg", 480)])
+    assert isinstance(outcomes[0], ImageRejected) and "too short" in outcomes[0].message
+    assert not isinstance(outcomes[1], ImageRejected)
+    flat = io.BytesIO()
+    Image.new("L", (4000, 3000), 0).save(flat, "JPEG", quality=1, progressive=True)  # as small as JPEGs get
+    assert decode(flat.getvalue(), ImageConfig(min_bytes=1)).original_width == 4000
+
+
 def test_recorded_size_is_the_decoded_size():
     honest = photo_bytes("astronaut", "jpg", 480)
     decoded = decode(honest, ImageConfig(min_bytes=1, size=None, resize_mode="no"))

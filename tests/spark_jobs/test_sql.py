@@ -11,6 +11,7 @@ from pathlib import Path
 
 import orjson
 
+from altlake.paths import LakePaths
 from altlake_cli.main import main
 from spark_jobs.extract import run_extract
 from spark_jobs.sql import write_result
@@ -44,9 +45,13 @@ def test_sql_on_the_lake_in_process_and_as_a_command(spark, settings, sample_wat
     captured = capsys.readouterr()
     assert captured.out == "" and "nope" in captured.err and len(captured.err.strip().splitlines()) == 1
 
-    # As a separate process: stdout carries the CSV only, whatever Spark logs.
+    # As a separate process: stdout carries the CSV only, whatever Spark logs. Its own lake (the
+    # embedded catalog admits one JVM), which must hold a table: a path without one is refused.
     altlake = str(Path(sys.executable).parent / "altlake")
     other_lake = str(Path(settings.lake_dir).parent / "cli-lake")
+    assert main(["sql", "SELECT 1", "--lake", other_lake]) == 2
+    assert "no lake at" in capsys.readouterr().err and not Path(other_lake).exists()
+    spark.range(1).write.format("delta").save(LakePaths(other_lake).table("probe"))
     done = subprocess.run(
         [altlake, "sql", "SELECT 1 AS one, 'a,b' AS two", "--lake", other_lake, "--format", "csv"],
         capture_output=True, text=True, timeout=900,
