@@ -64,15 +64,36 @@ def extract(settings: Settings, crawl: str, wat_paths: list[str], context=None) 
     failed = [f for f in summary["files"] if f["status"] == FILE_FAILED]
     for item in failed:
         log.warning("WAT failed: %s: %s", item["path"], item["error"])
+    log.info("%s", extract_summary_line(crawl, totals))
     if failed and totals[FILE_DONE] == 0 and totals["skipped"] == 0:
         raise RuntimeError(f"every WAT of {crawl} failed; first reason: {failed[0]['error']}")
     return {"crawl": crawl, "totals": totals, "failed": [{"path": f["path"], "error": f["error"]} for f in failed]}
+
+
+def extract_summary_line(crawl: str, totals: dict) -> str:
+    """What a person reads last in the task log: what came in, what was kept, what was skipped and why."""
+    files = totals[FILE_DONE] + totals[FILE_FAILED] + totals["skipped"]
+    rejected = {reason: n for reason, n in (totals.get("rejected") or {}).items() if n}
+    parts = [
+        f"Summary: {crawl}: {files} WAT file(s): {totals[FILE_DONE]} ingested, {totals['skipped']} skipped "
+        f"(already ingested by an earlier run), {totals[FILE_FAILED]} failed (recorded in crawl_files, retried next run)",
+        f"{totals.get('new_candidates', 0)} new candidate pair(s)",
+    ]
+    if rejected:
+        parts.append("rejected by the LAION rules: " + ", ".join(f"{n} {reason}" for reason, n in sorted(rejected.items())))
+    if files and totals["skipped"] == files:
+        parts.append("nothing new to ingest")
+    return "; ".join(parts)
 
 
 def validate_candidates(settings: Settings, crawl: str, run_id: str, context=None) -> dict:
     """The GX gate on this crawl's candidates. Bad data fails the task at once (no retry: the
     same rows would fail again); a crashed job raises anything else and is retried."""
     try:
-        return run_quality_job(settings, CANDIDATES.name, run_id, crawl, context)
+        report = run_quality_job(settings, CANDIDATES.name, run_id, crawl, context)
     except QualityGateError as error:
         raise AirflowFailException(f"quality gate failed for crawl {crawl}: {error}") from error
+    docs = report.get("docs_dir")
+    log.info("Summary: the GX gate on %s rows of crawl %s passed; Data Docs: %s", report.get("n_rows"), crawl,
+             f"file://{docs}/index.html" if docs and "://" not in docs else docs)  # fmt: skip
+    return report

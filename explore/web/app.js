@@ -38,26 +38,90 @@ async function search(page = 0) {
     deduplicate: $("hide-near-dups").checked,
   };
   setStatus("Searching…");
+  shareInUrl(fields);
   try {
     const response = await fetch("/knn-service", {
       method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
     });
     const payload = await response.json();
-    if (!response.ok) { setStatus(payload.error || `error ${response.status}`, true); return; }
+    if (!response.ok) { showError(payload.error || `error ${response.status}`); return; }
     state.results = payload;
     state.requested = wanted;
     state.page = page;
     render();
   } catch (err) {
-    setStatus(`Search failed: ${err}`, true);
+    showError(`Search failed: ${err}`);
   }
+}
+
+// An error replaces the previous query's results: they would read as answers to this one.
+function showError(message) {
+  state.results = [];
+  state.requested = 0;
+  state.page = 0;
+  render();
+  setStatus(message, true);
+}
+
+// The query lives in the page's URL, so a search can be shared or bookmarked (uploads excepted).
+function shareInUrl(fields) {
+  const params = new URLSearchParams();
+  if (fields.text) params.set("q", fields.text);
+  if (fields.image_url) params.set("image_url", fields.image_url);
+  if ($("index").value) params.set("index", $("index").value);
+  if (modality() !== "image") params.set("modality", modality());
+  if (!$("safe").checked) params.set("safe", "0");
+  if (minSimilarity() > -1) params.set("min_similarity", String(minSimilarity()));
+  history.replaceState(null, "", params.toString() ? `?${params}` : location.pathname);
+}
+
+function restoreFromUrl() {
+  const params = new URLSearchParams(location.search);
+  if (params.has("index")) $("index").value = params.get("index");
+  if (params.get("modality") === "text") document.querySelector("input[name=modality][value=text]").checked = true;
+  if (params.get("safe") === "0") $("safe").checked = false;
+  if (params.has("min_similarity")) $("min-similarity").value = params.get("min_similarity");
+  $("query").value = params.get("q") || "";
+  $("image-url").value = params.get("image_url") || "";
+  if (queryFields()) search(0);
+}
+
+function minSimilarity() {
+  const value = parseFloat($("min-similarity").value);
+  return Number.isFinite(value) ? value : -1;
+}
+
+function searchLike(item) {
+  clearImage();
+  $("query").value = "";
+  $("image-url").value = item.url;
+  search(0);
+}
+
+function details(item) {
+  const parts = [];
+  const number = (v) => (typeof v === "number" ? v.toFixed(2) : null);
+  if (number(item.punsafe) !== null) parts.push(`punsafe ${number(item.punsafe)}`);
+  if (number(item.pwatermark) !== null) parts.push(`pwatermark ${number(item.pwatermark)}`);
+  if (item.language) parts.push(item.language);
+  if (item.width && item.height) parts.push(`${item.width}×${item.height}`);
+  return parts.join(" · ");
+}
+
+function placeholder(img) {
+  const box = document.createElement("div");
+  box.className = "placeholder";
+  box.textContent = "image unavailable: its host did not serve it";
+  img.replaceWith(box);
 }
 
 function render() {
   const grid = $("results");
   grid.replaceChildren();
   const start = state.page * pageSize();
-  const shown = state.results.slice(start, start + pageSize());
+  const cutoff = minSimilarity();
+  const kept = state.results.filter((item) => item.similarity >= cutoff);
+  const shown = kept.slice(start, start + pageSize());
   for (const item of shown) {
     const card = document.createElement("figure");
     card.className = "result";
@@ -65,6 +129,9 @@ function render() {
     const img = document.createElement("img");
     img.loading = "lazy";
     img.alt = item.caption || "";
+    img.title = "search for pictures like this one";
+    img.addEventListener("error", () => placeholder(img));
+    img.addEventListener("click", () => searchLike(item));
     img.src = item.url;
     const caption = document.createElement("figcaption");
     caption.className = "caption" + ($("full-captions").checked ? "" : " short");
@@ -73,15 +140,34 @@ function render() {
     const similarity = document.createElement("div");
     similarity.className = "similarity";
     similarity.textContent = `similarity ${item.similarity.toFixed(3)}`;
-    card.append(img, caption, similarity);
+    const meta = document.createElement("div");
+    meta.className = "details";
+    meta.textContent = details(item);
+    const links = document.createElement("div");
+    links.className = "links";
+    const like = document.createElement("button");
+    like.type = "button";
+    like.className = "like";
+    like.textContent = "similar";
+    like.addEventListener("click", () => searchLike(item));
+    const source = document.createElement("a");
+    source.className = "source";
+    source.href = item.url;
+    source.target = "_blank";
+    source.rel = "noopener noreferrer";
+    source.textContent = "source";
+    links.append(like, source);
+    card.append(img, caption, similarity, meta, links);
     grid.append(card);
   }
-  const more = state.results.length >= state.requested && state.requested < MAX_RESULTS;
+  const more = state.results.length >= state.requested && state.requested > 0 && state.requested < MAX_RESULTS;
   $("prev").disabled = state.page === 0;
   $("next").disabled = !more;
   $("page-info").textContent = shown.length ? `page ${state.page + 1}` : "";
-  $("export-json").disabled = $("export-csv").disabled = state.results.length === 0;
-  setStatus(shown.length ? `${state.results.length} results` : "No results (try turning filters off).");
+  $("export-json").disabled = $("export-csv").disabled = kept.length === 0;
+  const hidden = state.results.length - kept.length;
+  const note = hidden ? ` (${hidden} below similarity ${cutoff} hidden)` : "";
+  setStatus(shown.length ? `${kept.length} results${note}` : `No results${note || " (try turning filters off)"}.`);
   applyDisplay();
 }
 
@@ -105,7 +191,7 @@ function download(name, type, text) {
 
 function exportRows() {
   // img2dataset's column names first (URL, TEXT), then everything the service returned.
-  return state.results.map(({ url, caption, ...rest }) => ({ URL: url, TEXT: caption, ...rest }));
+  return state.results.filter((item) => item.similarity >= minSimilarity()).map(({ url, caption, ...rest }) => ({ URL: url, TEXT: caption, ...rest }));
 }
 
 function csvCell(value) {
@@ -147,7 +233,9 @@ async function loadIndices() {
     option.value = option.textContent = name;
     $("index").append(option);
   }
+  if (new URLSearchParams(location.search).has("index")) $("index").value = new URLSearchParams(location.search).get("index");
   await describeIndex();
+  restoreFromUrl();
 }
 
 async function describeIndex() {
@@ -182,6 +270,7 @@ for (const id of ["safe", "hide-dup-urls", "hide-near-dups", "mclip", "page-size
 for (const input of document.querySelectorAll("input[name=modality]")) {
   input.addEventListener("change", () => { if (queryFields()) search(0); });
 }
+$("min-similarity").addEventListener("change", () => { state.page = 0; render(); if (queryFields()) shareInUrl(queryFields()); });
 for (const id of ["show-images", "show-captions", "full-captions", "show-similarity"]) {
   $(id).addEventListener("change", applyDisplay);
 }

@@ -20,7 +20,7 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
 @pytest.fixture(scope="module")
 def site(model_release):
-    config = ServiceConfig()
+    config = ServiceConfig(allow_hosts=("127.0.0.1",))  # the release's images are on a local server
     with uvicorn_server(create_app(load_explorers([str(model_release)], config, Settings.from_env()), config)) as base:
         yield base
 
@@ -83,3 +83,55 @@ def test_query_safe_mode_upload_and_export(page, site, image_site):
     page.set_input_files("#file", str(image_site[1] / "5.png"))  # query by image
     expect(page.locator("#query-image")).to_be_visible()
     expect(page.locator("#results .result").first).to_have_attribute("data-id", "5")
+
+
+def test_shareable_queries_details_cutoff_similar_search_and_errors(page, site, image_site):
+    page.goto(site)
+    page.fill("#query", "a red circle")
+    page.press("#query", "Enter")
+    expect(page.locator("#results .result").first).to_be_visible()
+    first = shown_ids(page)
+    assert "q=a+red+circle" in page.url
+    card = page.locator("#results .result").first
+    expect(card.locator(".details")).to_contain_text("punsafe")
+    expect(card.locator(".details")).to_contain_text("64×64")
+    assert card.locator("a.source").get_attribute("href").startswith(image_site[0])
+
+    page.goto(page.url)  # the shared link runs the same search
+    expect(page.locator("#results .result").first).to_be_visible()
+    assert shown_ids(page) == first
+
+    sims = api_sims(site, text="a red circle", use_safety_model=True)
+    cutoff = round(sorted(sims, reverse=True)[2], 3)  # keeps the best three
+    page.fill("#min-similarity", str(cutoff))
+    page.dispatch_event("#min-similarity", "change")
+    expect(page.locator("#results .result")).to_have_count(sum(s >= cutoff for s in sims))
+    expect(page.locator("#status")).to_contain_text("hidden")
+    page.fill("#min-similarity", "")
+    page.dispatch_event("#min-similarity", "change")
+
+    page.locator("#results .result button.like").nth(1).click()  # search with that result's picture
+    expect(page.locator("#image-url")).to_have_value(f"{image_site[0]}/{first[1]}.png")
+    expect(page.locator("#results .result").first).to_have_attribute("data-id", str(first[1]))
+    assert "image_url=" in page.url
+
+    page.fill("#image-url", "http://127.0.0.1:9/closed.jpg")  # nothing listens there: no stale results stay
+    page.press("#image-url", "Enter")
+    expect(page.locator("#status")).to_have_class("error")
+    expect(page.locator("#results .result")).to_have_count(0)
+
+
+def test_an_unreachable_image_shows_a_placeholder_that_says_so(page, site):
+    gone = page.context.new_page()
+    gone.route("**/*.png", lambda route: route.abort())  # the image host is gone, as after `make demo`
+    gone.goto(f"{site}/?q=a+red+circle")
+    expect(gone.locator("#results .placeholder").first).to_contain_text("image unavailable")
+    expect(gone.locator("#results .result img")).to_have_count(0)
+    gone.close()
+
+
+def api_sims(site: str, **body) -> list[float]:
+    defaults = {"modality": "image", "num_images": 40, "num_result_ids": 120, "hide_duplicate_urls": True, "deduplicate": True}
+    response = requests.post(f"{site}/knn-service", json={**defaults, **body}, timeout=60)
+    response.raise_for_status()
+    return [r["similarity"] for r in response.json()]

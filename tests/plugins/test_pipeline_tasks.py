@@ -57,3 +57,14 @@ def test_takedown_form_reads_lists_and_hash_files_and_needs_a_reason(tmp_path):
     hashes.write_text("not-a-digest\n" * 2)
     with pytest.raises(AirflowFailException, match="line 2"):
         requests_from_params({"hash_list": str(hashes), "reason": "list"})
+
+
+def test_extract_task_ends_with_a_summary_a_person_can_read():
+    from plugins.ingest import extract_summary_line
+
+    rejected = {"text_too_short": 7, "bad_extension": 0}
+    fresh = extract_summary_line("CC-MAIN-2015-18", {"done": 2, "failed": 1, "skipped": 0, "new_candidates": 40, "rejected": rejected})
+    assert "3 WAT file(s): 2 ingested, 0 skipped" in fresh and "1 failed" in fresh and "40 new candidate" in fresh
+    assert "7 text_too_short" in fresh and "bad_extension" not in fresh and "nothing new" not in fresh
+    again = extract_summary_line("CC-MAIN-2015-18", {"done": 0, "failed": 0, "skipped": 1, "new_candidates": 0, "rejected": {}})
+    assert "1 skipped (already ingested" in again and again.endswith("nothing new to ingest")
