@@ -60,6 +60,10 @@ class Settings:
     k8s_namespace: str = "altlake"
     # Airflow.
     airflow_home: str = "airflow_home"
+    # Time-based DAG schedules (the monthly ingest of the newest crawl, daily takedowns). `altlake
+    # airflow` turns them off on a laptop, where the crawl list cannot be fetched; asset-triggered
+    # runs (score_candidates, build_release) follow either way.
+    schedules: bool = True
     # Where Airflow tasks run Spark jobs: local (in the task's process) | submit (spark-submit to
     # spark_master) | emr_serverless (EMR Serverless through the amazon provider).
     spark_backend: str = "local"

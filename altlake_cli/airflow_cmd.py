@@ -8,10 +8,10 @@ every start says where. Tasks see the same ALTLAKE_* settings.
 
 A laptop's Airflow behaves as a person expects from it: the UI listens on 127.0.0.1 only (`--host`
 to change), the altlake DAGs are unpaused from their first start so the asset chain cc_ingest ->
-score_candidates -> build_release follows by itself, and no time-based schedule fires (the monthly
-ingest would reach for Common Crawl's crawl list, which an offline machine cannot): only runs a
-person triggers, and the runs their assets trigger, start. `--schedules` turns the monthly and
-daily schedules on, as a production deployment has them.
+score_candidates -> build_release follows by itself, and the DAGs have no time-based schedule
+(ALTLAKE_SCHEDULES=false: the monthly ingest would reach for Common Crawl's crawl list, which an
+offline machine cannot): only runs a person triggers, and the runs their assets trigger, start.
+`--schedules` keeps the monthly and daily schedules, as a production deployment has them.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def airflow_env(
             "AIRFLOW__API__HOST": host,
             "AIRFLOW__API__BASE_URL": f"http://localhost:{port}",
             "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
-            "AIRFLOW__SCHEDULER__USE_JOB_SCHEDULE": str(schedules),
+            "ALTLAKE_SCHEDULES": str(schedules).lower(),
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://localhost:{port}/execution/",
             # Task processes call the API server; on a busy laptop 5 s (the default) is too short.
             "AIRFLOW__WORKERS__EXECUTION_API_TIMEOUT": "60",

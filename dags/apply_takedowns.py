@@ -1,7 +1,8 @@
 """
 ### apply_takedowns: opt-out and takedown requests -> `takedowns` -> removed from the lake
 
-Daily (re-applies every recorded request to rows that arrived since), or **Trigger DAG** with the
+Daily (re-applies every recorded request to rows that arrived since; off where
+`ALTLAKE_SCHEDULES=false`), or **Trigger DAG** with the
 form: lists of URLs, domains (subdomains included), sha256 / md5 digests, or a hash-list file
 (Re-LAION-5B style: one hex digest per line, or a parquet column), and the reason. Tasks:
 
@@ -37,11 +38,13 @@ PARAMS = {
     "reason": Param(None, type=["null", "string"], title="Reason", description="required with any request, e.g. 'GDPR request 2024-113'"),
 }
 
+DEPLOYMENT = Settings.from_env()  # parse time: whether time-based schedules are on (ALTLAKE_SCHEDULES)
+
 
 @dag(
     dag_id="apply_takedowns",
     description="opt-out and takedown requests -> removed from every table",
-    schedule="@daily",
+    schedule="@daily" if DEPLOYMENT.schedules else None,
     start_date=datetime(2025, 1, 1),
     catchup=False,
     max_active_runs=1,

@@ -1,7 +1,8 @@
 """
 ### cc_ingest: Common Crawl WAT files -> `candidates` (Delta), gated by Great Expectations
 
-Monthly, for the newest crawl in Common Crawl's crawl list (`ALTLAKE_CRAWL_LIST_URL`); or
+Monthly, for the newest crawl in Common Crawl's crawl list (`ALTLAKE_CRAWL_LIST_URL`; off where
+`ALTLAKE_SCHEDULES=false`, as under `altlake airflow`); or
 **Trigger DAG** with the form to pick a crawl, explicit WAT paths or a WAT limit, and where Spark
 runs. Tasks:
 
@@ -22,6 +23,7 @@ from datetime import datetime
 
 from airflow.sdk import Param, dag, task
 
+from altlake.config import Settings
 from plugins.assets import CANDIDATES_ASSET
 from plugins.defaults import DEFAULT_ARGS, SPARK_POOL
 from plugins import ingest
@@ -48,11 +50,13 @@ PARAMS = {
     "spark_master": Param(None, type=["null", "string"], title="Spark master", description="e.g. spark://host:7077; empty: ALTLAKE_SPARK_MASTER"),
 }
 
+DEPLOYMENT = Settings.from_env()  # parse time: whether time-based schedules are on (ALTLAKE_SCHEDULES)
+
 
 @dag(
     dag_id="cc_ingest",
     description="Common Crawl WAT files -> image/alt-text candidates (Spark, Delta), gated by GX",
-    schedule="@monthly",
+    schedule="@monthly" if DEPLOYMENT.schedules else None,
     start_date=datetime(2025, 1, 1),
     catchup=False,
     max_active_runs=1,

@@ -93,21 +93,29 @@ class Explorer:
         safe_mode: bool,
         hide_duplicate_urls: bool,
         hide_near_duplicates: bool,
+        hidden: dict[str, int] | None = None,
     ) -> list[dict]:
-        """One query's neighbours (best first, -1 padded), filtered, cut to num_images, with metadata."""
+        """One query's neighbours (best first, -1 padded), filtered, cut to num_images, with metadata.
+
+        `hidden`, when given, receives how many neighbours each filter removed (by filter name).
+        """
+        hidden = {} if hidden is None else hidden
         keep = ids >= 0
         sims, ids = sims[keep], ids[keep]
+
+        def apply(name: str, mask: np.ndarray) -> None:
+            nonlocal sims, ids
+            hidden[name] = int(len(mask) - np.count_nonzero(mask))
+            sims, ids = sims[mask], ids[mask]
+
         if safe_mode:
             punsafe = np.array([math.nan if p is None else p for p in self.metadata.column("punsafe", ids)], dtype=np.float64)
-            keep = punsafe <= self.options.unsafe_threshold  # NaN (unknown) compares False: hidden
-            sims, ids = sims[keep], ids[keep]
+            apply("unsafe", punsafe <= self.options.unsafe_threshold)  # NaN (unknown) compares False: hidden
         if hide_duplicate_urls:
             seen: set[str] = set()
-            keep = np.array([not (url in seen or seen.add(url)) for url in self.metadata.column("url", ids)], dtype=bool)
-            sims, ids = sims[keep], ids[keep]
+            apply("duplicate_urls", np.array([not (url in seen or seen.add(url)) for url in self.metadata.column("url", ids)], dtype=bool))
         if hide_near_duplicates and len(ids) > 1:
-            keep = first_of_near_duplicates(self.knn["image"].embeddings.rows(ids), self.options.near_duplicate_cosine)
-            sims, ids = sims[keep], ids[keep]
+            apply("near_duplicates", first_of_near_duplicates(self.knn["image"].embeddings.rows(ids), self.options.near_duplicate_cosine))
         sims, ids = sims[:num_images], ids[:num_images]
         return [
             {**_rename(meta), "id": int(i), "similarity": float(s)}

@@ -59,6 +59,7 @@ MAX_NUM_IMAGES = 10_000
 MAX_EMBEDDING_DIM = 4096
 MAX_METADATA_IDS = 10_000
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+HIDDEN_HEADER = "X-Altlake-Hidden"  # "unsafe=3,duplicate_urls=1,near_duplicates=0": rows each filter removed
 SERVE_ARGS_ENV = "ALTLAKE_SERVE_ARGS"  # `altlake serve --workers N`: each worker process rebuilds the app from these
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -211,9 +212,12 @@ def create_app(explorers: list[Explorer], config: ServiceConfig | None = None, s
             vector = explorer.query_vector(*query)
         k = max(body.num_result_ids or body.num_images, body.num_images)
         sims, ids = await batcher.search(explorer, body.modality, vector, k)
-        found = explorer.results(sims, ids, body.num_images, body.use_safety_model, body.hide_duplicate_urls, body.deduplicate)
+        hidden: dict[str, int] = {}
+        found = explorer.results(sims, ids, body.num_images, body.use_safety_model, body.hide_duplicate_urls, body.deduplicate, hidden)
         results.observe(len(found))
-        return Response(orjson.dumps(found, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json")
+        # The body stays clip back's list; what each filter hid among the candidates rides in a header.
+        counts = {HIDDEN_HEADER: ",".join(f"{name}={n}" for name, n in hidden.items())} if hidden else None
+        return Response(orjson.dumps(found, option=orjson.OPT_SERIALIZE_NUMPY), media_type="application/json", headers=counts)
 
     @app.post("/metadata", responses=errors, response_class=Response)
     async def metadata(body: MetadataRequest) -> Response:
@@ -266,7 +270,10 @@ def create_app(explorers: list[Explorer], config: ServiceConfig | None = None, s
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
     app.add_middleware(ProtocolJson, paths=("/knn-service", "/metadata"), trusted_origins=config.cors_origins)
     if config.cors_origins:  # outermost, so its preflight answers come before anything else
-        app.add_middleware(CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"], allow_headers=["Content-Type"])
+        app.add_middleware(
+            CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
+            allow_headers=["Content-Type"], expose_headers=[HIDDEN_HEADER],
+        )  # fmt: skip
     app.add_middleware(Metrics, requests=requests, latency=latency)
     return app
 

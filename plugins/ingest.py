@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import logging
 
+from airflow.configuration import conf
 from airflow.sdk.exceptions import AirflowFailException
 
 from altlake.config import Settings
 from altlake.schemas import CANDIDATES, FILE_DONE, FILE_FAILED
 from plugins.crawls import CRAWL_ID, newest_crawl
+from plugins.data_docs import docs_url
 from plugins.spark import run_extract_job, run_quality_job
 from spark_jobs.quality import QualityGateError
 
@@ -93,7 +95,6 @@ def validate_candidates(settings: Settings, crawl: str, run_id: str, context=Non
         report = run_quality_job(settings, CANDIDATES.name, run_id, crawl, context)
     except QualityGateError as error:
         raise AirflowFailException(f"quality gate failed for crawl {crawl}: {error}") from error
-    docs = report.get("docs_dir")
-    log.info("Summary: the GX gate on %s rows of crawl %s passed; Data Docs: %s", report.get("n_rows"), crawl,
-             f"file://{docs}/index.html" if docs and "://" not in docs else docs)  # fmt: skip
+    log.info("Summary: the GX gate on %s rows of crawl %s passed; Data Docs: %s (files: %s)",
+             report.get("n_rows"), crawl, docs_url(conf.get("api", "base_url", fallback=""), run_id), report.get("docs_dir"))  # fmt: skip
     return report

@@ -113,8 +113,6 @@ def _trigger_from_form(page, base: str, dag_id: str, fields: dict[str, str]) -> 
 
 
 def test_standalone_trigger_forms_in_a_browser_and_the_asset_chain(tmp_path, sample_wat):
-    from deltalake import DeltaTable
-
     port, home, lake = _free_port(), tmp_path / "airflow_home", tmp_path / "lake"
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
     env.update(
@@ -169,31 +167,16 @@ def test_standalone_trigger_forms_in_a_browser_and_the_asset_chain(tmp_path, sam
                     assert runs[0]["conf"]["url"] == [fields["url"]] and runs[0]["conf"]["hash_list"] is None
                 api.call("PATCH", f"/api/v2/dags/{dag_id}/dagRuns/{runs[0]['dag_run_id']}", {"state": "failed"})
             _trigger_from_form(page, base, "cc_ingest", {"crawl": CRAWL, "wat_paths": str(sample_wat)})
+            _check_cc_ingest_run(api, process, log, lake, sample_wat)
+
+            # The gate's Data Docs open from the UI's navigation, for logged-in users only.
+            page.goto(base)
+            expect(page.get_by_role("link", name="GX Data Docs")).to_be_visible(timeout=60_000)
+            page.goto(f"{base}/altlake/gx/")
+            page.locator("li a").first.click()
+            expect(page.locator("body")).to_contain_text("candidates")
+            assert _status(f"{base}/altlake/gx/") == 401  # no login, no Data Docs
             browser.close()
-
-        run = _wait("the cc_ingest run", lambda: _runs(api, "cc_ingest"), 120, process, log, every_s=1)[0]
-        assert run["conf"]["crawl"] == CRAWL and run["conf"]["wat_paths"] == [str(sample_wat)]
-        run_path = f"/api/v2/dags/cc_ingest/dagRuns/{run['dag_run_id']}"
-
-        def finished():
-            status, body = api.call("GET", run_path)
-            return body if status == 200 and body["state"] in ("success", "failed") else None
-
-        final = _wait("the triggered run to finish", finished, 1500, process, log, every_s=10)
-        _, tis = api.call("GET", f"{run_path}/taskInstances")
-        states = {ti["task_id"]: ti["state"] for ti in tis["task_instances"]}
-        assert final["state"] == "success", f"{states}\n{_tail(log)}"
-        assert states == {"resolve_inputs": "success", "extract": "success", "validate_candidates": "success"}
-
-        status, xcom = api.call("GET", f"{run_path}/taskInstances/extract/xcomEntries/return_value")
-        assert status == 200, xcom
-        value = json.loads(xcom["value"]) if isinstance(xcom["value"], str) else xcom["value"]
-        totals = value["totals"]
-        candidates = DeltaTable(LakePaths(str(lake)).table("candidates")).to_pyarrow_table()
-        assert candidates.num_rows > 0
-        assert candidates.num_rows == totals["new_candidates"]
-        assert set(candidates.column("last_seen_crawl").to_pylist()) == {CRAWL}
-        assert list((lake / "gx").glob("*/index.html")), "the run's GX Data Docs are missing"
 
         chained = _wait(
             "score_candidates to follow on the candidates asset",
@@ -203,6 +186,43 @@ def test_standalone_trigger_forms_in_a_browser_and_the_asset_chain(tmp_path, sam
     finally:
         _stop(process)
     assert process.poll() is not None, "airflow standalone is still running"
+
+
+def _status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=30) as response:
+            return response.status
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def _check_cc_ingest_run(api: Api, process: subprocess.Popen, log: Path, lake: Path, sample_wat: Path) -> None:
+    """The run the form started: its conf, its success, and what it wrote."""
+    from deltalake import DeltaTable
+
+    run = _wait("the cc_ingest run", lambda: _runs(api, "cc_ingest"), 120, process, log, every_s=1)[0]
+    assert run["conf"]["crawl"] == CRAWL and run["conf"]["wat_paths"] == [str(sample_wat)]
+    run_path = f"/api/v2/dags/cc_ingest/dagRuns/{run['dag_run_id']}"
+
+    def finished():
+        status, body = api.call("GET", run_path)
+        return body if status == 200 and body["state"] in ("success", "failed") else None
+
+    final = _wait("the triggered run to finish", finished, 1500, process, log, every_s=10)
+    _, tis = api.call("GET", f"{run_path}/taskInstances")
+    states = {ti["task_id"]: ti["state"] for ti in tis["task_instances"]}
+    assert final["state"] == "success", f"{states}\n{_tail(log)}"
+    assert states == {"resolve_inputs": "success", "extract": "success", "validate_candidates": "success"}
+
+    status, xcom = api.call("GET", f"{run_path}/taskInstances/extract/xcomEntries/return_value")
+    assert status == 200, xcom
+    value = json.loads(xcom["value"]) if isinstance(xcom["value"], str) else xcom["value"]
+    totals = value["totals"]
+    candidates = DeltaTable(LakePaths(str(lake)).table("candidates")).to_pyarrow_table()
+    assert candidates.num_rows > 0
+    assert candidates.num_rows == totals["new_candidates"]
+    assert set(candidates.column("last_seen_crawl").to_pylist()) == {CRAWL}
+    assert list((lake / "gx").glob("*/index.html")), "the run's GX Data Docs are missing"
 
 
 def _listening_addresses(port: int) -> set[str]:

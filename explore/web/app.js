@@ -2,7 +2,7 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { image: null, results: [], page: 0, requested: 0, indices: {} };
+const state = { image: null, results: [], hidden: {}, page: 0, requested: 0, indices: {} };
 const MAX_RESULTS = 10000;
 
 function pageSize() { return parseInt($("page-size").value, 10); }
@@ -45,6 +45,7 @@ async function search(page = 0) {
     });
     const payload = await response.json();
     if (!response.ok) { showError(payload.error || `error ${response.status}`); return; }
+    state.hidden = parseHidden(response.headers.get("X-Altlake-Hidden"));
     state.results = payload;
     state.requested = wanted;
     state.page = page;
@@ -57,6 +58,7 @@ async function search(page = 0) {
 // An error replaces the previous query's results: they would read as answers to this one.
 function showError(message) {
   state.results = [];
+  state.hidden = {};
   state.requested = 0;
   state.page = 0;
   render();
@@ -84,6 +86,26 @@ function restoreFromUrl() {
   $("query").value = params.get("q") || "";
   $("image-url").value = params.get("image_url") || "";
   if (queryFields()) search(0);
+}
+
+// "unsafe=3,duplicate_urls=1" -> {unsafe: 3, duplicate_urls: 1}: what the server's filters hid.
+function parseHidden(header) {
+  const counts = {};
+  for (const part of (header || "").split(",")) {
+    const [name, n] = part.split("=");
+    if (name && Number(n) > 0) counts[name] = Number(n);
+  }
+  return counts;
+}
+
+const HIDDEN_LABELS = {
+  unsafe: "unsafe (safe mode)", duplicate_urls: "duplicate URL", near_duplicates: "near-duplicate",
+  watermarked: "watermarked", below_cutoff: "below the similarity cutoff",
+};
+
+function hiddenNote(counts) {
+  const parts = Object.entries(counts).filter(([, n]) => n > 0).map(([name, n]) => `${n} ${HIDDEN_LABELS[name] || name}`);
+  return parts.length ? ` (hidden: ${parts.join(", ")})` : "";
 }
 
 function minSimilarity() {
@@ -119,8 +141,7 @@ function render() {
   const grid = $("results");
   grid.replaceChildren();
   const start = state.page * pageSize();
-  const cutoff = minSimilarity();
-  const kept = state.results.filter((item) => item.similarity >= cutoff);
+  const { kept, hidden } = visible();
   const shown = kept.slice(start, start + pageSize());
   for (const item of shown) {
     const card = document.createElement("figure");
@@ -165,10 +186,24 @@ function render() {
   $("next").disabled = !more;
   $("page-info").textContent = shown.length ? `page ${state.page + 1}` : "";
   $("export-json").disabled = $("export-csv").disabled = kept.length === 0;
-  const hidden = state.results.length - kept.length;
-  const note = hidden ? ` (${hidden} below similarity ${cutoff} hidden)` : "";
+  const note = hiddenNote(hidden);
   setStatus(shown.length ? `${kept.length} results${note}` : `No results${note || " (try turning filters off)"}.`);
   applyDisplay();
+}
+
+// The results the page's own filters keep (cutoff, watermark), and what every filter hid.
+function visible() {
+  const cutoff = minSimilarity();
+  const hidden = { ...state.hidden, watermarked: 0, below_cutoff: 0 };
+  const kept = state.results.filter((item) => {
+    if ($("hide-watermarked").checked && typeof item.pwatermark === "number" && item.pwatermark > 0.5) {
+      hidden.watermarked += 1;
+      return false;
+    }
+    if (item.similarity < cutoff) { hidden.below_cutoff += 1; return false; }
+    return true;
+  });
+  return { kept, hidden };
 }
 
 function applyDisplay() {
@@ -191,7 +226,7 @@ function download(name, type, text) {
 
 function exportRows() {
   // img2dataset's column names first (URL, TEXT), then everything the service returned.
-  return state.results.filter((item) => item.similarity >= minSimilarity()).map(({ url, caption, ...rest }) => ({ URL: url, TEXT: caption, ...rest }));
+  return visible().kept.map(({ url, caption, ...rest }) => ({ URL: url, TEXT: caption, ...rest }));
 }
 
 function csvCell(value) {
@@ -271,6 +306,7 @@ for (const input of document.querySelectorAll("input[name=modality]")) {
   input.addEventListener("change", () => { if (queryFields()) search(0); });
 }
 $("min-similarity").addEventListener("change", () => { state.page = 0; render(); if (queryFields()) shareInUrl(queryFields()); });
+$("hide-watermarked").addEventListener("change", () => { state.page = 0; render(); });
 for (const id of ["show-images", "show-captions", "full-captions", "show-similarity"]) {
   $(id).addEventListener("change", applyDisplay);
 }

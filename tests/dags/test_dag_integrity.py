@@ -28,6 +28,7 @@ def test_dags_follow_the_conventions(dagbag):
     for dag_id, dag in dagbag.dags.items():
         assert "altlake" in dag.tags, dag_id
         assert dag.doc_md and len(dag.doc_md) > 100, f"{dag_id} needs a doc_md"
+        assert dag.description and len(dag.description) > 20, f"{dag_id} needs a description for the DAG list"
         for t in dag.tasks:
             assert t.retries >= 1, f"{dag_id}.{t.task_id} has no retries"
             assert t.owner and t.owner != "airflow", f"{dag_id}.{t.task_id} has no owner"
@@ -60,3 +61,28 @@ def test_params_form_rejects_a_bad_crawl_id(dagbag):
         params["crawl"] = "2024-10"
     with pytest.raises(ParamValidationError):
         params["backend"] = "yarn"
+
+
+def test_a_laptop_airflow_has_no_time_based_runs_but_keeps_the_asset_chain(monkeypatch):
+    """`altlake airflow` parses the DAGs with ALTLAKE_SCHEDULES=false: the monthly ingest would reach
+    for the internet, and a run nobody asked for must not start."""
+    import os
+    import subprocess
+    import sys
+
+    from altlake.config import Settings
+    from altlake_cli.airflow_cmd import airflow_env
+
+    env = airflow_env(Settings.from_env(), 8080, base=dict(os.environ))
+    assert env["ALTLAKE_SCHEDULES"] == "false" and env["AIRFLOW__API__HOST"] == "127.0.0.1"
+    assert env["AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION"] == "False"
+    assert airflow_env(Settings.from_env(), 8080, base=dict(os.environ), schedules=True)["ALTLAKE_SCHEDULES"] == "true"
+    probe = (
+        "from airflow.dag_processing.dagbag import DagBag; import sys; bag = DagBag(dag_folder=sys.argv[1]);"
+        "print('SCHEDULES', *(f'{i}={d.schedule}' for i, d in sorted(bag.dags.items())))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe, str(DAGS_DIR)], env=env, capture_output=True, text=True, timeout=300)
+    line = next((line for line in done.stdout.splitlines() if line.startswith("SCHEDULES ")), "")
+    schedules = dict(item.split("=", 1) for item in line.split()[1:])
+    assert schedules["cc_ingest"] == "None" and schedules["apply_takedowns"] == "None", done.stderr[-2000:]
+    assert "candidates" in schedules["score_candidates"] and "scores" in schedules["build_release"]

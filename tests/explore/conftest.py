@@ -135,7 +135,7 @@ def image_site(tmp_path_factory) -> Iterator[tuple[str, Path]]:
 @pytest.fixture(scope="session")
 def model_release(tmp_path_factory, image_site) -> Path:
     """48 generated scenes embedded with the demo CLIP (every third carries the unsafe proxy
-    marker and punsafe 0.9), in the worker layout, with a manifest naming the model, indexed."""
+    marker and punsafe 0.9, every fourth from row 1 pwatermark 0.9), in the worker layout, with a manifest naming the model, indexed."""
     from gpu_workers.demo_models import synthetic
     from gpu_workers.models import ModelSpec, load_models
     from explore.index import build_index
@@ -161,7 +161,7 @@ def model_release(tmp_path_factory, image_site) -> Path:
         "caption": captions,
         "similarity": np.einsum("ij,ij->i", img, txt).astype(np.float32),
         "punsafe": np.array([0.9 if s.unsafe_proxy else 0.05 for s in specs], np.float32),
-        "pwatermark": np.zeros(n, np.float32),
+        "pwatermark": np.array([0.9 if i % 4 == 1 else 0.02 for i in range(n)], np.float32),  # every fourth from 1: watermarked
         "sha256": [hashlib.sha256(b).hexdigest() for b in bodies],
         "width": np.full(n, 64, np.int32),
         "height": np.full(n, 64, np.int32),

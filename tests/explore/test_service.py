@@ -78,6 +78,9 @@ def test_safe_mode_hides_results_above_the_unsafe_threshold(client, release):
     assert any(r["punsafe"] > 0.5 for r in plain)
     assert safe and all(r["punsafe"] <= 0.5 for r in safe)
     assert [r["id"] for r in safe] == [r["id"] for r in plain if r["punsafe"] <= 0.5]
+    counted = knn(client, embedding_input=query, num_images=60, use_safety_model=True)
+    assert counted.headers["x-altlake-hidden"] == f"unsafe={sum(r['punsafe'] > 0.5 for r in plain)}"
+    assert "x-altlake-hidden" not in knn(client, embedding_input=query, num_images=60).headers
 
 
 def test_dedup_hides_near_duplicate_images_and_duplicate_urls(client, release):

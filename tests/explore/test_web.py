@@ -34,11 +34,16 @@ def page(site):
         browser.close()
 
 
-def api_ids(site: str, **body) -> list[int]:
+def api_results(site: str, **body) -> list[dict]:
+    """What the page's own request returns, asked of the API directly."""
     defaults = {"modality": "image", "num_images": 40, "num_result_ids": 120, "hide_duplicate_urls": True, "deduplicate": True}
     response = requests.post(f"{site}/knn-service", json={**defaults, **body}, timeout=60)
     response.raise_for_status()
-    return [r["id"] for r in response.json()]
+    return response.json()
+
+
+def api_ids(site: str, **body) -> list[int]:
+    return [r["id"] for r in api_results(site, **body)]
 
 
 def shown_ids(page) -> list[int]:
@@ -100,13 +105,24 @@ def test_shareable_queries_details_cutoff_similar_search_and_errors(page, site, 
     page.goto(page.url)  # the shared link runs the same search
     expect(page.locator("#results .result").first).to_be_visible()
     assert shown_ids(page) == first
+    unsafe = requests.post(f"{site}/knn-service", json={"text": "a red circle", "num_images": 40, "num_result_ids": 120,
+                           "use_safety_model": True, "hide_duplicate_urls": True, "deduplicate": True}, timeout=60)  # fmt: skip
+    hidden = dict(part.split("=") for part in unsafe.headers["x-altlake-hidden"].split(","))
+    expect(page.locator("#status")).to_contain_text(f"{hidden['unsafe']} unsafe (safe mode)")
 
-    sims = api_sims(site, text="a red circle", use_safety_model=True)
+    page.check("#hide-watermarked")
+    watermarked = [i for i in first if i % 4 == 1]
+    assert watermarked, "the query's results include watermarked pictures"
+    expect(page.locator("#results .result")).to_have_count(len(first) - len(watermarked))
+    expect(page.locator("#status")).to_contain_text(f"{len(watermarked)} watermarked")
+    page.uncheck("#hide-watermarked")
+
+    sims = [r["similarity"] for r in api_results(site, text="a red circle", use_safety_model=True)]
     cutoff = round(sorted(sims, reverse=True)[2], 3)  # keeps the best three
     page.fill("#min-similarity", str(cutoff))
     page.dispatch_event("#min-similarity", "change")
     expect(page.locator("#results .result")).to_have_count(sum(s >= cutoff for s in sims))
-    expect(page.locator("#status")).to_contain_text("hidden")
+    expect(page.locator("#status")).to_contain_text("below the similarity cutoff")
     page.fill("#min-similarity", "")
     page.dispatch_event("#min-similarity", "change")
 
@@ -128,10 +144,3 @@ def test_an_unreachable_image_shows_a_placeholder_that_says_so(page, site):
     expect(gone.locator("#results .placeholder").first).to_contain_text("image unavailable")
     expect(gone.locator("#results .result img")).to_have_count(0)
     gone.close()
-
-
-def api_sims(site: str, **body) -> list[float]:
-    defaults = {"modality": "image", "num_images": 40, "num_result_ids": 120, "hide_duplicate_urls": True, "deduplicate": True}
-    response = requests.post(f"{site}/knn-service", json={**defaults, **body}, timeout=60)
-    response.raise_for_status()
-    return [r["similarity"] for r in response.json()]
