@@ -52,6 +52,29 @@ DOWNLOAD_FAILURES = (
     "error",
 )
 SCORE_STATUSES = (STATUS_OK, *DOWNLOAD_FAILURES)
+# What each outcome means, for the release report and anyone reading `scores`.
+STATUS_MEANINGS = {
+    STATUS_OK: "downloaded, decoded and embedded",
+    "dns": "the host name did not resolve (retried in a later run)",
+    "connect": "no connection to the host (retried in a later run)",
+    "timeout": "no complete answer within the deadline (retried in a later run)",
+    "http_4xx": "the server answered 4xx, e.g. 404 not found",
+    "http_5xx": "the server answered 5xx (retried in a later run)",
+    "http_429": "the server asked us to slow down (retried in a later run)",
+    "too_large": "the body was over the byte limit",
+    "too_many_redirects": "more redirects than allowed",
+    "not_image": "the body is not an image (HTML, JSON, ...)",
+    "decode_error": "a damaged image, or one whose data does not cover its declared size",
+    "too_small": "under the minimum bytes or side length (icons, tracking pixels)",
+    "too_many_pixels": "over the pixel, side-length or aspect-ratio limit",
+    "unsupported_format": "an image format outside JPEG, PNG and WebP",
+    "opted_out": "the site opts out of AI use (X-Robots-Tag noai, ...)",
+    "robots_disallowed": "robots.txt disallows it for our user agent",
+    "blocked_address": "refused by the SSRF guard: not a public address, or not allow-listed (as the demo's internet URLs are)",
+    "invalid_url": "not an http(s) URL with a host",
+    "invalid_input": "a batch cell of the wrong type (the row was never downloaded)",
+    "error": "an unexpected failure, recorded with its reason (retried in a later run)",
+}
 
 # Failure classes worth another download attempt in a later scoring run (transient by nature).
 RETRYABLE_STATUSES = ("dns", "connect", "timeout", "http_5xx", "http_429", "error")

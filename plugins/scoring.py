@@ -68,8 +68,25 @@ def plan(settings: Settings, crawl: str | None, batch_size: int | None, max_batc
     ]
     batches = summary.pop("batches") + leftover
     counts = {**summary, "new_batches": len(new_ids), "resumed_batches": len(leftover)}
-    log.info("scoring plan: %s", counts)
+    log.info("%s", plan_summary_line(counts))
     return {"batches": batches, "counts": counts}
+
+
+def plan_summary_line(counts: dict) -> str:
+    """The plan task's last log line: what came in, what is queued, what was left out and why."""
+    line = (
+        f"Summary: {counts['candidates']} candidate(s): {counts['eligible']} queued in {counts['new_batches']} new "
+        f"batch(es) ({counts['unscored']} never scored, {counts['retryable']} to retry)"
+    )
+    if counts["resumed_batches"]:
+        line += f", {counts['resumed_batches']} batch(es) an interrupted run left are resumed"
+    if counts["not_retried"]:
+        line += f"; {counts['not_retried']} failed for good or out of retries (ALTLAKE_RETRY_LIMITS), not queued"
+    if counts["already_planned"]:
+        line += f"; {counts['already_planned']} already in a planned batch"
+    if not counts["eligible"] and not counts["resumed_batches"]:
+        line += "; nothing to score"
+    return line
 
 
 def merge(settings: Settings, batches: list[dict]) -> dict:
@@ -108,10 +125,22 @@ def merge(settings: Settings, batches: list[dict]) -> dict:
         "updated": sum(o["updated"] for o in merged),
         "per_status": dict(sorted(per_status.items())),
     }
-    log.info("merge: %s", summary)
+    log.info("%s", merge_summary_line(summary))
     if not merged:
         raise AirflowSkipException(f"no batch finished ({len(failed)} failed): the scores table is unchanged")
     return summary
+
+
+def merge_summary_line(summary: dict) -> str:
+    """The merge task's last log line: batches merged or failed, rows by outcome."""
+    statuses = ", ".join(f"{n} {status}" for status, n in summary["per_status"].items()) or "none"
+    line = (
+        f"Summary: {summary['merged_batches']} batch(es) merged into scores: {summary['rows']} row(s) "
+        f"({summary['inserted']} new, {summary['updated']} updated); outcomes: {statuses}"
+    )
+    if summary["failed_batches"]:
+        line += f"; {len(summary['failed_batches'])} batch(es) failed and will be planned again (see the check task)"
+    return line
 
 
 def check(settings: Settings, batches: list[dict]) -> dict:

@@ -59,34 +59,65 @@ def _bars(title: str, counts: dict[str, int], horizontal: bool = False) -> str:
     return _png(figure)
 
 
-def _table(rows: list[tuple[str, object]], header: tuple[str, str]) -> str:
+def _table(rows: list[tuple[str, object]], header: tuple[str, str] | None) -> str:
     body = "".join(f"<tr><td>{html.escape(str(a))}</td><td>{html.escape(str(b))}</td></tr>" for a, b in rows)
-    return f"<table><tr><th>{header[0]}</th><th>{header[1]}</th></tr>{body}</table>"
+    head = f"<tr><th>{header[0]}</th><th>{header[1]}</th></tr>" if header else ""
+    return f"<table>{head}{body}</table>"
+
+
+def _rounded(value: object) -> object:
+    """Thresholds and scores for people: three decimals, not float noise."""
+    return f"{value:.3f}" if isinstance(value, float) else value
+
+
+def _facts(manifest: dict) -> str:
+    """What a dataset engineer checks first: when, with which models, gates and index, and where the files are."""
+    models = manifest.get("models") or {}
+    rows = [("created", manifest.get("created_at", "?")), ("pairs", sum(manifest["counts"].values()))]
+    rows += [(f"model: {name}", ", ".join(ids) if isinstance(ids, list) else ids) for name, ids in models.items() if ids]
+    gates = [
+        (f"GX gate on {table}", f"{'passed' if gate.get('success') else 'FAILED'}: {gate.get('evaluated', '?')} expectations"
+         + (f", failed: {', '.join(map(str, gate['failed']))}" if gate.get("failed") else ""))
+        for table, gate in (manifest.get("gx") or {}).items()
+    ]  # fmt: skip
+    indices = [
+        (f"KNN index ({modality})", f"{index.get('kind')} ({index.get('factory')}), {index.get('rows')} rows, recall@10 {_rounded(float(index.get('recall_at_10', 0)))}")
+        for modality, index in ((manifest.get("index") or {}).get("indices") or {}).items()
+    ]  # fmt: skip
+    links = " · ".join(
+        f'<a href="{href}">{label}</a>'
+        for href, label in (("manifest.json", "manifest.json"), ("parquet/", "parquet/"), ("embeddings/", "embeddings/"), ("gx/", "GX Data Docs (gx/)"))
+    )  # fmt: skip
+    return _table(rows + gates + indices, None) + f"<p>Files: {links}</p>"
 
 
 def render_report(manifest: dict) -> str:
     """The report page for one release manifest."""
     import matplotlib
 
+    from altlake.schemas import STATUS_MEANINGS
+
     matplotlib.use("Agg")
     funnel = manifest["funnel"]
     steps = [(label, funnel[key]) for key, label in FUNNEL_STEPS]
+    statuses = [(f"{status}: {STATUS_MEANINGS.get(status, '')}", n) for status, n in manifest["statuses"].items()]
     sections = [
         f"<h1>altlake release {html.escape(manifest['release_id'])}</h1>",
+        _facts(manifest),
         "<h2>Funnel</h2>",
         _table(steps + [("near-duplicates marked (kept)", funnel["near_duplicates_marked"])], ("step", "rows")),
         _bars("funnel: candidates to pairs", dict(steps), horizontal=True),
         "<h2>Subsets</h2>",
         _table(list(manifest["counts"].items()), ("subset", "pairs")),
         "<h2>Thresholds</h2>",
-        _table(list(manifest["thresholds"].items()), ("filter", "value")),
+        _table([(name, _rounded(value)) for name, value in manifest["thresholds"].items()], ("filter", "value")),
         "<h2>Distributions</h2>",
         *(_histogram(name, manifest["histograms"][name]) for name in ("similarity", "punsafe", "pwatermark")),
         "<h2>Languages</h2>",
         _bars("pairs per language (top 20)", manifest["languages"]),
         "<h2>Download and scoring outcomes</h2>",
         _bars("scored candidates per status", manifest["statuses"]),
-        _table(list(manifest["statuses"].items()), ("status", "rows")),
+        _table(statuses, ("status: what it means", "rows")),
         "<h2>Sources</h2>",
         _table(list(manifest["sources"].items()), ("Delta table", "version")),
     ]

@@ -1,6 +1,6 @@
 from altlake.config import Settings
 from altlake.paths import LakePaths, join
-from altlake.schemas import CANDIDATES, SCORES, TABLES, WORKER_RESULTS
+from altlake.schemas import CANDIDATES, SCORE_STATUSES, SCORES, STATUS_MEANINGS, TABLES, WORKER_RESULTS
 
 
 def test_every_table_renders_to_spark_ddl_and_arrow_with_the_same_columns():
@@ -38,3 +38,8 @@ def test_readme_documents_every_setting():
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     missing = [f.name for f in fields(Settings) if f"ALTLAKE_{f.name.upper()}" not in readme]
     assert not missing, f"README's configuration reference lacks: {missing}"
+
+
+def test_every_score_status_has_a_meaning_for_people():
+    assert list(STATUS_MEANINGS) == list(SCORE_STATUSES)
+    assert all(len(meaning) > 10 for meaning in STATUS_MEANINGS.values())

@@ -68,3 +68,19 @@ def test_extract_task_ends_with_a_summary_a_person_can_read():
     assert "7 text_too_short" in fresh and "bad_extension" not in fresh and "nothing new" not in fresh
     again = extract_summary_line("CC-MAIN-2015-18", {"done": 0, "failed": 0, "skipped": 1, "new_candidates": 0, "rejected": {}})
     assert "1 skipped (already ingested" in again and again.endswith("nothing new to ingest")
+
+
+def test_scoring_tasks_end_with_summaries_a_person_can_read():
+    from plugins.scoring import merge_summary_line, plan_summary_line
+
+    counts = {"candidates": 44, "unscored": 40, "retryable": 2, "not_retried": 1, "already_planned": 0, "eligible": 42,
+              "new_batches": 1, "resumed_batches": 0}  # fmt: skip
+    plan = plan_summary_line(counts)
+    assert "44 candidate(s): 42 queued in 1 new batch(es) (40 never scored, 2 to retry)" in plan
+    assert "1 failed for good" in plan and "nothing to score" not in plan
+    idle = plan_summary_line({**counts, "unscored": 0, "retryable": 0, "eligible": 0, "new_batches": 0})
+    assert idle.endswith("nothing to score")
+    merged = merge_summary_line({"merged_batches": 2, "failed_batches": [{"batch_id": "b", "error": "x"}], "rows": 30,
+                                 "inserted": 28, "updated": 2, "per_status": {"blocked_address": 10, "ok": 20}})  # fmt: skip
+    assert "2 batch(es) merged into scores: 30 row(s) (28 new, 2 updated); outcomes: 10 blocked_address, 20 ok" in merged
+    assert "1 batch(es) failed" in merged

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from altlake.config import Settings
+from altlake.schemas import STATUS_MEANINGS
 from altlake_cli.main import main as altlake_main
 from explore.index import IndexRecordedError, build_index, index_staged_release
 from explore.release import open_release
@@ -149,6 +150,12 @@ def test_release_files_manifest_report_and_releases_row(built):
     assert report.count("data:image/png;base64,") == 6
     for step in ("candidates", "scored", "ok", "above_threshold", "after_exact_dedup", "after_takedowns"):
         assert f"<td>{manifest['funnel'][step]}</td>" in report
+    assert f"<td>created</td><td>{manifest['created_at']}</td>" in report
+    assert "<td>GX gate on pairs</td><td>passed: " in report and 'href="gx/"' in report and 'href="manifest.json"' in report
+    assert "<td>model: clip_model</td><td>ViT-B-32/laion2b</td>" in report
+    assert "<td>en</td><td>0.280</td>" in report  # thresholds rounded for people
+    for status in manifest["statuses"]:
+        assert f"{status}: {STATUS_MEANINGS[status]}" in report
 
     (row,) = read_table(spark, settings, "releases").collect()
     text = open(os.path.join(release, "manifest.json"), "rb").read()
