@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import re
 
+from altlake.schemas import STATUS_MEANINGS
 from spark_jobs.report import FUNNEL_STEPS, main, render_report
 
 
@@ -33,7 +34,8 @@ def test_report_embeds_the_plots_and_the_funnel(tmp_path):
     for key, label in FUNNEL_STEPS:
         assert f"<td>{label}</td><td>{manifest['funnel'][key]}</td>" in page
     assert f"<td>{manifest['funnel']['near_duplicates_marked']}</td>" in page
-    assert "<td>timeout</td><td>1200</td>" in page
+    assert f"<td>timeout: {STATUS_MEANINGS['timeout']}</td><td>1200</td>" in page  # each status says what it means
+    assert "<td>en</td><td>0.280</td>" in page and "<td>pairs</td><td>1688</td>" in page
 
     path = tmp_path / "manifest.json"
     path.write_text(__import__("json").dumps(manifest))
