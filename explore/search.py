@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -161,8 +162,6 @@ def load_image(body: bytes, max_pixels: int, side: int):
     allows it and resized to `side`, so CLIP's own preprocessing never enlarges a strip of
     200,000 x 1 pixels into gigabytes.
     """
-    import dataclasses
-
     from gpu_workers.images import ImageConfig, ImageRejected, decode, read_header
 
     limits = ImageConfig(min_bytes=1, max_pixels=max_pixels, size=None, resize_mode="no", encode_format=None)

@@ -269,7 +269,7 @@ def create_app(explorers: list[Explorer], config: ServiceConfig | None = None, s
     app.mount("/web", StaticFiles(directory=WEB_DIR), name="web")
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
     app.add_middleware(ProtocolJson, paths=("/knn-service", "/metadata"), trusted_origins=config.cors_origins)
-    if config.cors_origins:  # outermost, so its preflight answers come before anything else
+    if config.cors_origins:  # outside ProtocolJson and BodyLimit: preflight requests are answered before either
         app.add_middleware(
             CORSMiddleware, allow_origins=list(config.cors_origins), allow_methods=["GET", "POST"],
             allow_headers=["Content-Type"], expose_headers=[HIDDEN_HEADER],
@@ -466,6 +466,6 @@ def app_from_args(args: argparse.Namespace) -> FastAPI:
         search=SearchOptions(unsafe_threshold=args.unsafe_threshold, near_duplicate_cosine=args.near_duplicate_cosine),
         models=ModelOverrides(clip_checkpoint=args.clip_checkpoint, multilingual_checkpoint=args.multilingual_checkpoint, device=args.device),
         search_threads=args.search_threads,
-        cors_origins=tuple(getattr(args, "cors_origin", ())),
+        cors_origins=tuple(args.cors_origin),
     )
     return create_app(load_explorers(args.release, config), config)

@@ -4,8 +4,8 @@ LAION's rules: drop bodies under a minimum size, refuse more than 89,478,484 pix
 pixel is decoded (header only), accept JPEG / PNG / WebP. The header must also pass side limits
 (a minimum side drops tracking pixels and icons, a maximum side and aspect ratio drop 200,000 x 1
 strips whose later resizes would cost gigabytes), and a JPEG whose data ends before the frame its
-header declares is refused rather than recorded at the claimed size over grey fill. Resizing follows img2dataset's modes so
-shards are interchangeable with theirs; output sizes always come from the original dimensions, so
+header declares is refused rather than recorded at the claimed size over grey fill. Resizing
+follows img2dataset's modes so shards are interchangeable with theirs; output sizes always come from the original dimensions, so
 every decoder (this one, the batched one in gpu_workers.batch_decode) yields the same geometry.
 
 Decoding is the worker's biggest CPU cost, so ordinary JPEGs (YCbCr or greyscale, i.e. nearly all
@@ -30,9 +30,6 @@ RESIZE_MODES = ("border", "keep_ratio", "center_crop", "no")
 REJECT_STATUSES = ("too_small", "too_many_pixels", "unsupported_format", "decode_error", "not_image")
 JPEG_SOI = b"\xff\xd8\xff"
 JPEG_SOS = b"\xff\xda"  # start of scan: the entropy-coded data follows
-DEFAULT_MIN_SIDE = 10
-DEFAULT_MAX_SIDE = 30_000
-DEFAULT_MAX_ASPECT_RATIO = 20.0
 # JPEG colour spaces decoded outside Pillow; Adobe CMYK / YCCK need Pillow's inversion handling.
 FAST_JPEG_COLORSPACES = ("YCbCr", "Gray")
 
@@ -54,9 +51,9 @@ class ImageRejected(ValueError):
 class ImageConfig:
     min_bytes: int = 5_000  # LAION-400M/5B dropped images under 5 KB
     max_pixels: int = LAION_MAX_PIXELS
-    min_side: int = DEFAULT_MIN_SIDE  # shorter side, pixels: tracking pixels and icons are not pictures
-    max_side: int = DEFAULT_MAX_SIDE  # longer side, pixels
-    max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO  # longer side / shorter side
+    min_side: int = 10  # shorter side, pixels: tracking pixels and icons are not pictures
+    max_side: int = 30_000  # longer side, pixels
+    max_aspect_ratio: float = 20.0  # longer side / shorter side
     formats: tuple[str, ...] = ("JPEG", "PNG", "WEBP")  # Pillow format names
     resize_mode: str = "border"  # border | keep_ratio | center_crop | no (img2dataset semantics)
     size: int | None = 256  # storage size; None keeps the original pixels

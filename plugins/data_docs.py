@@ -18,18 +18,11 @@ from fastapi.responses import FileResponse, HTMLResponse
 
 from altlake.config import Settings
 from altlake.paths import LakePaths
-
-URL_PREFIX = "/altlake"
-DOCS_ROUTE = "gx"
+from plugins.defaults import DATA_DOCS_PREFIX, DATA_DOCS_ROUTE
 
 
 def docs_root(settings: Settings) -> str:
     return LakePaths(settings.lake_dir).gx_docs("")
-
-
-def docs_url(base_url: str, run_id: str) -> str:
-    """Where a run's Data Docs open in the Airflow UI."""
-    return f"{base_url.rstrip('/')}{URL_PREFIX}/{DOCS_ROUTE}/{run_id}/index.html"
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -41,7 +34,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise HTTPException(404, f"this lake's Data Docs are in {location}; open them there")
         return Path(location).resolve()
 
-    @app.get(f"/{DOCS_ROUTE}/", response_class=HTMLResponse)
+    @app.get(f"/{DATA_DOCS_ROUTE}/", response_class=HTMLResponse)
     def runs(_: GetUserDep) -> str:
         """Every gate run's Data Docs, newest first."""
         folder = root()
@@ -50,7 +43,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         body = f"<ul>{items}</ul>" if items else "<p>No GX gate has run on this lake yet.</p>"
         return f"<!doctype html><title>GX Data Docs</title><h1>GX Data Docs</h1><p>{html.escape(str(folder))}</p>{body}"
 
-    @app.get(f"/{DOCS_ROUTE}/{{path:path}}")
+    @app.get(f"/{DATA_DOCS_ROUTE}/{{path:path}}")
     def page(path: str, _: GetUserDep) -> FileResponse:
         folder = root()
         target = (folder / path).resolve()
@@ -63,5 +56,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 class AltlakeDataDocs(AirflowPlugin):
     name = "altlake_data_docs"
-    fastapi_apps = [{"app": create_app(), "url_prefix": URL_PREFIX, "name": "altlake GX Data Docs"}]
-    external_views = [{"name": "GX Data Docs", "href": f"{URL_PREFIX.lstrip('/')}/{DOCS_ROUTE}/", "destination": "nav", "url_route": "gx-data-docs"}]
+    fastapi_apps = [{"app": create_app(), "url_prefix": DATA_DOCS_PREFIX, "name": "altlake GX Data Docs"}]
+    external_views = [{"name": "GX Data Docs", "href": f"{DATA_DOCS_PREFIX.lstrip('/')}/{DATA_DOCS_ROUTE}/", "destination": "nav", "url_route": "gx-data-docs"}]

@@ -15,6 +15,16 @@ SCORING_POOL = "scoring"
 SCORING_POOL_SLOTS = 2
 SCORING_POOL_DESCRIPTION = "altlake scoring workers (one batch per slot)"
 
+# Where the API server shows the GX Data Docs (plugins/data_docs.py): <airflow>/altlake/gx/<run id>/.
+DATA_DOCS_PREFIX = "/altlake"
+DATA_DOCS_ROUTE = "gx"
+
+
+def data_docs_url(base_url: str, run_id: str) -> str:
+    """Where a run's Data Docs open in the Airflow UI."""
+    return f"{base_url.rstrip('/')}{DATA_DOCS_PREFIX}/{DATA_DOCS_ROUTE}/{run_id}/index.html"
+
+
 DEFAULT_ARGS = {
     "owner": "altlake-data-eng",
     "retries": 2,

@@ -14,7 +14,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from altlake.config import Settings
 from altlake.schemas import CANDIDATES, FILE_DONE, FILE_FAILED
 from plugins.crawls import CRAWL_ID, newest_crawl
-from plugins.data_docs import docs_url
+from plugins.defaults import data_docs_url
 from plugins.spark import run_extract_job, run_quality_job
 from spark_jobs.quality import QualityGateError
 
@@ -96,5 +96,5 @@ def validate_candidates(settings: Settings, crawl: str, run_id: str, context=Non
     except QualityGateError as error:
         raise AirflowFailException(f"quality gate failed for crawl {crawl}: {error}") from error
     log.info("Summary: the GX gate on %s rows of crawl %s passed; Data Docs: %s (files: %s)",
-             report.get("n_rows"), crawl, docs_url(conf.get("api", "base_url", fallback=""), run_id), report.get("docs_dir"))  # fmt: skip
+             report.get("n_rows"), crawl, data_docs_url(conf.get("api", "base_url", fallback=""), run_id), report.get("docs_dir"))  # fmt: skip
     return report

@@ -145,8 +145,8 @@ def test_programs_the_page_itself_and_listed_front_ends_are_served(release):
 
 def test_health_and_embedding_queries_answer_while_48_slow_image_queries_are_in_flight(release):
     images = ImageServer().start()
-    app = create_app(load_explorers([str(release)], ServiceConfig(allow_hosts=("127.0.0.1",)), Settings.from_env()),
-                     ServiceConfig(allow_hosts=("127.0.0.1",)))  # fmt: skip
+    config = ServiceConfig(allow_hosts=("127.0.0.1",))
+    app = create_app(load_explorers([str(release)], config, Settings.from_env()), config)
     finished: list[str] = []
     lock = threading.Lock()
 

@@ -9,7 +9,8 @@ import time
 from airflow.api_fastapi.core_api.security import get_user
 from fastapi.testclient import TestClient
 
-from plugins.data_docs import create_app, docs_url
+from plugins.data_docs import create_app
+from plugins.defaults import data_docs_url
 
 
 def _client(settings, logged_in: bool = True) -> TestClient:
@@ -32,7 +33,7 @@ def test_runs_are_listed_newest_first_and_pages_served(settings, tmp_path):
     assert client.get("/gx/../../etc/passwd").status_code == 404
     assert client.get("/gx/%2e%2e/%2e%2e/etc/passwd").status_code == 404
     assert client.get("/gx/manual__none/index.html").status_code == 404
-    assert docs_url("http://localhost:8080/", "manual__new") == "http://localhost:8080/altlake/gx/manual__new/index.html"
+    assert data_docs_url("http://localhost:8080/", "manual__new") == "http://localhost:8080/altlake/gx/manual__new/index.html"
 
 
 def test_nothing_without_a_login(settings):
