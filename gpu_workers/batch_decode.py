@@ -33,6 +33,7 @@ from gpu_workers.images import (
     read_header,
     scaled_size,
 )
+from gpu_workers.stage_clock import NO_CLOCK, StageClock
 
 DECODE_CHOICES = ("auto", "cpu", "gpu")
 # Decoded pixels per decode_jpeg call: bounds device memory whatever the batch holds (a batch of
@@ -59,24 +60,30 @@ class BatchDecoder:
     def __init__(self, config: ImageConfig, device: torch.device | str, max_batch_pixels: int = MAX_BATCH_PIXELS):
         self.config, self.device, self.max_batch_pixels = config, torch.device(device), max_batch_pixels
 
-    def decode(self, bodies: list[bytes]) -> list[Outcome]:
+    def decode(self, bodies: list[bytes], clock: StageClock = NO_CLOCK) -> list[Outcome]:
         outcomes: list[Outcome | None] = [None] * len(bodies)
         plain: list[tuple[int, Header]] = []
         for i, body in enumerate(bodies):
             try:
-                header = read_header(body, self.config)
+                with clock.stage("check"):
+                    header = read_header(body, self.config)
             except ImageRejected as rejected:
                 outcomes[i] = rejected
                 continue
             if header.plain_jpeg:
                 plain.append((i, header))
             else:
-                outcomes[i] = _decode_on_cpu(body, self.config)
+                outcomes[i] = _decode_on_cpu(body, self.config, clock)
         for chunk in self._chunks(plain):
-            images = self._decode_and_resize([bodies[i] for i, _ in chunk], [header for _, header in chunk])
+            with clock.stage("decode"):
+                images = self._decode_and_resize([bodies[i] for i, _ in chunk], [header for _, header in chunk])
             for (i, header), image in zip(chunk, images):
                 # None: the batch decoder refused this stream; the CPU path decodes it or names the failure.
-                outcomes[i] = _decode_on_cpu(bodies[i], self.config) if image is None else finish(bodies[i], header, image, self.config)
+                if image is None:
+                    outcomes[i] = _decode_on_cpu(bodies[i], self.config, clock)
+                else:
+                    with clock.stage("hash"):
+                        outcomes[i] = finish(bodies[i], header, image, self.config)
         assert all(outcome is not None for outcome in outcomes)
         return outcomes  # type: ignore[return-value]
 
@@ -156,8 +163,8 @@ def _to_pil(tensors: list[torch.Tensor], slots: list[torch.Tensor | None]) -> li
     return images
 
 
-def _decode_on_cpu(body: bytes, config: ImageConfig) -> Outcome:
+def _decode_on_cpu(body: bytes, config: ImageConfig, clock: StageClock = NO_CLOCK) -> Outcome:
     try:
-        return decode(body, config)
+        return decode(body, config, clock)
     except ImageRejected as rejected:
         return rejected

@@ -47,6 +47,7 @@ from gpu_workers.safety import (
     parse_robots,
     x_robots_opt_out,
 )
+from gpu_workers.stage_clock import NO_CLOCK, StageClock
 
 REDIRECT_CODES = frozenset({301, 302, 303, 307, 308})
 # Failure classes worth another attempt within the same run (after backoff / Retry-After). Timeouts
@@ -103,16 +104,19 @@ class FetchResult:
     retry_after_s: float | None = field(default=None, repr=False)  # the server's wish, for backoff
 
 
-def download(items: Iterable[tuple[str, str]], config: DownloadConfig, max_in_flight: int = 512) -> Iterator[FetchResult]:
+def download(
+    items: Iterable[tuple[str, str]], config: DownloadConfig, max_in_flight: int = 512, clock: StageClock = NO_CLOCK
+) -> Iterator[FetchResult]:
     """Fetch every (key, url); yield one FetchResult per input, in completion order.
 
     Inputs are pulled lazily: after k results were consumed, at most k + max_in_flight inputs
     have been taken from `items`. Closing the generator early cancels what is still running.
+    The download thread's CPU (HTTP, robots.txt, X-Robots-Tag, the address guard) goes to `clock`.
     """
     if max_in_flight < 1:
         raise ValueError("max_in_flight must be at least 1")
     inputs = iter(items)
-    with _LoopThread(config) as fetcher:
+    with _LoopThread(config, clock) as fetcher:
         in_flight, exhausted = 0, False
         while True:
             while in_flight < max_in_flight and not exhausted:
@@ -133,8 +137,8 @@ def download(items: Iterable[tuple[str, str]], config: DownloadConfig, max_in_fl
 class _LoopThread:
     """An asyncio loop in a daemon thread that owns the Fetcher; results come back on a queue."""
 
-    def __init__(self, config: DownloadConfig) -> None:
-        self.config = config
+    def __init__(self, config: DownloadConfig, clock: StageClock = NO_CLOCK) -> None:
+        self.config, self.clock = config, clock
         self.results: queue.SimpleQueue[FetchResult] = queue.SimpleQueue()
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="altlake-download", daemon=True)
@@ -171,6 +175,7 @@ class _LoopThread:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._fetcher is not None:
             await self._fetcher.close()
+        self.clock.add("download", time.thread_time())  # this thread did nothing else since it started
 
     def __exit__(self, *exc) -> None:
         asyncio.run_coroutine_threadsafe(self._close(), self._loop).result()
@@ -190,8 +195,8 @@ class _Failure(Exception):
 class Fetcher:
     """Async fetching with the shared session, host limits and robots cache (lives on one loop)."""
 
-    def __init__(self, config: DownloadConfig) -> None:
-        self.config = config
+    def __init__(self, config: DownloadConfig, clock: StageClock = NO_CLOCK) -> None:
+        self.config, self.clock = config, clock
         self.policy = AddressPolicy.from_allow_list(config.allow_hosts)
         connector = aiohttp.TCPConnector(
             limit=config.concurrency,

@@ -25,6 +25,8 @@ import numpy as np
 import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
+from gpu_workers.stage_clock import NO_CLOCK, StageClock
+
 LAION_MAX_PIXELS = 89_478_484
 RESIZE_MODES = ("border", "keep_ratio", "center_crop", "no")
 REJECT_STATUSES = ("too_small", "too_many_pixels", "unsupported_format", "decode_error", "not_image")
@@ -97,18 +99,21 @@ class DecodedImage:
     stored_bytes: bytes | None  # `image` encoded per ImageConfig.encode_format, for shards
 
 
-def decode(body: bytes, config: ImageConfig) -> DecodedImage:
+def decode(body: bytes, config: ImageConfig, clock: StageClock = NO_CLOCK) -> DecodedImage:
     """Validate and decode one downloaded body; raise ImageRejected with a reason otherwise."""
-    header = read_header(body, config)
-    target = target_size(header, config)
-    pixels = decode_plain_jpeg(body, header, target) if header.plain_jpeg else None
-    if pixels is not None:
-        image = Image.fromarray(pixels)
-    else:  # everything else, and any JPEG libjpeg-turbo refused: Pillow decodes or names the failure
-        image = _decode_with_pillow(body, header, target, config)
-    if config.size is not None and config.resize_mode != "no":
-        image = resize(image, config.size, config.resize_mode, original_size=(header.width, header.height))
-    return finish(body, header, image, config)
+    with clock.stage("check"):
+        header = read_header(body, config)
+        target = target_size(header, config)
+    with clock.stage("decode"):
+        pixels = decode_plain_jpeg(body, header, target) if header.plain_jpeg else None
+        if pixels is not None:
+            image = Image.fromarray(pixels)
+        else:  # everything else, and any JPEG libjpeg-turbo refused: Pillow decodes or names the failure
+            image = _decode_with_pillow(body, header, target, config)
+        if config.size is not None and config.resize_mode != "no":
+            image = resize(image, config.size, config.resize_mode, original_size=(header.width, header.height))
+    with clock.stage("hash"):
+        return finish(body, header, image, config)
 
 
 def finish(body: bytes, header: Header, image: Image.Image, config: ImageConfig) -> DecodedImage:

@@ -40,6 +40,7 @@ from gpu_workers.downloader import DownloadConfig, FetchResult, download
 from gpu_workers.images import DecodedImage, ImageConfig, ImageRejected, decode
 from gpu_workers.models import DEMO, Models, ModelSpec, load_models, similarity
 from gpu_workers.reader import BatchInputError, InputRow, read_batch
+from gpu_workers.stage_clock import NO_CLOCK, StageClock
 from gpu_workers.writer import (
     RESULTS_FILE,
     TIMING_COLUMNS,
@@ -100,6 +101,7 @@ def score_rows(
     image_config: ImageConfig,
     pipeline: PipelineConfig,
     batch_id: str,
+    clock: StageClock = NO_CLOCK,
 ) -> Iterator[Scored]:
     """Score rows lazily; yields one Scored per input row, in completion order.
 
@@ -124,9 +126,9 @@ def score_rows(
             fetch = FetchResult(key=row.uid, url=row.url, status="invalid_input")
             yield Scored(_failure(row, batch_id, fetch, "invalid_input", row.problem), "read")
 
-    stages = _Stages(models, image_config, pipeline, batch_id)
+    stages = _Stages(models, image_config, pipeline, batch_id, clock)
     with stages:
-        for fetch in download(items(), download_config, pipeline.max_in_flight):
+        for fetch in download(items(), download_config, pipeline.max_in_flight, clock):
             yield from refused()
             row = waiting.pop(fetch.key)
             if fetch.status != STATUS_OK:
@@ -144,8 +146,9 @@ class _Stages:
     with GPU decoding (one batched nvJPEG call per group).
     """
 
-    def __init__(self, models: Models, image_config: ImageConfig, pipeline: PipelineConfig, batch_id: str):
+    def __init__(self, models: Models, image_config: ImageConfig, pipeline: PipelineConfig, batch_id: str, clock: StageClock):
         self.models, self.image_config, self.pipeline, self.batch_id = models, image_config, pipeline, batch_id
+        self.clock = clock
         batched = uses_batch_decoder(pipeline.decode, models.device)
         self.batch_decoder = BatchDecoder(image_config, models.device) if batched else None
         self.group_size = pipeline.batch_size if batched else 1
@@ -194,13 +197,14 @@ class _Stages:
     def _decode(self, bodies: list[bytes]) -> list[tuple[DecodedImage, object] | Exception]:
         """Runs in the decode pool: check, decode, resize, and CLIP's own preprocessing; one outcome per body."""
         if self.batch_decoder is not None:
-            decoded: list[DecodedImage | Exception] = list(self.batch_decoder.decode(bodies))
+            decoded: list[DecodedImage | Exception] = list(self.batch_decoder.decode(bodies, self.clock))
         else:
-            decoded = [_attempt(decode, body, self.image_config) for body in bodies]
+            decoded = [_attempt(decode, body, self.image_config, self.clock) for body in bodies]
         return [outcome if isinstance(outcome, Exception) else _attempt(self._with_pixels, outcome) for outcome in decoded]
 
     def _with_pixels(self, decoded: DecodedImage) -> tuple[DecodedImage, object]:
-        return decoded, self.models.preprocess([decoded.image])
+        with self.clock.stage("preprocess"):
+            return decoded, self.models.preprocess([decoded.image])
 
     def _collect(self, block: bool, drain: bool = False) -> list[Scored]:
         """Move finished decodes on to inference; wait for the oldest group when over the bound."""
@@ -243,21 +247,38 @@ class _Stages:
         """
         import torch
 
-        models, n, size = self.models, len(batch), self.pipeline.batch_size
+        models, n, size, clock = self.models, len(batch), self.pipeline.batch_size, self.clock
         pad = size - n
-        pixels = torch.cat([p for _, _, _, p in batch])
-        pixels = torch.cat([pixels, pixels.new_zeros((pad, *pixels.shape[1:]))])
-        if models.device.type == "cuda":
-            pixels = pixels.pin_memory()  # per-image tensors come from the decode threads
-        images = [decoded.image for _, _, decoded, _ in batch]
-        images += [Image.new("RGB", images[0].size, (255, 255, 255))] * pad
-        img = models.embed_images(pixels).astype(np.float16)
-        txt = self._embed_texts([r.text for r, _, _, _ in batch], [r.language for r, _, _, _ in batch]).astype(np.float16)
-        # Scores come from the stored float16 vectors, so anyone can recompute them from the release.
-        img32, txt32 = img.astype(np.float32), txt.astype(np.float32)
-        sims = similarity(img32[:n], txt32)
-        punsafe = models.punsafe(img32)
-        pwatermark = models.pwatermark(images)
+        with clock.stage("rows"):
+            pixels = torch.cat([p for _, _, _, p in batch])
+            pixels = torch.cat([pixels, pixels.new_zeros((pad, *pixels.shape[1:]))])
+            if models.device.type == "cuda":
+                pixels = pixels.pin_memory()  # per-image tensors come from the decode threads
+            images = [decoded.image for _, _, decoded, _ in batch]
+            images += [Image.new("RGB", images[0].size, (255, 255, 255))] * pad
+        with clock.stage("model"):
+            img = models.embed_images(pixels).astype(np.float16)
+            txt = self._embed_texts([r.text for r, _, _, _ in batch], [r.language for r, _, _, _ in batch]).astype(np.float16)
+            # Scores come from the stored float16 vectors, so anyone can recompute them from the release.
+            img32, txt32 = img.astype(np.float32), txt.astype(np.float32)
+            sims = similarity(img32[:n], txt32)
+        with clock.stage("heads"):
+            punsafe = models.punsafe(img32)
+            pwatermark = models.pwatermark(images)
+        with clock.stage("rows"):
+            return self._rows(batch, sims, punsafe, pwatermark, img, txt)
+
+    def _rows(
+        self,
+        batch: list[tuple[InputRow, FetchResult, DecodedImage, object]],
+        sims: np.ndarray,
+        punsafe: np.ndarray | None,
+        pwatermark: np.ndarray | None,
+        img: np.ndarray,
+        txt: np.ndarray,
+    ) -> list[Scored]:
+        """The results rows of one embedded batch."""
+        models = self.models
         scored = []
         for i, (row, fetch, decoded, _) in enumerate(batch):
             result = _result(row, self.batch_id, fetch, STATUS_OK, None)
@@ -354,6 +375,8 @@ def score_batch(
     if not pipeline.webdataset:
         images = dataclasses.replace(images, encode_format=None)  # nothing will store the pixels
     loaded = time.perf_counter()
+    clock = StageClock()
+    clock.start()
 
     results: list[dict] = []
     finished: Counter[tuple[str, str]] = Counter()  # (stage, status) -> rows
@@ -361,7 +384,7 @@ def score_batch(
     spool = ImageSpool() if pipeline.webdataset else None
     bar = tqdm(total=len(batch.rows), desc=f"score {batch.batch_id}", unit="row", file=sys.stderr, disable=not progress)
     try:
-        for scored in score_rows(batch.rows, models, download, images, pipeline, batch.batch_id):
+        for scored in score_rows(batch.rows, models, download, images, pipeline, batch.batch_id, clock):
             results.append(scored.row)
             finished[scored.stage, scored.row["status"]] += 1
             if scored.row["status"] == STATUS_OK:
@@ -371,7 +394,9 @@ def score_batch(
             bar.update()
         bar.close()
         scored_s = time.perf_counter() - loaded
-        shards = _write_outputs(out, batch.rows, results, embeddings, models.embed_dim, spool, images.encode_format, pipeline)
+        with clock.stage("write"):
+            shards = _write_outputs(out, batch.rows, results, embeddings, models.embed_dim, spool, images.encode_format, pipeline)
+        clock.stop()
     finally:
         bar.close()
         if spool is not None:
@@ -402,6 +427,8 @@ def score_batch(
             "write": round(wall_s - scored_s - (loaded - started), 3),
         },
         "wall_s": round(wall_s, 3),
+        # Where the CPU went, per ok image: what sizes the CPUs a GPU needs (bench/clip reads it).
+        "cpu_ms_per_image": clock.ms_per_image(statuses[STATUS_OK]),
         "images_per_s": round(statuses[STATUS_OK] / scored_s, 2) if scored_s else 0.0,
         "rows_per_s": round(len(results) / scored_s, 2) if scored_s else 0.0,
     }

@@ -1,8 +1,8 @@
 """Runs inside clip-retrieval's own venv (not ours): embed a folder with `clip_inference`, timed.
 
-The bench passes the demo model's open_clip config, BPE vocabulary and checkpoint; this script
-registers the architecture with open_clip under the same name our worker uses, so both tools run
-the identical model. Writes {"wall_s": ..., "images": ...} to --result (its stdout is chatty).
+The bench passes the checkpoint both tools load and, for the demo model, its open_clip config and
+BPE vocabulary; this script registers that architecture with open_clip under the same name our
+worker uses, so both tools run the identical model. Writes {"wall_s": ..., "images": ...} to --result (its stdout is chatty).
 """
 
 import argparse
@@ -23,20 +23,21 @@ def main() -> None:
     parser.add_argument("--output", required=True)
     parser.add_argument("--result", required=True)
     parser.add_argument("--model-name", required=True)
-    parser.add_argument("--model-config", required=True)
-    parser.add_argument("--bpe", required=True)
+    parser.add_argument("--model-config", help="an architecture open_clip does not know (the demo model's)")
+    parser.add_argument("--bpe", help="that architecture's BPE vocabulary")
     parser.add_argument("--checkpoint", required=True)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
 
-    with open(args.model_config) as f:
-        config = json.load(f)
-    config["text_cfg"]["tokenizer_kwargs"] = {"bpe_path": args.bpe}  # get_tokenizer() reads it from the config
-    folder = tempfile.mkdtemp()
-    with open(os.path.join(folder, f"{args.model_name}.json"), "w") as f:
-        json.dump(config, f)
-    open_clip.add_model_config(folder)
+    if args.model_config:
+        with open(args.model_config) as f:
+            config = json.load(f)
+        config["text_cfg"]["tokenizer_kwargs"] = {"bpe_path": args.bpe}  # get_tokenizer() reads it from the config
+        folder = tempfile.mkdtemp()
+        with open(os.path.join(folder, f"{args.model_name}.json"), "w") as f:
+            json.dump(config, f)
+        open_clip.add_model_config(folder)
 
     started = time.perf_counter()
     clip_inference(

@@ -38,6 +38,7 @@ from gpu_workers.downloader import DownloadConfig
 from gpu_workers.images import ImageConfig
 from gpu_workers.models import ModelSpec, load_models
 from gpu_workers.reader import InputRow
+from gpu_workers.stage_clock import STAGES
 from gpu_workers.worker import PipelineConfig, configure, score_batch, score_rows
 from gpu_workers.writer import IMG_EMB_FILE, METADATA_FILE, RESULTS_FILE, SUCCESS_FILE, TEXT_EMB_FILE, TIMING_COLUMNS
 
@@ -152,6 +153,11 @@ def test_mixed_batch_every_uid_once_with_its_status_and_aligned_embeddings(tmp_p
     assert summary["stages"]["download"]["dropped"]["http_4xx"] == 1
     assert summary["stages"]["decode"]["dropped"]["decode_error"] == 1
     assert json.loads((out / SUCCESS_FILE).read_text())["statuses"] == counts
+    # Where the CPU went, per ok image: every stage the batch went through took some, none more than the process.
+    cpu = summary["cpu_ms_per_image"]
+    assert set(cpu) == {*STAGES, "other", "total"}
+    assert all(cpu[stage] > 0 for stage in ("download", "check", "decode", "hash", "preprocess", "model", "heads", "write"))
+    assert sum(cpu[stage] for stage in STAGES) <= cpu["total"] + 1e-3
 
     # Embeddings: one unit-norm float16 row per ok row, in metadata order.
     ok = [r for r in results.to_pylist() if r["status"] == STATUS_OK]

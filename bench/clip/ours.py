@@ -1,0 +1,57 @@
+"""One benchmark run of altlake's side: the whole scoring worker on one batch, as its own process.
+
+Runs as `python -m bench.clip.ours` so the parent measures its CPU exactly as it measures
+clip-retrieval's (imports and model load included on both sides). The worker downloads every image
+from the bench's image server with robots.txt, X-Robots-Tag and the SSRF guard on (127.0.0.1
+allow-listed), checks, decodes, resizes, embeds, tags and writes; its _SUCCESS summary (with the
+per-stage CPU breakdown) is copied to --summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+from altlake.config import Settings
+from gpu_workers.downloader import DownloadConfig
+from gpu_workers.images import ImageConfig
+from gpu_workers.models import ModelSpec
+from gpu_workers.worker import PipelineConfig, score_batch
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--input", required=True)
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--summary", required=True)
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--checkpoint", help="open_clip state dict (default: the model's demo/random weights)")
+    parser.add_argument("--nsfw", help="NSFW head file, or 'demo'; none: no NSFW head")
+    parser.add_argument("--watermark", help="watermark model file, or 'demo'; none: no watermark head")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--decode", default="auto")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--decode-workers", type=int, default=len(os.sched_getaffinity(0)))
+    args = parser.parse_args(argv)
+
+    spec = ModelSpec(
+        clip_model=args.model, checkpoint=args.checkpoint, multilingual_text_model=None,
+        nsfw_head=args.nsfw, watermark_head=args.watermark, device=args.device,
+    )  # fmt: skip
+    summary = score_batch(
+        args.input, args.output, spec,
+        # One loopback server stands for the many hosts of a real batch: no per-host politeness cap
+        # (img2dataset has none either); robots.txt, X-Robots-Tag and the SSRF guard stay on.
+        DownloadConfig.from_settings(Settings.from_env(), allow_hosts=("127.0.0.1",), per_host_concurrency=256),
+        ImageConfig(min_bytes=0),
+        PipelineConfig(batch_size=args.batch_size, decode_workers=args.decode_workers, decode=args.decode),
+        progress=True,
+    )  # fmt: skip
+    with open(args.summary, "w") as f:
+        json.dump(summary, f, indent=2, default=str)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
