@@ -21,6 +21,7 @@ demo_models/MODEL_CARD.md); the demo NSFW head detects a synthetic marker, NOT u
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ import numpy as np
 import open_clip
 import timm
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 from torchvision import transforms as T
@@ -189,6 +191,67 @@ def watermark_transform(image_size: int) -> T.Compose:
     )
 
 
+# Transform steps that only make an image RGB (decoded images already are): open_clip's, ours (Lambda).
+_RGB_STEPS = ("MaybeConvertMode", "_convert_to_rgb")
+
+
+@dataclass(frozen=True)
+class DeviceTransform:
+    """An eval transform (Resize [+ CenterCrop] + Normalize) applied to a whole uint8 batch on the
+    GPU: the per-image PIL resize and normalisation would otherwise cost the CPU milliseconds per
+    image. Interpolation is torch's antialiased kernel of the same kind; values differ from PIL's
+    by its rounding of resized pixels to uint8 (a third of a grey level on average)."""
+
+    size: tuple[int, int] | int  # (h, w): resize to exactly that; int: the shorter side, as T.Resize(int)
+    crop: int | None
+    mode: str  # "bicubic" | "bilinear"
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    @classmethod
+    def of(cls, transform: T.Compose) -> DeviceTransform | None:
+        """The same steps as `transform`, or None when it holds a step this cannot reproduce."""
+        resize = crop = normalize = None
+        for step in transform.transforms:
+            if isinstance(step, T.Resize):
+                resize = step
+            elif isinstance(step, T.CenterCrop):
+                crop = step
+            elif isinstance(step, T.Normalize):
+                normalize = step
+            elif not (isinstance(step, (T.ToTensor, T.Lambda)) or inspect.isfunction(step) or type(step).__name__ in _RGB_STEPS):
+                return None  # random crops, padding, ...
+        modes = {T.InterpolationMode.BICUBIC: "bicubic", T.InterpolationMode.BILINEAR: "bilinear"}
+        if resize is None or normalize is None or resize.interpolation not in modes or resize.max_size is not None:
+            return None
+        size = resize.size
+        target = size if isinstance(size, int) else int(size[0]) if len(size) == 1 else (int(size[0]), int(size[1]))
+        crop_side = None
+        if crop is not None:
+            if crop.size[0] != crop.size[-1]:
+                return None
+            crop_side = int(crop.size[0])
+        return cls(target, crop_side, modes[resize.interpolation], tuple(normalize.mean), tuple(normalize.std))
+
+    def __call__(self, batch: torch.Tensor) -> torch.Tensor:
+        """(B, H, W, 3) uint8 on the device -> (B, 3, h, w) float, normalised."""
+        x = batch.permute(0, 3, 1, 2).float().div_(255)
+        h, w = x.shape[-2:]
+        if isinstance(self.size, int):
+            scale = self.size / min(h, w)
+            target = (self.size, round(w * scale)) if h <= w else (round(h * scale), self.size)
+        else:
+            target = self.size
+        if target != (h, w):
+            x = F.interpolate(x, size=target, mode=self.mode, antialias=True, align_corners=False).clamp_(0, 1)
+        if self.crop is not None:
+            top, left = (x.shape[-2] - self.crop) // 2, (x.shape[-1] - self.crop) // 2
+            x = x[..., top : top + self.crop, left : left + self.crop]
+        mean = torch.tensor(self.mean, device=x.device).view(1, -1, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(1, -1, 1, 1)
+        return (x - mean) / std
+
+
 # --- loaded models ----------------------------------------------------------------------------------
 
 
@@ -210,6 +273,8 @@ class Models:
         watermark: tuple[nn.Module, T.Compose, str] | None = None,
     ):
         self._clip, self._transform, self._tokenizer = clip, transform, tokenizer
+        self._clip_on_device = DeviceTransform.of(transform)
+        self._watermark_on_device = DeviceTransform.of(watermark[1]) if watermark else None
         self._multilingual = multilingual
         self._nsfw = nsfw[0] if nsfw else None
         self._watermark = watermark[:2] if watermark else None
@@ -237,7 +302,20 @@ class Models:
     def _pin(self, batch: torch.Tensor) -> torch.Tensor:
         return batch.pin_memory() if self.device.type == "cuda" else batch
 
+    @property
+    def preprocesses_on_device(self) -> bool:
+        """Whether embed_images / pwatermark take raw uint8 (B, H, W, 3) batches (CUDA, known transforms)."""
+        return (
+            self.device.type == "cuda"
+            and self._clip_on_device is not None
+            and (self._watermark is None or self._watermark_on_device is not None)
+        )
+
     # -- the API the worker calls --
+    def upload(self, batch: torch.Tensor) -> torch.Tensor:
+        """One copy to the device (from pinned memory on CUDA) for everything that reads the batch."""
+        return self._to_device(self._pin(batch))
+
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
         """A CLIP input batch built with open_clip's own eval transform (pinned on CUDA)."""
         if not images:
@@ -248,7 +326,17 @@ class Models:
         if len(batch) == 0:
             return np.zeros((0, self.embed_dim), np.float32)
         with torch.inference_mode(), self._autocast():
-            return unit_rows(self._clip.encode_image(self._to_device(batch)))
+            batch = self._to_device(batch)
+            if batch.dtype == torch.uint8:  # raw pixels: CLIP's own preprocessing, batched on the device
+                batch = self._device_step(self._clip_on_device, batch)
+            return unit_rows(self._clip.encode_image(batch))
+
+    @staticmethod
+    def _device_step(step: DeviceTransform | None, batch: torch.Tensor) -> torch.Tensor:
+        if step is None:
+            raise ValueError("uint8 batches need a transform DeviceTransform can reproduce")
+        with torch.autocast(batch.device.type, enabled=False):  # resize and normalise in float32, as PIL does
+            return step(batch)
 
     def text_model_for(self, language: str) -> str:
         """The id of the text encoder `embed_texts` uses for `language` (recorded per row)."""
@@ -286,16 +374,21 @@ class Models:
         with torch.inference_mode():
             return self._nsfw(x).float().cpu().numpy()
 
-    def pwatermark(self, images: list[Image.Image]) -> np.ndarray | None:
-        """P(watermark) per image from LAION's watermark classifier; None when the run has none."""
+    def pwatermark(self, images: list[Image.Image] | torch.Tensor) -> np.ndarray | None:
+        """P(watermark) per image from LAION's watermark classifier; None when the run has none.
+        `images`: PIL images, or the uint8 batch CLIP read (preprocesses_on_device)."""
         if self._watermark is None:
             return None
-        if not images:
+        if len(images) == 0:
             return np.zeros(0, np.float32)
         model, transform = self._watermark
-        batch = self._to_device(self._pin(torch.stack([transform(image) for image in images])))
-        with torch.inference_mode(), self._autocast():
-            logits = model(batch)
+        with torch.inference_mode():
+            if isinstance(images, torch.Tensor):
+                batch = self._device_step(self._watermark_on_device, self._to_device(images))
+            else:
+                batch = self._to_device(self._pin(torch.stack([transform(image) for image in images])))
+            with self._autocast():
+                logits = model(batch)
         return torch.softmax(logits.float(), dim=1)[:, 0].cpu().numpy()
 
 

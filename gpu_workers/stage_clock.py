@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 # The order a row goes through them; `other` is the process's CPU outside every stage.
-STAGES = ("download", "check", "decode", "hash", "preprocess", "model", "heads", "rows", "write")
+STAGES = ("download", "check", "decode", "hash", "preprocess", "model", "heads", "rows", "orchestrate", "write")
 
 
 class StageClock:

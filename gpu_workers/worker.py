@@ -149,6 +149,10 @@ class _Stages:
     def __init__(self, models: Models, image_config: ImageConfig, pipeline: PipelineConfig, batch_id: str, clock: StageClock):
         self.models, self.image_config, self.pipeline, self.batch_id = models, image_config, pipeline, batch_id
         self.clock = clock
+        # Every decoded image has the same square size and the models preprocess on the GPU: hand
+        # over raw uint8 pixels, one array per image, and let one batched call do CLIP's and the
+        # watermark head's resize and normalisation (no per-image PIL work on the CPU).
+        self.raw_pixels = models.preprocesses_on_device and image_config.size is not None and image_config.resize_mode in ("border", "center_crop")
         batched = uses_batch_decoder(pipeline.decode, models.device)
         self.batch_decoder = BatchDecoder(image_config, models.device) if batched else None
         self.group_size = pipeline.batch_size if batched else 1
@@ -204,6 +208,8 @@ class _Stages:
 
     def _with_pixels(self, decoded: DecodedImage) -> tuple[DecodedImage, object]:
         with self.clock.stage("preprocess"):
+            if self.raw_pixels:
+                return decoded, np.asarray(decoded.image)
             return decoded, self.models.preprocess([decoded.image])
 
     def _collect(self, block: bool, drain: bool = False) -> list[Scored]:
@@ -250,12 +256,16 @@ class _Stages:
         models, n, size, clock = self.models, len(batch), self.pipeline.batch_size, self.clock
         pad = size - n
         with clock.stage("rows"):
-            pixels = torch.cat([p for _, _, _, p in batch])
-            pixels = torch.cat([pixels, pixels.new_zeros((pad, *pixels.shape[1:]))])
-            if models.device.type == "cuda":
-                pixels = pixels.pin_memory()  # per-image tensors come from the decode threads
-            images = [decoded.image for _, _, decoded, _ in batch]
-            images += [Image.new("RGB", images[0].size, (255, 255, 255))] * pad
+            if self.raw_pixels:  # (size, H, W, 3) uint8, copied to the device once for CLIP and the watermark head
+                arrays = [p for _, _, _, p in batch]
+                images = pixels = models.upload(torch.from_numpy(np.stack(arrays + [np.zeros_like(arrays[0])] * pad)))
+            else:
+                pixels = torch.cat([p for _, _, _, p in batch])
+                pixels = torch.cat([pixels, pixels.new_zeros((pad, *pixels.shape[1:]))])
+                if models.device.type == "cuda":
+                    pixels = pixels.pin_memory()  # per-image tensors come from the decode threads
+                images = [decoded.image for _, _, decoded, _ in batch]
+                images += [Image.new("RGB", images[0].size, (255, 255, 255))] * pad
         with clock.stage("model"):
             img = models.embed_images(pixels).astype(np.float16)
             txt = self._embed_texts([r.text for r, _, _, _ in batch], [r.language for r, _, _, _ in batch]).astype(np.float16)
@@ -383,6 +393,7 @@ def score_batch(
     embeddings: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     spool = ImageSpool() if pipeline.webdataset else None
     bar = tqdm(total=len(batch.rows), desc=f"score {batch.batch_id}", unit="row", file=sys.stderr, disable=not progress)
+    main_thread = time.thread_time()  # the loop below: handing rows between the stages, collecting results
     try:
         for scored in score_rows(batch.rows, models, download, images, pipeline, batch.batch_id, clock):
             results.append(scored.row)
@@ -393,6 +404,7 @@ def score_batch(
                     spool.add(scored.row["uid"], scored.stored_image)
             bar.update()
         bar.close()
+        clock.add("orchestrate", time.thread_time() - main_thread)
         scored_s = time.perf_counter() - loaded
         with clock.stage("write"):
             shards = _write_outputs(out, batch.rows, results, embeddings, models.embed_dim, spool, images.encode_format, pipeline)

@@ -33,6 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decode", default="auto")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--decode-workers", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--max-in-flight", type=int, default=PipelineConfig.max_in_flight)
     args = parser.parse_args(argv)
 
     spec = ModelSpec(
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         # (img2dataset has none either); robots.txt, X-Robots-Tag and the SSRF guard stay on.
         DownloadConfig.from_settings(Settings.from_env(), allow_hosts=("127.0.0.1",), per_host_concurrency=256),
         ImageConfig(min_bytes=0),
-        PipelineConfig(batch_size=args.batch_size, decode_workers=args.decode_workers, decode=args.decode),
+        PipelineConfig(batch_size=args.batch_size, decode_workers=args.decode_workers, decode=args.decode, max_in_flight=args.max_in_flight),
         progress=True,
     )  # fmt: skip
     with open(args.summary, "w") as f:

@@ -8,9 +8,11 @@ from dataclasses import replace
 
 import boto3
 import numpy as np
+import open_clip
 import pytest
 import torch
 from moto.server import ThreadedMotoServer
+from PIL import Image
 
 from gpu_workers import models as M
 from gpu_workers.demo_models import synthetic as S
@@ -229,3 +231,24 @@ def test_laion_watermark_model_layout(tmp_path):
     _, images = held_out(1)
     p = loaded.pwatermark(images)
     assert p.shape == (1,) and 0 <= p[0] <= 1
+
+
+def test_device_transform_reproduces_the_eval_transforms_on_real_photos():
+    """CLIP's (shorter side + center crop, bicubic) and the watermark head's (square, bilinear) eval
+    transforms, batched on a torch device, against the PIL transforms they replace."""
+    from skimage import data
+    from torchvision import transforms as T
+
+    clip_transform = open_clip.image_transform(224, is_train=False)
+    for transform, shape in ((clip_transform, (256, 256)), (clip_transform, (256, 300)), (M.watermark_transform(256), (256, 256))):
+        step = M.DeviceTransform.of(transform)
+        assert step is not None
+        for photo in (data.astronaut(), data.chelsea(), data.coffee()):
+            image = Image.fromarray(photo).resize(shape[::-1])
+            expected = transform(image)
+            got = step(torch.from_numpy(np.array(image))[None])[0]
+            assert got.shape == expected.shape
+            difference = (got - expected).abs()
+            assert difference.mean() < 0.01 and difference.max() < 0.1
+    assert M.DeviceTransform.of(open_clip.image_transform(224, is_train=True)) is None  # random crops: not reproducible
+    assert M.DeviceTransform.of(T.Compose([T.Resize(224), T.ToTensor()])) is None  # no normalisation step

@@ -156,7 +156,7 @@ def test_mixed_batch_every_uid_once_with_its_status_and_aligned_embeddings(tmp_p
     # Where the CPU went, per ok image: every stage the batch went through took some, none more than the process.
     cpu = summary["cpu_ms_per_image"]
     assert set(cpu) == {*STAGES, "other", "total"}
-    assert all(cpu[stage] > 0 for stage in ("download", "check", "decode", "hash", "preprocess", "model", "heads", "write"))
+    assert all(cpu[stage] > 0 for stage in ("download", "check", "decode", "hash", "preprocess", "model", "heads", "orchestrate", "write"))
     assert sum(cpu[stage] for stage in STAGES) <= cpu["total"] + 1e-3
 
     # Embeddings: one unit-norm float16 row per ok row, in metadata order.
@@ -430,3 +430,32 @@ def test_worker_requirements_are_a_subset_of_the_project_lock():
     assert {"torch", "open-clip-torch", "pillow", "aiohttp", "boto3", "pyarrow"} <= set(worker)
     assert {name: project.get(name) for name in worker} == worker
     assert not {"pyspark", "delta-spark", "apache-airflow", "great-expectations"} & set(worker)
+
+
+def test_raw_pixels_batched_on_the_device_score_like_per_image_preprocessing(tmp_path, server, models, monkeypatch):
+    """On CUDA the decode threads hand over uint8 pixels and one batched call preprocesses them for
+    CLIP and the watermark head. Forced on here (it runs on any torch device), it must give the
+    scores the per-image PIL path gives, up to PIL's rounding of resized pixels."""
+    rows = [
+        {"uid": f"p{i:02d}", "url": server.url(f"photo/{name}.jpg?size=300&v={i}"), "text": f"photo {name}", "language": "en"}
+        for i, name in enumerate(["astronaut", "chelsea", "coffee", "rocket", "china", "flower"] * 2)
+    ]
+    input_path = _write_parquet(tmp_path / "in.parquet", rows)
+    images = ImageConfig(min_bytes=1_000, size=256)  # a real storage size: CLIP resizes it, the watermark head keeps it
+
+    def scores(out: str) -> dict[str, dict]:
+        score_batch(input_path, out, SPEC, _download(), images, PIPELINE, models=models)
+        table = pq.read_table(Path(out) / RESULTS_FILE).to_pylist()
+        assert {r["status"] for r in table} == {STATUS_OK}
+        return {r["uid"]: r for r in table}
+
+    per_image = scores(str(tmp_path / "pil"))
+    monkeypatch.setattr(type(models), "preprocesses_on_device", property(lambda self: True))
+    batched = scores(str(tmp_path / "raw"))
+    for uid, row in per_image.items():
+        assert abs(batched[uid]["similarity"] - row["similarity"]) < 0.02
+        assert abs(batched[uid]["pwatermark"] - row["pwatermark"]) < 0.02
+        assert abs(batched[uid]["punsafe"] - row["punsafe"]) < 0.05
+    pil_img, raw_img = np.load(tmp_path / "pil" / IMG_EMB_FILE).astype(np.float32), np.load(tmp_path / "raw" / IMG_EMB_FILE).astype(np.float32)
+    assert (pil_img * raw_img).sum(axis=1).min() > 0.99  # unit rows, the same order (sorted uids)
+    assert not np.array_equal(pil_img, raw_img), "the batched path really ran"
