@@ -60,7 +60,7 @@ def apply_takedowns():
 
     @task(pool=SPARK_POOL)
     def apply(added: dict) -> dict:
-        return {"added": added, **takedowns.apply(Settings.from_env())}
+        return takedowns.apply(Settings.from_env(), added)
 
     apply(add())
 

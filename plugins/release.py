@@ -16,6 +16,7 @@ from pathlib import Path
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from altlake.config import Settings
+from plugins.spark import start_jvm
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +48,13 @@ def validate_candidates(settings: Settings, run_id: str) -> dict:
     """The `candidates` suite over the whole table: a release is cut from every crawl's rows."""
     from spark_jobs.quality import QualityGateError, validate_table
 
+    start_jvm(settings)
     try:
         report = validate_table(settings, "candidates", run_id)
         report.raise_for_failures()
     except QualityGateError as error:
         raise AirflowFailException(f"release stopped by the candidates gate: {error}") from error
+    log.info("Summary: the GX gate on all %s candidate rows passed (Data Docs: %s)", report.n_rows, report.docs_dir)
     return {"table": "candidates", "n_rows": report.n_rows, "success": report.success, "docs_dir": report.docs_dir}
 
 
@@ -66,6 +69,7 @@ def publish(settings: Settings, run_id: str, aws_conn_id: str = DEFAULT_AWS_CONN
     from spark_jobs.release import build_release
     from spark_jobs.session import get_spark
 
+    start_jvm(settings)
     spark = get_spark(settings, "altlake-release")
     try:
         summary = build_release(spark, settings, client=s3_client(settings, aws_conn_id), run_id=run_id, index_release=index_staged_release)
@@ -75,10 +79,34 @@ def publish(settings: Settings, run_id: str, aws_conn_id: str = DEFAULT_AWS_CONN
         existing = recorded_release(spark, settings)
         if existing is None:
             raise AirflowSkipException(f"nothing new to release: {error}") from error
-        log.info("nothing new to release: reusing %s at %s", existing["release_id"], existing["location"])
+        log.info("%s", publish_summary_line(existing))
         return existing
-    log.info("release %s at %s: %s", summary["release_id"], summary["location"], summary["counts"])
+    log.info("%s", publish_summary_line(summary))
     return summary
+
+
+def publish_summary_line(summary: dict) -> str:
+    """The publish task's last log line: the release, what it kept of what was scored, why the rest
+    was dropped (the manifest's funnel, step by step), and the gates."""
+    funnel = summary["funnel"]
+    kept = ", ".join(f"{subset} {n}" for subset, n in summary["counts"].items() if n) or "none"
+    if summary.get("reused"):
+        state = "reused (nothing new: the tables and thresholds are those it was cut from)"
+    else:
+        state = "published"
+    line = (
+        f"Summary: release {summary['release_id']} {state} at {summary['location']}: {funnel['after_takedowns']} pair(s) "
+        f"kept ({kept}) of {funnel['scored']} scored ({funnel['candidates']} candidates); dropped: "
+        f"{funnel['scored'] - funnel['ok']} not downloaded or scored, {funnel['ok'] - funnel['above_threshold']} below "
+        f"the similarity threshold, {funnel['above_threshold'] - funnel['after_exact_dedup']} duplicates, "
+        f"{funnel['after_exact_dedup'] - funnel['after_takedowns']} taken down; "
+        f"{funnel['near_duplicates_marked']} near-duplicate(s) marked, not dropped"
+    )
+    if summary.get("gx"):  # a reused release's gates ran when it was published
+        line += "; GX: " + ", ".join(
+            f"{table} {r['evaluated'] - len(r['failed'])}/{r['evaluated']} expectations passed" for table, r in summary["gx"].items()
+        )
+    return line
 
 
 def recorded_release(spark, settings: Settings) -> dict | None:
@@ -99,11 +127,25 @@ def recorded_release(spark, settings: Settings) -> dict | None:
 
 def build_index(settings: Settings, location: str, aws_conn_id: str = DEFAULT_AWS_CONN_ID) -> dict:
     """The release's KNN indices: recorded in its manifest when `publish` built them from the staged
-    files (nothing to do), else (a release published before that) written beside its files.
+    files (nothing to do), else (a release published before that) written beside its files."""
+    summary = _build_index(settings, location, aws_conn_id)
+    log.info("%s", index_summary_line(summary))
+    return summary
 
-    On S3 such a release is read into a temporary directory and only the new `index/` files are
-    uploaded: the published files, manifest included, stay exactly as released.
-    """
+
+def index_summary_line(summary: dict) -> str:
+    """The build_index task's last log line: which indices the release has and how exact they are."""
+    indices = ", ".join(f"{modality} ({i['kind']}, recall@10 {i['recall_at_10']})" for modality, i in summary["indices"].items())
+    if summary["in_manifest"]:
+        where = "recorded in its manifest (built before publishing)"
+    else:
+        where = "up to date beside its files" if summary["skipped"] else "written beside its files"
+    return f"Summary: release {summary['release_id']}: KNN indices over {summary['rows']} pair(s) {where}: {indices}"
+
+
+def _build_index(settings: Settings, location: str, aws_conn_id: str) -> dict:
+    """On S3 a release without indices is read into a temporary directory and only the new `index/`
+    files are uploaded: the published files, manifest included, stay exactly as released."""
     from explore.index import build_index as build
     from spark_jobs.publish import ReleaseStore
 

@@ -15,6 +15,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from altlake.config import Settings
 from altlake.schemas import BATCH_FAILED, BATCH_PLANNED
+from plugins.spark import start_jvm
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,7 @@ def plan(settings: Settings, crawl: str | None, batch_size: int | None, max_batc
     from spark_jobs.session import get_spark
     from spark_jobs.takedowns import read_table
 
+    start_jvm(settings)  # Spark's console output at its own log levels, not as red stderr
     spark = get_spark(settings, "altlake-plan-batches")
     summary = plan_batches(spark, settings, crawl or None, batch_size, max_batches)
     new_ids = {b["batch_id"] for b in summary["batches"]}
@@ -98,6 +100,7 @@ def merge(settings: Settings, batches: list[dict]) -> dict:
 
     if not batches:
         raise AirflowSkipException("no batches were planned: nothing to merge")
+    start_jvm(settings)  # Spark's console output at its own log levels, not as red stderr
     spark = get_spark(settings, "altlake-merge-scores")
     result = merge_planned_batches(spark, settings, [b["batch_id"] for b in batches])
     outputs = {b["batch_id"]: b["output_path"] for b in batches}
@@ -152,6 +155,7 @@ def check(settings: Settings, batches: list[dict]) -> dict:
     ids = [b["batch_id"] for b in batches]
     if not ids:
         return {"batches": 0, "failed": []}
+    start_jvm(settings)  # Spark's console output at its own log levels, not as red stderr
     spark = get_spark(settings, "altlake-check-batches")
     table = read_table(spark, settings, "batches")
     rows = table.where(table["batch_id"].isin(ids)).collect()

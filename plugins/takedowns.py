@@ -7,10 +7,15 @@ simply re-applies the recorded requests to rows ingested since.
 
 from __future__ import annotations
 
+import logging
+
 from airflow.sdk.exceptions import AirflowFailException
 
 from altlake.config import Settings
 from altlake.schemas import TAKEDOWN_KINDS
+from plugins.spark import start_jvm
+
+log = logging.getLogger(__name__)
 
 
 def requests_from_params(params: dict) -> list:
@@ -31,18 +36,59 @@ def requests_from_params(params: dict) -> list:
 
 
 def add(settings: Settings, params: dict) -> dict:
+    """Record the form's requests; the result also names them (reason, count per kind) so that the
+    apply task's summary can say whether this run's requests matched anything."""
     from spark_jobs.session import get_spark
     from spark_jobs.takedowns import add_takedowns
 
     requests = requests_from_params(params)
+    start_jvm(settings)
     try:
-        return add_takedowns(get_spark(settings, "altlake-takedowns"), settings, requests)
+        recorded = add_takedowns(get_spark(settings, "altlake-takedowns"), settings, requests)
     except ValueError as error:  # a bad entry: retrying cannot help, and nothing was written
         raise AirflowFailException(str(error)) from error
+    requested = {kind: n for kind in TAKEDOWN_KINDS if (n := sum(r.kind == kind for r in requests))}
+    result = {**recorded, "reason": (params.get("reason") or "").strip(), "requested": requested}
+    log.info("%s", add_summary_line(result))
+    return result
 
 
-def apply(settings: Settings) -> dict:
+def apply(settings: Settings, added: dict) -> dict:
+    """Delete every match of every recorded request; `added` is the add task's result (this run's requests)."""
     from spark_jobs.session import get_spark
     from spark_jobs.takedowns import apply_takedowns
 
-    return apply_takedowns(get_spark(settings, "altlake-takedowns"), settings)
+    start_jvm(settings)
+    result = {"added": added, **apply_takedowns(get_spark(settings, "altlake-takedowns"), settings)}
+    log.info("%s", apply_summary_line(result))
+    return result
+
+
+def add_summary_line(added: dict) -> str:
+    """The add task's last log line: what the form asked for and what was new."""
+    if not added["received"]:
+        return "Summary: no takedown request in the form: the apply task re-applies the recorded ones"
+    kinds = ", ".join(f"{n} {kind}" for kind, n in added["requested"].items())
+    return (
+        f'Summary: takedown "{added["reason"]}": {added["received"]} request(s) ({kinds}): {added["added"]} recorded, '
+        f"{added['already_present']} already on record (takedowns version {added['takedowns_version']})"
+    )
+
+
+def apply_summary_line(result: dict) -> str:
+    """The apply task's last log line: what matched, by which kind of request, and what was deleted.
+    A request that matched nothing says so: a person who sent one must not read it as done."""
+    added = result["added"]
+    if added["received"]:
+        head = f'takedown "{added["reason"]}" ({added["received"]} request(s) in the form, {result["requests"]} on record in all)'
+    else:
+        head = f"takedowns (no new request: the {result['requests']} on record re-applied)"
+    if not result["matched_uids"]:
+        return f"Summary: {head}: nothing matched: no row of candidates, scores or pairs matches any request (what earlier runs deleted is gone)"
+    kinds = ", ".join(f"{kind} {n}" for kind, n in result["matched_by_kind"].items())
+    deleted = ", ".join(f"{table} {n}" for table, n in result["deleted"].items())
+    line = f"Summary: {head}: matched {result['matched_uids']} image-text pair(s) (by {kinds}); rows deleted from {deleted}"
+    unmatched = [kind for kind in added["requested"] if not result["matched_by_kind"].get(kind)]
+    if unmatched:
+        line += f"; this run's {' and '.join(unmatched)} request(s) matched nothing"
+    return line
