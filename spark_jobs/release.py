@@ -35,7 +35,7 @@ if __package__ in (None, ""):  # run as a script by spark-submit: make our packa
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from altlake.config import Settings
-from altlake.schemas import PAIRS, RELEASES, STATUS_OK
+from altlake.schemas import FILE_DONE, FILE_FAILED, PAIRS, RELEASES, REJECT_REASONS, STATUS_OK
 from spark_jobs import publish
 from spark_jobs.quality import SUITES, QualityGateError, validate
 from spark_jobs.report import write_report
@@ -48,7 +48,12 @@ LSH_BANDS = 16
 LSH_BITS = 16
 LSH_SEED = 20_240_501
 HISTOGRAM_BINS = 20
+# The scored-similarity histogram is finer: thresholds sit at 0.26 / 0.28, where 0.05 bins blur the cut.
+SCORED_BINS = 100
 TOP_LANGUAGES = 20
+TOP_LICENSES = 20
+SAMPLES = 4  # pairs per kind shown in the report: kept, rejected by the threshold, nearest the threshold
+SIZE_EDGES = (0, 128, 256, 512, 1024, 2048, 4096)  # original side lengths (px) the report buckets by
 
 
 def subset_of(language_column):
@@ -56,6 +61,20 @@ def subset_of(language_column):
     from pyspark.sql import functions as F
 
     return F.when(language_column == "en", "en").when(language_column == "nolang", "nolang").otherwise("multi")
+
+
+def threshold_group(subset_column):
+    """The two groups thresholds are set for: en (threshold_en) and other (threshold_other: multi, nolang)."""
+    from pyspark.sql import functions as F
+
+    return F.when(subset_column == "en", "en").otherwise("other")
+
+
+def threshold_of(settings: Settings):
+    """The similarity threshold of each row's language group (rows with a `subset` column)."""
+    from pyspark.sql import functions as F
+
+    return F.when(F.col("subset") == "en", F.lit(settings.threshold_en)).otherwise(F.lit(settings.threshold_other))
 
 
 def current_versions(spark, settings: Settings) -> dict[str, int]:
@@ -76,7 +95,8 @@ def thresholds(settings: Settings) -> dict[str, float]:
 
 
 def compute_pairs(spark, settings: Settings, versions: dict[str, int]):
-    """(pairs DataFrame in the PAIRS schema, cached; facts: funnel, statuses, models) at `versions`."""
+    """(pairs DataFrame in the PAIRS schema, cached; facts: funnel, statuses, models, and for the report the
+    similarity of every scored row and sample pairs) at `versions`."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
@@ -89,8 +109,7 @@ def compute_pairs(spark, settings: Settings, versions: dict[str, int]):
         (F.col("status") == STATUS_OK) & F.col("sha256").isNotNull() & F.col("img_emb").isNotNull()
         & F.col("text_emb").isNotNull() & F.col("similarity").isNotNull()
     ).withColumn("subset", subset_of(F.col("language")))  # fmt: skip
-    threshold = F.when(F.col("subset") == "en", F.lit(settings.threshold_en)).otherwise(F.lit(settings.threshold_other))
-    above = ok.where(F.col("similarity") >= threshold)
+    above = ok.where(F.col("similarity") >= threshold_of(settings))
     best_first = [F.col("similarity").desc(), F.col("uid").asc()]
     by_pair = above.withColumn("_rank", F.row_number().over(Window.partitionBy("url", "text").orderBy(*best_first)))
     by_pair = by_pair.where("_rank = 1").drop("_rank")
@@ -114,9 +133,52 @@ def compute_pairs(spark, settings: Settings, versions: dict[str, int]):
         column: sorted(r[column] for r in ok.select(column).distinct().collect() if r[column] is not None)
         for column in ("clip_model", "text_model", "nsfw_model", "watermark_model")
     }
+    scored_similarity = _scored_similarity(ok, settings)
+    samples = _samples(pairs, drop_taken_down(ok, takedowns, ("sha256", "md5")), settings)
     scored.unpersist()
     deduped.unpersist()
-    return pairs, {"funnel": funnel, "statuses": statuses, "models": models}
+    facts = {"funnel": funnel, "statuses": statuses, "models": models, "scored_similarity": scored_similarity, "samples": samples}
+    return pairs, facts
+
+
+def _scored_similarity(ok, settings: Settings, bins: int = SCORED_BINS) -> dict:
+    """Similarity of every ok row, kept and rejected, per threshold group and split at its threshold:
+    the kept-pairs histogram alone cannot show what the threshold cuts away."""
+    from pyspark.sql import functions as F
+
+    split = ok.groupBy(
+        threshold_group(F.col("subset")).alias("group"),
+        _bin_index("similarity", bins).alias("i"),
+        (F.col("similarity") >= threshold_of(settings)).alias("above"),
+    ).count()
+    groups = {
+        name: {"threshold": threshold, "below": [0] * bins, "above": [0] * bins}
+        for name, threshold in (("en", settings.threshold_en), ("other", settings.threshold_other))
+    }
+    for r in split.collect():
+        groups[r["group"]]["above" if r["above"] else "below"][r["i"]] = int(r["count"])
+    return {"edges": [round(i / bins, 6) for i in range(bins + 1)], "groups": groups}
+
+
+def _samples(pairs, visible_ok, settings: Settings, n: int = SAMPLES) -> dict[str, list[dict]]:
+    """A few pairs to look at: kept, rejected by the threshold, and the ok rows closest to their threshold
+    on either side; taken-down rows are never shown. uid order (a hash) makes an arbitrary, reproducible pick."""
+    from pyspark.sql import functions as F
+
+    def pick(df, *order) -> list[dict]:
+        rows = df.withColumn("threshold", threshold_of(settings)).orderBy(*order).limit(n).collect()
+        return [
+            {"uid": r["uid"], "url": r["url"], "text": r["text"], "language": r["language"],
+             "similarity": float(r["similarity"]), "threshold": r["threshold"]}
+            for r in rows
+        ]  # fmt: skip
+
+    distance = F.abs(F.col("similarity") - threshold_of(settings))
+    return {
+        "kept": pick(pairs, "uid"),
+        "rejected": pick(visible_ok.where(F.col("similarity") < threshold_of(settings)), "uid"),
+        "near_threshold": pick(visible_ok, distance, "uid"),
+    }
 
 
 def lsh_planes(dim: int, bands: int = LSH_BANDS, bits: int = LSH_BITS, seed: int = LSH_SEED) -> np.ndarray:
@@ -219,12 +281,18 @@ def gate(spark, settings: Settings, scores, pairs, funnel: dict, docs_dir: str) 
 # --- the release -----------------------------------------------------------------------------------
 
 
+def _bin_index(column: str, bins: int):
+    """The bin of `column` among `bins` equal bins over [0, 1]; values outside land in the edge bins."""
+    from pyspark.sql import functions as F
+
+    return F.least(F.greatest(F.floor(F.col(column) * bins), F.lit(0)), F.lit(bins - 1)).cast("int")
+
+
 def _histogram(df, column: str, bins: int = HISTOGRAM_BINS) -> dict:
     """Counts over [0, 1] in `bins` equal bins (values outside land in the edge bins)."""
     from pyspark.sql import functions as F
 
-    index = F.least(F.greatest(F.floor(F.col(column) * bins), F.lit(0)), F.lit(bins - 1)).cast("int")
-    found = {r["i"]: r["count"] for r in df.where(F.col(column).isNotNull()).groupBy(index.alias("i")).count().collect()}
+    found = {r["i"]: r["count"] for r in df.where(F.col(column).isNotNull()).groupBy(_bin_index(column, bins).alias("i")).count().collect()}
     return {"edges": [round(i / bins, 6) for i in range(bins + 1)], "counts": [int(found.get(i, 0)) for i in range(bins)]}
 
 
@@ -300,6 +368,12 @@ def build_release(
             "statuses": facts["statuses"],
             "languages": _top_languages(published),
             "histograms": {c: _histogram(published, c) for c in ("similarity", "punsafe", "pwatermark")},
+            "scored_similarity": facts["scored_similarity"],
+            "samples": facts["samples"],
+            "extraction": _extraction(spark, settings),
+            "sizes": _sizes(published),
+            "licenses": _licenses(published),
+            "previous": _previous(spark, settings, published, counts, facts["statuses"]),
             "models": facts["models"],
             "gx": gx_summary,
             "rows_per_file": rows_per_file,
@@ -341,6 +415,84 @@ def _top_languages(pairs) -> dict[str, int]:
 
     rows = pairs.groupBy("language").count().orderBy(F.desc("count"), "language").limit(TOP_LANGUAGES).collect()
     return {r["language"]: int(r["count"]) for r in rows}
+
+
+def _extraction(spark, settings: Settings) -> dict:
+    """What the extraction dropped before anything became a candidate: crawl_files' per-WAT reject
+    counts summed over every processed file (its version recorded, as the table is not a release input)."""
+    from pyspark.sql import functions as F
+
+    version = table_version(spark, settings, "crawl_files")
+    files = read_table(spark, settings, "crawl_files", version)
+    done = files.where(F.col("status") == FILE_DONE)
+    totals = done.agg(F.count("*").alias("n"), F.sum("raw_pairs").alias("raw"), F.sum("kept_pairs").alias("kept")).first()
+    per_reason = done.select(F.explode("rejected").alias("reason", "n")).groupBy("reason").agg(F.sum("n").alias("pairs"))
+    found = {r["reason"]: int(r["pairs"]) for r in per_reason.collect()}
+    return {
+        "crawl_files_version": version,
+        "files_done": int(totals["n"]),
+        "files_failed": files.where(F.col("status") == FILE_FAILED).count(),
+        "raw_pairs": int(totals["raw"] or 0),
+        "kept_pairs": int(totals["kept"] or 0),
+        "rejected": {**dict.fromkeys(REJECT_REASONS, 0), **found},
+    }
+
+
+def _sizes(pairs) -> dict:
+    """Original width and height (the LAION WIDTH/HEIGHT columns) of the kept images, bucketed at SIZE_EDGES."""
+    from pyspark.sql import functions as F
+
+    def counts(column: str) -> list[int]:
+        bucket = sum((F.col(column) >= edge).cast("int") for edge in SIZE_EDGES[1:])
+        found = {r["b"]: int(r["count"]) for r in pairs.where(F.col(column).isNotNull()).groupBy(bucket.alias("b")).count().collect()}
+        return [found.get(i, 0) for i in range(len(SIZE_EDGES))]
+
+    return {"edges": list(SIZE_EDGES), "width": counts("original_width"), "height": counts("original_height")}
+
+
+def _licenses(pairs) -> list[list]:
+    """[license URL or None (no Creative Commons link on the page), pairs], most frequent first (a list: the
+    manifest is written with sorted keys, and the order matters)."""
+    from pyspark.sql import functions as F
+
+    rows = pairs.groupBy("license").count().orderBy(F.desc("count"), F.asc_nulls_first("license")).limit(TOP_LICENSES).collect()
+    return [[r["license"], int(r["count"])] for r in rows]
+
+
+def _previous(spark, settings: Settings, pairs, counts: dict[str, int], statuses: dict[str, int]) -> dict | None:
+    """The change against the newest release in the registry (None: this is the first): pairs added and
+    removed by uid (its pairs table version, by time travel), [before, after] per subset, status and language."""
+    from pyspark.sql import functions as F
+
+    newest = read_table(spark, settings, "releases").orderBy(F.desc("created_at"), F.desc("release_id")).limit(1).collect()
+    if not newest:
+        return None
+    manifest = json.loads(newest[0]["manifest"])
+    before = read_table(spark, settings, "pairs", manifest["sources"]["pairs"]).select("uid", "language")
+    after = pairs.select("uid", "language")
+    per_language = (
+        before.groupBy("language").count().withColumnRenamed("count", "before")
+        .join(after.groupBy("language").count().withColumnRenamed("count", "after"), "language", "full")
+        .fillna(0, ["before", "after"])
+        .where(F.col("before") != F.col("after"))
+        .orderBy(F.desc(F.abs(F.col("after") - F.col("before"))), "language")
+        .limit(TOP_LANGUAGES)
+        .collect()
+    )  # fmt: skip
+
+    def side_by_side(old: dict[str, int], new: dict[str, int]) -> dict[str, list[int]]:
+        return {k: [old.get(k, 0), new.get(k, 0)] for k in sorted(old.keys() | new.keys())}
+
+    return {
+        "release_id": manifest["release_id"],
+        "created_at": manifest["created_at"],
+        "pairs": [sum(manifest["counts"].values()), sum(counts.values())],
+        "added": after.join(before, "uid", "left_anti").count(),
+        "removed": before.join(after, "uid", "left_anti").count(),
+        "subsets": side_by_side(manifest["counts"], counts),
+        "statuses": side_by_side(manifest["statuses"], statuses),
+        "languages": [[r["language"], int(r["before"]), int(r["after"])] for r in per_language],
+    }
 
 
 def rebuild_release(spark, settings: Settings, release_id: str, out_dir: str, client=None) -> dict:

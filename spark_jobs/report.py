@@ -1,8 +1,10 @@
 """The release report: one self-contained HTML page (plots as base64 PNG) rendered from the manifest.
 
-Everything it shows comes from the manifest (funnel, counts, histograms, breakdowns), so the
+Everything it shows comes from the manifest (funnel, counts, histograms, breakdowns, samples), so the
 report never disagrees with the release it describes and can be re-rendered from any manifest:
-`python -m spark_jobs.report RELEASE/manifest.json OUT.html`.
+`python -m spark_jobs.report RELEASE/manifest.json OUT.html`. Sections a manifest predates say so.
+Sample images are the one thing not inside the page: a release holds URLs, not image bytes, so
+they load from their source when viewed online and fall back to their caption offline.
 """
 
 from __future__ import annotations
@@ -21,6 +23,13 @@ FUNNEL_STEPS = (
     ("after_exact_dedup", "after exact dedup (url+text, sha256)"),
     ("after_takedowns", "after takedowns = pairs"),
 )
+SAMPLE_KINDS = (
+    ("kept", "kept pairs"),
+    ("rejected", "rejected by the similarity threshold"),
+    ("near_threshold", "nearest the threshold, either side"),
+)
+CAPTION_CHARS = 200  # alt texts run to 2000 characters; a sample card shows the start
+NOT_RECORDED = "<p>Not recorded in this manifest (the release predates this section).</p>"
 
 
 def _png(figure) -> str:
@@ -34,6 +43,7 @@ def _png(figure) -> str:
 
 
 def _histogram(name: str, histogram: dict) -> str:
+    """Kept pairs only (punsafe, pwatermark; similarity in manifests without scored_similarity)."""
     import matplotlib.pyplot as plt
 
     edges, counts = histogram["edges"], histogram["counts"]
@@ -59,9 +69,9 @@ def _bars(title: str, counts: dict[str, int], horizontal: bool = False) -> str:
     return _png(figure)
 
 
-def _table(rows: list[tuple[str, object]], header: tuple[str, str] | None) -> str:
-    body = "".join(f"<tr><td>{html.escape(str(a))}</td><td>{html.escape(str(b))}</td></tr>" for a, b in rows)
-    head = f"<tr><th>{header[0]}</th><th>{header[1]}</th></tr>" if header else ""
+def _table(rows: list[tuple], header: tuple[str, ...] | None) -> str:
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(cell))}</td>" for cell in row) + "</tr>" for row in rows)
+    head = "<tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>" if header else ""
     return f"<table>{head}{body}</table>"
 
 
@@ -91,6 +101,110 @@ def _facts(manifest: dict) -> str:
     return _table(rows + gates + indices, None) + f"<p>Files: {links}</p>"
 
 
+def _visible_range(edges: list[float], counts: list[int], threshold: float) -> tuple[float, float]:
+    """Zoom to the bins that hold rows (CLIP similarities crowd into a narrow band), threshold in view."""
+    used = [i for i, n in enumerate(counts) if n]
+    low = min(edges[used[0]], threshold) if used else threshold
+    high = max(edges[used[-1] + 1], threshold) if used else threshold
+    step = edges[1] - edges[0]
+    return max(edges[0], low - step), min(edges[-1], high + step)
+
+
+def scored_similarity_figure(section: dict):
+    """Every ok row's similarity per threshold group, stacked below / at-or-above the group's threshold
+    (a dashed line): the kept-pairs histogram alone hides what the threshold throws away."""
+    import matplotlib.pyplot as plt
+
+    edges = section["edges"]
+    widths = [b - a for a, b in zip(edges, edges[1:])]
+    groups = sorted(section["groups"].items())
+    figure, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3), squeeze=False)
+    for axis, (name, group) in zip(axes[0], groups):
+        below, above, threshold = group["below"], group["above"], group["threshold"]
+        axis.bar(edges[:-1], below, width=widths, align="edge", color="tab:red", label="below: rejected")
+        axis.bar(edges[:-1], above, width=widths, align="edge", bottom=below, color="tab:blue", label="at or above")
+        axis.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3f}")
+        axis.set_xlim(*_visible_range(edges, [a + b for a, b in zip(below, above)], threshold))
+        axis.set_title(f"{name}: similarity of every scored pair")
+        axis.set_xlabel("similarity")
+        axis.set_ylabel("pairs")
+        axis.legend(fontsize="small")
+    return figure
+
+
+def _scored_similarity(section: dict) -> str:
+    rows = [
+        (name, _rounded(float(g["threshold"])), sum(g["below"]) + sum(g["above"]), sum(g["below"]), sum(g["above"]))
+        for name, g in sorted(section["groups"].items())
+    ]
+    header = ("threshold group", "threshold", "scored ok rows", "below: rejected", "at or above")
+    return _png(scored_similarity_figure(section)) + _table(rows, header)
+
+
+def _sample(sample: dict) -> str:
+    """One card: the image from its source URL (alt text = caption, for offline viewing or a dead link)."""
+    text = sample["text"] if len(sample["text"]) <= CAPTION_CHARS else sample["text"][: CAPTION_CHARS - 1] + "\u2026"
+    side = "&ge;" if sample["similarity"] >= sample["threshold"] else "&lt;"
+    caption, url = html.escape(text), html.escape(sample["url"])
+    return (
+        f'<figure title="uid {html.escape(sample["uid"])}"><a href="{url}"><img src="{url}" alt="{caption}" loading="lazy" referrerpolicy="no-referrer"></a>'
+        f"<figcaption>{caption}<br><b>similarity {sample['similarity']:.3f}</b> {side} {sample['threshold']:.3f}"
+        f" ({html.escape(sample['language'])})</figcaption></figure>"
+    )
+
+
+def _samples(samples: dict) -> str:
+    intro = "<p>Images load from their source URLs (a release holds no image bytes); offline, each shows its caption instead.</p>"
+    cards = {key: "".join(map(_sample, samples[key])) or "none" for key, _ in SAMPLE_KINDS}
+    return intro + "".join(f'<h3>{title}</h3><div class="samples">{cards[key]}</div>' for key, title in SAMPLE_KINDS)
+
+
+def _extraction(extraction: dict) -> str:
+    """Pairs the LAION-5B rules dropped in the WATs, before anything became a candidate."""
+    totals = [
+        ("WAT files processed", extraction["files_done"]),
+        ("WAT files failed", extraction["files_failed"]),
+        ("distinct image + alt-text pairs found", extraction["raw_pairs"]),
+        ("kept as candidates", extraction["kept_pairs"]),
+    ]
+    reasons = sorted(extraction["rejected"].items(), key=lambda item: (-item[1], item[0]))
+    note = f"<p>Summed per WAT file over crawl_files version {extraction['crawl_files_version']}: a pair found in two WATs counts in each.</p>"
+    return _table(totals, None) + _table(reasons, ("reject reason", "pairs dropped")) + note
+
+
+def _sizes(sizes: dict) -> str:
+    edges = sizes["edges"]
+    labels = [f"{a}-{b - 1}" for a, b in zip(edges, edges[1:])] + [f">= {edges[-1]}"]
+    return _table(list(zip(labels, sizes["width"], sizes["height"])), ("original side (px)", "width", "height"))
+
+
+def _licenses(licenses: list[list]) -> str:
+    rows = [(license or "none: no Creative Commons link on the page", n) for license, n in licenses]
+    return _table(rows, ("license (top 20)", "pairs"))
+
+
+def _change(previous: dict | None) -> str:
+    """What moved since the newest earlier release in the registry."""
+    if previous is None:
+        return "<p>First release: the registry holds no earlier release.</p>"
+    facts = [
+        ("previous release", f"{previous['release_id']} ({previous['created_at']})"),
+        ("pairs added", previous["added"]),
+        ("pairs removed", previous["removed"]),
+    ]
+    rows = [("pairs", *previous["pairs"])]
+    rows += [(f"subset {name}", *counts) for name, counts in sorted(previous["subsets"].items())]
+    rows += [(f"status {name}", *counts) for name, counts in sorted(previous["statuses"].items())]
+    rows += [(f"language {language}", before, after) for language, before, after in previous["languages"]]
+    changes = [(label, before, after, f"{after - before:+d}") for label, before, after in rows]
+    return _table(facts, None) + _table(changes, ("rows", "previous", "this release", "change"))
+
+
+def _section(manifest: dict, key: str, render) -> str:
+    """Older manifests still render: a section they predate says so instead of failing."""
+    return render(manifest[key]) if key in manifest else NOT_RECORDED
+
+
 def render_report(manifest: dict) -> str:
     """The report page for one release manifest."""
     import matplotlib
@@ -101,18 +215,34 @@ def render_report(manifest: dict) -> str:
     funnel = manifest["funnel"]
     steps = [(label, funnel[key]) for key, label in FUNNEL_STEPS]
     statuses = [(f"{status}: {STATUS_MEANINGS.get(status, '')}", n) for status, n in manifest["statuses"].items()]
+    if "scored_similarity" in manifest:
+        similarity = _scored_similarity(manifest["scored_similarity"])
+    else:  # a manifest from before it: kept pairs only
+        similarity = _histogram("similarity", manifest["histograms"]["similarity"])
     sections = [
         f"<h1>altlake release {html.escape(manifest['release_id'])}</h1>",
         _facts(manifest),
         "<h2>Funnel</h2>",
         _table(steps + [("near-duplicates marked (kept)", funnel["near_duplicates_marked"])], ("step", "rows")),
         _bars("funnel: candidates to pairs", dict(steps), horizontal=True),
+        "<h2>Extraction rejects by reason</h2>",
+        _section(manifest, "extraction", _extraction),
+        "<h2>Change since the previous release</h2>",
+        _section(manifest, "previous", _change),
         "<h2>Subsets</h2>",
         _table(list(manifest["counts"].items()), ("subset", "pairs")),
         "<h2>Thresholds</h2>",
         _table([(name, _rounded(value)) for name, value in manifest["thresholds"].items()], ("filter", "value")),
-        "<h2>Distributions</h2>",
-        *(_histogram(name, manifest["histograms"][name]) for name in ("similarity", "punsafe", "pwatermark")),
+        "<h2>Similarity of every scored pair</h2>",
+        similarity,
+        "<h2>Samples</h2>",
+        _section(manifest, "samples", _samples),
+        "<h2>Distributions (kept pairs)</h2>",
+        *(_histogram(name, manifest["histograms"][name]) for name in ("punsafe", "pwatermark")),
+        "<h2>Image sizes (kept pairs)</h2>",
+        _section(manifest, "sizes", _sizes),
+        "<h2>Licenses (kept pairs)</h2>",
+        _section(manifest, "licenses", _licenses),
         "<h2>Languages</h2>",
         _bars("pairs per language (top 20)", manifest["languages"]),
         "<h2>Download and scoring outcomes</h2>",
@@ -121,7 +251,11 @@ def render_report(manifest: dict) -> str:
         "<h2>Sources</h2>",
         _table(list(manifest["sources"].items()), ("Delta table", "version")),
     ]
-    style = "body{font-family:sans-serif;max-width:60em;margin:auto}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px}"
+    style = (
+        "body{font-family:sans-serif;max-width:60em;margin:auto}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 8px}"
+        ".samples{display:flex;flex-wrap:wrap;gap:8px}figure{width:160px;margin:0;font-size:small;overflow-wrap:anywhere}"
+        "figure img{width:160px;height:160px;object-fit:contain;background:#eee}"
+    )
     return f'<!doctype html><html><head><meta charset="utf-8"><title>altlake {html.escape(manifest["release_id"])}</title><style>{style}</style></head><body>{"".join(sections)}</body></html>'
 
 
