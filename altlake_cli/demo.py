@@ -255,7 +255,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"  tasks: {released}", file=sys.stderr)
 
     progress.step("summary")
-    print_summary(lake_dir, progress.elapsed())
+    print_summary(lake_dir, progress.elapsed(), server.base_url.rsplit(":", 1)[1], work_dir / "images")
     return 0
 
 
@@ -271,7 +271,7 @@ def latest_release(lake_dir: Path) -> dict:
     return max(rows, key=lambda row: row["created_at"])
 
 
-def print_summary(lake_dir: Path, wall_s: float) -> None:
+def print_summary(lake_dir: Path, wall_s: float, image_port: str, images_dir: Path) -> None:
     release = latest_release(lake_dir)
     manifest = json.loads(release["manifest"])
     width = max(map(len, manifest["funnel"]))
@@ -293,4 +293,6 @@ def print_summary(lake_dir: Path, wall_s: float) -> None:
         "SELECT release_id, n_pairs, location FROM releases ORDER BY created_at DESC",
     ):
         print(f'  altlake sql{lake} "{query}"')
+    # The demo's image URLs point at its image server, gone with the demo: serve them again for the search page.
+    print(f"  altlake image-server --port {image_port} --files {images_dir} &   # the demo's images, for the search page")
     print(f"  altlake serve --release {release['location']}   # search the release in a browser")

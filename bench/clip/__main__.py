@@ -71,6 +71,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)),
                         help="altlake decode threads = clip-retrieval preprocessing processes")
     parser.add_argument("--max-in-flight", type=int, default=256, help="altlake's downloads ahead of what the model consumed")
+    parser.add_argument("--per-host", type=int, default=IMG2DATASET_THREADS,
+                        help="altlake's open requests to the servers' host (default: img2dataset's thread count, the same load)")
     parser.add_argument("--servers", type=int, default=max(1, len(os.sched_getaffinity(0)) // 4),
                         help="image server processes (one Python server tops out near a few thousand images/s)")
     args = parser.parse_args(argv)
@@ -208,6 +210,7 @@ def run_altlake(urls: list[str], captions: list[str], work: Path, weights: dict,
         sys.executable, "-m", "bench.clip.ours", "--input", str(folder / "input.parquet"), "--output", str(folder / "output"),
         "--summary", str(folder / "summary.json"), "--model", args.model, "--device", args.device, "--decode", decode,
         "--batch-size", str(args.batch_size), "--decode-workers", str(args.workers), "--max-in-flight", str(args.max_in_flight),
+        "--per-host", str(args.per_host),
     ]  # fmt: skip
     if weights["checkpoint"]:
         command += ["--checkpoint", weights["checkpoint"]]

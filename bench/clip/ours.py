@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--decode-workers", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--max-in-flight", type=int, default=PipelineConfig.max_in_flight)
+    parser.add_argument("--per-host", type=int, default=32, help="open requests to the image servers' host")
     args = parser.parse_args(argv)
 
     spec = ModelSpec(
@@ -42,9 +43,9 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     summary = score_batch(
         args.input, args.output, spec,
-        # One loopback server stands for the many hosts of a real batch: no per-host politeness cap
-        # (img2dataset has none either); robots.txt, X-Robots-Tag and the SSRF guard stay on.
-        DownloadConfig.from_settings(Settings.from_env(), allow_hosts=("127.0.0.1",), per_host_concurrency=256),
+        # Loopback servers stand for the many hosts of a real batch: the per-host politeness cap is the
+        # bench's to set (img2dataset has none); robots.txt, X-Robots-Tag and the SSRF guard stay on.
+        DownloadConfig.from_settings(Settings.from_env(), allow_hosts=("127.0.0.1",), per_host_concurrency=args.per_host),
         ImageConfig(min_bytes=0),
         PipelineConfig(batch_size=args.batch_size, decode_workers=args.decode_workers, decode=args.decode, max_in_flight=args.max_in_flight),
         progress=True,
