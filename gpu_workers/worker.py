@@ -77,7 +77,9 @@ class PipelineConfig:
 
     @property
     def decode_window(self) -> int:
-        return self.decode_workers * 4
+        """Rows handed to the decode threads and not yet collected: at least a batch, so that the
+        threads keep a full batch coming while the model works on the previous one."""
+        return max(self.decode_workers * 4, self.batch_size)
 
 
 @dataclass
@@ -105,9 +107,10 @@ def score_rows(
 ) -> Iterator[Scored]:
     """Score rows lazily; yields one Scored per input row, in completion order.
 
-    At any time at most max_in_flight + decode_window + 2 * batch_size rows have been pulled from
-    `rows` without being yielded, however long `rows` is (with GPU decoding the decode stage holds
-    up to 3 * batch_size instead of decode_window).
+    At any time at most max_in_flight + decode_window + 3 * batch_size rows have been pulled from
+    `rows` without being yielded, however long `rows` is (up to two batches decoded and waiting
+    while the model works on a third; with GPU decoding the decode stage holds up to
+    2 * batch_size instead of decode_window).
     """
     waiting: dict[str, InputRow] = {}  # pulled by the downloader, not yet yielded
     unusable: list[InputRow] = []  # rows with a mistyped cell: recorded, never downloaded
@@ -185,7 +188,7 @@ class _Stages:
         if self.filling:
             self._submit_group()
         done = self._collect(block=True, drain=True)
-        if self.ready:
+        while self.ready:
             done += self._start_inference()
         if self.inferring is not None:
             done += self.inferring.result()
@@ -231,16 +234,24 @@ class _Stages:
                 else:
                     self.ready.append((row, fetch, *outcome))
                     if len(self.ready) >= self.pipeline.batch_size:
-                        done += self._start_inference()
+                        # While the model is busy, decoding goes on: wait for it only with two batches ready.
+                        done += self._start_inference(wait=len(self.ready) >= 2 * self.pipeline.batch_size)
             block = drain or self.submitted > self.window
+        if len(self.ready) >= self.pipeline.batch_size and (self.inferring is None or self.inferring.done()):
+            done += self._start_inference()  # the model went idle with a batch waiting
         return done
 
-    def _start_inference(self) -> list[Scored]:
-        """Hand `ready` to the inference thread, after collecting the batch still running there."""
+    def _start_inference(self, wait: bool = True) -> list[Scored]:
+        """Hand a batch of `ready` to the inference thread, after collecting the batch it ran before;
+        with wait=False a busy inference thread leaves the rows ready for the next call."""
         done: list[Scored] = []
         if self.inferring is not None:
+            if not wait and not self.inferring.done():
+                return done
             done = self.inferring.result()
-        batch, self.ready = self.ready, []
+            self.inferring = None
+        size = self.pipeline.batch_size
+        batch, self.ready = self.ready[:size], self.ready[size:]
         self.inferring = self.inference.submit(self._infer, batch)
         return done
 

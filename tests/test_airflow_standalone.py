@@ -1,8 +1,10 @@
 """`altlake airflow` for real, as a person meets it in a browser: airflow standalone boots on
 127.0.0.1, a headless Chromium logs in, opens each altlake DAG's trigger form and sends it with its
 defaults (the takedown form with a URL only; cc_ingest with the shared sample WAT typed in), each
-run is created, cc_ingest succeeds over the real WAT sample, and score_candidates follows on the
-candidates asset by itself (the DAGs are unpaused from the first start).
+run is created, cc_ingest succeeds over the real WAT sample, score_candidates follows on the
+candidates asset by itself (the DAGs are unpaused from the first start) and build_release on the
+scores asset score_candidates updates. Screenshots of what a person sees go to tmp_path/screenshots,
+or to $ALTLAKE_SCREENSHOTS when set.
 
 Slow by nature (four Airflow components and two Spark JVMs on a shared 2-core machine), so every
 wait is generous but bounded, and everything started is shut down at the end.
@@ -99,7 +101,7 @@ def _runs(api: Api, dag_id: str) -> list[dict]:
     return body["dag_runs"]
 
 
-def _trigger_from_form(page, base: str, dag_id: str, fields: dict[str, str]) -> None:
+def _trigger_from_form(page, base: str, dag_id: str, fields: dict[str, str], shots: Path) -> None:
     """Open the DAG's trigger form, type `fields` (param -> text), send it, see it accepted."""
     page.goto(f"{base}/dags/{dag_id}")
     page.get_by_role("button", name="Trigger").first.click()
@@ -109,6 +111,7 @@ def _trigger_from_form(page, base: str, dag_id: str, fields: dict[str, str]) -> 
         dialog.locator(f"#element_{name}").fill(text)
     send = dialog.get_by_role("button", name="Trigger", exact=True)
     expect(send).to_be_enabled()
+    page.screenshot(path=shots / f"trigger-{dag_id}.png")
     send.click()
     expect(page.get_by_text("Dag Run Triggered").first).to_be_visible(timeout=60_000)  # the run itself is checked by the API
 
@@ -125,6 +128,8 @@ def test_standalone_trigger_forms_in_a_browser_and_the_asset_chain(tmp_path, sam
         ALTLAKE_WORKER_ARGS="--allow-listed-only --decode-workers 1",
     )
     log = tmp_path / "standalone.log"
+    shots = Path(os.environ.get("ALTLAKE_SCREENSHOTS") or tmp_path / "screenshots")
+    shots.mkdir(parents=True, exist_ok=True)
     with log.open("w") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "altlake_cli.main", "airflow", "--port", str(port), "--home", str(home)],
@@ -163,13 +168,13 @@ def test_standalone_trigger_forms_in_a_browser_and_the_asset_chain(tmp_path, sam
                 ("build_release", {}),
                 ("apply_takedowns", {"url": "http://images.example.org/taken-down.jpg", "reason": "browser test"}),
             ):
-                _trigger_from_form(page, base, dag_id, fields)
+                _trigger_from_form(page, base, dag_id, fields, shots)
                 runs = _wait(f"the {dag_id} run", lambda d=dag_id: _runs(api, d), 120, process, log, every_s=1)
                 assert [r["run_type"] for r in runs] == ["manual"]
                 if dag_id == "apply_takedowns":
                     assert runs[0]["conf"]["url"] == [fields["url"]] and runs[0]["conf"]["hash_list"] is None
                 api.call("PATCH", f"/api/v2/dags/{dag_id}/dagRuns/{runs[0]['dag_run_id']}", {"state": "failed"})
-            _trigger_from_form(page, base, "cc_ingest", {"crawl": CRAWL, "wat_paths": str(sample_wat)})
+            _trigger_from_form(page, base, "cc_ingest", {"crawl": CRAWL, "wat_paths": str(sample_wat)}, shots)
             _check_cc_ingest_run(api, process, log, lake, sample_wat)
 
             # The gate's Data Docs open from the UI's navigation, for logged-in users only.
@@ -177,19 +182,46 @@ def test_standalone_trigger_forms_in_a_browser_and_the_asset_chain(tmp_path, sam
             expect(page.get_by_role("link", name="GX Data Docs")).to_be_visible(timeout=60_000)
             page.goto(f"{base}/altlake/gx/")
             page.locator("li a").first.click()
+            page.wait_for_url(re.compile(r"/altlake/gx/[^/]+/index\.html$"))  # the listing's own title says "Data Docs" too
             expect(page).to_have_title(re.compile("Data Docs"))  # GX's page (its tables are drawn by CDN scripts)
             assert "candidates_suite" in page.content()
+            page.screenshot(path=shots / "gx-data-docs.png")
             assert _status(f"{base}/altlake/gx/") == 401  # no login, no Data Docs
-            browser.close()
 
-        chained = _wait(
-            "score_candidates to follow on the candidates asset",
-            lambda: [r for r in _runs(api, "score_candidates") if r["run_type"] == "asset_triggered"], 300, process, log,
-        )  # fmt: skip
-        assert len(chained) == 1
+            # The chain goes on by itself: scoring on the candidates asset, the release on the scores asset.
+            for dag_id, asset in (("score_candidates", "candidates"), ("build_release", "scores")):
+                chained = _wait(
+                    f"{dag_id} to follow on the {asset} asset",
+                    lambda d=dag_id: [r for r in _runs(api, d) if r["run_type"] == "asset_triggered"], 900, process, log,
+                )  # fmt: skip
+                assert len(chained) == 1
+                if dag_id == "score_candidates":
+                    _wait_finished(api, dag_id, chained[0]["dag_run_id"], process, log)
+                    page.goto(f"{base}/dags/{dag_id}/runs/{chained[0]['dag_run_id']}")
+                    page.wait_for_load_state("networkidle")
+                    page.screenshot(path=shots / "chain-score-candidates.png")
+            page.goto(f"{base}/dags")
+            page.wait_for_load_state("networkidle")
+            page.screenshot(path=shots / "dag-list.png")
+            browser.close()
     finally:
         _stop(process)
     assert process.poll() is not None, "airflow standalone is still running"
+
+
+def _wait_finished(api: Api, dag_id: str, run_id: str, process: subprocess.Popen, log: Path) -> dict:
+    """Wait for a run to end; it must succeed (a failure names its task states and the log's end)."""
+    run_path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}"
+
+    def finished():
+        status, body = api.call("GET", run_path)
+        return body if status == 200 and body["state"] in ("success", "failed") else None
+
+    final = _wait(f"the {dag_id} run to finish", finished, 1500, process, log, every_s=10)
+    _, tis = api.call("GET", f"{run_path}/taskInstances")
+    states = {ti["task_id"]: ti["state"] for ti in tis["task_instances"]}
+    assert final["state"] == "success", f"{dag_id}: {states}\n{_tail(log)}"
+    return states
 
 
 def _status(url: str) -> int:
@@ -207,15 +239,7 @@ def _check_cc_ingest_run(api: Api, process: subprocess.Popen, log: Path, lake: P
     run = _wait("the cc_ingest run", lambda: _runs(api, "cc_ingest"), 120, process, log, every_s=1)[0]
     assert run["conf"]["crawl"] == CRAWL and run["conf"]["wat_paths"] == [str(sample_wat)]
     run_path = f"/api/v2/dags/cc_ingest/dagRuns/{run['dag_run_id']}"
-
-    def finished():
-        status, body = api.call("GET", run_path)
-        return body if status == 200 and body["state"] in ("success", "failed") else None
-
-    final = _wait("the triggered run to finish", finished, 1500, process, log, every_s=10)
-    _, tis = api.call("GET", f"{run_path}/taskInstances")
-    states = {ti["task_id"]: ti["state"] for ti in tis["task_instances"]}
-    assert final["state"] == "success", f"{states}\n{_tail(log)}"
+    states = _wait_finished(api, "cc_ingest", run["dag_run_id"], process, log)
     assert states == {"resolve_inputs": "success", "extract": "success", "validate_candidates": "success"}
 
     status, xcom = api.call("GET", f"{run_path}/taskInstances/extract/xcomEntries/return_value")

@@ -12,11 +12,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import time
+
+import numpy as np
 
 from altlake.config import Settings
 from gpu_workers.downloader import DownloadConfig
 from gpu_workers.images import ImageConfig
-from gpu_workers.models import ModelSpec
+from gpu_workers.models import Models, ModelSpec, load_models
 from gpu_workers.worker import PipelineConfig, score_batch
 
 
@@ -35,12 +38,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--decode-workers", type=int, default=len(os.sched_getaffinity(0)))
     parser.add_argument("--max-in-flight", type=int, default=PipelineConfig.max_in_flight)
     parser.add_argument("--per-host", type=int, default=32, help="open requests to the image servers' host")
+    parser.add_argument("--stub-ms", type=float, default=0.0,
+                        help="replace CLIP by a stub that takes this long per batch (a GPU that never waits on the CPU)")
     args = parser.parse_args(argv)
 
     spec = ModelSpec(
         clip_model=args.model, checkpoint=args.checkpoint, multilingual_text_model=None,
         nsfw_head=args.nsfw, watermark_head=args.watermark, device=args.device,
     )  # fmt: skip
+    models = load_models(spec)
+    if args.stub_ms:
+        stub_model(models, args.stub_ms / 1000)
     summary = score_batch(
         args.input, args.output, spec,
         # Loopback servers stand for the many hosts of a real batch: the per-host politeness cap is the
@@ -48,11 +56,30 @@ def main(argv: list[str] | None = None) -> int:
         DownloadConfig.from_settings(Settings.from_env(), allow_hosts=("127.0.0.1",), per_host_concurrency=args.per_host),
         ImageConfig(min_bytes=0),
         PipelineConfig(batch_size=args.batch_size, decode_workers=args.decode_workers, decode=args.decode, max_in_flight=args.max_in_flight),
+        models=models,
         progress=True,
     )  # fmt: skip
     with open(args.summary, "w") as f:
         json.dump(summary, f, indent=2, default=str)
     return 0
+
+
+def stub_model(models: Models, seconds_per_batch: float) -> None:
+    """CLIP replaced by a call that sleeps a fixed time per image batch (releasing the GIL, as a GPU
+    kernel does) and returns random unit vectors: with download, decode and writing overlapped, the
+    worker's rate then equals the stub's (batch size / seconds per batch)."""
+    rng = np.random.default_rng(0)
+
+    def vectors(n: int) -> np.ndarray:
+        x = rng.standard_normal((n, models.embed_dim)).astype(np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    def embed_images(batch) -> np.ndarray:
+        time.sleep(seconds_per_batch)
+        return vectors(len(batch))
+
+    models.embed_images = embed_images
+    models.embed_texts = lambda texts, languages: vectors(len(texts))
 
 
 if __name__ == "__main__":

@@ -220,7 +220,7 @@ def test_pipeline_pulls_a_bounded_number_of_rows_ahead(server, models):
             yield InputRow(f"u{i:06d}", server.url(f"photo/astronaut.jpg?size=96&n={i % 50}"), "an astronaut", "en")
 
     pipeline = PipelineConfig(batch_size=8, max_in_flight=16, decode_workers=2)
-    bound = pipeline.max_in_flight + 4 * pipeline.decode_workers + 2 * pipeline.batch_size
+    bound = pipeline.max_in_flight + pipeline.decode_window + 3 * pipeline.batch_size
     scored = score_rows(rows(), models, _download(), IMAGES, pipeline, "bounded")
     ahead = []
     for yielded, result in enumerate(itertools.islice(scored, 120), start=1):
