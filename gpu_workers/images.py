@@ -70,6 +70,11 @@ class ImageConfig:
         if self.encode_format not in (None, "jpg", "png", "webp"):
             raise ValueError(f"encode_format must be jpg, png, webp or None, not {self.encode_format!r}")
 
+    @property
+    def square_output(self) -> bool:
+        """Every stored image is size x size (border pads, center_crop crops): a batch of them stacks."""
+        return self.size is not None and self.resize_mode in ("border", "center_crop")
+
 
 @dataclass(frozen=True)
 class Header:

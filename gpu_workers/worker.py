@@ -155,7 +155,7 @@ class _Stages:
         # Every decoded image has the same square size and the models preprocess on the GPU: hand
         # over raw uint8 pixels, one array per image, and let one batched call do CLIP's and the
         # watermark head's resize and normalisation (no per-image PIL work on the CPU).
-        self.raw_pixels = models.preprocesses_on_device and image_config.size is not None and image_config.resize_mode in ("border", "center_crop")
+        self.raw_pixels = models.preprocesses_on_device and image_config.square_output
         batched = uses_batch_decoder(pipeline.decode, models.device)
         self.batch_decoder = BatchDecoder(image_config, models.device) if batched else None
         self.group_size = pipeline.batch_size if batched else 1

@@ -16,7 +16,7 @@ from pathlib import Path
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from altlake.config import Settings
-from plugins.spark import start_jvm
+from plugins.spark import start_jvm, task_spark
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +67,8 @@ def publish(settings: Settings, run_id: str, aws_conn_id: str = DEFAULT_AWS_CONN
     from spark_jobs.publish import ReleaseExistsError
     from spark_jobs.quality import QualityGateError
     from spark_jobs.release import build_release
-    from spark_jobs.session import get_spark
 
-    start_jvm(settings)
-    spark = get_spark(settings, "altlake-release")
+    spark = task_spark(settings, "altlake-release")
     try:
         summary = build_release(spark, settings, client=s3_client(settings, aws_conn_id), run_id=run_id, index_release=index_staged_release)
     except QualityGateError as error:

@@ -15,7 +15,7 @@ from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from altlake.config import Settings
 from altlake.schemas import BATCH_FAILED, BATCH_PLANNED
-from plugins.spark import start_jvm
+from plugins.spark import task_spark
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +56,9 @@ def plan(settings: Settings, crawl: str | None, batch_size: int | None, max_batc
     """Plan new batches and pick up batches an interrupted run left planned (the worker skips any
     that already finished), so re-running the DAG resumes instead of starting over."""
     from spark_jobs.batches import plan_batches
-    from spark_jobs.session import get_spark
     from spark_jobs.takedowns import read_table
 
-    start_jvm(settings)  # Spark's console output at its own log levels, not as red stderr
-    spark = get_spark(settings, "altlake-plan-batches")
+    spark = task_spark(settings, "altlake-plan-batches")
     summary = plan_batches(spark, settings, crawl or None, batch_size, max_batches)
     new_ids = {b["batch_id"] for b in summary["batches"]}
     leftover = [
@@ -96,12 +94,10 @@ def merge(settings: Settings, batches: list[dict]) -> dict:
     `_SUCCESS` after all its task attempts is marked failed with why. Skips (no asset event) when
     nothing new was merged."""
     from spark_jobs.merge_scores import mark_batch_failed, merge_planned_batches
-    from spark_jobs.session import get_spark
 
     if not batches:
         raise AirflowSkipException("no batches were planned: nothing to merge")
-    start_jvm(settings)  # Spark's console output at its own log levels, not as red stderr
-    spark = get_spark(settings, "altlake-merge-scores")
+    spark = task_spark(settings, "altlake-merge-scores")
     result = merge_planned_batches(spark, settings, [b["batch_id"] for b in batches])
     outputs = {b["batch_id"]: b["output_path"] for b in batches}
     failed = []
@@ -149,14 +145,12 @@ def merge_summary_line(summary: dict) -> str:
 def check(settings: Settings, batches: list[dict]) -> dict:
     """Fail the run, naming each batch and its reason, when any batch of this run ended failed;
     the merged batches are already in `scores` and the failed ones are planned again next run."""
-    from spark_jobs.session import get_spark
     from spark_jobs.takedowns import read_table
 
     ids = [b["batch_id"] for b in batches]
     if not ids:
         return {"batches": 0, "failed": []}
-    start_jvm(settings)  # Spark's console output at its own log levels, not as red stderr
-    spark = get_spark(settings, "altlake-check-batches")
+    spark = task_spark(settings, "altlake-check-batches")
     table = read_table(spark, settings, "batches")
     rows = table.where(table["batch_id"].isin(ids)).collect()
     failed = sorted((r["batch_id"], r["error"]) for r in rows if r["status"] == BATCH_FAILED)

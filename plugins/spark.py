@@ -227,6 +227,15 @@ def start_jvm(settings: Settings) -> None:
     SparkContext._ensure_initialized(gateway=gateway)
 
 
+def task_spark(settings: Settings, app_name: str):
+    """The Spark session a task in this process works with: its JVM started by start_jvm first, so
+    Spark's console output reaches the task log at its own levels."""
+    from spark_jobs.session import get_spark
+
+    start_jvm(settings)
+    return get_spark(settings, app_name)
+
+
 def settings_env(settings: Settings) -> dict[str, str]:
     """The settings as ALTLAKE_* variables, so a job process sees exactly this task's settings."""
     return {f"ALTLAKE_{f.name.upper()}": str(getattr(settings, f.name)) for f in fields(settings)}

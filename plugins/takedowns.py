@@ -13,7 +13,7 @@ from airflow.sdk.exceptions import AirflowFailException
 
 from altlake.config import Settings
 from altlake.schemas import TAKEDOWN_KINDS
-from plugins.spark import start_jvm
+from plugins.spark import task_spark
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +38,11 @@ def requests_from_params(params: dict) -> list:
 def add(settings: Settings, params: dict) -> dict:
     """Record the form's requests; the result also names them (reason, count per kind) so that the
     apply task's summary can say whether this run's requests matched anything."""
-    from spark_jobs.session import get_spark
     from spark_jobs.takedowns import add_takedowns
 
     requests = requests_from_params(params)
-    start_jvm(settings)
     try:
-        recorded = add_takedowns(get_spark(settings, "altlake-takedowns"), settings, requests)
+        recorded = add_takedowns(task_spark(settings, "altlake-takedowns"), settings, requests)
     except ValueError as error:  # a bad entry: retrying cannot help, and nothing was written
         raise AirflowFailException(str(error)) from error
     requested = {kind: n for kind in TAKEDOWN_KINDS if (n := sum(r.kind == kind for r in requests))}
@@ -55,11 +53,9 @@ def add(settings: Settings, params: dict) -> dict:
 
 def apply(settings: Settings, added: dict) -> dict:
     """Delete every match of every recorded request; `added` is the add task's result (this run's requests)."""
-    from spark_jobs.session import get_spark
     from spark_jobs.takedowns import apply_takedowns
 
-    start_jvm(settings)
-    result = {"added": added, **apply_takedowns(get_spark(settings, "altlake-takedowns"), settings)}
+    result = {"added": added, **apply_takedowns(task_spark(settings, "altlake-takedowns"), settings)}
     log.info("%s", apply_summary_line(result))
     return result
 

@@ -424,14 +424,19 @@ def _extraction(spark, settings: Settings) -> dict:
 
     version = table_version(spark, settings, "crawl_files")
     files = read_table(spark, settings, "crawl_files", version)
-    done = files.where(F.col("status") == FILE_DONE)
-    totals = done.agg(F.count("*").alias("n"), F.sum("raw_pairs").alias("raw"), F.sum("kept_pairs").alias("kept")).first()
-    per_reason = done.select(F.explode("rejected").alias("reason", "n")).groupBy("reason").agg(F.sum("n").alias("pairs"))
+    is_done = F.col("status") == FILE_DONE
+    totals = files.agg(
+        F.count(F.when(is_done, 1)).alias("n"),
+        F.count(F.when(F.col("status") == FILE_FAILED, 1)).alias("failed"),
+        F.sum(F.when(is_done, F.col("raw_pairs"))).alias("raw"),
+        F.sum(F.when(is_done, F.col("kept_pairs"))).alias("kept"),
+    ).first()  # one pass for every total
+    per_reason = files.where(is_done).select(F.explode("rejected").alias("reason", "n")).groupBy("reason").agg(F.sum("n").alias("pairs"))
     found = {r["reason"]: int(r["pairs"]) for r in per_reason.collect()}
     return {
         "crawl_files_version": version,
         "files_done": int(totals["n"]),
-        "files_failed": files.where(F.col("status") == FILE_FAILED).count(),
+        "files_failed": int(totals["failed"]),
         "raw_pairs": int(totals["raw"] or 0),
         "kept_pairs": int(totals["kept"] or 0),
         "rejected": {**dict.fromkeys(REJECT_REASONS, 0), **found},

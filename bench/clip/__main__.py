@@ -21,7 +21,6 @@ import math
 import os
 import platform
 import random
-import resource
 import shutil
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from altlake_cli.image_server import photo_files
+from bench.processes import measure
 from bench.venvs import peer_venv
 from gpu_workers.models import DEMO, DEMO_CLIP_MODEL, DEMO_DIR, DEMO_FILES
 from gpu_workers.writer import OutputDir, Sample, write_webdataset
@@ -191,18 +191,6 @@ def ensure_clip_retrieval_venv() -> Path:
     )  # fmt: skip
 
 
-def measure(command: list[str], env: dict[str, str], label: str) -> tuple[float, float]:
-    """Run one tool to completion: (wall s, CPU s of it and every child it waited for)."""
-    print(f"==> {label}", file=sys.stderr)
-    before, started = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
-    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if done.returncode != 0:
-        raise RuntimeError(f"{label} failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
-    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-
-
 def run_altlake(
     urls: list[str], captions: list[str], work: Path, weights: dict, args, decode: str, heads: bool, env: dict, stub_ms: float = 0.0
 ) -> dict:
@@ -226,14 +214,14 @@ def run_altlake(
     if stub_ms:
         command += ["--stub-ms", str(stub_ms)]
         label = f"altlake score, {decode} decode, CLIP replaced by a {stub_ms:g} ms/batch stub ({args.batch_size * 1000 / stub_ms:.0f} img/s)"
-    wall, cpu = measure(command, env, label)
+    run = measure(label, command, env)
     summary = json.loads((folder / "summary.json").read_text())
     ok = summary["statuses"].get("ok", 0)
     stages = summary["cpu_ms_per_image"]
     # On the CPU the model's own cost (its thread and torch's pool, in `other`) would sit on the GPU.
     feeding = stages["total"] if args.device == "cuda" else stages["total"] - stages["model"] - stages["heads"] - stages["other"]
     return _row(
-        label, ok, wall, cpu, summary["images_per_s"],
+        label, ok, run["wall_s"], run["cpu_s"], summary["images_per_s"],
         note=f"steady = the worker's scoring rate after model load; statuses {summary['statuses']}",
         cpu_ms_per_image=stages,
         feed_ms_per_image=round(feeding, 3),
@@ -266,10 +254,10 @@ def clip_inference_command(python: Path, shards: tuple[Path, int, int], output: 
 
 def run_clip_inference(python: Path, shards: tuple[Path, int, int], output: Path, weights: dict, args, env: dict) -> dict:
     """clip-retrieval's clip_inference on shards of the same JPEG files (reads from disk)."""
-    wall, cpu = measure(clip_inference_command(python, shards, output, weights, args), env, f"{CLIP_RETRIEVAL} clip_inference")
+    run = measure(f"{CLIP_RETRIEVAL} clip_inference", clip_inference_command(python, shards, output, weights, args), env)
     images, steady = _clip_inference_counts(output)
     note = "reads local webdataset shards of the same JPEGs (no download, no checks); steady = its stats/0.json"
-    return _row(f"{CLIP_RETRIEVAL} clip_inference (files)", images, wall, cpu, steady, note=note)
+    return _row(f"{CLIP_RETRIEVAL} clip_inference (files)", images, run["wall_s"], run["cpu_s"], steady, note=note)
 
 
 def run_job(img2dataset: Path, clip_python: Path, urls: list[str], captions: list[str], work: Path, weights: dict, args, env: dict) -> dict:
@@ -282,19 +270,20 @@ def run_job(img2dataset: Path, clip_python: Path, urls: list[str], captions: lis
         str(img2dataset), str(REPO / "bench" / "download" / "run_img2dataset.py"), str(url_list), str(shards_dir),
         str(IMG2DATASET_THREADS), str(IMAGE_SIZE), "border", "webdataset", str(per_shard),
     ]  # fmt: skip
-    wall_download, cpu_download = measure(command, env, f"{IMG2DATASET} download")
+    download = measure(f"{IMG2DATASET} download", command, env)
     tars = sorted(shards_dir.glob("*.tar"))
     # img2dataset names shards 00000.tar, 00001.tar, ... : clip_inference's brace pattern fits them.
-    wall_infer, cpu_infer = measure(
-        clip_inference_command(clip_python, (shards_dir, len(tars), per_shard), work / "ci-job", weights, args),
-        env, f"{CLIP_RETRIEVAL} clip_inference on img2dataset's shards",
+    infer = measure(
+        f"{CLIP_RETRIEVAL} clip_inference on img2dataset's shards",
+        clip_inference_command(clip_python, (shards_dir, len(tars), per_shard), work / "ci-job", weights, args), env,
     )  # fmt: skip
     images, steady = _clip_inference_counts(work / "ci-job")
     note = (
-        f"img2dataset {wall_download:.1f} s wall / {cpu_download:.1f} CPU-s, then clip_inference {wall_infer:.1f} s / "
-        f"{cpu_infer:.1f} CPU-s; steady = clip_inference's own rate"
+        f"img2dataset {download['wall_s']:.1f} s wall / {download['cpu_s']:.1f} CPU-s, then clip_inference {infer['wall_s']:.1f} s / "
+        f"{infer['cpu_s']:.1f} CPU-s; steady = clip_inference's own rate"
     )
-    return _row(f"{IMG2DATASET} + clip_inference (whole job)", images, wall_download + wall_infer, cpu_download + cpu_infer, steady, note=note)
+    wall, cpu = download["wall_s"] + infer["wall_s"], download["cpu_s"] + infer["cpu_s"]
+    return _row(f"{IMG2DATASET} + clip_inference (whole job)", images, wall, cpu, steady, note=note)
 
 
 def model_alone(weights: dict, args) -> dict:

@@ -18,34 +18,21 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from altlake.config import Settings
+from bench.processes import measure
 from bench.venvs import peer_venv
 from bench.download.dataset import make_images, write_url_list
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 IMG2DATASET = "img2dataset==1.47.0"
-
-
-def measure(name: str, command: list[str], env: dict[str, str]) -> dict[str, float]:
-    """Run one tool to completion; wall and CPU seconds of it and all its children."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    started = time.perf_counter()
-    subprocess.run(command, check=True, cwd=REPO, env=env, stdout=subprocess.DEVNULL)
-    wall = time.perf_counter() - started
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    print(f"{name}: {wall:.1f}s wall, {cpu:.1f}s CPU", file=sys.stderr)
-    return {"wall_s": wall, "cpu_s": cpu}
 
 
 def img2dataset_successes(folder: Path) -> int:

@@ -24,14 +24,14 @@ REPO = Path(__file__).resolve().parents[2]
 
 # What spark-submit printed on stderr for a job that succeeded, abridged from a real run (the
 # first lines are the JVM's and Spark's startup notes, as a local session also prints them).
-SUBMIT_STDERR = """\
+SUBMIT_STDERR = f"""\
 WARNING: Using incubator modules: jdk.incubator.vector
 Using Spark's default log4j profile: org/apache/spark/log4j2-defaults.properties
 26/11/27 15:52:17 WARN Utils: Your hostname, vm, resolves to a loopback address: 127.0.0.1; using 192.0.2.2 instead (on interface eth0)
 26/11/27 15:52:17 WARN NativeCodeLoader: Unable to load native-hadoop library for your platform... using builtin-java classes where applicable
 26/11/27 15:52:18 INFO SparkContext: Running Spark version 4.0.1
 Setting default log level to "WARN".
-/work/main/spark_jobs/extract.py:40: FutureWarning: a pandas deprecation
+{REPO}/spark_jobs/extract.py:40: FutureWarning: a pandas deprecation
   frame = frame.groupby("k").apply(f)
 26/11/27 15:52:30 ERROR Executor: Exception in task 0.0 in stage 3.0 (TID 7)
 java.io.FileNotFoundException: /data/gone.wat.gz (No such file or directory)

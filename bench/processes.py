@@ -1,0 +1,26 @@
+"""One way every benchmark times a tool: its own process, wall seconds and the CPU seconds of it and
+every child it waited for (rusage), so worker pools and spawned processes count on both sides."""
+
+from __future__ import annotations
+
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def measure(label: str, command: list[str], env: dict[str, str]) -> dict[str, float]:
+    """Run `command` to completion from the repo root: {"wall_s", "cpu_s"}; a failure raises with its stderr's end."""
+    print(f"==> {label}", file=sys.stderr)
+    before, started = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
+    done = subprocess.run(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if done.returncode != 0:
+        raise RuntimeError(f"{label} failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    print(f"    {wall:.1f}s wall, {cpu:.1f}s CPU", file=sys.stderr)
+    return {"wall_s": wall, "cpu_s": cpu}
