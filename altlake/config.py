@@ -41,9 +41,23 @@ class Settings:
     kept_fraction_min: float = 0.01
     kept_fraction_max: float = 0.95
     # Batch planning: max download attempts per retryable failure class ("class=n,..."; others: 3).
-    retry_limits: str = "dns=2,connect=3,timeout=3,http_5xx=3,http_429=5,error=2"
+    retry_limits: str = "dns=2,connect=3,timeout=3,http_5xx=3,http_429=5,host_refused=5,error=2"
     # Scoring worker.
     user_agent: str = "altlake/0.1 (+https://github.com/altlake/altlake; image-text dataset research)"
+    # AI-crawler robots.txt tokens (comma-separated): a path their OWN robots.txt group disallows (or
+    # an X-Robots-Tag scoped to them) is opted out of AI use, `ai_crawler_robots`. img2dataset builds
+    # LAION-style datasets, so a site blocking it has opted out of ours.
+    ai_crawler_tokens: str = "CCBot,GPTBot,Google-Extended,anthropic-ai,ClaudeBot,img2dataset"
+    # Politeness to every host (`altlake score` flags and score_candidates form fields override them;
+    # each batch's _SUCCESS records what it ran with). Open requests per host at any time:
+    per_host_concurrency: int = 8
+    # Request starts per second per host (robots.txt and redirects included); 0 = no rate limit.
+    per_host_rate: float = 0.0
+    # A 429/503 with Retry-After pauses every request to its host until then, capped at this many seconds.
+    max_retry_after_s: float = 30.0
+    # Consecutive 429/503 answers after which a host is given up for the batch: its remaining URLs
+    # end `host_refused` without a request (retried in a later run); 0 = never give up.
+    host_refusal_limit: int = 5
     batch_size: int = 10_000
     # Where Airflow runs `altlake score` per batch: local (subprocess) | aws_batch | kubernetes.
     worker_backend: str = "local"
@@ -75,6 +89,22 @@ class Settings:
     emr_code_uri: str = ""  # s3:// prefix holding spark_jobs/*.py and altlake.zip (our packages)
     emr_log_uri: str = ""  # s3:// prefix for driver/executor logs
     emr_aws_conn_id: str = "aws_default"
+    # Takedowns: hours a takedown's deleted rows stay in the tables' Delta history (a wrong takedown
+    # can be undone, releases in flight finish) before `altlake takedown purge` deletes them for good.
+    takedown_grace_hours: int = 168
+    # Hours of Delta history every table keeps (its delta.deletedFileRetentionDuration and
+    # delta.logRetentionDuration): how far back time travel and `build-release --rebuild` reach,
+    # except across a purged takedown. At least takedown_grace_hours.
+    history_retention_hours: int = 720
+
+    def __post_init__(self) -> None:
+        if self.takedown_grace_hours < 0:
+            raise ValueError(f"ALTLAKE_TAKEDOWN_GRACE_HOURS must be >= 0, not {self.takedown_grace_hours}")
+        if self.history_retention_hours < self.takedown_grace_hours:
+            raise ValueError(
+                f"ALTLAKE_HISTORY_RETENTION_HOURS ({self.history_retention_hours}) must be at least "
+                f"ALTLAKE_TAKEDOWN_GRACE_HOURS ({self.takedown_grace_hours}): history must outlive the grace period"
+            )
 
     @property
     def release_dir(self) -> str:

@@ -47,3 +47,13 @@ class LakePaths:
 
 def release_path(store: str, release_id: str) -> str:
     return join(store, release_id)
+
+
+# A published release's removals addenda: one file per amendment, never rewritten (the release's
+# own files are immutable; holders of a copy fetch the addenda and delete the rows they list).
+REMOVALS_DIR = "removals"
+
+
+def removals_file(takedowns_version: int) -> str:
+    """The addendum for one takedowns table version, relative to the release's root."""
+    return f"{REMOVALS_DIR}/removals-{takedowns_version:08d}.parquet"

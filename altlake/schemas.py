@@ -47,6 +47,7 @@ DOWNLOAD_FAILURES = (
     "opted_out",
     "robots_disallowed",
     "blocked_address",
+    "host_refused",  # the host kept answering 429/503: given up for the batch, never requested (retried later)
     "invalid_url",
     "invalid_input",  # a batch cell of the wrong type (text or language not a string, ...): never downloaded
     "error",
@@ -68,23 +69,39 @@ STATUS_MEANINGS = {
     "too_small": "under the minimum bytes or side length (icons, tracking pixels)",
     "too_many_pixels": "over the pixel, side-length or aspect-ratio limit",
     "unsupported_format": "an image format outside JPEG, PNG and WebP",
-    "opted_out": "the site opts out of AI use (X-Robots-Tag noai, ...)",
-    "robots_disallowed": "robots.txt disallows it for our user agent",
+    "opted_out": "an opt-out signal (error names it: x_robots_tag, tdm_reservation, tdmrep_json, ai_crawler_robots) or an image hash on a takedown list",
+    "robots_disallowed": "robots.txt disallows it for our user agent (RFC 9309: its own group, else *)",
     "blocked_address": "refused by the SSRF guard: not a public address, or not allow-listed (as the demo's internet URLs are)",
+    "host_refused": "not requested: its host kept answering 429/503 and was given up for the batch (retried in a later run)",
     "invalid_url": "not an http(s) URL with a host",
     "invalid_input": "a batch cell of the wrong type (the row was never downloaded)",
     "error": "an unexpected failure, recorded with its reason (retried in a later run)",
 }
 
+# Opt-out signals honoured before any image is downloaded. An opted-out row records the signal:
+# `candidates.opt_out` (found at extraction) or `scores.error` = "<signal>: <detail>" with status
+# opted_out (found by the worker). The manifest lists them as "signals honoured".
+OPT_OUT_SIGNALS = {
+    "meta_robots": "the page's <meta name=robots> (or a named agent's) says noai / noimageai",
+    "x_robots_tag": "the image's X-Robots-Tag header says noai, noimageai, noml, none or noindex for us",
+    "tdm_reservation": "the image's tdm-reservation: 1 header (W3C TDMRep)",
+    "tdmrep_json": "the host's /.well-known/tdmrep.json reserves text and data mining for the path",
+    "ai_crawler_robots": "robots.txt disallows the path for an AI crawler token (CCBot, GPTBot, ...)",
+}
+
 # Failure classes worth another download attempt in a later scoring run (transient by nature).
-RETRYABLE_STATUSES = ("dns", "connect", "timeout", "http_5xx", "http_429", "error")
+RETRYABLE_STATUSES = ("dns", "connect", "timeout", "http_5xx", "http_429", "host_refused", "error")
 
 # Batch lifecycle in the `batches` table.
 BATCH_PLANNED, BATCH_DONE, BATCH_FAILED = "planned", "done", "failed"
 BATCH_STATUSES = (BATCH_PLANNED, BATCH_DONE, BATCH_FAILED)
 
+# The `language` of a pair whose language detection was unreliable (candidates, pairs), and the
+# release subset that holds them.
+NO_LANGUAGE = "nolang"
+
 # Language groups of a release (LAION-5B's split).
-SUBSETS = ("en", "multi", "nolang")
+SUBSETS = ("en", "multi", NO_LANGUAGE)
 
 TAKEDOWN_KINDS = ("url", "domain", "sha256", "md5")
 
@@ -165,6 +182,7 @@ CRAWL_FILES = Table(
         C("raw_links", "bigint", doc="IMG@/src links with a non-empty alt (before any rule)"),
         C("raw_pairs", "bigint", doc="distinct (absolute url, alt) pairs among raw_links"),
         C("kept_pairs", "bigint", doc="distinct pairs that passed the LAION-5B rules"),
+        C("opted_out", "bigint", doc="of kept_pairs, those whose page opted out (candidates.opt_out); null: read before it was counted"),
         C("rejected", "map<string,bigint>", doc="distinct pairs dropped, by reason"),
         C("attempts", "int", doc="how many times this file was processed"),
         C("started_at", "timestamp"),
@@ -181,12 +199,14 @@ CANDIDATES = Table(
     columns=(
         C("uid", "string", False, "hex hash of (url, text): stable across runs and crawls"),
         C("url", "string", False),
+        C("url_canonical", "string", doc="the URL's canonical form (altlake.urls): what url and domain takedowns match"),
         C("text", "string", False, "alt text after ftfy and non-printable stripping"),
         C("page_url", "string", doc="the page the image was linked from"),
         C("wat_path", "string", doc="the WAT the pair was first extracted from"),
         C("language", "string", False, "ISO code, or nolang when detection is unreliable"),
         C("language_score", "float"),
         C("license", "string", doc="creativecommons.org license URL found on the page, if any"),
+        C("opt_out", "string", doc="the OPT_OUT_SIGNALS key that opted the pair out before any download, null when none"),
         C("first_seen_crawl", "string", False, "the crawl that first contained the pair"),
         C("last_seen_crawl", "string", False, "the newest crawl that contained the pair"),
         C("ingested_at", "timestamp", False),
@@ -262,6 +282,7 @@ PAIRS = Table(
     columns=(
         C("uid", "string", False),
         C("url", "string", False),
+        C("url_canonical", "string", doc="as in candidates: what url and domain takedowns match"),
         C("text", "string", False),
         C("subset", "string", False, "en | multi | nolang"),
         C("language", "string", False),
@@ -293,6 +314,26 @@ RELEASES = Table(
         C("n_pairs", "bigint", False),
         C("manifest_sha256", "string", False),
         C("manifest", "string", False, "the manifest.json text"),
+        C("amended_at", "timestamp", doc="when a removals addendum was last added beside the release"),
+        C("removed", "bigint", doc="rows its removals addenda list (taken down since publication)"),
+        C("deprecated", "boolean", doc="superseded: holders should move to a newer release"),
+    ),
+)
+
+REMOVALS = Table(
+    name="removals",
+    doc="A release's removals addendum (removals/removals-<takedowns version>.parquet beside its immutable "
+    "files): rows taken down since publication, which holders of a copy should delete (as Re-LAION-5B did).",
+    key=("uid",),
+    columns=(
+        C("uid", "string", False),
+        C("url", "string"),
+        C("sha256", "string"),
+        C("md5", "string"),
+        C("kind", "string", False, "the matching request's kind: url | domain | sha256 | md5"),
+        C("value", "string", False, "the matching request's value (canonical)"),
+        C("takedowns_version", "bigint", False, "the takedowns table version the addendum honours"),
+        C("removed_at", "timestamp", False),
     ),
 )
 
@@ -305,9 +346,32 @@ TAKEDOWNS = Table(
         C("value", "string", False),
         C("reason", "string", False),
         C("requested_at", "timestamp", False),
+        C("matched", "map<string,bigint>", doc="rows the request matched per table when it was added"),
+    ),
+)
+
+PURGES = Table(
+    name="purges",
+    doc="One row per table a takedown apply deleted rows from, and when those rows left the table's history for good.",
+    key=("apply_id", "table_name"),
+    columns=(
+        C("apply_id", "string", False, "one apply_takedowns run"),
+        C("table_name", "string", False, "candidates | scores | pairs"),
+        C("table_version", "bigint", False, "the Delta version of the delete; older versions hold the rows until purged"),
+        C("takedowns_version", "bigint", False, "the takedowns table version the apply honoured"),
+        C("rows_deleted", "bigint", False),
+        C("files_rewritten", "bigint", doc="data files the delete removed from the table (those holding the rows)"),
+        C("applied_at", "timestamp", False, "when the rows left the table's current version"),
+        C("grace_hours", "int", False, "the grace period (ALTLAKE_TAKEDOWN_GRACE_HOURS) the purge waits for"),
+        C("purge_after", "timestamp", False, "applied_at + grace_hours: from then on `takedown purge` removes the rows"),
+        C("purged_at", "timestamp", doc="when VACUUM deleted the files; null until then"),
+        C("retention_hours", "int", doc="the tables' history retention (ALTLAKE_HISTORY_RETENTION_HOURS) at the purge"),
+        C("vacuum_retain_hours", "bigint", doc="the VACUUM ... RETAIN n HOURS the purge ran"),
+        C("files_removed", "bigint", doc="of files_rewritten, those gone from storage after the purge"),
+        C("vacuum_version", "bigint", doc="the table's Delta version after the purge's VACUUM"),
     ),
 )
 
 TABLES: dict[str, Table] = {
-    t.name: t for t in (CRAWL_FILES, CANDIDATES, BATCHES, SCORES, PAIRS, RELEASES, TAKEDOWNS)
+    t.name: t for t in (CRAWL_FILES, CANDIDATES, BATCHES, SCORES, PAIRS, RELEASES, TAKEDOWNS, PURGES)
 }

@@ -11,6 +11,12 @@ form: lists of URLs, domains (subdomains included), sha256 / md5 digests, or a h
 2. **apply**: deletes every match from candidates, scores and pairs (a hash match also removes the
    candidate, so it is never downloaded again). The next release drops matches again and records
    the `takedowns` version it honoured in its manifest.
+3. **amend_releases**: every published release holding a newly matched row gets a removals
+   addendum beside its immutable files (`removals/removals-<takedowns version>.parquet`), so
+   holders of a copy know what to delete; `releases` records when; `altlake serve` stops
+   returning those rows on its next reload.
+4. **purge**: rows deleted by applies older than the grace period (`ALTLAKE_TAKEDOWN_GRACE_HOURS`)
+   leave the tables' Delta history for good (VACUUM); recorded in the `purges` table.
 """
 
 from __future__ import annotations
@@ -62,7 +68,15 @@ def apply_takedowns():
     def apply(added: dict) -> dict:
         return takedowns.apply(Settings.from_env(), added)
 
-    apply(add())
+    @task(pool=SPARK_POOL)
+    def amend_releases(applied: dict) -> dict:
+        return takedowns.amend(Settings.from_env(), applied)
+
+    @task(pool=SPARK_POOL)
+    def purge(amended: dict) -> dict:
+        return takedowns.purge(Settings.from_env())
+
+    purge(amend_releases(apply(add())))
 
 
 apply_takedowns_dag = apply_takedowns()

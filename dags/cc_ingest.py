@@ -24,6 +24,7 @@ from datetime import datetime
 from airflow.sdk import Param, dag, task
 
 from altlake.config import Settings
+from altlake.names import COMMONCRAWL_S3, CRAWL_ID_PATTERN
 from plugins.assets import CANDIDATES_ASSET
 from plugins.defaults import DEFAULT_ARGS, SPARK_POOL
 from plugins import ingest
@@ -31,7 +32,7 @@ from plugins.spark import BACKENDS
 
 PARAMS = {
     "crawl": Param(
-        None, type=["null", "string"], pattern=r"^(CC-MAIN-\d{4}-\d{2})?$", title="Crawl id",
+        None, type=["null", "string"], pattern=f"^({CRAWL_ID_PATTERN})?$", title="Crawl id",
         description="e.g. CC-MAIN-2024-10; empty: the newest crawl in the crawl list",
     ),
     "wat_paths": Param(
@@ -41,7 +42,7 @@ PARAMS = {
     "wat_limit": Param(None, type=["null", "integer"], minimum=1, title="WAT limit", description="take only the first N WAT files"),
     "wat_prefix": Param(
         ingest.DEFAULT_WAT_PREFIX, type="string", title="WAT prefix",
-        description="prefix of the entries of a wat.paths.gz listing (s3a://commoncrawl/ on AWS)",
+        description=f"prefix of the entries of a wat.paths.gz listing ({COMMONCRAWL_S3} on AWS)",
     ),
     "backend": Param(
         None, type=["null", "string"], enum=[None, *BACKENDS], title="Spark backend",

@@ -2,7 +2,7 @@
 ### score_candidates: unscored `candidates` -> scoring batches -> workers -> `scores` (Delta)
 
 Runs whenever cc_ingest updates the `altlake://candidates` asset, or **Trigger DAG** with the form
-(crawl, batch size, max batches). Tasks:
+(crawl, batch size, max batches, per-host concurrency and rate). Tasks:
 
 1. **plan**: the Spark planner (`spark_jobs/batches.py`) writes one input parquet per batch and a
    `batches` row; candidates whose download failed for good are never re-queued, retryable
@@ -25,14 +25,15 @@ from datetime import datetime
 from airflow.sdk import Param, dag, task
 
 from altlake.config import Settings
+from altlake.names import CRAWL_ID_PATTERN
 from plugins import scoring
 from plugins.assets import CANDIDATES_ASSET, SCORES_ASSET
 from plugins.defaults import DEFAULT_ARGS, SCORING_POOL, SPARK_POOL
-from plugins.worker_backends import BACKENDS, build_score_operator
+from plugins.worker_backends import BACKENDS, score_operator_kwargs
 
 PARAMS = {
     "crawl": Param(
-        None, type=["null", "string"], pattern=r"^(CC-MAIN-\d{4}-\d{2})?$", title="Crawl id",
+        None, type=["null", "string"], pattern=f"^({CRAWL_ID_PATTERN})?$", title="Crawl id",
         description="score only candidates first seen in this crawl; empty: every crawl",
     ),
     "batch_size": Param(None, type=["null", "integer"], minimum=1, title="Batch size", description="uids per batch; empty: ALTLAKE_BATCH_SIZE"),
@@ -46,10 +47,26 @@ PARAMS = {
         None, type=["null", "string"], title="Model",
         description="informational: the deployment's ALTLAKE_WORKER_ARGS decide (empty or 'demo': the demo models)",
     ),
+    "per_host_concurrency": Param(
+        None, type=["null", "integer"], minimum=1, title="Per-host concurrency",
+        description="open requests per host at any time; empty: ALTLAKE_PER_HOST_CONCURRENCY (recorded in each batch's _SUCCESS)",
+    ),
+    "per_host_rate": Param(
+        None, type=["null", "number"], minimum=0, title="Per-host rate",
+        description="request starts per second per host, 0 = no limit; empty: ALTLAKE_PER_HOST_RATE (recorded in each batch's _SUCCESS)",
+    ),
 }
 
 # Parse-time settings: the worker backend, its arguments and retries shape the mapped operator.
 DEPLOYMENT = Settings.from_env()
+SCORE_OPERATOR, SCORE_KWARGS = score_operator_kwargs(DEPLOYMENT, pool=SCORING_POOL)
+DEPLOYED_WORKER_ARGS = SCORE_KWARGS.pop("worker_args")  # per batch instead: followed by the run's politeness flags
+
+
+def score_kwargs(batch: dict) -> dict:
+    """One score task's kwargs (a plain function, as XComArg.map needs): ALTLAKE_WORKER_ARGS, then
+    the per-host politeness flags the plan task attached for this run."""
+    return scoring.score_kwargs(batch, DEPLOYED_WORKER_ARGS)
 
 
 @dag(
@@ -71,7 +88,7 @@ def score_candidates():
         scoring.check_deployment(settings, params["worker_backend"], params["model"])
         planned = scoring.plan(settings, params["crawl"], params["batch_size"], params["max_batches"])
         ti.xcom_push(key="counts", value=planned["counts"])
-        return planned["batches"]
+        return scoring.with_worker_args(planned["batches"], scoring.politeness_args(settings))
 
     @task(pool=SPARK_POOL, trigger_rule="all_done", outlets=[SCORES_ASSET])
     def merge(batches: list[dict], params=None, outlet_events=None) -> dict:
@@ -88,7 +105,7 @@ def score_candidates():
         return scoring.check(scoring.run_settings(params), batches)
 
     batches = plan()
-    scored = build_score_operator(DEPLOYMENT, batches, pool=SCORING_POOL)
+    scored = SCORE_OPERATOR.partial(**SCORE_KWARGS).expand_kwargs(batches.map(score_kwargs))
     scored >> merge(batches) >> check(batches)
 
 

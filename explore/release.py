@@ -14,8 +14,10 @@ are opened with mmap_mode="r", so serving a release larger than RAM only pages i
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from altlake.config import Settings
-from altlake.paths import release_path
+from altlake.paths import REMOVALS_DIR, release_path
 from altlake.schemas import SUBSETS
 
 MANIFEST = "manifest.json"
@@ -226,6 +228,17 @@ class MetadataStore:
         names = self.columns if columns is None else [c for c in columns if c in self.columns]
         return [{name: self._view(b, name).get(local) for name in names} for b, local in self._locate(ids)]
 
+    def rows_with(self, name: str, values: set[str]) -> np.ndarray:
+        """Mask over every row: True where column `name` holds one of `values` (vectorised, for
+        millions of rows)."""
+        import pyarrow.compute as pc
+
+        if not values or name not in self.columns:
+            return np.zeros(self.n, dtype=bool)
+        wanted = pa.array(sorted(values), pa.string())
+        parts = [pc.is_in(b.column(name).cast(pa.string()), value_set=wanted).to_numpy(zero_copy_only=False) for b in self.batches]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
+
     def column(self, name: str, ids: np.ndarray) -> list:
         if name not in self.columns:
             return [None] * len(ids)
@@ -268,3 +281,27 @@ class _ColumnView:
         if self.numbers:
             return self.values[j].item()
         return self.array[i].as_py()  # other types (bool, timestamps, lists): rare in metadata, exact via pyarrow
+
+
+class Removals:
+    """The rows a release's removals addenda list (removals/*.parquet beside its immutable files,
+    see spark_jobs.removals), re-read when the addenda change: checked at most every `reload_s`
+    seconds, so a served release stops returning removed rows without rebuilding its index."""
+
+    def __init__(self, root: Path, metadata: "MetadataStore", reload_s: float):
+        self.folder, self.metadata, self.reload_s = Path(root, REMOVALS_DIR), metadata, reload_s
+        self.checked_at, self.seen, self.mask = -math.inf, (), None
+        self.refresh()
+
+    def refresh(self) -> np.ndarray | None:
+        """The current mask over metadata rows (True: removed), or None when nothing is removed."""
+        now = time.monotonic()
+        if now - self.checked_at < self.reload_s:
+            return self.mask
+        self.checked_at = now
+        files = tuple(sorted((p.name, p.stat().st_mtime_ns) for p in self.folder.glob("*.parquet"))) if self.folder.is_dir() else ()
+        if files != self.seen:
+            uids = {uid for name, _ in files for uid in pq.read_table(self.folder / name, columns=["uid"]).column("uid").to_pylist()}
+            mask = self.metadata.rows_with("uid", uids)
+            self.seen, self.mask = files, mask if mask.any() else None
+        return self.mask

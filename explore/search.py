@@ -19,7 +19,7 @@ import numpy as np
 from explore.encoder import QueryEncoder
 from explore.errors import QueryError
 from explore.index import load_index_info, load_knn, open_metadata
-from explore.release import Release
+from explore.release import Release, Removals
 
 # Metadata's own `similarity` (image-text CLIP score) is renamed: in a result, `similarity` is the
 # query's, as clip back returns it.
@@ -32,6 +32,7 @@ class SearchOptions:
     unsafe_threshold: float = 0.5  # safe mode hides punsafe above this (and unknown punsafe)
     near_duplicate_cosine: float = 0.96  # "hide near-duplicate images" above this image cosine
     max_image_pixels: int = 40_000_000  # query images above this are refused before decoding
+    removals_reload_s: float = 30.0  # how often the release's removals addenda are checked for new ones
 
 
 class Explorer:
@@ -43,6 +44,7 @@ class Explorer:
         self.name = release.release_id
         self.knn = {modality: load_knn(release, modality, info["indices"][modality]) for modality in ("image", "text")}
         self.metadata = open_metadata(release)
+        self.removals = Removals(release.path, self.metadata, options.removals_reload_s)
         self.dim = self.knn["image"].dim
         if encoder is not None and encoder.dim != self.dim:
             raise ValueError(f"{self.name}: the CLIP embeds into {encoder.dim} dims, the index holds {self.dim}")
@@ -102,6 +104,9 @@ class Explorer:
         """
         hidden = {} if hidden is None else hidden
         keep = ids >= 0
+        removed = self.removals.refresh()
+        if removed is not None:  # taken down since publication: never served, whatever the filters
+            keep &= ~removed[np.where(keep, ids, 0)]
         sims, ids = sims[keep], ids[keep]
 
         def apply(name: str, mask: np.ndarray) -> None:
@@ -127,6 +132,8 @@ class Explorer:
         bad = [i for i in ids if not 0 <= i < self.metadata.n]
         if bad:
             raise QueryError(400, f"ids out of range for {self.name!r} (0..{self.metadata.n - 1}): {bad[:10]}")
+        removed = self.removals.refresh()
+        ids = [i for i in ids if removed is None or not removed[i]]  # as clip back omits ids it has no row for
         return [{"id": i, "metadata": _rename(meta)} for i, meta in zip(ids, self.metadata.take(np.array(ids, dtype=np.int64)))]
 
 

@@ -8,12 +8,21 @@ body or a failure class from `altlake.schemas.DOWNLOAD_FAILURES` with a readable
 
 Order of checks per hop: URL syntax -> SSRF address policy on the host exactly as the client will
 connect to it (`safety.guard_url`: IP literals here, resolved names in the resolver, so each
-redirect is checked before anything is sent) -> robots.txt -> request -> HTTP status ->
-X-Robots-Tag opt-out and Content-Length (before the body) -> bounded body read.
+redirect is checked before anything is sent) -> robots.txt (ours, then AI-crawler tokens' own
+groups) -> /.well-known/tdmrep.json -> request -> HTTP status -> X-Robots-Tag and tdm-reservation
+opt-outs and Content-Length (before the body) -> bounded body read. Both per-origin files are
+fetched once per origin through the same guards and cached. An opted-out row's error starts with
+its signal from `altlake.schemas.OPT_OUT_SIGNALS` ("x_robots_tag: noai"), so stores count by signal.
 
 The per-attempt deadline counts time spent on the wire (every hop, headers and body), not time
 spent waiting for one of the host's slots: a slow but healthy host with a long queue is polite
 to wait for, not a timeout.
+
+Politeness is per host (the URL's host, whatever its port): at most `per_host_concurrency` open
+requests and `per_host_rate` request starts per second. A 429 or 503 with Retry-After (seconds or an
+HTTP date) pauses the whole host: no request of any of its URLs starts before then (capped at
+`max_retry_after_s`). After `host_refusal_limit` consecutive 429/503 answers the host is given up
+for the batch: every URL of it not yet requested ends `host_refused`, without a request.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import logging
 import queue
 import random
 import threading
@@ -37,14 +47,22 @@ from aiohttp.resolver import AsyncResolver
 from altlake.config import Settings
 from altlake.schemas import STATUS_OK
 from gpu_workers.safety import (
+    ROBOTS_MIN_PARSE_BYTES,
+    ROBOTS_PARSE_BYTES,
+    TDMREP_MAX_BYTES,
+    TDMREP_PATH,
     AddressPolicy,
     BlockedAddress,
     GuardedResolver,
     InvalidUrl,
     RobotsCache,
     RobotsRules,
+    TdmRep,
     guard_url,
+    parse_agent_tokens,
     parse_robots,
+    parse_tdmrep,
+    tdm_header_opt_out,
     x_robots_opt_out,
 )
 from gpu_workers.stage_clock import NO_CLOCK, StageClock
@@ -57,6 +75,7 @@ RETRY_NOW = frozenset({"http_429", "http_5xx", "connect"})
 _CHUNK = 64 * 1024
 _MAX_IDLE_GATES = 4096
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -74,19 +93,43 @@ class DownloadConfig:
     per_host_rate: float = 0.0  # request starts per second per host; 0 = no rate limit
     retries: int = 2  # extra attempts on 429 / 5xx / connection errors
     backoff_base_s: float = 0.5  # base * 2**attempt, with +-50% jitter
-    max_retry_after_s: float = 30.0  # cap on a server's Retry-After
+    max_retry_after_s: float = 30.0  # cap on a server's Retry-After, for the URL and for its whole host
+    host_refusal_limit: int = 5  # consecutive 429/503 answers that give a host up for the batch; 0 = never
     respect_robots: bool = True
     respect_x_robots: bool = True
+    respect_tdmrep: bool = True  # W3C TDMRep: the tdm-reservation header and /.well-known/tdmrep.json
+    # Product tokens whose own robots.txt groups (and X-Robots-Tag scopes) opt a path out of AI use.
+    ai_crawler_tokens: tuple[str, ...] = parse_agent_tokens(Settings.ai_crawler_tokens)
     allow_hosts: tuple[str, ...] = ()  # SSRF allow-list: host names, IPs or CIDRs (tests, private mirrors)
     allow_listed_only: bool = False  # refuse every host not on allow_hosts, before any DNS (offline demos)
     dns_cache_ttl_s: float = 300.0
-    robots_max_bytes: int = 512 * 1024  # RFC 9309: at least 500 KiB must be parsed
+    robots_max_bytes: int = ROBOTS_PARSE_BYTES  # RFC 9309: at least 500 KiB must be parsed
     reject_content_types: tuple[str, ...] = ("text/", "application/json", "application/xml")
+
+    def __post_init__(self) -> None:
+        if self.robots_max_bytes < ROBOTS_MIN_PARSE_BYTES:  # a smaller cap would drop rules RFC 9309 says to obey
+            raise ValueError(f"robots_max_bytes must be at least {ROBOTS_MIN_PARSE_BYTES} (RFC 9309 section 2.5)")
+        if self.per_host_concurrency < 1 or self.per_host_rate < 0 or self.max_retry_after_s < 0 or self.host_refusal_limit < 0:
+            raise ValueError(
+                "per_host_concurrency must be at least 1, and per_host_rate, max_retry_after_s and host_refusal_limit "
+                f"at least 0 (got {self.per_host_concurrency}, {self.per_host_rate}, {self.max_retry_after_s}, {self.host_refusal_limit})"
+            )
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides) -> DownloadConfig:
-        """The platform's user agent (with its contact URL) plus any explicit overrides."""
-        return cls(user_agent=settings.user_agent, **overrides)
+        """The platform's user agent (with its contact URL), AI-crawler tokens and per-host politeness,
+        then explicit overrides (None keeps the setting)."""
+        values: dict = {"user_agent": settings.user_agent, "ai_crawler_tokens": parse_agent_tokens(settings.ai_crawler_tokens)}
+        values.update({name: getattr(settings, name) for name in POLITENESS})
+        return cls(**{**values, **{name: value for name, value in overrides.items() if value is not None}})
+
+    def politeness(self) -> dict:
+        """What a batch's _SUCCESS records of how it treated hosts (the POLITENESS fields, user agent)."""
+        return {"user_agent": self.user_agent, **{name: getattr(self, name) for name in POLITENESS}}
+
+
+# Per-host politeness: DownloadConfig fields that are also Settings (ALTLAKE_*) and `altlake score` flags.
+POLITENESS = ("per_host_concurrency", "per_host_rate", "max_retry_after_s", "host_refusal_limit")
 
 
 @dataclass
@@ -212,7 +255,8 @@ class Fetcher:
             auto_decompress=True,
             cookie_jar=aiohttp.DummyCookieJar(),
         )
-        self.robots = RobotsCache(self._fetch_robots)
+        self.robots: RobotsCache[RobotsRules] = RobotsCache(self._fetch_robots)
+        self.tdmrep: RobotsCache[TdmRep] = RobotsCache(self._fetch_tdmrep, path=TDMREP_PATH)
         self._global = asyncio.Semaphore(config.concurrency)
         self._hosts: dict[str, _HostGate] = {}
 
@@ -226,7 +270,9 @@ class Fetcher:
         for attempt in range(self.config.retries + 1):
             result.attempts = attempt + 1
             try:
-                final_url, (response_status, content_type, body) = await self._get(url, self._read_image, self.config.respect_robots)
+                final_url, (response_status, content_type, body) = await self._get(
+                    url, self._read_image, self.config.respect_robots, self.config.respect_tdmrep
+                )
                 result.status, result.error, result.http_status = STATUS_OK, None, response_status
                 result.final_url, result.content_type, result.body = final_url, content_type, body
                 break
@@ -243,8 +289,10 @@ class Fetcher:
         result.elapsed_s = time.perf_counter() - started
         return result
 
-    async def _get(self, url: str, read: Callable[[aiohttp.ClientResponse], Awaitable[T]], check_robots: bool) -> tuple[str, T]:
-        """GET following redirects ourselves, so every hop passes the address (and robots) checks.
+    async def _get(
+        self, url: str, read: Callable[[aiohttp.ClientResponse], Awaitable[T]], check_robots: bool, check_tdmrep: bool = False
+    ) -> tuple[str, T]:
+        """GET following redirects ourselves, so every hop passes the address (robots, tdmrep.json) checks.
 
         One deadline covers the attempt's time on the wire, hop after hop; waiting for a host slot
         (politeness) is not counted against it.
@@ -254,7 +302,10 @@ class Fetcher:
             target = self._check_url(current)
             if check_robots:
                 await self._check_robots(target)
-            async with self._host_slot(target.raw_host), budget.running(), self._request(target) as response:
+            if check_tdmrep:
+                await self._check_tdmrep(target)
+            async with self._host_slot(target.raw_host) as gate, budget.running(), self._request(target) as response:
+                gate.answered(response.status, response.headers.get("Retry-After"))
                 if response.status in REDIRECT_CODES and "Location" in response.headers:
                     current = urljoin(current, response.headers["Location"])
                     continue
@@ -262,8 +313,9 @@ class Fetcher:
         raise _Failure("too_many_redirects", f"more than {self.config.max_redirects} redirects (last: {current})")
 
     @contextlib.asynccontextmanager
-    async def _host_slot(self, host: str) -> AsyncIterator[None]:
-        """Hold a slot of `host` (concurrency + rate) and of the global limit for one request."""
+    async def _host_slot(self, host: str) -> AsyncIterator[_HostGate]:
+        """Hold a slot of `host` (concurrency + rate, after any pause) and of the global limit for one request;
+        raises _Failure("host_refused") once the host was given up."""
         gate = self._hosts.get(host)
         if gate is None:
             if len(self._hosts) >= _MAX_IDLE_GATES:  # forget idle hosts: flat memory on huge crawls
@@ -272,7 +324,7 @@ class Fetcher:
         gate.users += 1
         try:
             async with gate, self._global:
-                yield
+                yield gate
         finally:
             gate.users -= 1
 
@@ -292,6 +344,16 @@ class Fetcher:
             raise _Failure(rules.failure, f"not fetched, robots.txt of {origin.raw_authority} unreadable: {rules.error}")
         if not rules.allows(str(target), self.config.user_agent):
             raise _Failure("robots_disallowed", f"robots.txt of {origin.raw_authority} disallows {target.raw_path or '/'}")
+        token = rules.ai_crawler_opt_out(str(target), self.config.ai_crawler_tokens, self.config.user_agent)
+        if token:
+            raise _Failure("opted_out", f"ai_crawler_robots: {token} (robots.txt of {origin.raw_authority} disallows {target.raw_path or '/'})")
+
+    async def _check_tdmrep(self, target: yarl.URL) -> None:
+        """W3C TDMRep's site-wide file: a reserved location is opted out before it is ever requested."""
+        rule = (await self.tdmrep.rules(str(target.origin()))).reservation(str(target))
+        if rule is not None:
+            policy = f" (policy {rule.policy})" if rule.policy else ""
+            raise _Failure("opted_out", f"tdmrep_json: {rule.location}{policy}")
 
     def _request(self, target: yarl.URL):
         """GET without following redirects, mapping transport errors to failure classes."""
@@ -307,9 +369,13 @@ class Fetcher:
         if status >= 300:
             raise _Failure("error", f"HTTP {status} without a Location header", status)
         if self.config.respect_x_robots:
-            directive = x_robots_opt_out(response.headers.getall("X-Robots-Tag", []), self.config.user_agent)
+            directive = x_robots_opt_out(response.headers.getall("X-Robots-Tag", []), self.config.user_agent, self.config.ai_crawler_tokens)
             if directive:
-                raise _Failure("opted_out", f"X-Robots-Tag: {directive}", status)
+                raise _Failure("opted_out", f"x_robots_tag: {directive}", status)
+        if self.config.respect_tdmrep:
+            reserved = tdm_header_opt_out(response.headers.getall("tdm-reservation", []), response.headers.get("tdm-policy"))
+            if reserved:
+                raise _Failure("opted_out", f"tdm_reservation: {reserved}", status)
         content_type = response.content_type or ""
         if any(content_type.startswith(prefix) for prefix in self.config.reject_content_types):
             raise _Failure("not_image", f"Content-Type {content_type} is not an image", status)
@@ -333,8 +399,38 @@ class Fetcher:
         except Exception as exc:  # noqa: BLE001 - recorded on every row of the host, never raised
             return RobotsRules(None, "error", f"{type(exc).__name__}: {exc}")
 
+    async def _fetch_tdmrep(self, url: str) -> TdmRep:
+        """GET /.well-known/tdmrep.json through the same guards; never raises.
+
+        TDMRep: an origin that does not serve the file (any failure: 4xx, 5xx, timeout, too many
+        redirects) does not implement the protocol, so there is no reservation. A malformed file is
+        no reservation either, and logged once per origin (the result is cached).
+        """
+        try:
+            rep = (await self._get(url, self._read_tdmrep, check_robots=False))[1]
+        except _Failure as failure:
+            log.debug("%s not read (%s): no TDM reservation", url, failure.error)
+            return TdmRep()
+        except TimeoutError:
+            log.debug("%s timed out: no TDM reservation", url)
+            return TdmRep()
+        except Exception as exc:  # noqa: BLE001 - a broken file must never fail the host's rows
+            log.warning("%s unreadable (%s: %s): no TDM reservation", url, type(exc).__name__, exc)
+            return TdmRep()
+        if rep.warning:
+            log.warning("%s: %s; %d rule(s) kept", url, rep.warning, len(rep.rules))
+        return rep
+
+    async def _read_tdmrep(self, response: aiohttp.ClientResponse) -> TdmRep:
+        """Only a 2xx body is read (one byte past the limit, so an oversize file is told apart)."""
+        if not 200 <= response.status < 300:
+            return parse_tdmrep(response.status, None)
+        return parse_tdmrep(response.status, await _read_limited(response, TDMREP_MAX_BYTES + 1, truncate=True), TDMREP_MAX_BYTES)
+
     async def _read_robots(self, response: aiohttp.ClientResponse) -> RobotsRules:
-        return parse_robots(response.status, await _read_limited(response, self.config.robots_max_bytes, truncate=True))
+        """Reads one byte past the limit, so parse_robots can tell a cut file (and drop its cut line)."""
+        limit = self.config.robots_max_bytes
+        return parse_robots(response.status, await _read_limited(response, limit + 1, truncate=True), limit)
 
 
 class _Deadline:
@@ -356,25 +452,60 @@ class _Deadline:
 
 
 class _HostGate:
-    """Per-host concurrency limit and minimum spacing between request starts (politeness)."""
+    """Per-host politeness: concurrency limit, minimum spacing between request starts, the host-wide
+    pause a Retry-After asks for, and giving the host up after consecutive refusals (429/503)."""
 
     def __init__(self, config: DownloadConfig) -> None:
         self._slots = asyncio.Semaphore(config.per_host_concurrency)
         self._interval = 1.0 / config.per_host_rate if config.per_host_rate > 0 else 0.0
+        self._max_pause_s, self._refusal_limit = config.max_retry_after_s, config.host_refusal_limit
         self._next_start = 0.0
+        self._paused_until = 0.0  # time.monotonic() before which no request of the host starts
+        self._refusals = 0  # consecutive 429/503 answers
+        self.refused: str | None = None  # why the host was given up for the batch
         self.users = 0
 
     def idle(self) -> bool:
-        return self.users == 0 and self._next_start <= time.monotonic()
+        """Forgettable: nobody waiting, no pause or spacing pending, and not given up (that lasts the batch)."""
+        return self.users == 0 and self.refused is None and max(self._next_start, self._paused_until) <= time.monotonic()
+
+    def answered(self, status: int, retry_after: str | None) -> None:
+        """Count a response of the host: a 429/503 is a refusal (and pauses the host for its Retry-After)."""
+        if status not in (429, 503):
+            self._refusals = 0
+            return
+        self._refusals += 1
+        pause = parse_retry_after(retry_after)
+        if pause is not None:
+            self._paused_until = max(self._paused_until, time.monotonic() + min(pause, self._max_pause_s))
+        if self._refusal_limit and self._refusals >= self._refusal_limit and self.refused is None:
+            self.refused = f"host given up for the batch after {self._refusals} consecutive 429/503 answers (last: HTTP {status})"
+
+    def _check_refused(self) -> None:
+        if self.refused is not None:
+            raise _Failure("host_refused", self.refused)
 
     async def __aenter__(self) -> _HostGate:
+        self._check_refused()
         await self._slots.acquire()
-        if self._interval:
-            now = time.monotonic()
-            start = max(now, self._next_start)
-            self._next_start = start + self._interval
-            if start > now:
-                await asyncio.sleep(start - now)
+        try:
+            while True:  # a pause may begin (or the host be given up) while this request waits
+                self._check_refused()
+                now = time.monotonic()
+                if self._paused_until > now:
+                    await asyncio.sleep(self._paused_until - now)
+                    continue
+                start = max(now, self._next_start)
+                if self._interval:
+                    self._next_start = start + self._interval  # reserved before sleeping: concurrent starts stay spaced
+                if start > now:
+                    await asyncio.sleep(start - now)
+                    if self.refused is not None or self._paused_until > time.monotonic():
+                        continue
+                break
+        except BaseException:
+            self._slots.release()
+            raise
         return self
 
     async def __aexit__(self, *exc) -> None:

@@ -37,9 +37,10 @@ from torch import nn
 from torchvision import transforms as T
 
 from altlake.config import Settings
+from altlake.names import DEMO_MODEL
 
 DEMO_DIR = Path(__file__).resolve().parent / "demo_models"
-DEMO = "demo"
+DEMO = DEMO_MODEL  # the model name that selects the demo models (altlake.names)
 DEMO_CLIP_MODEL = "altlake-tiny"
 
 # The committed demo checkpoints (fp16 state dicts with their metadata; see MODEL_CARD.md).

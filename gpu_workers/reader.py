@@ -17,12 +17,11 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from altlake.schemas import CANDIDATES
+from altlake.schemas import CANDIDATES, NO_LANGUAGE
 from gpu_workers.writer import read_url
 
 # The CANDIDATES columns the worker needs; every other column of the batch is ignored.
 REQUIRED_COLUMNS = ("uid", "url", "text", "language")
-NO_LANGUAGE = "nolang"
 
 
 class BatchInputError(ValueError):

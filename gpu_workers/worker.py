@@ -433,6 +433,9 @@ def score_batch(
         "output": output_dir,
         "rows": len(results),
         "statuses": dict(sorted(statuses.items())),
+        "opted_out_by_signal": opted_out_by_signal(results),
+        # How hosts were treated (per-host concurrency, rate, Retry-After cap, refusal limit): merge_scores and SQL see it here.
+        "politeness": download.politeness(),
         "stages": _stage_counts(batch.input_rows, batch.duplicate_rows, finished),
         "models": {
             "clip": models.clip_id,
@@ -457,6 +460,12 @@ def score_batch(
     }
     write_success(out, summary)
     return {**summary, "skipped": False}
+
+
+def opted_out_by_signal(results: Iterable[dict]) -> dict[str, int]:
+    """opted_out rows per signal: the error's text before its first ":" (altlake.schemas.OPT_OUT_SIGNALS)."""
+    signals = Counter((row["error"] or "").split(":", 1)[0].strip() for row in results if row["status"] == "opted_out")
+    return dict(sorted(signals.items()))
 
 
 def _stage_counts(input_rows: int, duplicate_rows: int, finished: Counter) -> dict:
@@ -523,6 +532,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help="host, IP or CIDR the SSRF guard may reach although private (repeatable)")
     parser.add_argument("--allow-listed-only", action="store_true",
                         help="refuse every host not given with --allow-host, before any DNS lookup (offline demos)")
+    parser.add_argument("--per-host-concurrency", type=at_least_one, default=None,
+                        help="open requests per host at any time (default: ALTLAKE_PER_HOST_CONCURRENCY, else 8)")
+    parser.add_argument("--per-host-rate", type=at_least_zero, default=None,
+                        help="request starts per second per host, 0 = no limit (default: ALTLAKE_PER_HOST_RATE, else 0)")
+    parser.add_argument("--max-retry-after", type=at_least_zero, default=None, metavar="SECONDS",
+                        help="cap on the host-wide pause a 429/503 Retry-After asks for (default: ALTLAKE_MAX_RETRY_AFTER_S, else 30)")
+    parser.add_argument("--host-refusal-limit", type=at_least_zero_int, default=None, metavar="N",
+                        help="give a host up for the batch after N consecutive 429/503 answers, its other URLs end "
+                        "host_refused; 0 = never (default: ALTLAKE_HOST_REFUSAL_LIMIT, else 5)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default=ModelSpec.device)
     parser.add_argument("--batch-size", type=at_least_one, default=PipelineConfig.batch_size, help="images per model call")
     parser.add_argument("--max-in-flight", type=at_least_one, default=PipelineConfig.max_in_flight, help="downloads ahead")
@@ -551,6 +569,41 @@ def at_least_one(text: str) -> int:
     return value
 
 
+def at_least_zero(text: str) -> float:
+    """argparse type of rates and durations: a number, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number of at least 0, not {text}")
+    return value
+
+
+def at_least_zero_int(text: str) -> int:
+    """argparse type of counts where 0 means "no limit"."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, not {value}")
+    return value
+
+
+def download_config(args: argparse.Namespace, settings: Settings) -> DownloadConfig:
+    """Settings (ALTLAKE_*), then the flags given: allow-list and per-host politeness."""
+    return DownloadConfig.from_settings(
+        settings,
+        allow_hosts=tuple(args.allow_host),
+        allow_listed_only=args.allow_listed_only,
+        per_host_concurrency=args.per_host_concurrency,
+        per_host_rate=args.per_host_rate,
+        max_retry_after_s=args.max_retry_after,
+        host_refusal_limit=args.host_refusal_limit,
+    )
+
+
 def run(args: argparse.Namespace) -> int:
     if args.pretrained and not args.model:
         print("altlake score: --pretrained needs --model", file=sys.stderr)
@@ -566,7 +619,7 @@ def run(args: argparse.Namespace) -> int:
             args.input,
             args.output,
             spec,
-            DownloadConfig.from_settings(settings, allow_hosts=tuple(args.allow_host), allow_listed_only=args.allow_listed_only),
+            download_config(args, settings),
             ImageConfig(min_side=args.min_side, max_aspect_ratio=args.max_aspect_ratio),
             PipelineConfig(
                 batch_size=args.batch_size,

@@ -7,10 +7,9 @@ at a mirror; any URL urllib opens works (https://, http://, file://).
 from __future__ import annotations
 
 import json
-import re
 import urllib.request
 
-CRAWL_ID = re.compile(r"^CC-MAIN-\d{4}-\d{2}$")
+from altlake.names import CRAWL_ID_EXAMPLE, is_crawl_id
 
 
 class CrawlListError(RuntimeError):
@@ -26,12 +25,12 @@ def fetch_crawl_ids(url: str, timeout_s: float = 30.0) -> list[str]:
         raise CrawlListError(f"cannot read the crawl list at {url}: {error}") from error
     if not isinstance(entries, list):
         raise CrawlListError(f"the crawl list at {url} is not a JSON list of crawls")
-    return [e["id"] for e in entries if isinstance(e, dict) and CRAWL_ID.match(str(e.get("id", "")))]
+    return [e["id"] for e in entries if isinstance(e, dict) and is_crawl_id(e.get("id"))]
 
 
 def newest_crawl(url: str) -> str:
     """The newest crawl id: ids sort by year then week, whatever order the list is in."""
     ids = fetch_crawl_ids(url)
     if not ids:
-        raise CrawlListError(f"the crawl list at {url} names no crawl id like CC-MAIN-2024-10")
+        raise CrawlListError(f"the crawl list at {url} names no crawl id like {CRAWL_ID_EXAMPLE}")
     return max(ids)

@@ -12,8 +12,9 @@ from airflow.configuration import conf
 from airflow.sdk.exceptions import AirflowFailException
 
 from altlake.config import Settings
+from altlake.names import COMMONCRAWL_HTTPS, check_crawl_id
 from altlake.schemas import CANDIDATES, FILE_DONE, FILE_FAILED
-from plugins.crawls import CRAWL_ID, newest_crawl
+from plugins.crawls import newest_crawl
 from plugins.defaults import data_docs_url
 from plugins.spark import run_extract_job, run_quality_job
 from spark_jobs.quality import QualityGateError
@@ -21,8 +22,8 @@ from spark_jobs.quality import QualityGateError
 log = logging.getLogger(__name__)
 
 # Where a crawl's WAT listing and files live when no explicit paths are given. HTTPS works
-# anywhere without AWS credentials; on AWS, s3a://commoncrawl/ reads the same objects in-region.
-DEFAULT_WAT_PREFIX = "https://data.commoncrawl.org/"
+# anywhere without AWS credentials; on AWS, COMMONCRAWL_S3 reads the same objects in-region.
+DEFAULT_WAT_PREFIX = COMMONCRAWL_HTTPS
 
 
 def run_settings(params: dict) -> Settings:
@@ -42,8 +43,10 @@ def resolve_inputs(
     from spark_jobs.extract import resolve_wat_paths
 
     crawl = crawl or newest_crawl(settings.crawl_list_url)
-    if not CRAWL_ID.match(crawl):
-        raise AirflowFailException(f"crawl {crawl!r} is not a Common Crawl id like CC-MAIN-2024-10")
+    try:
+        check_crawl_id(crawl)
+    except ValueError as error:
+        raise AirflowFailException(str(error)) from error
     specs = wat_paths or [f"{wat_prefix.rstrip('/')}/crawl-data/{crawl}/wat.paths.gz"]
     try:
         paths = resolve_wat_paths(specs, wat_limit, prefix=wat_prefix, s3_endpoint=settings.s3_endpoint)

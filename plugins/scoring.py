@@ -14,18 +14,46 @@ import shlex
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from altlake.config import Settings
+from altlake.names import DEMO_MODEL
 from altlake.schemas import BATCH_FAILED, BATCH_PLANNED
 from plugins.spark import task_spark
 
 log = logging.getLogger(__name__)
 
-# What the worker scores with when ALTLAKE_WORKER_ARGS names no model: the committed demo models.
-DEMO_MODEL = "demo"
+# Per-host politeness: the setting (and form field, where the form has one) -> its `altlake score` flag.
+POLITENESS_FLAGS = {
+    "per_host_concurrency": "--per-host-concurrency",
+    "per_host_rate": "--per-host-rate",
+    "max_retry_after_s": "--max-retry-after",
+    "host_refusal_limit": "--host-refusal-limit",
+}
 
 
 def run_settings(params: dict) -> Settings:
-    """ALTLAKE_* settings with the run's form overrides (empty fields keep the settings)."""
-    return Settings.from_env(batch_size=params.get("batch_size") or None)
+    """ALTLAKE_* settings with the run's form overrides (empty fields keep the settings; a rate of 0 is a value)."""
+    politeness = {name: params.get(name) for name in POLITENESS_FLAGS}
+    return Settings.from_env(batch_size=params.get("batch_size") or None, **politeness)
+
+
+def politeness_args(settings: Settings) -> list[str]:
+    """`altlake score` flags carrying the run's per-host politeness. Always explicit, so the
+    deployment's ALTLAKE_* values (or the form's) reach workers in containers too, where only
+    WORKER_SETTINGS are forwarded; given after ALTLAKE_WORKER_ARGS, so they win over it."""
+    args: list[str] = []
+    for name, flag in POLITENESS_FLAGS.items():
+        args += [flag, str(getattr(settings, name))]
+    return args
+
+
+def with_worker_args(batches: list[dict], worker_args: list[str]) -> list[dict]:
+    """The planned batches, each carrying the run's extra worker flags (`score_kwargs` hands them on)."""
+    return [{**batch, "worker_args": list(worker_args)} for batch in batches]
+
+
+def score_kwargs(batch: dict, deployed_args: list[str]) -> dict:
+    """One mapped score task's kwargs: the batch, and the deployment's worker args followed by the run's."""
+    run_args = batch.get("worker_args") or []
+    return {"batch": {k: v for k, v in batch.items() if k != "worker_args"}, "worker_args": [*deployed_args, *run_args]}
 
 
 def check_deployment(settings: Settings, worker_backend: str, model: str) -> None:

@@ -60,15 +60,60 @@ def apply(settings: Settings, added: dict) -> dict:
     return result
 
 
+def amend(settings: Settings, applied: dict, aws_conn_id: str = "") -> dict:
+    """Add a removals addendum beside every published release the takedowns now reach further."""
+    from plugins.release import s3_client
+    from spark_jobs.removals import amend_releases
+
+    result = amend_releases(task_spark(settings, "altlake-takedowns"), settings, client=s3_client(settings, aws_conn_id))
+    log.info("%s", amend_summary_line(result))
+    return result
+
+
+def purge(settings: Settings) -> dict:
+    """Remove what earlier applies deleted from the tables' Delta history, once their grace has passed."""
+    from spark_jobs.takedowns import purge_takedowns
+
+    result = purge_takedowns(task_spark(settings, "altlake-takedowns"), settings)
+    log.info("%s", purge_summary_line(result))
+    return result
+
+
+def purge_summary_line(result: dict) -> str:
+    """The purge task's last log line: which tables lost taken-down rows from their history, and
+    how many applies still wait for their grace period."""
+    waiting = sum(result["waiting"].values())
+    wait = f"{waiting} table deletion(s) wait for the {result['grace_hours']} h grace period" if waiting else "nothing waits"
+    if not result["purged"]:
+        return f"Summary: takedown purge: nothing due; {wait}"
+    return f"Summary: takedown purge: removed from the Delta history of {', '.join(sorted(result['purged']))}; {wait}"
+
+
+def amend_summary_line(result: dict) -> str:
+    """The amend task's last log line: which published releases got an addendum, and how many rows."""
+    if not result["amended"]:
+        return f"Summary: no published release holds a newly taken-down row ({result['releases']} release(s) checked)"
+    amended = ", ".join(f"{release} {n} row(s)" for release, n in sorted(result["amended"].items()))
+    return (
+        f"Summary: removals addenda added (takedowns version {result['takedowns_version']}): {amended}; "
+        "the search service hides them on its next reload"
+    )
+
+
 def add_summary_line(added: dict) -> str:
     """The add task's last log line: what the form asked for and what was new."""
     if not added["received"]:
         return "Summary: no takedown request in the form: the apply task re-applies the recorded ones"
     kinds = ", ".join(f"{n} {kind}" for kind, n in added["requested"].items())
-    return (
+    matched = ", ".join(f"{table} {n}" for table, n in added["matched_rows"].items())
+    line = (
         f'Summary: takedown "{added["reason"]}": {added["received"]} request(s) ({kinds}): {added["added"]} recorded, '
-        f"{added['already_present']} already on record (takedowns version {added['takedowns_version']})"
+        f"{added['already_present']} already on record (takedowns version {added['takedowns_version']}); rows they match: {matched}"
     )
+    if added["matched_nothing"]:
+        shown = ", ".join(added["matched_nothing"][:5]) + (", ..." if len(added["matched_nothing"]) > 5 else "")
+        line += f"; {len(added['matched_nothing'])} match no row yet ({shown}): they still block future crawls"
+    return line
 
 
 def apply_summary_line(result: dict) -> str:

@@ -3,7 +3,9 @@
 A candidate is planned when it has no score yet, or when its last score is a retryable failure
 (altlake.schemas.RETRYABLE_STATUSES) with fewer attempts than that class allows
 (Settings.retry_limits). Permanent failures are never re-queued, and uids already in a batch that
-is planned but not merged are left alone, so two planners never hand one uid out twice.
+is planned but not merged are left alone, so two planners never hand one uid out twice. Opted-out
+candidates (`candidates.opt_out`, e.g. a page's meta robots noai) are never planned, not even for
+a retry: they are never downloaded, so they get no score, which a release needs (its inner join).
 
 A batch id is a hash of its sorted (uid, attempts) list: re-planning after a crash produces the
 same ids and the same files, and a retry of the same uids (attempts moved on) gets a new id, so
@@ -25,6 +27,7 @@ if __package__ in (None, ""):  # run as a script by spark-submit: make our packa
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from altlake.config import Settings
+from altlake.names import check_crawl_id
 from altlake.schemas import BATCH_FAILED, BATCH_PLANNED, BATCHES, CANDIDATES, RETRYABLE_STATUSES
 from spark_jobs.session import lake_fs
 from spark_jobs.takedowns import lake_paths, read_table, table_path
@@ -111,9 +114,11 @@ def plan_batches(
     limits = parse_retry_limits(settings.retry_limits)
     lake = lake_paths(settings)
 
-    candidates = read_table(spark, settings, "candidates")
+    all_candidates = read_table(spark, settings, "candidates")
     if crawl:
-        candidates = candidates.where(F.col("first_seen_crawl") == crawl)
+        all_candidates = all_candidates.where(F.col("first_seen_crawl") == crawl)
+    # An opted-out candidate (its page said noai at extraction) is never downloaded: never planned.
+    candidates = all_candidates.where(F.col("opt_out").isNull())
     scores = read_table(spark, settings, "scores").select("uid", "status", "attempts")
     retry_allowed = F.lit(False)
     for status, limit in limits.items():
@@ -126,7 +131,8 @@ def plan_batches(
     in_flight = _planned_uids(spark, settings)
     todo = todo.join(in_flight, "uid", "left_anti").cache()
     counts = {
-        "candidates": candidates.count(),
+        "candidates": all_candidates.count(),
+        "opted_out": all_candidates.where(F.col("opt_out").isNotNull()).count(),  # skipped, never downloaded
         "unscored": candidates.join(scores, "uid", "left_anti").count(),
         "retryable": retryable.count(),
         "not_retried": scored.where(F.col("status") != "ok").count() - retryable.count(),
@@ -217,6 +223,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from spark_jobs.session import get_spark
 
+    if args.crawl:  # empty: every crawl, as plan_batches reads it
+        try:
+            check_crawl_id(args.crawl)
+        except ValueError as exc:
+            print(f"altlake plan-batches: {exc}", file=sys.stderr)
+            return 2
     settings = Settings.from_env(lake_dir=args.lake, spark_master=args.master)
     spark = get_spark(settings, "altlake-plan-batches")
     summary = plan_batches(spark, settings, args.crawl, args.batch_size, args.max_batches)

@@ -4,7 +4,8 @@ Each WAT is one Spark task (the path list is parallelized with one partition per
 `spark_jobs.wat.process_wat`. Writes are ordered so that killing the job at any moment and running
 it again gives exactly the same tables:
 
-1. `candidates` MERGE on uid (insert new pairs, move first/last_seen_crawl of known ones). A
+1. `candidates` MERGE on uid (insert new pairs, move first/last_seen_crawl of known ones, and opt
+   a known one out when it is now seen on a page that opts out: `opt_out`, never cleared). A
    re-run finds its pairs already there and changes nothing.
 2. `crawl_files` MERGE on (crawl, path), last: a WAT counts as done only once its pairs are in.
 
@@ -31,11 +32,13 @@ from datetime import datetime, timezone
 import orjson
 
 from altlake.config import Settings
+from altlake.names import COMMONCRAWL_S3, check_crawl_id
 from altlake.paths import LakePaths
 from altlake.schemas import CANDIDATES, CRAWL_FILES, FILE_DONE, FILE_FAILED, REJECT_REASONS
+from altlake.urls import canonical_host, canonical_url
 
-DEFAULT_WAT_PREFIX = "s3a://commoncrawl/"
-_COUNTS = ("records", "bad_records", "pages", "raw_links", "raw_pairs", "kept_pairs")
+DEFAULT_WAT_PREFIX = COMMONCRAWL_S3  # the command line runs where Spark reads S3 (altlake.names)
+_COUNTS = ("records", "bad_records", "pages", "raw_links", "raw_pairs", "kept_pairs", "opted_out")
 SKIPPED = "skipped"
 
 
@@ -119,8 +122,9 @@ def _done_paths(spark, lake: LakePaths, crawl: str) -> set[str]:
 
 def _takedowns(spark, lake: LakePaths) -> tuple[frozenset[str], frozenset[str]]:
     rows = spark.read.format("delta").load(lake.table("takedowns")).where("kind IN ('url', 'domain')").collect()
-    urls = frozenset(r.value for r in rows if r.kind == "url")
-    domains = frozenset(r.value.lower().strip(".") for r in rows if r.kind == "domain")
+    # Canonical again on read: requests recorded before values were stored canonical still match.
+    urls = frozenset(filter(None, (canonical_url(r.value) for r in rows if r.kind == "url")))
+    domains = frozenset(filter(None, (canonical_host(r.value) for r in rows if r.kind == "domain")))
     return urls, domains
 
 
@@ -128,19 +132,27 @@ def _extract(spark, settings: Settings, lake: LakePaths, paths: list[str]):
     """A persisted RDD of (counts, pairs) per WAT: process_wat on every path, one task each."""
     from pyspark import StorageLevel
 
+    from spark_jobs.wat import meta_opt_out_names
+
     urls, domains = _takedowns(spark, lake)
     sc = spark.sparkContext
     takedowns = sc.broadcast((urls, domains))
     endpoint = settings.s3_endpoint
+    meta_names = meta_opt_out_names(settings.user_agent, settings.ai_crawler_tokens)  # whose noai speaks to us
 
     def extract_partition(partition):
         from spark_jobs.wat import process_wat
 
         url_set, domain_set = takedowns.value
         for path in partition:
-            result = process_wat(path, s3_endpoint=endpoint, takedown_urls=url_set, takedown_domains=domain_set)
+            result = process_wat(
+                path, s3_endpoint=endpoint, takedown_urls=url_set, takedown_domains=domain_set, meta_names=meta_names
+            )
             summary = result.summary()
-            pairs = [(p.uid, p.url, p.text, p.page_url, p.language, p.language_score, p.license) for p in result.pairs]
+            pairs = [
+                (p.uid, p.url, p.url_canonical, p.text, p.page_url, p.language, p.language_score, p.license, p.opt_out)
+                for p in result.pairs
+            ]
             yield summary, pairs
 
     sc.setJobGroup("altlake-extract", f"extract {len(paths)} WAT files")
@@ -160,12 +172,17 @@ def _merge_candidates(spark, lake: LakePaths, crawl: str, extracted, done_paths:
     pairs_rdd = extracted.filter(lambda item: item[0]["path"] in done_paths).flatMap(
         lambda item: [(item[0]["path"], *pair) for pair in item[1]]
     )
-    columns = "wat_path string, uid string, url string, text string, page_url string, language string, language_score float, license string"
+    columns = (
+        "wat_path string, uid string, url string, url_canonical string, text string, page_url string,"
+        " language string, language_score float, license string, opt_out string"
+    )
     pairs = spark.createDataFrame(pairs_rdd, columns)
-    # One row per uid: the first sighting in path order, so every run picks the same one.
+    # One row per uid: the first sighting in path order, so every run picks the same one; opted out
+    # when any of its sightings is (an opt-out is never lost to an earlier sighting without one).
     first = Window.partitionBy("uid").orderBy("wat_path", "page_url")
     source = (
         pairs.withColumn("_n", F.row_number().over(first))
+        .withColumn("opt_out", F.max("opt_out").over(Window.partitionBy("uid")))
         .where("_n = 1")
         .select(
             *[F.col(c.name) for c in CANDIDATES.columns if c.name not in ("first_seen_crawl", "last_seen_crawl", "ingested_at")],
@@ -179,10 +196,15 @@ def _merge_candidates(spark, lake: LakePaths, crawl: str, extracted, done_paths:
         table.alias("t")
         .merge(source.alias("s"), "t.uid = s.uid")
         .whenMatchedUpdate(
-            condition="s.last_seen_crawl > t.last_seen_crawl OR s.first_seen_crawl < t.first_seen_crawl",
+            # A known pair seen again with an opt-out becomes opted out; one never loses its opt-out.
+            condition=(
+                "s.last_seen_crawl > t.last_seen_crawl OR s.first_seen_crawl < t.first_seen_crawl"
+                " OR (t.opt_out IS NULL AND s.opt_out IS NOT NULL)"
+            ),
             set={
                 "last_seen_crawl": "greatest(t.last_seen_crawl, s.last_seen_crawl)",
                 "first_seen_crawl": "least(t.first_seen_crawl, s.first_seen_crawl)",
+                "opt_out": "coalesce(t.opt_out, s.opt_out)",
             },
         )
         .whenNotMatchedInsertAll()
@@ -302,6 +324,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    try:  # before anything reads or writes: MERGE orders crawls by their ids
+        check_crawl_id(args.crawl)
+    except ValueError as exc:
+        print(f"altlake extract: {exc}", file=sys.stderr)
+        return 2
     settings = Settings.from_env(lake_dir=args.lake, spark_master=args.master or None)
     try:
         paths = resolve_wat_paths(args.wat, args.limit, prefix=args.wat_prefix, s3_endpoint=settings.s3_endpoint)

@@ -30,7 +30,7 @@ from altlake.config import Settings
 from altlake.paths import join
 from altlake.schemas import BATCH_DONE, BATCH_FAILED, BATCH_PLANNED, SCORES, STATUS_OK, WORKER_RESULTS
 from spark_jobs.batches import list_lake_files, read_lake_bytes
-from spark_jobs.takedowns import commit_metrics, read_table, table_path, table_version
+from spark_jobs.takedowns import HASH_COLUMNS, commit_metrics, match_takedowns, read_table, table_path, table_version
 
 # The worker's output layout (gpu_workers/writer.py writes it; we only read it).
 RESULTS_FILE = "results.parquet"
@@ -159,20 +159,13 @@ def _opt_out_listed_hashes(source, hashes):
     """Rows whose image is on a sha256/md5 takedown list become `opted_out`, scores cleared."""
     from pyspark.sql import functions as F
 
-    listed = hashes.select(F.col("value").alias("_hash")).distinct()
-    hit = (
-        source.select("uid", F.lower("sha256").alias("_hash"))
-        .unionByName(source.select("uid", F.lower("md5").alias("_hash")))
-        .join(listed, "_hash")
-        .select("uid")
-        .distinct()
-        .withColumn("_listed", F.lit(True))
-    )
+    hit = match_takedowns(source, hashes, HASH_COLUMNS).groupBy("uid").agg(F.min("kind").alias("_listed"))
     marked = source.join(hit, "uid", "left")
     listed_row = F.col("_listed").isNotNull()
     replaced = {
         "status": F.when(listed_row, F.lit(OPTED_OUT)).otherwise(F.col("status")),
-        "error": F.when(listed_row, F.lit("image hash is on a takedown list")).otherwise(F.col("error")),
+        # "<why>: <detail>", as the worker writes opt-outs, so SQL can count them by the first word
+        "error": F.when(listed_row, F.concat(F.lit("takedown: the image's "), F.col("_listed"), F.lit(" is on a takedown list"))).otherwise(F.col("error")),
         **{c: F.when(listed_row, F.lit(None)).otherwise(F.col(c)) for c in _IMAGE_DERIVED},
     }
     return marked.select(*[replaced[c].alias(c) if c in replaced else F.col(c) for c in SCORES.column_names])

@@ -183,6 +183,41 @@ class ReleaseStore:
         body = self.client.get_object(Bucket=self.bucket, Key=self._key(release_id, MANIFEST))["Body"].read()
         return json.loads(body)
 
+    def add_file(self, release_id: str, name: str, data: bytes) -> str:
+        """Add a file beside a published release (a removals addendum); files are never overwritten."""
+        if not self.is_s3:
+            path = Path(self.location, release_id, name)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            staged = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+            staged.write_bytes(data)
+            try:
+                os.link(staged, path)  # fails if it exists: never replaces an addendum
+            except FileExistsError:
+                raise ReleaseExistsError(f"{path} already exists; release files are never rewritten") from None
+            finally:
+                staged.unlink()
+            return str(path)
+        key = self._key(release_id, name)
+        if self.list_files(release_id, name):
+            raise ReleaseExistsError(f"s3://{self.bucket}/{key} already exists; release files are never rewritten")
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
+        return f"s3://{self.bucket}/{key}"
+
+    def list_files(self, release_id: str, prefix: str) -> list[str]:
+        """Names (relative to the release) under `prefix`, sorted."""
+        if not self.is_s3:
+            root = Path(self.location, release_id)
+            names = (p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
+            return sorted(name for name in names if name.startswith(prefix))
+        start = self._key(release_id, "") + "/"
+        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=start + prefix)
+        return sorted(o["Key"][len(start):] for page in pages for o in page.get("Contents", []))
+
+    def read_file(self, release_id: str, name: str) -> bytes:
+        if not self.is_s3:
+            return Path(self.location, release_id, name).read_bytes()
+        return self.client.get_object(Bucket=self.bucket, Key=self._key(release_id, name))["Body"].read()
+
     def publish(self, staging_dir: str, release_id: str, manifest: bytes) -> str:
         """Copy a staged release in, manifest last, refusing an existing release id."""
         if self.exists(release_id):

@@ -23,36 +23,42 @@ if __package__ in (None, ""):  # run as a script by spark-submit / EMR: make our
 
 from altlake.config import Settings
 from altlake.paths import DATABASE, LakePaths
-from altlake.schemas import CANDIDATES, PAIRS, SCORE_STATUSES, SCORES, SUBSETS
+from altlake.names import MIN_TEXT_CHARS, check_crawl_id
+from altlake.schemas import CANDIDATES, NO_LANGUAGE, PAIRS, SCORE_STATUSES, SCORES, SUBSETS, Table
 
 # One expectation: its GX type name (snake case) and its keyword arguments.
 Expectation = tuple[str, dict]
 
 # ISO 639-1/639-3 codes as fastText's lid.176 emits them ("en", "als", "yue"), or the contract's
-# "nolang" for unreliable detection (spark_jobs/wat.py).
-LANGUAGE_REGEX = r"^([a-z]{2,3}|nolang)$"
+# NO_LANGUAGE ("nolang") for unreliable detection (spark_jobs/wat.py).
+LANGUAGE_REGEX = rf"^([a-z]{{2,3}}|{NO_LANGUAGE})$"
+
+
+def contract_expectations(table: Table) -> list[Expectation]:
+    """What a table's declaration (altlake.schemas) promises: every non-nullable column not null,
+    and its key unique (one column) or unique as a whole (compound). Derived, never written twice."""
+    not_null = [("expect_column_values_to_not_be_null", {"column": c.name}) for c in table.columns if not c.nullable]
+    if len(table.key) == 1:
+        unique = ("expect_column_values_to_be_unique", {"column": table.key[0]})
+    else:
+        unique = ("expect_compound_columns_to_be_unique", {"column_list": list(table.key)})
+    return [*not_null, unique]
+
 
 SUITES: dict[str, list[Expectation]] = {
     "candidates": [
         ("expect_table_columns_to_match_set", {"column_set": CANDIDATES.column_names, "exact_match": True}),
         ("expect_table_row_count_to_be_between", {"min_value": 1}),
-        ("expect_column_values_to_not_be_null", {"column": "uid"}),
-        ("expect_column_values_to_be_unique", {"column": "uid"}),
-        ("expect_column_values_to_not_be_null", {"column": "url"}),
+        *contract_expectations(CANDIDATES),
         ("expect_column_values_to_match_regex", {"column": "url", "regex": r"^https?://"}),
-        ("expect_column_values_to_not_be_null", {"column": "text"}),
-        ("expect_column_value_lengths_to_be_between", {"column": "text", "min_value": 5}),
-        ("expect_column_values_to_not_be_null", {"column": "language"}),
+        ("expect_column_value_lengths_to_be_between", {"column": "text", "min_value": MIN_TEXT_CHARS}),
         ("expect_column_values_to_match_regex", {"column": "language", "regex": LANGUAGE_REGEX}),
-        ("expect_column_values_to_not_be_null", {"column": "first_seen_crawl"}),
     ],
     # Release gates (spark_jobs/release.py adds the cross-layer row-count checks per build).
     "scores": [
         ("expect_table_columns_to_match_set", {"column_set": SCORES.column_names, "exact_match": True}),
         ("expect_table_row_count_to_be_between", {"min_value": 1}),
-        ("expect_column_values_to_not_be_null", {"column": "uid"}),
-        ("expect_column_values_to_be_unique", {"column": "uid"}),
-        ("expect_column_values_to_not_be_null", {"column": "url"}),
+        *contract_expectations(SCORES),
         ("expect_column_values_to_be_in_set", {"column": "status", "value_set": list(SCORE_STATUSES)}),
         ("expect_column_values_to_be_between", {"column": "similarity", "min_value": -1, "max_value": 1}),
         ("expect_column_values_to_be_between", {"column": "punsafe", "min_value": 0, "max_value": 1}),
@@ -62,20 +68,14 @@ SUITES: dict[str, list[Expectation]] = {
     ],
     "pairs": [
         ("expect_table_columns_to_match_set", {"column_set": PAIRS.column_names, "exact_match": True}),
-        ("expect_column_values_to_not_be_null", {"column": "uid"}),
-        ("expect_column_values_to_be_unique", {"column": "uid"}),
-        ("expect_column_values_to_not_be_null", {"column": "url"}),
-        ("expect_column_values_to_not_be_null", {"column": "text"}),
+        *contract_expectations(PAIRS),
         ("expect_compound_columns_to_be_unique", {"column_list": ["url", "text"]}),
-        ("expect_column_values_to_not_be_null", {"column": "sha256"}),
         ("expect_column_values_to_be_unique", {"column": "sha256"}),
         ("expect_column_values_to_be_in_set", {"column": "subset", "value_set": list(SUBSETS)}),
         ("expect_column_values_to_match_regex", {"column": "language", "regex": LANGUAGE_REGEX}),
         ("expect_column_values_to_be_between", {"column": "similarity", "min_value": -1, "max_value": 1}),
         ("expect_column_values_to_be_between", {"column": "punsafe", "min_value": 0, "max_value": 1}),
         ("expect_column_values_to_be_between", {"column": "pwatermark", "min_value": 0, "max_value": 1}),
-        ("expect_column_values_to_not_be_null", {"column": "img_emb"}),
-        ("expect_column_values_to_not_be_null", {"column": "text_emb"}),
     ],
 }
 
@@ -256,6 +256,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--crawl", help="validate only this crawl's rows")
     parser.add_argument("--lake", help="lake root (default: ALTLAKE_LAKE_DIR)")
     args = parser.parse_args(argv)
+    if args.crawl is not None:
+        try:
+            check_crawl_id(args.crawl)
+        except ValueError as error:
+            print(f"quality: {error}", file=sys.stderr)
+            return 2
 
     settings = Settings.from_env(lake_dir=args.lake)
     report = validate_table(settings, args.table, args.run_id, crawl=args.crawl)

@@ -10,7 +10,8 @@ buckets; a row whose cosine to a better row reaches Settings.near_duplicate_cosi
 `near_duplicate_of`.
 
 Everything reads the source tables at pinned Delta versions, and every choice is deterministic,
-so `rebuild_release` reproduces a published release byte for byte from its manifest.
+so `rebuild_release` reproduces a published release byte for byte from its manifest (and, when
+takedowns in force now reach it, the release minus exactly those rows).
 """
 
 from __future__ import annotations
@@ -35,11 +36,12 @@ if __package__ in (None, ""):  # run as a script by spark-submit: make our packa
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from altlake.config import Settings
-from altlake.schemas import FILE_DONE, FILE_FAILED, PAIRS, RELEASES, REJECT_REASONS, STATUS_OK
+from altlake.schemas import FILE_DONE, FILE_FAILED, NO_LANGUAGE, PAIRS, RELEASES, REJECT_REASONS, STATUS_OK
+from altlake.urls import canonical_url
 from spark_jobs import publish
 from spark_jobs.quality import SUITES, QualityGateError, validate
 from spark_jobs.report import write_report
-from spark_jobs.takedowns import drop_taken_down, lake_paths, read_table, table_path, table_version
+from spark_jobs.takedowns import HASH_COLUMNS, drop_taken_down, lake_paths, match_takedowns, read_table, table_path, table_version
 
 SOURCE_TABLES = ("candidates", "scores", "takedowns")
 # Near-duplicate blocking: 16 bands of 16 hyperplanes finds a pair at cosine 0.96 with ~98%
@@ -60,7 +62,7 @@ def subset_of(language_column):
     """LAION-5B's language groups: en, nolang (detection unreliable), multi (everything else)."""
     from pyspark.sql import functions as F
 
-    return F.when(language_column == "en", "en").when(language_column == "nolang", "nolang").otherwise("multi")
+    return F.when(language_column == "en", "en").when(language_column == NO_LANGUAGE, NO_LANGUAGE).otherwise("multi")
 
 
 def threshold_group(subset_column):
@@ -86,7 +88,7 @@ def thresholds(settings: Settings) -> dict[str, float]:
     return {
         "en": settings.threshold_en,
         "multi": settings.threshold_other,
-        "nolang": settings.threshold_other,
+        NO_LANGUAGE: settings.threshold_other,
         "near_duplicate_cosine": settings.near_duplicate_cosine,
     }
 
@@ -101,10 +103,14 @@ def compute_pairs(spark, settings: Settings, versions: dict[str, int]):
     from pyspark.sql import functions as F
 
     candidates = read_table(spark, settings, "candidates", versions["candidates"])
+    if "url_canonical" not in candidates.columns:  # a version written before the column was declared
+        candidates = candidates.withColumn("url_canonical", F.udf(canonical_url, "string")(F.col("url")))
     scores = read_table(spark, settings, "scores", versions["scores"])
     takedowns = read_table(spark, settings, "takedowns", versions["takedowns"])
 
-    scored = candidates.join(scores.drop("url"), "uid").cache()
+    # A pair scored before a later crawl showed its page opting out never enters a release.
+    opted_in = candidates.where(F.col("opt_out").isNull()) if "opt_out" in candidates.columns else candidates
+    scored = opted_in.join(scores.drop("url"), "uid").cache()
     ok = scored.where(
         (F.col("status") == STATUS_OK) & F.col("sha256").isNotNull() & F.col("img_emb").isNotNull()
         & F.col("text_emb").isNotNull() & F.col("similarity").isNotNull()
@@ -115,7 +121,7 @@ def compute_pairs(spark, settings: Settings, versions: dict[str, int]):
     by_pair = by_pair.where("_rank = 1").drop("_rank")
     deduped = by_pair.withColumn("_rank", F.row_number().over(Window.partitionBy("sha256").orderBy(*best_first)))
     deduped = deduped.where("_rank = 1").drop("_rank").cache()
-    kept = drop_taken_down(deduped, takedowns, ("sha256", "md5"))
+    kept = drop_taken_down(deduped, takedowns, HASH_COLUMNS)
     marked = mark_near_duplicates(kept, settings.near_duplicate_cosine)
     pairs = marked.select(*[F.col(c.name).cast(c.type) for c in PAIRS.columns]).cache()
 
@@ -134,7 +140,7 @@ def compute_pairs(spark, settings: Settings, versions: dict[str, int]):
         for column in ("clip_model", "text_model", "nsfw_model", "watermark_model")
     }
     scored_similarity = _scored_similarity(ok, settings)
-    samples = _samples(pairs, drop_taken_down(ok, takedowns, ("sha256", "md5")), settings)
+    samples = _samples(pairs, drop_taken_down(ok, takedowns, HASH_COLUMNS), settings)
     scored.unpersist()
     deduped.unpersist()
     facts = {"funnel": funnel, "statuses": statuses, "models": models, "scored_similarity": scored_similarity, "samples": samples}
@@ -335,13 +341,12 @@ def build_release(
     caller: spark_jobs does not depend on explore) indexes the staged files before publishing and
     returns the manifest's `index` section, whose listed files get their checksums here.
     """
-    from delta.tables import DeltaTable
-
     date = date or datetime.now(timezone.utc).strftime("%Y%m%d")
     versions = current_versions(spark, settings)
     release_id = publish.release_id_for(date, _release_inputs(versions, settings))
     store = _store(settings, client)
     if store.exists(release_id):
+        _record_release(spark, settings, release_id, store.url(release_id), publish.manifest_bytes(store.read_manifest(release_id)))
         raise publish.ReleaseExistsError(f"release {release_id} already exists at {store.url(release_id)}; releases are immutable")
 
     pairs, facts = compute_pairs(spark, settings, versions)
@@ -390,14 +395,7 @@ def build_release(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 
-    row = (release_id, datetime.now(timezone.utc), location, sum(counts.values()), hashlib.sha256(text).hexdigest(), text.decode())
-    (
-        DeltaTable.forPath(spark, table_path(settings, "releases"))
-        .alias("t")
-        .merge(spark.createDataFrame([row], RELEASES.spark_ddl()).alias("s"), "t.release_id = s.release_id")
-        .whenNotMatchedInsertAll()
-        .execute()
-    )
+    _record_release(spark, settings, release_id, location, text)
     return {
         "release_id": release_id,
         "location": location,
@@ -408,6 +406,22 @@ def build_release(
         "files": len(manifest["files"]),
         "index": manifest.get("index"),
     }
+
+
+def _record_release(spark, settings: Settings, release_id: str, location: str, manifest: bytes) -> None:
+    """Add the release to `releases` unless it is there: also run for a release found already
+    published, so a publish that died between the store and this record is recorded on its retry."""
+    from delta.tables import DeltaTable
+
+    n_pairs = sum(json.loads(manifest)["counts"].values())
+    row = (release_id, datetime.now(timezone.utc), location, n_pairs, hashlib.sha256(manifest).hexdigest(), manifest.decode(), None, 0, False)
+    (
+        DeltaTable.forPath(spark, table_path(settings, "releases"))
+        .alias("t")
+        .merge(spark.createDataFrame([row], RELEASES.spark_ddl()).alias("s"), "t.release_id = s.release_id")
+        .whenNotMatchedInsertAll()
+        .execute()
+    )
 
 
 def _top_languages(pairs) -> dict[str, int]:
@@ -501,18 +515,71 @@ def _previous(spark, settings: Settings, pairs, counts: dict[str, int], statuses
 
 
 def rebuild_release(spark, settings: Settings, release_id: str, out_dir: str, client=None) -> dict:
-    """Recompute a release's data files from the Delta versions in its manifest and compare checksums."""
+    """Recompute a release's data files from the Delta versions in its manifest, minus the rows the
+    takedowns in force now withhold, and compare checksums.
+
+    With nothing withheld the files must equal the published ones byte for byte. With rows
+    withheld, the release as published is recomputed too (in a temporary folder) and must match
+    the manifest: then `out_dir` is exactly the release minus the withheld rows, each listed with
+    the request that withholds it.
+    """
     manifest = _store(settings, client).read_manifest(release_id)
+    _check_history(spark, settings, release_id, manifest["sources"])
     t = manifest["thresholds"]
     pinned = settings.with_(threshold_en=t["en"], threshold_other=t["multi"], near_duplicate_cosine=t["near_duplicate_cosine"])
     pairs, _ = compute_pairs(spark, pinned, manifest["sources"])
-    publish.write_release_files(pairs, out_dir, manifest["rows_per_file"])
-    pairs.unpersist()
+    takedowns_version = table_version(spark, settings, "takedowns")
+    takedowns = read_table(spark, settings, "takedowns", takedowns_version)
+    matched = match_takedowns(pairs, takedowns, HASH_COLUMNS).join(pairs.select("uid", "url"), "uid")
+    withheld = {}
+    for row in matched.orderBy("uid", "kind", "value").collect():  # one request per row: the smallest
+        withheld.setdefault(row["uid"], {"uid": row["uid"], "url": row["url"], "kind": row["kind"], "value": row["value"]})
     expected = publish.data_files(manifest["files"])
-    actual = publish.data_files(publish.file_checksums(out_dir))
-    mismatched = sorted(k for k in expected.keys() & actual.keys() if expected[k]["sha256"] != actual[k]["sha256"])
+    if withheld:
+        with tempfile.TemporaryDirectory(prefix="altlake-original-") as original:
+            publish.write_release_files(pairs, original, manifest["rows_per_file"])
+            reproduced = _compare(expected, publish.data_files(publish.file_checksums(original)))
+        kept = pairs.join(spark.createDataFrame([(uid,) for uid in withheld], "uid string"), "uid", "left_anti")
+        publish.write_release_files(kept, out_dir, manifest["rows_per_file"])
+    else:
+        publish.write_release_files(pairs, out_dir, manifest["rows_per_file"])
+        reproduced = _compare(expected, publish.data_files(publish.file_checksums(out_dir)))
+    pairs.unpersist()
+    by_kind = {}
+    for row in withheld.values():
+        by_kind[row["kind"]] = by_kind.get(row["kind"], 0) + 1
     return {
         "release_id": release_id,
+        "identical": reproduced["identical"] and not withheld,
+        "reproduces_published": reproduced["identical"],
+        "takedowns_version": takedowns_version,
+        "withheld": len(withheld),
+        "withheld_by_kind": by_kind,
+        "withheld_rows": sorted(withheld.values(), key=lambda r: r["uid"]),
+        **{k: v for k, v in reproduced.items() if k != "identical"},
+    }
+
+
+class HistoryPurgedError(RuntimeError):
+    """The table versions a release was cut from left the Delta history (a takedown purge)."""
+
+
+def _check_history(spark, settings: Settings, release_id: str, sources: dict[str, int]) -> None:
+    """Refuse, naming the purge, a rebuild whose pinned versions a takedown purge removed."""
+    purged = read_table(spark, settings, "purges").where("purged_at IS NOT NULL").collect()
+    for row in purged:
+        pinned = sources.get(row["table_name"])
+        if row["table_name"] in SOURCE_TABLES and pinned is not None and pinned < row["table_version"]:
+            raise HistoryPurgedError(
+                f"release {release_id} was cut from {row['table_name']} version {pinned}, which a takedown purge removed "
+                f"from the history on {row['purged_at']:%Y-%m-%d} (apply {row['apply_id']}, versions before {row['table_version']}); "
+                "the release as published is its files minus its removals addenda"
+            )
+
+
+def _compare(expected: dict[str, dict], actual: dict[str, dict]) -> dict:
+    mismatched = sorted(k for k in expected.keys() & actual.keys() if expected[k]["sha256"] != actual[k]["sha256"])
+    return {
         "identical": not mismatched and expected.keys() == actual.keys(),
         "files_compared": len(expected),
         "mismatched": mismatched,
@@ -550,9 +617,15 @@ def run(args: argparse.Namespace, index_release: Callable[[str, str], dict] | No
         if args.rebuild:
             summary = rebuild_release(spark, settings, args.rebuild, args.out)
             print(json.dumps(summary, indent=2))
-            return 0 if summary["identical"] else 1
+            if summary["withheld"]:
+                print(
+                    f"altlake build-release: {summary['withheld']} row(s) of {args.rebuild} withheld by takedowns in force "
+                    f"(takedowns version {summary['takedowns_version']}); the rest is the release as published",
+                    file=sys.stderr,
+                )
+            return 0 if summary["reproduces_published"] else 1
         summary = build_release(spark, settings, date=args.date, index_release=index_release)
-    except (QualityGateError, publish.ReleaseExistsError) as error:
+    except (QualityGateError, publish.ReleaseExistsError, HistoryPurgedError) as error:
         print(f"altlake build-release: {error}", file=sys.stderr)
         return 1
     print(json.dumps(summary, indent=2))

@@ -165,6 +165,8 @@ def _ensure_table(spark, external_catalog, table: Table, location: str) -> None:
             .partitionedBy(*table.partition_by)
             .execute()
         )
+    else:
+        _add_new_columns(spark, table, location)
     name = f"{DATABASE}.{table.name}"
     if external_catalog.tableExists(DATABASE, table.name):
         # Read the location from the metastore itself: DESCRIBE DETAIL would load the Delta log.
@@ -173,6 +175,35 @@ def _ensure_table(spark, external_catalog, table: Table, location: str) -> None:
             return
         spark.sql(f"DROP TABLE {name}")  # external: drops the name, never the data
     spark.sql(f"CREATE TABLE {name} USING delta LOCATION '{location}'")
+
+
+def _backfills():
+    """Values for columns added to a declared table after lakes already held rows, by (table, column)."""
+    from pyspark.sql import functions as F
+
+    from altlake.urls import canonical_url
+
+    return {("candidates", "url_canonical"): F.udf(canonical_url, "string")(F.col("url"))}
+
+
+def _add_new_columns(spark, table: Table, location: str) -> None:
+    """Bring a lake written by an older release up to the declared schema: add the new (nullable)
+    columns and fill those with a backfill, so no job meets a table that lacks a column."""
+    from delta.tables import DeltaTable
+
+    existing = set(spark.read.format("delta").load(location).schema.fieldNames())
+    missing = [c for c in table.columns if c.name not in existing]
+    if not missing:
+        return
+    required = [c.name for c in missing if not c.nullable]
+    if required:
+        raise RuntimeError(f"{location}: the declared table {table.name} needs columns this lake lacks: {required}")
+    columns = ", ".join(f"`{c.name}` {c.type}" for c in missing)
+    spark.sql(f"ALTER TABLE delta.`{location}` ADD COLUMNS ({columns})")
+    backfills = _backfills()
+    fill = {c.name: backfills[(table.name, c.name)] for c in missing if (table.name, c.name) in backfills}
+    if fill:
+        DeltaTable.forPath(spark, location).update(set=fill)
 
 
 def _same_location(a: str, b: str) -> bool:

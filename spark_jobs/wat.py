@@ -13,6 +13,9 @@ Reading pipeline (img2dataset-style separation):
   fastwarc      WARC records; JSON work only for HTML pages that contain an IMG@/src link:
                 simdjson validates the record, C (native/watread) reads its Links (fast_page_links)
   page_links    (absolute url, alt) pairs and the page's license, per HTML page
+  page_opt_out  the page's <meta name="robots" content="noai"> (or a named agent's): a byte pre-check
+                on the record, orjson only for the few pages that pass it; their pairs are kept,
+                marked opt_out = "meta_robots", and never downloaded
   check_pair    the LAION-5B rules; the first failing rule is the reject reason
 """
 
@@ -20,9 +23,9 @@ from __future__ import annotations
 
 import gc
 import gzip
-import hashlib
 import html
 import io
+import logging
 import time
 import unicodedata
 from contextlib import contextmanager
@@ -33,21 +36,52 @@ from urllib.parse import urljoin, urlsplit
 
 import orjson
 import simdjson
-import watgunzip
-import watlinks
 from fastwarc.warc import ArchiveIterator, WarcRecordType
 from isal import igzip, isal_zlib
 
-from altlake.schemas import FILE_DONE, FILE_FAILED, REJECT_REASONS
+from altlake.config import Settings
+from altlake.names import MIN_TEXT_CHARS, pair_uid  # pair_uid stays importable from here
+from altlake.schemas import FILE_DONE, FILE_FAILED, NO_LANGUAGE, REJECT_REASONS
+from altlake.urls import canonical_host, canonical_url, host_suffixes
 
-# LAION-5B limits.
-MIN_TEXT_CHARS = 5
+# The C readers (native/watread) are the fast path, not a requirement: where they are not installed
+# (an executor without the compiled package), ISA-L (_gunzip_members) and orjson + page_links give
+# the same results, slower, and the process says so once (_native).
+try:
+    import watgunzip
+except ImportError:
+    watgunzip = None
+try:
+    import watlinks
+except ImportError:
+    watlinks = None
+
+NATIVE_INSTALL = "pip install ./native/watread"
+_native_notice_given = False
+
+
+def _native(module) -> bool:
+    """Whether this C reader is installed; the first time one is missing, a warning for the process."""
+    global _native_notice_given
+    if module is None and not _native_notice_given:
+        _native_notice_given = True
+        missing = ", ".join(name for name, found in (("watgunzip", watgunzip), ("watlinks", watlinks)) if found is None)
+        logging.getLogger(__name__).warning(
+            "altlake's native WAT readers are not installed (missing: %s): WAT extraction runs on the "
+            "pure-Python path, with the same results but slower. Install them with `%s` (needs a C compiler).",
+            missing,
+            NATIVE_INSTALL,
+        )
+    return module is not None
+
+
+# LAION-5B limits (the minimum is a contract the candidates gate checks too: altlake.names).
 MAX_TEXT_CHARS = 2000
 MAX_URL_CHARS = 2000
 MAX_HOST_CHARS = 60
 # fastText's top language below this probability is too unreliable for short alt texts: `nolang`.
 LANGUAGE_MIN_CONFIDENCE = 0.5
-NOLANG = "nolang"
+NOLANG = NO_LANGUAGE  # the contract's value (altlake.schemas)
 
 IMG_PATH = "IMG@/src"
 LICENSE_MARKER = "creativecommons.org/licenses/"
@@ -112,7 +146,8 @@ class _MemberReader:
     ~1.5x faster than a streaming reader. A member that does not inflate whole from up to
     _MAX_MEMBER buffered bytes (one huge member, a truncated or corrupt one, trailing garbage)
     hands the rest of the stream to ISA-L's streaming reader, which decodes any size in bounded
-    memory and raises the exact error (EOFError, BadGzipFile, isal_zlib.error).
+    memory and raises the exact error (EOFError, BadGzipFile, isal_zlib.error). Without watgunzip
+    installed, _gunzip_members does its part, the same way, by ISA-L (slower).
     """
 
     def __init__(self, raw: BinaryIO):
@@ -120,11 +155,12 @@ class _MemberReader:
         self._input = b""
         self._offset = 0
         self._streaming: BinaryIO | None = None
+        self._gunzip_members = watgunzip.gunzip_members if _native(watgunzip) else _gunzip_members
 
     def read(self, size: int) -> bytes:
         """About `size` decoded bytes (whole members, so possibly more); b"" at the end."""
         while self._streaming is None:
-            decoded, offset = watgunzip.gunzip_members(self._input, self._offset, size)
+            decoded, offset = self._gunzip_members(self._input, self._offset, size)
             progressed, self._offset = offset > self._offset, offset
             if decoded:
                 return decoded
@@ -139,6 +175,53 @@ class _MemberReader:
             else:
                 self._streaming = igzip.GzipFile(fileobj=_Source(self._raw, pending + more), mode="rb")
         return self._streaming.read(size)
+
+
+# As in watgunzip.c: output room beyond `limit` for the member that crosses it, and the largest
+# member inflated whole (a larger one is left to the streaming reader).
+_MEMBER_SLACK = 1 << 20
+_MAX_MEMBER_OUTPUT = 64 << 20
+_MEMBER_WINDOW = 1 << 15  # compressed bytes fed at a time: unused_data copies at most this much
+
+
+def _gunzip_members(data: bytes, offset: int, limit: int) -> tuple[bytes, int]:
+    """watgunzip.gunzip_members by ISA-L, where the C readers are not installed: the same contract
+    (whole members only, from `offset` until `limit` decoded bytes, CRC and size checked; a stop
+    without error at the first member that does not inflate whole from `data`) and the same output
+    room, so _MemberReader yields the same chunks and hands the same bytes to the streaming reader."""
+    if offset < 0 or offset > len(data) or limit <= 0:
+        raise ValueError("gunzip_members: need 0 <= offset <= len(data) and limit > 0")
+    view = memoryview(data)
+    capacity = limit + _MEMBER_SLACK
+    decoded: list[bytes] = []
+    produced = 0
+    while offset < len(view) and produced < limit:
+        room = capacity - produced
+        if not produced:  # the C reader doubles its buffer for a first member that does not fit
+            while room < _MAX_MEMBER_OUTPUT:
+                room *= 2
+        inflater = isal_zlib.decompressobj(31)  # one gzip member
+        member: list[bytes] = []
+        size, end = 0, offset
+        try:
+            while not inflater.eof and end < len(view) and size <= room:
+                window = view[end : end + _MEMBER_WINDOW]
+                member.append(inflater.decompress(window))
+                size += len(member[-1])
+                end += len(window) - len(inflater.unused_data)
+        except isal_zlib.error:
+            break  # corrupt, or not gzip at all: the streaming reader tells which
+        if not inflater.eof:
+            break  # cut off by the end of `data`, or larger than the room left
+        if not produced:
+            while size > capacity and capacity < _MAX_MEMBER_OUTPUT:
+                capacity *= 2
+        if produced + size > capacity:
+            break  # no room left: the next call inflates it first
+        decoded += member
+        produced += size
+        offset = end
+    return b"".join(decoded), offset
 
 
 class DecodedStream:
@@ -246,10 +329,12 @@ def fast_page_links(body: bytes, parser: simdjson.Parser) -> tuple[str, list[tup
     the page URL, the <base> and the number of links; the C reader (`watlinks`) then walks the
     Links array's bytes, building Python strings only for the pairs. Pages it cannot vouch for (a
     link that is not flat strings, a license that may sit in <head>, a second Links array) return
-    None and go through orjson + page_links: the result is the same, only slower.
+    None and go through orjson + page_links: the result is the same, only slower. So do all pages
+    where watlinks is not installed (simdjson still validates them first, so a broken record is
+    reported the same way).
     """
     shape = _page_shape(parser.parse(body))
-    if shape is None:
+    if shape is None or not _native(watlinks):
         return None
     page_url, base, link_count = shape
     absolute = Resolver(_page_base(page_url, base))
@@ -318,6 +403,89 @@ def page_links(envelope: dict) -> tuple[str, list[tuple[str, str]], str | None] 
                 license_url = absolute(link["url"])
                 break
     return page_url, pairs, license_url
+
+
+# --- page-level opt-out: <meta name="robots" content="noai"> ------------------------------------
+
+META_ROBOTS = "meta_robots"  # the altlake.schemas.OPT_OUT_SIGNALS key a page's own meta tags set
+# Only these two directives opt a page's images out. `noindex`, `none` (= noindex, nofollow) and
+# `noimageindex` in a page's meta robots are about search engines listing the page (or its images
+# in image search): many pages carry them for search reasons alone (the real sample's MediaWiki
+# page says noindex,nofollow), and they say nothing about using images in a dataset. The image's
+# own X-Robots-Tag, read by the scoring worker, is where those count for us (x_robots_tag).
+META_OPT_OUT_DIRECTIVES = frozenset({"noai", "noimageai"})
+
+_HTML_META_KEY = b'"HTML-Metadata":'
+_METAS_KEY = b'"Metas":'  # `"key":` is never a JSON value nor inside a string (its quotes would be escaped)
+_LINKS_KEY = b'"Links":'
+
+
+def meta_opt_out_names(user_agent: str, ai_crawler_tokens: str) -> frozenset[str]:
+    """The lower-cased <meta name>s whose noai / noimageai opt a page out for us: robots, our product
+    token (the first token of `user_agent`, as gpu_workers.safety.user_agent_token reads it: "altlake")
+    and the AI crawlers' tokens (Settings.ai_crawler_tokens, comma-separated: CCBot, GPTBot, ...,
+    img2dataset), whose robots.txt groups and X-Robots-Tag scopes the scoring worker obeys too: a page
+    telling them noai has opted out of AI datasets. Any other agent (googlebot, ...) is not us."""
+    ours = user_agent.strip().split("/", 1)[0].split(" ", 1)[0].lower()
+    tokens = (token.strip().lower() for token in ai_crawler_tokens.split(","))
+    return frozenset({"robots", ours, *tokens} - {""})
+
+
+DEFAULT_META_NAMES = meta_opt_out_names(Settings.user_agent, Settings.ai_crawler_tokens)
+
+
+def page_opt_out(body: bytes, names: frozenset[str] = DEFAULT_META_NAMES) -> str | None:
+    """META_ROBOTS when the record's page opts out in its meta tags (meta_opt_out), else None.
+
+    Every HTML page with an image pays only the byte pre-check (_may_opt_out: 2-3 us a page, under
+    2% of the extraction); the record is parsed (orjson) only when its metas hold "noai" or
+    "noimageai" in any case. Both the C and the pure-Python link readers go through here, so they agree.
+    """
+    if not _may_opt_out(body):
+        return None
+    try:
+        html_meta = orjson.loads(body)["Envelope"]["Payload-Metadata"]["HTTP-Response-Metadata"]["HTML-Metadata"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return meta_opt_out(html_meta, names)
+
+
+def _may_opt_out(body: bytes) -> bool:
+    """Whether the page's Metas could say noai / noimageai: those bytes, lower-cased, hold either word.
+
+    Only the bytes from the "Metas" key to the end of <head> are looked at: a search of the whole
+    record (5-7% of the extraction, lower-casing it 9-13%) is too dear; this costs 0.5-1.8%. <head> sits after the Links array in Common
+    Crawl's WATs (its JSON keys are unordered) and before it in watgen's, so the key right after
+    "HTML-Metadata" says from which end to look for "Metas"; the span ends at the next "Links" key,
+    or at the end of the record (both keys are unambiguous: a quote inside a string is escaped).
+    """
+    at = body.find(_HTML_META_KEY)
+    if at < 0:
+        return False
+    at += len(_HTML_META_KEY)
+    # Either way the whole record is searched; the direction only decides how soon "Metas" is met.
+    start = body.find(_METAS_KEY, at) if body.startswith(b'{"Head"', at) else body.rfind(_METAS_KEY, at)
+    if start < 0:
+        return False
+    end = body.find(_LINKS_KEY, start)
+    metas = body[start:end].lower() if end >= 0 else body[start:].lower()
+    return b"noai" in metas or b"noimageai" in metas
+
+
+def meta_opt_out(html_meta: dict, names: frozenset[str] = DEFAULT_META_NAMES) -> str | None:
+    """META_ROBOTS when a meta of HTML-Metadata's Head, named one of `names` (case-insensitive),
+    has noai or noimageai among its comma / space separated directives (case-insensitive), else None."""
+    head = html_meta.get("Head") if isinstance(html_meta, dict) else None
+    metas = head.get("Metas") if isinstance(head, dict) else None
+    for meta in metas if isinstance(metas, list) else ():
+        if not isinstance(meta, dict):
+            continue
+        name, content = meta.get("name"), meta.get("content")
+        if not isinstance(name, str) or not isinstance(content, str) or name.strip().lower() not in names:
+            continue
+        if not META_OPT_OUT_DIRECTIVES.isdisjoint(content.lower().replace(",", " ").split()):
+            return META_ROBOTS
+    return None
 
 
 class Resolver:
@@ -456,19 +624,14 @@ def check_text(text: str) -> tuple[str | None, str]:
     return None, text
 
 
-def is_taken_down(url: str, host: str, urls: frozenset[str], domains: frozenset[str]) -> bool:
-    """A takedown by url matches exactly; by domain it matches the host and every subdomain."""
-    if url in urls:
+def is_taken_down(url_canonical: str, urls: frozenset[str], domains: frozenset[str]) -> bool:
+    """A takedown by url matches the canonical URL; by domain it matches its host and every
+    parent domain (the requests' values are canonical too: `normalize_value`)."""
+    if url_canonical in urls:
         return True
     if not domains:
         return False
-    labels = host.lower().split(".")
-    return any(".".join(labels[i:]) in domains for i in range(len(labels)))
-
-
-def pair_uid(url: str, text: str) -> str:
-    """Stable id of a pair: the same (url, text) gets the same uid in every run and crawl."""
-    return hashlib.sha256(f"{url}\x00{text}".encode("utf-8", "surrogatepass")).hexdigest()[:32]
+    return any(suffix in domains for suffix in host_suffixes(canonical_host(url_canonical)))
 
 
 @lru_cache(maxsize=1)
@@ -501,11 +664,13 @@ def detect_language(text: str) -> tuple[str, float]:
 class Pair:
     uid: str
     url: str
+    url_canonical: str
     text: str
     page_url: str
     language: str
     language_score: float
     license: str | None
+    opt_out: str | None = None  # an OPT_OUT_SIGNALS key (META_ROBOTS): kept, never downloaded
 
 
 @dataclass
@@ -521,6 +686,7 @@ class WatResult:
     raw_links: int = 0
     raw_pairs: int = 0
     kept_pairs: int = 0
+    opted_out: int = 0  # of the kept pairs, those whose page opted out (Pair.opt_out set)
     rejected: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REJECT_REASONS, 0))
     duration_s: float = 0.0
     pairs: list[Pair] = field(default_factory=list)
@@ -542,8 +708,12 @@ def process_wat(
     s3_endpoint: str = "",
     takedown_urls: frozenset[str] = frozenset(),
     takedown_domains: frozenset[str] = frozenset(),
+    meta_names: frozenset[str] = DEFAULT_META_NAMES,
 ) -> WatResult:
-    """Extract and filter the image/alt-text pairs of one WAT. Never raises for bad input."""
+    """Extract and filter the image/alt-text pairs of one WAT. Never raises for bad input.
+
+    `meta_names`: the <meta name>s whose noai / noimageai opt a page out (meta_opt_out_names of
+    the deployment's user agent); the pairs of such a page are kept with opt_out = META_ROBOTS."""
     started = time.perf_counter()
     result = WatResult(path=path)
     try:
@@ -553,7 +723,7 @@ def process_wat(
         return result
     try:
         with raw, _without_cyclic_gc():
-            _read_records(DecodedStream(raw), result, takedown_urls, takedown_domains)
+            _read_records(DecodedStream(raw), result, takedown_urls, takedown_domains, meta_names)
     except WatError as exc:
         result.fail(str(exc))
     except Exception as exc:
@@ -581,8 +751,9 @@ def _read_records(
     result: WatResult,
     takedown_urls: frozenset[str],
     takedown_domains: frozenset[str],
+    meta_names: frozenset[str] = DEFAULT_META_NAMES,
 ) -> None:
-    seen: set[tuple[str, str]] = set()
+    seen: dict[tuple[str, str], Pair | None] = {}  # each distinct pair: its kept Pair, or None
     texts: dict[str, tuple[str | None, str, str, float]] = {}
     parser = simdjson.Parser()
     last_start = -1
@@ -612,7 +783,8 @@ def _read_records(
                 result.note(f"record {result.records} ({record.record_id}): bad JSON: {exc}")
                 continue
             if page is not None:
-                _add_page(page, seen, texts, result, takedown_urls, takedown_domains)
+                opt_out = page_opt_out(body, meta_names) if page[1] else None
+                _add_page(page, seen, texts, result, takedown_urls, takedown_domains, opt_out)
     except OSError as exc:  # fastwarc: not a WARC header where one should be
         if stream.error:
             raise WatError(stream.error) from exc
@@ -632,18 +804,23 @@ def _read_records(
 
 def _add_page(
     page: tuple[str, list[tuple[str, str]], str | None],
-    seen: set[tuple[str, str]],
+    seen: dict[tuple[str, str], Pair | None],
     texts: dict[str, tuple[str | None, str, str, float]],
     result: WatResult,
     takedown_urls: frozenset[str],
     takedown_domains: frozenset[str],
+    opt_out: str | None = None,
 ) -> None:
     page_url, pairs, license_url = page
     result.raw_links += len(pairs)
     for pair in pairs:
         if pair in seen:
+            kept = seen[pair]
+            if opt_out is not None and kept is not None and kept.opt_out is None:
+                kept.opt_out = opt_out  # kept from an earlier page: an opt-out seen later still counts
+                result.opted_out += 1
             continue
-        seen.add(pair)
+        seen[pair] = None
         url, alt = pair
         result.raw_pairs += 1
         reason, host = check_url(url)
@@ -652,14 +829,21 @@ def _add_page(
                 text_reason, text = check_text(alt)
                 texts[alt] = (text_reason, text, *(detect_language(text) if text_reason is None else (NOLANG, 0.0)))
             reason, text, language, score = texts[alt]
-        if reason is None and (takedown_urls or takedown_domains):
-            if is_taken_down(url, host, takedown_urls, takedown_domains):
+        if reason is None:
+            canonical = canonical_url(url)
+            if canonical is None:
+                reason = "invalid_url"  # no browser could fetch it (WHATWG rejects it)
+            elif (takedown_urls or takedown_domains) and is_taken_down(canonical, takedown_urls, takedown_domains):
                 reason = "taken_down"
         if reason is not None:
             result.rejected[reason] += 1
             continue
         result.kept_pairs += 1
-        result.pairs.append(Pair(pair_uid(url, text), url, text, page_url, language, score, license_url))
+        kept = Pair(pair_uid(url, text), url, canonical, text, page_url, language, score, license_url, opt_out)
+        seen[pair] = kept
+        result.pairs.append(kept)
+        if opt_out is not None:
+            result.opted_out += 1
 
 
 def read_page(body: bytes, parser: simdjson.Parser) -> tuple[str, list[tuple[str, str]], str | None] | None:

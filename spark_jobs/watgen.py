@@ -109,7 +109,7 @@ HTML_RESPONSES = 0.9  # share of responses that are HTML pages (real sample 4 of
 class _Page:
     """One HTML page's links, in the shapes real WATs carry them."""
 
-    def __init__(self, rng: random.Random, index: int, image_base: str | None, junk_ratio: float):
+    def __init__(self, rng: random.Random, index: int, image_base: str | None, junk_ratio: float, noai_ratio: float = 0.0):
         self.rng = rng
         # A few pages per site, next to each other (Common Crawl's WARCs of that era are sorted by URL).
         site = random.Random(index // 4)
@@ -121,6 +121,8 @@ class _Page:
         self.junk_ratio = junk_ratio
         self.language = rng.choice(list(SENTENCES))
         self.license = rng.choice(LICENSES) if rng.random() < 0.15 else None
+        # No draw at all without noai pages, so the default (calibrated) files stay byte for byte the same.
+        self.noai = noai_ratio > 0 and rng.random() < noai_ratio
 
     def image_url(self, n: int) -> str:
         name = f"{self.rng.choice(SITE_WORDS)}-{n}.{self.rng.choice(('jpg', 'jpeg', 'png', 'webp'))}"
@@ -230,7 +232,8 @@ class _Page:
             "Metas": [{"name": "viewport", "content": "width=device-width, initial-scale=1"},
                       {"name": "description", "content": rng.choice(SENTENCES[self.language])}]
             + [{"content": f"{rng.choice(SITE_WORDS)} {rng.randrange(999)}", "name": f"og:{rng.choice(SITE_WORDS)}"}
-               for _ in range(rng.randint(2, 16))],
+               for _ in range(rng.randint(2, 16))]
+            + ([{"name": "robots", "content": "noai"}] if self.noai else []),
             "Link": [{"path": "LINK@/href", "rel": "stylesheet", "type": "text/css", "url": f"/css/site.css?v={rng.randrange(99)}"},
                      {"path": "LINK@/href", "rel": "icon", "type": "image/x-icon", "url": "/favicon.ico"}]
             + [{"path": "LINK@/href", "rel": "alternate", "type": "application/rss+xml", "url": f"http://{self.host}/feed/{i}/"}
@@ -346,8 +349,10 @@ def generate_wat(
     image_base: str | None = None,
     seed: int = 0,
     junk_ratio: float = 0.2,
+    noai_ratio: float = 0.0,
 ) -> GeneratedWat:
-    """Write a WAT of `pages` HTML pages (3 records each, after one warcinfo record)."""
+    """Write a WAT of `pages` HTML pages (3 records each, after one warcinfo record); a `noai_ratio`
+    share of them say <meta name="robots" content="noai"> (none by default, as in real WATs)."""
     rng = random.Random(seed)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -365,7 +370,7 @@ def generate_wat(
 
         emit(_record({"WARC-Type": "warcinfo", "WARC-Filename": filename, "Content-Type": "application/warc-fields"}, info))
         for index in range(pages):
-            page = _Page(rng, index, image_base, junk_ratio)
+            page = _Page(rng, index, image_base, junk_ratio, noai_ratio)
             for record in _page_records(page, rng, filename, written):
                 emit(record)
                 records += 1
@@ -384,11 +389,14 @@ class PageSpec:
     title: str = "altlake demo page"
     license_url: str | None = None
     base: str | None = None
+    metas: tuple[tuple[str, str], ...] = ()  # <meta name=.. content=..>, e.g. (("robots", "noai"),)
 
 
 def _explicit_page_records(page: PageSpec, index: int, filename: str, offset: int) -> list[bytes]:
     host = page.url.split("/", 3)[2]
     head: dict = {"Title": page.title}
+    if page.metas:
+        head["Metas"] = [{"name": name, "content": content} for name, content in page.metas]
     if page.base:
         head["Base"] = page.base
     links = [{"path": "IMG@/src", "url": src, "alt": alt} for src, alt in page.links]
@@ -442,9 +450,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--image-base", help="serve every image URL from here, e.g. http://127.0.0.1:8000")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--junk-ratio", type=float, default=0.2, help="share of alt-bearing image links that break a LAION rule")
+    parser.add_argument("--noai-ratio", type=float, default=0.0, help='share of pages with <meta name="robots" content="noai">')
     args = parser.parse_args(argv)
     result = generate_wat(
-        args.out, args.pages, gzip=args.gzip, image_base=args.image_base, seed=args.seed, junk_ratio=args.junk_ratio
+        args.out, args.pages, gzip=args.gzip, image_base=args.image_base, seed=args.seed, junk_ratio=args.junk_ratio,
+        noai_ratio=args.noai_ratio,
     )
     print(orjson.dumps(result.__dict__).decode())
     return 0

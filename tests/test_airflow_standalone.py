@@ -36,7 +36,7 @@ CRAWL = "CC-MAIN-2015-18"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ALTLAKE_DAGS = ("cc_ingest", "score_candidates", "build_release", "apply_takedowns")
 
-pytestmark = pytest.mark.timeout(2400)
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(2400)]
 
 
 def _free_port() -> int:

@@ -1,3 +1,5 @@
+import pytest
+
 from altlake.config import Settings
 from altlake.paths import LakePaths, join
 from altlake.schemas import CANDIDATES, SCORE_STATUSES, SCORES, STATUS_MEANINGS, TABLES, WORKER_RESULTS
@@ -43,3 +45,85 @@ def test_readme_documents_every_setting():
 def test_every_score_status_has_a_meaning_for_people():
     assert list(STATUS_MEANINGS) == list(SCORE_STATUSES)
     assert all(len(meaning) > 10 for meaning in STATUS_MEANINGS.values())
+
+
+# Issue #17: one home for every contract (altlake.names, altlake.schemas).
+
+# Computed once from the function the lake was keyed with (spark_jobs/wat.py before the move). A
+# change here re-keys every table (candidates, scores, pairs): never update these to make it pass.
+GOLDEN_UIDS = [
+    ("http://example.org/a.jpg", "a red bicycle", "bb83380edf482d5d64d3881b91e0cd1a"),
+    ("https://例え.jp/猫.png", "Ein Hündchen am Meer – 海辺の子犬 🐕", "ce53791afd47697a04f354508dfa33d3"),
+    ("http://example.org/b.jpg", "broken \ud800 surrogate", "05aff3ea0ad368cbda7bc0c50af1ac45"),  # lone surrogate
+]
+
+
+@pytest.mark.parametrize(("url", "text", "uid"), GOLDEN_UIDS)
+def test_pair_uid_is_pinned(url, text, uid):
+    from altlake.names import pair_uid
+    from spark_jobs.wat import pair_uid as wat_pair_uid  # existing callers' import
+
+    assert pair_uid(url, text) == uid
+    assert wat_pair_uid is pair_uid
+
+
+@pytest.mark.parametrize("crawl", ["CC-MAIN-2024-10", "CC-MAIN-2015-18", "CC-MAIN-2025-05"])
+def test_crawl_ids_of_the_pattern_pass(crawl):
+    from altlake.names import CRAWL_ID, check_crawl_id, is_crawl_id
+
+    assert check_crawl_id(crawl) == crawl and is_crawl_id(crawl) and CRAWL_ID.match(crawl)
+
+
+@pytest.mark.parametrize(
+    "crawl",
+    ["", "CC-MAIN-2024-1", "CC-MAIN-24-10", "cc-main-2024-10", "CC-MAIN-2024-10 ", "CC-MAIN-2024-10\n",
+     "CC-MAIN-2024-101", "x CC-MAIN-2024-10", "CC-MAIN-2024-W10", None, 2024],
+)
+def test_malformed_crawl_ids_are_refused_with_one_clear_line(crawl):
+    from altlake.names import check_crawl_id, is_crawl_id
+
+    assert not is_crawl_id(crawl)
+    with pytest.raises(ValueError, match=r"is not a Common Crawl id like CC-MAIN-2024-10") as raised:
+        check_crawl_id(crawl)
+    assert "\n" not in str(raised.value)  # one line on a terminal, even for an id with a newline
+
+
+def test_crawl_ids_of_the_pattern_sort_in_time_order():
+    """Why the pattern matters: MERGE keeps the greater last_seen_crawl, a string comparison."""
+    from altlake.names import is_crawl_id
+
+    ids = ["CC-MAIN-2013-20", "CC-MAIN-2014-52", "CC-MAIN-2024-09", "CC-MAIN-2024-10", "CC-MAIN-2025-05"]
+    assert all(map(is_crawl_id, ids)) and sorted(reversed(ids)) == ids
+
+
+def test_the_dag_forms_use_the_one_crawl_pattern():
+    import re
+    from pathlib import Path
+
+    from altlake.names import CRAWL_ID_PATTERN
+
+    dags = Path(__file__).resolve().parents[2] / "dags"
+    for name in ("cc_ingest.py", "score_candidates.py"):
+        source = (dags / name).read_text()
+        assert "CRAWL_ID_PATTERN" in source and "CC-MAIN-\\d" not in source, name
+    form = re.compile(f"^({CRAWL_ID_PATTERN})?$")  # the Params' pattern: empty, or one crawl id
+    assert form.match("") and form.match("CC-MAIN-2024-10") and not form.match("CC-MAIN-2024-1")
+
+
+def test_shared_values_have_one_home():
+    from altlake.names import COMMONCRAWL_HTTPS, COMMONCRAWL_S3, DEMO_MODEL, MIN_TEXT_CHARS
+    from altlake.schemas import NO_LANGUAGE, SUBSETS
+
+    assert NO_LANGUAGE == "nolang" and NO_LANGUAGE in SUBSETS
+    assert (COMMONCRAWL_S3, COMMONCRAWL_HTTPS) == ("s3a://commoncrawl/", "https://data.commoncrawl.org/")
+    assert (MIN_TEXT_CHARS, DEMO_MODEL) == (5, "demo")
+
+    import gpu_workers.reader as reader
+    import spark_jobs.extract as extract
+    import spark_jobs.quality as quality
+    import spark_jobs.wat as wat
+
+    assert wat.NOLANG == reader.NO_LANGUAGE == NO_LANGUAGE
+    assert wat.MIN_TEXT_CHARS == MIN_TEXT_CHARS
+    assert extract.DEFAULT_WAT_PREFIX == COMMONCRAWL_S3
+    assert quality.LANGUAGE_REGEX == rf"^([a-z]{{2,3}}|{NO_LANGUAGE})$"

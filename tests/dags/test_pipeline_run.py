@@ -19,6 +19,8 @@ from altlake.config import Settings
 from altlake.paths import LakePaths
 from altlake_cli.demo import DEMO_CRAWL, demo_thresholds, write_demo_crawl
 
+pytestmark = pytest.mark.integration
+
 BATCH_SIZE = 8
 SLOW_S = 4  # one image is held this long: the window in which the kill test stops a worker
 SLOW_TARGET = f"/files/matching-000.jpg?delay={SLOW_S}"
@@ -111,7 +113,9 @@ def test_chain_publishes_a_release_that_matches_its_tables(chain, spark):
 
     scores = spark.read.format("delta").load(LakePaths(settings.lake_dir).table("scores"))
     candidates = spark.read.format("delta").load(LakePaths(settings.lake_dir).table("candidates"))
-    assert scores.count() == candidates.count() > 0
+    opted_out = candidates.where("opt_out IS NOT NULL")
+    assert [r["opt_out"] for r in opted_out.collect()] == ["meta_robots"]  # the demo page with <meta name=robots content=noai>
+    assert scores.count() == candidates.count() - 1 > 0 and not scores.join(opted_out, "uid").count()  # never downloaded
     statuses = {r["status"]: r["count"] for r in scores.groupBy("status").count().collect()}
     assert statuses["ok"] >= 7  # the served images (4 matching, 1 multilingual, 2 mismatched, 1 watermarked, slow copy)
     assert {"http_4xx", "opted_out", "robots_disallowed"} <= statuses.keys(), statuses

@@ -39,7 +39,7 @@ from gpu_workers.images import ImageConfig
 from gpu_workers.models import ModelSpec, load_models
 from gpu_workers.reader import InputRow
 from gpu_workers.stage_clock import STAGES
-from gpu_workers.worker import PipelineConfig, configure, score_batch, score_rows
+from gpu_workers.worker import PipelineConfig, configure, download_config, opted_out_by_signal, score_batch, score_rows
 from gpu_workers.writer import IMG_EMB_FILE, METADATA_FILE, RESULTS_FILE, SUCCESS_FILE, TEXT_EMB_FILE, TIMING_COLUMNS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -153,6 +153,14 @@ def test_mixed_batch_every_uid_once_with_its_status_and_aligned_embeddings(tmp_p
     assert summary["stages"]["download"]["dropped"]["http_4xx"] == 1
     assert summary["stages"]["decode"]["dropped"]["decode_error"] == 1
     assert json.loads((out / SUCCESS_FILE).read_text())["statuses"] == counts
+    # Opted-out rows: the error names the signal first, and the summary counts by it.
+    opted_out = [r["error"] for r in results.to_pylist() if r["status"] == "opted_out"]
+    assert opted_out == ["x_robots_tag: noai"]
+    assert summary["opted_out_by_signal"] == {"x_robots_tag": 1}
+    assert json.loads((out / SUCCESS_FILE).read_text())["opted_out_by_signal"] == {"x_robots_tag": 1}
+    # The batch records how it treated hosts, for merge_scores and SQL.
+    politeness = {"user_agent": _download().user_agent, "per_host_concurrency": 8, "per_host_rate": 0.0, "max_retry_after_s": 30.0, "host_refusal_limit": 5}
+    assert summary["politeness"] == json.loads((out / SUCCESS_FILE).read_text())["politeness"] == politeness
     # Where the CPU went, per ok image: every stage the batch went through took some, none more than the process.
     cpu = summary["cpu_ms_per_image"]
     assert set(cpu) == {*STAGES, "other", "total"}
@@ -459,3 +467,37 @@ def test_raw_pixels_batched_on_the_device_score_like_per_image_preprocessing(tmp
     pil_img, raw_img = np.load(tmp_path / "pil" / IMG_EMB_FILE).astype(np.float32), np.load(tmp_path / "raw" / IMG_EMB_FILE).astype(np.float32)
     assert (pil_img * raw_img).sum(axis=1).min() > 0.99  # unit rows, the same order (sorted uids)
     assert not np.array_equal(pil_img, raw_img), "the batched path really ran"
+
+
+def test_opted_out_rows_are_counted_by_their_signal():
+    rows = [
+        {"status": "opted_out", "error": "tdmrep_json: /private/* (policy https://p.example/1)"},
+        {"status": "opted_out", "error": "ai_crawler_robots: GPTBot (robots.txt of x.org disallows /a.jpg)"},
+        {"status": "opted_out", "error": "tdmrep_json: /"},
+        {"status": "ok", "error": None},
+        {"status": "robots_disallowed", "error": "robots.txt of x.org disallows /p"},
+    ]
+    assert opted_out_by_signal(rows) == {"ai_crawler_robots": 1, "tdmrep_json": 2}
+    assert opted_out_by_signal([]) == {}
+
+
+def test_cli_per_host_politeness_flags_override_the_settings(capsys):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    configure(parser)
+    settings = Settings.from_env({"ALTLAKE_PER_HOST_CONCURRENCY": "4", "ALTLAKE_PER_HOST_RATE": "1.5", "ALTLAKE_HOST_REFUSAL_LIMIT": "7"})
+    base = ["--input", "in.parquet", "--output", "out", "--allow-host", "127.0.0.1"]
+
+    config = download_config(parser.parse_args(base), settings)
+    assert (config.per_host_concurrency, config.per_host_rate, config.max_retry_after_s, config.host_refusal_limit) == (4, 1.5, 30.0, 7)
+    assert config.allow_hosts == ("127.0.0.1",)
+
+    flags = ["--per-host-concurrency", "2", "--per-host-rate", "0", "--max-retry-after", "12.5", "--host-refusal-limit", "0"]
+    config = download_config(parser.parse_args([*base, *flags]), settings)
+    assert (config.per_host_concurrency, config.per_host_rate, config.max_retry_after_s, config.host_refusal_limit) == (2, 0.0, 12.5, 0)
+
+    for bad in (["--per-host-concurrency", "0"], ["--per-host-rate", "-1"], ["--max-retry-after", "nan"], ["--host-refusal-limit", "-2"]):
+        with pytest.raises(SystemExit):
+            parser.parse_args([*base, *bad])
+    assert "must be" in capsys.readouterr().err

@@ -36,6 +36,8 @@ CASES = {  # name -> (argv with {tmp} for the test's folder, words of the one-li
     "zero batch size": (["score", "--input", "{tmp}/batch.parquet", "--output", "{tmp}/o", "--batch-size", "0"], "must be at least 1"),
     "sql on a mistyped lake": (["sql", "SELECT 1", "--lake", "{tmp}/typo"], "no lake at"),
     "takedowns applied to a mistyped lake": (["takedown", "apply", "--lake", "{tmp}/typo"], "no lake at"),
+    "extract a malformed crawl id": (["extract", "--crawl", "CC-MAIN-2024-1", "--wat", "{tmp}/none.wat.gz", "--lake", "{tmp}/typo"], "is not a Common Crawl id"),
+    "plan batches of a malformed crawl id": (["plan-batches", "--crawl", "2024-10", "--lake", "{tmp}/typo"], "is not a Common Crawl id"),
 }
 
 

@@ -79,3 +79,18 @@ def test_explicit_crawl_and_paths_win(tmp_path, sample_wat):
     assert inputs == {"crawl": "CC-MAIN-2015-18", "wat_paths": [str(sample_wat)]}
     with pytest.raises(AirflowFailException, match="no WAT files"):
         resolve_inputs(settings, crawl="CC-MAIN-2015-18", wat_paths=[str(tmp_path / "nothing-*.wat.gz")])
+
+
+@pytest.mark.parametrize("crawl", ["2024-10", "CC-MAIN-2024-1", "CC-MAIN-2024-10\n", "cc-main-2024-10"])
+def test_a_malformed_crawl_fails_before_any_listing_is_read(crawl):
+    """The one crawl-id contract (altlake.names): MERGE orders crawls by their ids as strings."""
+    settings = Settings.from_env(environ={}, crawl_list_url="http://127.0.0.1:9/unreachable.json")
+    with pytest.raises(AirflowFailException, match="is not a Common Crawl id like CC-MAIN-2024-10"):
+        resolve_inputs(settings, crawl=crawl, wat_paths=["http://127.0.0.1:9/never-read.wat.gz"])
+
+
+def test_the_crawl_list_keeps_only_ids_of_the_one_pattern(http_root):
+    root, base = http_root
+    entries = [{"id": "CC-MAIN-2024-10"}, {"id": "CC-MAIN-2024-10\n"}, {"id": "CC-MAIN-2024-1"}, {"id": 2024}, {"name": "no id"}]
+    (root / "odd.json").write_text(json.dumps(entries))
+    assert fetch_crawl_ids(f"{base}/odd.json") == ["CC-MAIN-2024-10"]

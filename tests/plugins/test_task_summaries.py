@@ -88,7 +88,8 @@ def lines() -> Iterator[_Lines]:
 
 def test_takedown_tasks_say_what_matched_and_what_matched_nothing(tmp_path, lines):
     """add and apply as the DAG runs them, on a lake with one row the form's URL names."""
-    from plugins.takedowns import add, apply
+    from plugins.takedowns import add, amend, apply
+    from spark_jobs.takedowns import read_table
     from spark_jobs.session import get_spark
     from tests.spark_jobs.lakegen import add_candidates, candidate
 
@@ -100,14 +101,19 @@ def test_takedown_tasks_say_what_matched_and_what_matched_nothing(tmp_path, line
     added = add(settings, form)
     assert lines.last == (
         'Summary: takedown "GDPR request 2024-113": 2 request(s) (1 url, 1 domain): 2 recorded, 0 already on record '
-        f"(takedowns version {added['takedowns_version']})"
+        f"(takedowns version {added['takedowns_version']}); rows they match: candidates 1, scores 0, pairs 0; "
+        "1 match no row yet (domain nowhere.example): they still block future crawls"
     )
-    apply(settings, added)
+    matched = {r["kind"]: r["matched"] for r in read_table(get_spark(settings, "altlake-tests"), settings, "takedowns").collect()}
+    assert matched == {"url": {"candidates": 1, "scores": 0, "pairs": 0}, "domain": {"candidates": 0, "scores": 0, "pairs": 0}}
+    applied = apply(settings, added)
     assert lines.last == (
         'Summary: takedown "GDPR request 2024-113" (2 request(s) in the form, 2 on record in all): matched 1 image-text '
         "pair(s) (by url 1, domain 0, sha256 0, md5 0); rows deleted from candidates 1, scores 0, pairs 0; "
         "this run's domain request(s) matched nothing"
     )
+    amend(settings, applied)
+    assert lines.last == "Summary: no published release holds a newly taken-down row (0 release(s) checked)"
 
     again = add(settings, {"reason": None})  # the daily run: an empty form
     assert lines.last == "Summary: no takedown request in the form: the apply task re-applies the recorded ones"

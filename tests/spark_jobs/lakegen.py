@@ -17,20 +17,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from altlake.schemas import CANDIDATES, SCORES, WORKER_RESULTS
+from altlake.urls import canonical_url
 from spark_jobs.takedowns import table_path
+from spark_jobs.wat import pair_uid
 
 T0 = datetime(2024, 5, 1, tzinfo=timezone.utc)
 DIM = 32
 
 
-def uid_of(url: str, text: str) -> str:
-    return hashlib.sha256(f"{url}\n{text}".encode()).hexdigest()[:32]
-
-
 def candidate(url: str, text: str, language: str = "en", crawl: str = "CC-MAIN-2024-10", uid: str | None = None) -> dict:
     return {
-        "uid": uid or uid_of(url, text), "url": url, "text": text, "page_url": url.rsplit("/", 1)[0] + "/page.html",
-        "wat_path": "test.wat", "language": language, "language_score": 0.9, "license": None,
+        "uid": uid or pair_uid(url, text), "url": url, "url_canonical": canonical_url(url), "text": text, "page_url": url.rsplit("/", 1)[0] + "/page.html",
+        "wat_path": "test.wat", "language": language, "language_score": 0.9, "license": None, "opt_out": None,
         "first_seen_crawl": crawl, "last_seen_crawl": crawl, "ingested_at": T0,
     }  # fmt: skip
 

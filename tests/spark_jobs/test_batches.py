@@ -90,3 +90,23 @@ def test_plan_batches_queues_unscored_and_retryable_only_once(lake):
     # Without a crawl filter the other crawl's candidates are planned too, capped by max_batches.
     capped = plan_batches(spark, settings, batch_size=1, max_batches=1)
     assert capped["planned_rows"] == 1 and capped["left_for_later"] == 1
+
+
+def test_plan_batches_never_plans_an_opted_out_candidate(lake):
+    spark, settings = lake
+    crawl = "CC-MAIN-2024-22"
+    rows = [candidate(f"https://img.optout.example/{i}.jpg", f"an opted-out photo {i}", crawl=crawl) for i in range(4)]
+    for row in rows[:3]:
+        row["opt_out"] = "meta_robots"  # as extraction marks them (OPT_OUT_SIGNALS key)
+    add_candidates(spark, settings, rows)
+    retry = rows[0]  # even a retryable failure of an uid opted out since is not retried
+    add_scores(spark, settings, [score_row(result(retry["uid"], retry["url"], "timeout"), None, None, attempts=1)])
+
+    summary = plan_batches(spark, settings, crawl=crawl, batch_size=10)
+
+    assert summary["candidates"] == 4 and summary["opted_out"] == 3
+    assert summary["unscored"] == 1 and summary["retryable"] == 0 and summary["eligible"] == 1
+    planned = {uid for batch in summary["batches"] for uid in pq.read_table(batch["input_path"]).column("uid").to_pylist()}
+    assert planned == {rows[3]["uid"]}
+    table = pq.read_table(summary["batches"][0]["input_path"])
+    assert table.schema.names == CANDIDATES.column_names and table.column("opt_out").to_pylist() == [None]

@@ -12,7 +12,6 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import orjson
@@ -20,7 +19,7 @@ import pytest
 
 from altlake.config import Settings
 from altlake.paths import LakePaths
-from altlake.schemas import FILE_DONE, FILE_FAILED, TAKEDOWNS
+from altlake.schemas import FILE_DONE, FILE_FAILED
 from spark_jobs.extract import resolve_wat_paths, run_extract
 from spark_jobs.wat import process_wat
 from spark_jobs.watgen import generate_wat
@@ -131,16 +130,12 @@ def test_extract_merges_skips_retries_and_dedups_across_crawls(mspark, lake, sam
 
 
 def test_takedowns_are_dropped_and_counted(mspark, lake, tmp_path):
-    from delta.tables import DeltaTable
+    from spark_jobs.takedowns import TakedownRequest, add_takedowns
 
     wat = str(generate_wat(tmp_path / "t.warc.wat.gz", 30, gzip=True, seed=21, image_base="http://img-takedown.test").path)
     kept = process_wat(wat).pairs
-    victim = kept[0].url
-    now = datetime.now(timezone.utc)
-    rows = [("domain", "img-takedown.test", "opt-out", now), ("url", victim, "dmca", now)]
-    DeltaTable.forPath(mspark, LakePaths(lake.lake_dir).table("takedowns")).alias("t").merge(
-        mspark.createDataFrame(rows, TAKEDOWNS.spark_ddl()).alias("s"), "t.kind = s.kind AND t.value = s.value"
-    ).whenNotMatchedInsertAll().execute()
+    victim = kept[0].url.replace("http://", "HTTP://").replace(".jpg", ".jpg#any-fragment")  # spelled otherwise
+    add_takedowns(mspark, lake, [TakedownRequest("domain", "IMG-TAKEDOWN.test.", "opt-out"), TakedownRequest("url", victim, "dmca")])
     summary = run_extract(lake, "CC-MAIN-2030-09", [wat], spark=mspark)
     assert summary["files"][0]["rejected"]["taken_down"] == len(kept)
     assert summary["files"][0]["kept_pairs"] == 0
@@ -182,5 +177,48 @@ def test_cli_killed_between_writes_then_rerun_equals_a_clean_run(mspark, lake, t
 
 
 def test_cli_reports_a_wrong_invocation(tmp_path):
-    done = subprocess.run(_cli(tmp_path / "lake", "--crawl", "X", "--wat", str(tmp_path / "none-*.wat")), capture_output=True, text=True)
+    done = subprocess.run(_cli(tmp_path / "lake", "--crawl", "CC-MAIN-2030-01", "--wat", str(tmp_path / "none-*.wat")), capture_output=True, text=True)
     assert done.returncode == 2 and "no file matches" in done.stderr and done.stdout == ""
+    bad = subprocess.run(_cli(tmp_path / "lake", "--crawl", "X", "--wat", str(tmp_path / "none-*.wat")), capture_output=True, text=True)
+    assert bad.returncode == 2 and "not a Common Crawl id" in bad.stderr and bad.stdout == ""
+
+
+def test_opted_out_pairs_are_kept_marked_counted_and_never_un_opted(mspark, lake, tmp_path):
+    from spark_jobs.wat import META_ROBOTS
+    from spark_jobs.watgen import PageSpec, write_wat
+
+    shared = ("http://img-optout.test/shared.jpg", "A photo shown on two sites")
+    plain = ("http://img-optout.test/plain.jpg", "A photo of a quiet harbour")
+    noai = ("http://img-optout.test/noai.jpg", "A photo of an old windmill")
+    robots = (("robots", "index, noai"),)
+    a, b, c, d = (str(tmp_path / f"{name}.warc.wat") for name in "abcd")
+    write_wat(a, [PageSpec("http://plain-optout.test/p.html", (shared, plain))])
+    write_wat(b, [PageSpec("http://robots-optout.test/p.html", (shared, noai), metas=robots)])
+    write_wat(c, [PageSpec("http://later-optout.test/p.html", (plain,), metas=(("img2dataset", "NoImageAI"),))])
+    write_wat(d, [PageSpec("http://again-optout.test/p.html", (shared, plain, noai))])
+
+    def opt_outs() -> dict[str, tuple]:
+        rows = _candidates(mspark, lake, [a, b]).values()
+        return {r["url"].rsplit("/", 1)[1]: (r["opt_out"], r["wat_path"], r["last_seen_crawl"]) for r in rows}
+
+    # One run: the shared pair's first sighting (a) has no opt-out, its other one (b) has: opted out.
+    first = run_extract(lake, "CC-MAIN-2030-21", [a, b], spark=mspark)
+    assert opt_outs() == {
+        "shared.jpg": (META_ROBOTS, a, "CC-MAIN-2030-21"),
+        "plain.jpg": (None, a, "CC-MAIN-2030-21"),
+        "noai.jpg": (META_ROBOTS, b, "CC-MAIN-2030-21"),
+    }
+    assert [f["opted_out"] for f in first["files"]] == [0, 2] and first["totals"]["opted_out"] == 2
+    files = _files(mspark, lake, "CC-MAIN-2030-21")
+    assert (files[a]["opted_out"], files[b]["opted_out"]) == (0, 2)
+    assert (files[b]["kept_pairs"], files[b]["rejected"]["taken_down"]) == (2, 0)  # kept, not rejected
+
+    # A known pair seen again on a page that opts out becomes opted out...
+    run_extract(lake, "CC-MAIN-2030-22", [c], spark=mspark)
+    assert opt_outs()["plain.jpg"] == (META_ROBOTS, a, "CC-MAIN-2030-22")
+    assert _files(mspark, lake, "CC-MAIN-2030-22")[c]["opted_out"] == 1
+    # ... and seeing pairs again without one never takes an opt-out back.
+    run_extract(lake, "CC-MAIN-2030-23", [d], spark=mspark)
+    assert {k: v[0] for k, v in opt_outs().items()} == dict.fromkeys(("shared.jpg", "plain.jpg", "noai.jpg"), META_ROBOTS)
+    assert {v[2] for v in opt_outs().values()} == {"CC-MAIN-2030-23"}
+    assert _files(mspark, lake, "CC-MAIN-2030-23")[d]["opted_out"] == 0

@@ -7,15 +7,16 @@ from pathlib import Path
 
 import pytest
 
-from altlake.schemas import CANDIDATES
-from spark_jobs.quality import SUITES, QualityGateError, validate, validate_table
+from altlake.schemas import CANDIDATES, TABLES
+from altlake.urls import canonical_url
+from spark_jobs.quality import SUITES, QualityGateError, contract_expectations, validate, validate_table
 
 CRAWL = "CC-MAIN-2015-18"
 
 
 def _candidate(uid: str, url: str, text: str, language: str) -> tuple:
     now = datetime.now(timezone.utc)
-    return (uid, url, text, "http://example.org/page", "wat", language, 0.9, None, CRAWL, CRAWL, now)
+    return (uid, url, canonical_url(url), text, "http://example.org/page", "wat", language, 0.9, None, None, CRAWL, CRAWL, now)
 
 
 def test_real_candidates_pass_and_leave_data_docs(spark, settings, sample_wat):
@@ -64,3 +65,31 @@ def test_an_empty_table_fails_the_row_count_expectation(spark, settings):
     empty = spark.createDataFrame([], CANDIDATES.spark_ddl())
     report = validate(spark, "candidates", empty, suite=[("expect_table_row_count_to_be_between", {"min_value": 1})])
     assert [(o.expectation, o.success) for o in report.outcomes] == [("expect_table_row_count_to_be_between", False)]
+
+
+@pytest.mark.parametrize("table_name", sorted(SUITES))
+def test_every_suite_holds_what_its_table_declaration_promises(table_name):
+    """Not-null for each non-nullable column, uniqueness for the key: derived from altlake.schemas,
+    so a column declared NOT NULL tomorrow is gated without anyone editing a suite."""
+    table = TABLES[table_name]
+    suite = SUITES[table_name]
+    not_null = {kwargs["column"] for kind, kwargs in suite if kind == "expect_column_values_to_not_be_null"}
+    assert not_null == {c.name for c in table.columns if not c.nullable}
+    if len(table.key) == 1:
+        assert ("expect_column_values_to_be_unique", {"column": table.key[0]}) in suite
+    else:
+        assert ("expect_compound_columns_to_be_unique", {"column_list": list(table.key)}) in suite
+    for expectation in contract_expectations(table):
+        assert suite.count(expectation) == 1, expectation  # derived, and written nowhere else
+    assert len({repr(e) for e in suite}) == len(suite), "an expectation is listed twice"
+
+
+def test_contract_expectations_follow_the_declaration():
+    from altlake.schemas import Column, Table
+
+    table = Table("t", (Column("a", "string", False), Column("b", "string"), Column("c", "int", False)), key=("a", "c"))
+    assert contract_expectations(table) == [
+        ("expect_column_values_to_not_be_null", {"column": "a"}),
+        ("expect_column_values_to_not_be_null", {"column": "c"}),
+        ("expect_compound_columns_to_be_unique", {"column_list": ["a", "c"]}),
+    ]

@@ -7,13 +7,17 @@ import hashlib
 import io
 import json
 import os
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
 
 import boto3
+from delta.tables import DeltaTable
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
 from altlake.config import Settings
+from altlake.paths import removals_file
 from altlake.schemas import STATUS_MEANINGS
 from altlake_cli.main import main as altlake_main
 from explore.index import IndexRecordedError, build_index, index_staged_release
@@ -21,8 +25,9 @@ from explore.release import open_release
 from explore.search import Explorer, SearchOptions
 from spark_jobs.publish import LAION_COLUMNS, ReleaseExistsError, file_checksums
 from spark_jobs.quality import QualityGateError
-from spark_jobs.release import build_release, rebuild_release
-from spark_jobs.takedowns import TakedownRequest, add_takedowns, apply_takedowns, read_table, table_version
+from spark_jobs.release import HistoryPurgedError, build_release, rebuild_release
+from spark_jobs.removals import amend_releases
+from spark_jobs.takedowns import TakedownRequest, add_takedowns, apply_takedowns, purge_takedowns, read_table, table_path, table_version
 from tests.spark_jobs.lakegen import (
     add_candidates,
     add_scores,
@@ -164,6 +169,13 @@ def test_release_files_manifest_report_and_releases_row(built):
     with pytest.raises(ReleaseExistsError):
         build_release(spark, settings, date="20240501")
 
+    # A publish that died between the store and `releases`: its retry records the published release.
+    DeltaTable.forPath(spark, table_path(settings, "releases")).delete(f"release_id = '{summary['release_id']}'")
+    with pytest.raises(ReleaseExistsError):
+        build_release(spark, settings, date="20240501")
+    (recovered,) = read_table(spark, settings, "releases").collect()
+    assert (recovered["release_id"], recovered["manifest_sha256"], recovered["n_pairs"]) == (row["release_id"], row["manifest_sha256"], row["n_pairs"])
+
 
 def test_the_index_is_built_before_publishing_and_recorded_in_the_manifest(built):
     _, _, rows, emb, summary, _, _ = built
@@ -195,6 +207,8 @@ def test_the_index_is_built_before_publishing_and_recorded_in_the_manifest(built
 
 def test_rebuild_is_bit_for_bit_after_the_tables_move_on_and_next_release_goes_to_s3(built, tmp_path, moto_server):
     spark, settings, rows, emb, summary, _, _ = built
+    same = rebuild_release(spark, settings, summary["release_id"], str(tmp_path / "same"))
+    assert same["identical"] and same["reproduces_published"] and same["withheld"] == 0, same
     extra = candidate("https://z.org/new.jpg", "a pair from a newer crawl", crawl="CC-MAIN-2024-18")
     add_candidates(spark, settings, [extra])
     vector = random_unit(np.random.default_rng(5))
@@ -202,9 +216,14 @@ def test_rebuild_is_bit_for_bit_after_the_tables_move_on_and_next_release_goes_t
     add_takedowns(spark, settings, [TakedownRequest("domain", "h.org", "owner request")])
     apply_takedowns(spark, settings)  # removes "far" from every table
 
+    # The takedown now in force withholds "far": the rebuild is the release as published minus that row.
     rebuilt = rebuild_release(spark, settings, summary["release_id"], str(tmp_path / "rebuilt"))
-    assert rebuilt["identical"], rebuilt
+    assert rebuilt["reproduces_published"] and not rebuilt["identical"], rebuilt
     assert rebuilt["files_compared"] == 3 + 3 * 3  # a parquet per subset + img/text/metadata per subset
+    far = rows["far"]
+    assert rebuilt["withheld_rows"] == [{"uid": far["uid"], "url": far["url"], "kind": "domain", "value": "h.org"}]
+    published = _release_uids(summary["location"])
+    assert far["uid"] in published and _release_uids(str(tmp_path / "rebuilt")) == published - {far["uid"]}
 
     client = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1")
     client.create_bucket(Bucket="altlake-releases")
@@ -221,3 +240,44 @@ def test_rebuild_is_bit_for_bit_after_the_tables_move_on_and_next_release_goes_t
     assert manifest["index"]["rows"] == sum(manifest["counts"].values())
     keys = {o["Key"] for o in client.list_objects_v2(Bucket="altlake-releases", Prefix=f"laion/{second['release_id']}/")["Contents"]}
     assert {f"laion/{second['release_id']}/{path}" for path in manifest["index"]["files"]} <= keys
+
+
+def _release_uids(root: str) -> set[str]:
+    return {uid for path in sorted(Path(root, "parquet").rglob("*.parquet")) for uid in pq.read_table(path, columns=["uid"]).column("uid").to_pylist()}
+
+
+def test_a_published_release_gets_a_removals_addendum_and_stops_serving_removed_rows(built, tmp_path):
+    """After the rebuild test's takedown of h.org: the published release is amended, not rewritten."""
+    spark, settings, rows, emb, summary, _, _ = built
+    release, release_id = summary["location"], summary["release_id"]
+    explorer = Explorer(open_release(release), None, SearchOptions(removals_reload_s=0))
+    far = rows["far"]
+    (top, *_) = explorer.knn_search(emb[far["uid"]][0], "image", 3, 3, False, False, False)
+    assert top["uid"] == far["uid"]  # served before the amendment
+    far_id = top["id"]
+    checksums = file_checksums(release)
+
+    first = amend_releases(spark, settings, release_ids=[release_id])
+    version = first["takedowns_version"]
+    assert first["amended"] == {release_id: 1}
+    addendum = pq.read_table(Path(release, removals_file(version))).to_pylist()
+    assert [(r["uid"], r["url"], r["kind"], r["value"], r["takedowns_version"]) for r in addendum] == [
+        (far["uid"], far["url"], "domain", "h.org", version)
+    ]
+    assert {k: v for k, v in file_checksums(release).items() if not k.startswith("removals/")} == checksums  # immutable
+    recorded = read_table(spark, settings, "releases").where(f"release_id = '{release_id}'").first()
+    assert recorded["removed"] == 1 and recorded["amended_at"] is not None
+    assert amend_releases(spark, settings, release_ids=[release_id])["amended"] == {}  # nothing new: no second file
+    assert sorted(p.name for p in Path(release, "removals").iterdir()) == [Path(removals_file(version)).name]
+
+    # The running explorer hides the row on its next reload, without a new index.
+    found = explorer.knn_search(emb[far["uid"]][0], "image", 3, 3, False, False, False)
+    assert far["uid"] not in {r["uid"] for r in found} and found
+    assert explorer.metadata_for([far_id]) == []
+
+    # Past the grace period the purge takes the rows out of the tables' history: the release can no
+    # longer be recomputed as it was cut, and a rebuild says so instead of failing on a missing file.
+    later = datetime.now(timezone.utc) + timedelta(hours=settings.takedown_grace_hours + 1)
+    assert "candidates" in purge_takedowns(spark, settings, now=later)["purged"]
+    with pytest.raises(HistoryPurgedError, match="takedown purge removed"):
+        rebuild_release(spark, settings, release_id, str(tmp_path / "after-purge"))

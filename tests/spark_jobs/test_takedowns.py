@@ -9,17 +9,18 @@ import pyarrow.parquet as pq
 import pytest
 
 from altlake.config import Settings
-from altlake.schemas import PAIRS
+from altlake.schemas import CANDIDATES, PAIRS, TAKEDOWNS
+from tests.altlake.test_urls import CASES
 from spark_jobs.takedowns import (
     TakedownRequest,
     add_takedowns,
     apply_takedowns,
-    host_suffixes,
+    match_takedowns,
     normalize_value,
     read_hash_list,
     read_table,
 )
-from tests.spark_jobs.lakegen import add_candidates, add_scores, append_rows, candidate, f16_bytes, result, score_row
+from tests.spark_jobs.lakegen import T0, add_candidates, add_scores, append_rows, candidate, f16_bytes, result, score_row
 
 SHA = hashlib.sha256(b"listed image").hexdigest()
 MD5 = hashlib.md5(b"listed image").hexdigest()
@@ -61,12 +62,18 @@ def lake(tmp_path_factory):
     return get_spark(settings, app_name="altlake-tests"), settings
 
 
-def test_host_suffixes_cover_subdomains(lake):
+@pytest.mark.parametrize("stored", ["canonical", "as_sent"])
+def test_the_tables_match_every_case_as_extraction_does(lake, stored):
+    """The shared case table, on the Spark side: candidates carry url_canonical as extraction
+    writes it; requests are stored canonical (add_takedowns) or as sent (rows from before)."""
     spark, _ = lake
-    df = spark.createDataFrame([("https://a.B.example.com:8080/x.jpg?q=1",), ("not a url",)], "url string")
-    got = [r[0] for r in df.select(host_suffixes("url")).collect()]
-    assert got[0] == ["a.b.example.com", "b.example.com", "example.com", "com"]
-    assert not got[1]  # no host: matches no domain
+    rows = [candidate(url, f"case {i}") for i, (_, _, url, _) in enumerate(CASES)]
+    candidates = spark.createDataFrame([tuple(r[c] for c in CANDIDATES.column_names) for r in rows], CANDIDATES.spark_ddl())
+    requests = sorted({(k, normalize_value(k, v) if stored == "canonical" else v) for k, v, _, _ in CASES})
+    takedowns = spark.createDataFrame([(k, v, "case", T0, None) for k, v in requests], TAKEDOWNS.spark_ddl())
+    found = {(r["uid"], r["kind"], r["value"]) for r in match_takedowns(candidates, takedowns).collect()}
+    got = [(row["uid"], kind, normalize_value(kind, value)) in found for row, (kind, value, _, _) in zip(rows, CASES)]
+    assert got == [expected for _, _, _, expected in CASES]
 
 
 def test_takedowns_are_idempotent_and_remove_matches_from_every_layer(lake):

@@ -434,11 +434,14 @@ def test_fast_page_links_equals_page_links_or_defers(sample_wat, tmp_path, link_
         fast_page_links(bodies[0][:-40], parser)
 
 
-def _page(links: list[dict], head_links: list[dict] = (), base: str | None = None) -> bytes:
+def _page(
+    links: list[dict], head_links: list[dict] = (), base: str | None = None, metas: list[dict] = (), head_last: bool = False
+) -> bytes:
+    """One record's JSON; `head_last` puts <head> after the Links, as Common Crawl's WATs have it."""
     import orjson
 
-    head = {"Title": "t", "Link": list(head_links), **({"Base": base} if base else {})}
-    meta = {"Head": head, "Links": links}
+    head = {"Title": "t", "Link": list(head_links), **({"Base": base} if base else {}), **({"Metas": list(metas)} if metas else {})}
+    meta = {"Links": links, "Head": head} if head_last else {"Head": head, "Links": links}
     envelope = {"WARC-Header-Metadata": {"WARC-Target-URI": "http://site.org/a/page.html"},
                 "Payload-Metadata": {"HTTP-Response-Metadata": {"HTML-Metadata": meta}}}
     return orjson.dumps({"Envelope": envelope})
@@ -595,3 +598,148 @@ def test_the_cycle_collector_is_paused_only_while_a_file_is_read(sample_wat, tmp
         assert not gc.isenabled()  # a caller that turned it off keeps it off
     finally:
         gc.enable()
+
+
+# --- page-level opt-out: <meta name="robots" content="noai"> ------------------------------------
+
+
+def _robots(name: str, content: str) -> dict:
+    return {"name": name, "content": content}
+
+
+@pytest.mark.parametrize(
+    "metas, opted_out",
+    [
+        ([_robots("robots", "noai")], True),
+        ([_robots("ROBOTS", "NoImageAI")], True),
+        ([_robots("img2dataset", "noai")], True),
+        ([_robots("Altlake", "index, follow,NOAI")], True),  # our product token, directives in a list
+        ([_robots("GPTBot", "noimageai")], True),  # an AI crawler's token
+        ([_robots("description", "x"), _robots(" robots ", "noarchive noimageai")], True),
+        ([_robots("googlebot", "noai")], False),  # another agent's business, not ours
+        ([_robots("robots", "noindex")], False),  # search indexing, not AI use
+        ([_robots("robots", "none, noimageindex")], False),
+        ([_robots("robots", "noairport")], False),  # a directive is a whole word
+        ([_robots("description", "we say noai to robots")], False),  # another meta's content
+        ([{"content": "noai", "http-equiv": "robots"}, {"content": "noai"}], False),  # no name
+        ([], False),
+    ],
+    ids=["robots", "upper-case", "img2dataset", "our-token", "ai-crawler", "second-meta", "googlebot", "noindex",
+         "none", "not-a-directive", "other-meta", "nameless", "no-metas"],
+)
+@pytest.mark.parametrize("head_last", [True, False], ids=["head-last", "head-first"])
+def test_page_opt_out_reads_robots_and_our_agents_noai(metas, opted_out, head_last):
+    import orjson
+
+    from spark_jobs.wat import META_ROBOTS, _may_opt_out, meta_opt_out, page_opt_out
+
+    body = _page([{"alt": "a photo", "path": "IMG@/src", "url": "/p.jpg"}], metas=metas, head_last=head_last)
+    assert page_opt_out(body) == (META_ROBOTS if opted_out else None)
+    assert meta_opt_out(_meta(orjson.loads(body))) == page_opt_out(body)  # the pre-check never hides one
+    assert _may_opt_out(body) or not opted_out
+
+
+def test_the_opt_out_pre_check_looks_at_the_metas_only():
+    from spark_jobs.wat import _may_opt_out
+
+    links = [{"alt": "noai noimageai", "path": "IMG@/src", "url": "/noai.jpg"}]
+    for head_last in (True, False):
+        assert not _may_opt_out(_page(links, metas=[_robots("robots", "index")], head_last=head_last))
+        assert _may_opt_out(_page(links, metas=[_robots("robots", "NoAI")], head_last=head_last))
+    assert not _may_opt_out(_page(links))  # no Metas at all
+    assert not _may_opt_out(b'{"Envelope":{}}')
+
+
+def test_meta_names_follow_the_user_agent():
+    from altlake.config import Settings
+    from altlake.schemas import OPT_OUT_SIGNALS
+    from spark_jobs.wat import DEFAULT_META_NAMES, META_ROBOTS, meta_opt_out_names
+
+    assert META_ROBOTS in OPT_OUT_SIGNALS
+    assert DEFAULT_META_NAMES == meta_opt_out_names(Settings().user_agent, Settings().ai_crawler_tokens)
+    assert {"robots", "altlake", "img2dataset", "ccbot", "gptbot"} <= DEFAULT_META_NAMES
+    assert "googlebot" not in DEFAULT_META_NAMES
+    ours = meta_opt_out_names("MyBot/2.0 (+https://example.org/bot)", " GPTBot,, img2dataset ")
+    assert ours == {"robots", "mybot", "gptbot", "img2dataset"}
+
+
+def test_the_deployments_agents_decide(tmp_path):
+    from spark_jobs.wat import META_ROBOTS, meta_opt_out_names
+    from spark_jobs.watgen import PageSpec, write_wat
+
+    write_wat(tmp_path / "a.wat", [
+        PageSpec("http://mine.test/p.html", (("/a.jpg", "A photo of a mountain"),), metas=(("mybot", "noai"),)),
+        PageSpec("http://ours.test/p.html", (("/b.jpg", "A photo of a meadow"),), metas=(("altlake", "noai"),)),
+    ])  # fmt: skip
+    mine = process_wat(str(tmp_path / "a.wat"), meta_names=meta_opt_out_names("mybot/1.0", ""))
+    assert {p.page_url.split("/")[2]: p.opt_out for p in mine.pairs} == {"mine.test": META_ROBOTS, "ours.test": None}
+    default = process_wat(str(tmp_path / "a.wat"))
+    assert {p.page_url.split("/")[2]: p.opt_out for p in default.pairs} == {"mine.test": None, "ours.test": META_ROBOTS}
+
+
+def _opt_out_pages():
+    from spark_jobs.watgen import PageSpec
+
+    shared = ("http://img.optout.test/shared.jpg", "A photo shown on both pages")
+    return [
+        # The shared pair is kept from this page first; the opted-out page below still opts it out.
+        PageSpec("http://plain.optout.test/a.html", (shared, ("/a1.jpg", "A plain photo of a lake"))),
+        PageSpec("http://robots.optout.test/b.html",
+                 (shared, ("/b1.jpg", "A photo of a red bicycle"), ("/b2.gif", "An animation of a bicycle")),
+                 metas=(("viewport", "width=device-width"), ("robots", "index, NoAI"))),
+        PageSpec("http://agent.optout.test/c.html", (("/c1.jpg", "A photo of a green garden"),),
+                 metas=(("img2dataset", "noimageai"),)),
+        PageSpec("http://google.optout.test/d.html", (("/d1.jpg", "A photo of a blue house"),),
+                 metas=(("googlebot", "noai"),)),
+        PageSpec("http://noindex.optout.test/e.html", (("/e1.jpg", "A photo of a small boat"),),
+                 metas=(("robots", "noindex, nofollow"),)),
+    ]
+
+
+def test_an_opted_out_page_keeps_its_pairs_marked_and_counted(tmp_path):
+    from spark_jobs.wat import META_ROBOTS
+    from spark_jobs.watgen import write_wat
+
+    write_wat(tmp_path / "o.wat", _opt_out_pages())
+    result = process_wat(str(tmp_path / "o.wat"))
+    assert result.status == FILE_DONE and result.bad_records == 0
+    opt_outs = {p.url.split("/")[2] + "/" + p.url.split("/")[-1]: p.opt_out for p in result.pairs}
+    assert opt_outs == {
+        "img.optout.test/shared.jpg": META_ROBOTS,  # seen first on a plain page: the later opt-out wins
+        "plain.optout.test/a1.jpg": None,
+        "robots.optout.test/b1.jpg": META_ROBOTS,
+        "agent.optout.test/c1.jpg": META_ROBOTS,
+        "google.optout.test/d1.jpg": None,
+        "noindex.optout.test/e1.jpg": None,
+    }
+    assert result.rejected["bad_extension"] == 1  # an opted-out page's pairs still meet every rule
+    assert result.opted_out == sum(p.opt_out is not None for p in result.pairs) == 3
+    assert result.kept_pairs == len(result.pairs) == 6
+    assert result.summary()["opted_out"] == 3
+
+
+def test_opt_out_is_the_same_on_the_c_and_the_pure_path(tmp_path, monkeypatch, sample_wat):
+    """Common Crawl's own layout (<head> after the Links): the sample's robots meta made to say noai."""
+    from spark_jobs.watgen import generate_wat, write_wat
+
+    records = _records(sample_wat)
+    index = next(i for i, r in enumerate(records) if b'"content":"noindex,nofollow","name":"robots"' in r)
+    header, _, body = records[index].partition(b"\r\n\r\n")
+    body = body[:-4].replace(b'"content":"noindex,nofollow","name":"robots"', b'"content":"noindex,NoImageAI","name":"ROBOTS"')
+    header = re.sub(rb"Content-Length: \d+", b"Content-Length: %d" % len(body), header)
+    records[index] = header + b"\r\n\r\n" + body + b"\r\n\r\n"
+    (tmp_path / "sample.wat").write_bytes(b"".join(records))
+    write_wat(tmp_path / "o.wat", _opt_out_pages())
+    generate_wat(tmp_path / "g.wat", 40, seed=4, noai_ratio=0.3)
+
+    for path in ("sample.wat", "o.wat", "g.wat"):
+        fast = process_wat(str(tmp_path / path))
+        with monkeypatch.context() as patched:
+            patched.setattr("spark_jobs.wat.watlinks", None)
+            pure = process_wat(str(tmp_path / path))
+        assert fast.summary() | {"duration_s": 0} == pure.summary() | {"duration_s": 0}
+        assert [(p.uid, p.opt_out) for p in fast.pairs] == [(p.uid, p.opt_out) for p in pure.pairs]
+        assert 0 < fast.opted_out < fast.kept_pairs
+    sample = process_wat(str(tmp_path / "sample.wat"))
+    assert {p.page_url for p in sample.pairs if p.opt_out} == {p.page_url for p in sample.pairs if "0x20.be" in p.page_url}
+    assert process_wat(str(sample_wat)).opted_out == 0  # the real sample itself has no opt-out

@@ -72,3 +72,18 @@ def test_image_base_and_cli(tmp_path):
     assert orjson.loads(done.stdout)["pages"] == 30
     result = process_wat(str(out))
     assert result.pairs and all(p.url.startswith("http://127.0.0.1:8765/") for p in result.pairs)
+
+
+def test_noai_pages_only_when_asked(tmp_path):
+    from spark_jobs.wat import META_ROBOTS
+    from spark_jobs.watgen import PageSpec, write_wat
+
+    plain = generate_wat(tmp_path / "plain.wat", 60, seed=6)
+    assert b"noai" not in (tmp_path / "plain.wat").read_bytes()  # the calibrated default has none
+    assert process_wat(plain.path).opted_out == 0
+    noai = process_wat(generate_wat(tmp_path / "noai.wat", 60, seed=6, noai_ratio=0.25).path)
+    assert 0 < noai.opted_out < noai.kept_pairs
+    assert {p.opt_out for p in noai.pairs} == {META_ROBOTS, None}
+    # Explicit pages carry the metas they are given.
+    write_wat(tmp_path / "e.wat", [PageSpec("http://e.test/p.html", (("/a.jpg", "A photo of a lake"),), metas=(("robots", "noai"),))])
+    assert [p.opt_out for p in process_wat(str(tmp_path / "e.wat")).pairs] == [META_ROBOTS]
