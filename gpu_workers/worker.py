@@ -24,7 +24,7 @@ import logging
 import sys
 import time
 from collections import Counter, deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -558,15 +558,24 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-id", help="default: the folder of .../<batch_id>/input.parquet, else the file name")
 
 
-def at_least_one(text: str) -> int:
-    """argparse type of counts that must be positive (0 would score nothing, or hang)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
-    return value
+def whole_number_at_least(minimum: int) -> Callable[[str], int]:
+    """argparse type of whole numbers of at least `minimum`: 1 for counts where 0 would score
+    nothing (or hang), 0 for limits where 0 means "no limit"."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, not {value}")
+        return value
+
+    return parse
+
+
+at_least_one = whole_number_at_least(1)
+at_least_zero_int = whole_number_at_least(0)
 
 
 def at_least_zero(text: str) -> float:
@@ -577,17 +586,6 @@ def at_least_zero(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not value >= 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a finite number of at least 0, not {text}")
-    return value
-
-
-def at_least_zero_int(text: str) -> int:
-    """argparse type of counts where 0 means "no limit"."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be at least 0, not {value}")
     return value
 
 

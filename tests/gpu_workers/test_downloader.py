@@ -252,6 +252,30 @@ def test_config_takes_the_platform_user_agent(settings, server: ImageServer):
     assert server.user_agent("/photo/astronaut.jpg?ua-check") == settings.user_agent
 
 
+class _QuietHandler(BaseHTTPRequestHandler):
+    """Keep-alive like real hosts, and no access log on the test's output."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args) -> None:
+        pass
+
+
+@contextmanager
+def _serving(handler: type[BaseHTTPRequestHandler], ip: str = "127.0.0.1") -> Iterator[str]:
+    """Serve `handler` on a free port of `ip` in a thread; yields the base URL."""
+    httpd = ThreadingHTTPServer((ip, 0), handler)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://{ip}:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()
+
+
 @contextmanager
 def robots_host(routes: dict[str, tuple[int, bytes, dict[str, str]]]) -> Iterator[tuple[str, Counter[str]]]:
     """A real HTTP host answering `routes` (path -> status, body, headers) and a photo anywhere else.
@@ -263,12 +287,7 @@ def robots_host(routes: dict[str, tuple[int, bytes, dict[str, str]]]) -> Iterato
     hits: Counter[str] = Counter()
     photo = photo_bytes("astronaut", "jpg", 64)
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args) -> None:
-            pass
-
+    class Handler(_QuietHandler):
         def do_GET(self) -> None:
             hits[self.path] += 1
             status, body, headers = routes.get(self.path, (200, photo, {"Content-Type": "image/jpeg"}))
@@ -289,16 +308,8 @@ def robots_host(routes: dict[str, tuple[int, bytes, dict[str, str]]]) -> Iterato
             except OSError:
                 self.close_connection = True  # the client hung up: what it was sent is counted
 
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}", hits
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join()
+    with _serving(Handler) as base:
+        yield base, hits
 
 
 @pytest.mark.parametrize(
@@ -510,12 +521,7 @@ def answering_host(answer, ip: str = "127.0.0.1") -> Iterator[tuple[str, list[tu
     lock = threading.Lock()
     photo = photo_bytes("astronaut", "jpg", 64)
 
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def log_message(self, format: str, *args) -> None:
-            pass
-
+    class Handler(_QuietHandler):
         def do_GET(self) -> None:
             with lock:
                 requests.append((self.path, time.monotonic(), time.time()))
@@ -532,16 +538,8 @@ def answering_host(answer, ip: str = "127.0.0.1") -> Iterator[tuple[str, list[tu
             self.end_headers()
             self.wfile.write(body)
 
-    httpd = ThreadingHTTPServer((ip, 0), Handler)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://{ip}:{httpd.server_address[1]}", requests
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join()
+    with _serving(Handler, ip) as base:
+        yield base, requests
 
 
 def image_requests(requests: list[tuple[str, float, float]]) -> list[tuple[str, float, float]]:
