@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+from altlake.schemas import LAION_HIGH_RESOLUTION_MIN_SIDE, DerivedSubset, aesthetic_minimum, derived_subsets
+
 
 def _default_cache_dir() -> str:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
@@ -33,10 +35,27 @@ class Settings:
     release_store: str = ""
     # S3-compatible endpoint (moto server in tests, MinIO, or empty for AWS itself).
     s3_endpoint: str = ""
-    # Release filters (LAION-5B defaults).
-    threshold_en: float = 0.28
-    threshold_other: float = 0.26
+    # Model profiles (altlake.profiles): the deployment's TOML file of [profiles.<name>] tables (empty:
+    # only the built-in `demo`), and the profile a scoring run uses unless told another.
+    model_profiles: str = ""
+    model_profile: str = "demo"
+    # Release filters. The similarity thresholds override, for every row, those of the profile that
+    # scored it (None: the profile's; rows that record no profile get LAION-5B's 0.28 / 0.26).
+    threshold_en: float | None = None
+    threshold_other: float | None = None
+    # A release whose rows were scored by different CLIP weights mixes incomparable similarities
+    # and embeddings: refused unless this is set (`altlake build-release --allow-mixed-models`).
+    allow_mixed_models: bool = False
     near_duplicate_cosine: float = 0.96
+    # Derived subsets published beside en/multi/nolang (altlake.schemas.DERIVED_SUBSETS). aesthetic:
+    # rows rated at least this, a LAION-Aesthetics V2 preset (4.5plus ... 6.5plus) or a number 1-10;
+    # 5plus is the subset Stable Diffusion v1 was trained on.
+    aesthetic_min: str = "5plus"
+    # high_resolution: both original sides at least this (LAION-High-Resolution's 1024x1024).
+    high_resolution_min_side: int = LAION_HIGH_RESOLUTION_MIN_SIDE
+    # research-safe: punsafe known and at most this; 0.5 is the search's safe mode cut (LAION's
+    # img2dataset examples keep punsafe < 0.5 too).
+    research_safe_max_punsafe: float = 0.5
     # Release gate: pairs / ok scores must fall within these bounds (LAION-5B kept about 10-20%).
     kept_fraction_min: float = 0.01
     kept_fraction_max: float = 0.95
@@ -98,6 +117,11 @@ class Settings:
     history_retention_hours: int = 720
 
     def __post_init__(self) -> None:
+        aesthetic_minimum(self.aesthetic_min)  # raises, naming the presets
+        if self.high_resolution_min_side < 1:
+            raise ValueError(f"ALTLAKE_HIGH_RESOLUTION_MIN_SIDE must be a side length of at least 1 pixel, not {self.high_resolution_min_side}")
+        if not 0.0 <= self.research_safe_max_punsafe <= 1.0:
+            raise ValueError(f"ALTLAKE_RESEARCH_SAFE_MAX_PUNSAFE must be a probability from 0 to 1, not {self.research_safe_max_punsafe}")
         if self.takedown_grace_hours < 0:
             raise ValueError(f"ALTLAKE_TAKEDOWN_GRACE_HOURS must be >= 0, not {self.takedown_grace_hours}")
         if self.history_retention_hours < self.takedown_grace_hours:
@@ -105,6 +129,11 @@ class Settings:
                 f"ALTLAKE_HISTORY_RETENTION_HOURS ({self.history_retention_hours}) must be at least "
                 f"ALTLAKE_TAKEDOWN_GRACE_HOURS ({self.takedown_grace_hours}): history must outlive the grace period"
             )
+
+    @property
+    def derived_subsets(self) -> tuple[DerivedSubset, ...]:
+        """The derived subsets a release built with these settings publishes."""
+        return derived_subsets(aesthetic_minimum(self.aesthetic_min), self.high_resolution_min_side, self.research_safe_max_punsafe)
 
     @property
     def release_dir(self) -> str:
@@ -123,12 +152,16 @@ class Settings:
             raw = env.get(f"ALTLAKE_{f.name.upper()}")
             if raw is None or raw == "":
                 continue
-            values[f.name] = _coerce(raw, type(getattr(cls(), f.name)))
+            values[f.name] = _coerce(raw, _KINDS.get(str(f.type).removesuffix(" | None"), str))
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
     def with_(self, **changes) -> "Settings":
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+# Field annotations (strings, with postponed evaluation) -> the type an environment value becomes.
+_KINDS = {"bool": bool, "int": int, "float": float}
 
 
 def _coerce(raw: str, kind: type):

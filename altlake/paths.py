@@ -57,3 +57,12 @@ REMOVALS_DIR = "removals"
 def removals_file(takedowns_version: int) -> str:
     """The addendum for one takedowns table version, relative to the release's root."""
     return f"{REMOVALS_DIR}/removals-{takedowns_version:08d}.parquet"
+
+
+# A release's derived subsets (altlake.schemas.DERIVED_SUBSETS): one LAION-style parquet each.
+DERIVED_SUBSETS_DIR = "subsets"
+
+
+def derived_subset_file(name: str) -> str:
+    """A derived subset's parquet, relative to the release's root."""
+    return f"{DERIVED_SUBSETS_DIR}/{name}.parquet"

@@ -103,6 +103,68 @@ NO_LANGUAGE = "nolang"
 # Language groups of a release (LAION-5B's split).
 SUBSETS = ("en", "multi", NO_LANGUAGE)
 
+# Derived subsets a release publishes beside its language groups, each one parquet of the release's
+# rows (all languages) that satisfy its filter (altlake.paths.derived_subset_file):
+#   aesthetic        aesthetic >= a minimum (LAION-Aesthetics V2's cut-offs, AESTHETIC_PRESETS)
+#   high_resolution  original width and height both >= a minimum side (LAION-High-Resolution)
+#   research         every row (Re-LAION-5B's "research": the release after takedowns)
+#   research-safe    punsafe known and at most a limit (Re-LAION-5B's "research-safe")
+DERIVED_SUBSETS = ("aesthetic", "high_resolution", "research", "research-safe")
+
+# LAION-Aesthetics V2's published subsets of LAION-5B's English pairs, by predicted rating ("N or
+# higher"): 4.5+ (1.2B), 4.75+ (939M), 5+ (600M), 6+ (12M), 6.25+ (3M), 6.5+ (625K), per LAION's
+# announcement https://laion.ai/blog/laion-aesthetics/ and its Hugging Face sets
+# ChristophSchuhmann/improved_aesthetics_<N>plus, whose suffixes name the presets.
+AESTHETIC_PRESETS = {"4.5plus": 4.5, "4.75plus": 4.75, "5plus": 5.0, "6plus": 6.0, "6.25plus": 6.25, "6.5plus": 6.5}
+AESTHETIC_RANGE = (1.0, 10.0)  # LAION-Aesthetics' rating scale
+# LAION-High-Resolution: "a >= 1024x1024 subset of laion5B" (rom1504/img2dataset,
+# dataset_examples/laion-high-resolution.md; laion/laion-high-resolution on Hugging Face): both of
+# the original image's sides at least 1024 pixels.
+LAION_HIGH_RESOLUTION_MIN_SIDE = 1024
+
+
+def aesthetic_minimum(value: str | float) -> float:
+    """An AESTHETIC_PRESETS name or a number on the 1-10 scale -> the minimum rating; ValueError otherwise."""
+    if isinstance(value, str) and value.strip() in AESTHETIC_PRESETS:
+        return AESTHETIC_PRESETS[value.strip()]
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    low, high = AESTHETIC_RANGE
+    if not low <= number <= high:  # NaN fails too
+        raise ValueError(
+            f"ALTLAKE_AESTHETIC_MIN must be a LAION-Aesthetics V2 preset ({', '.join(AESTHETIC_PRESETS)}) "
+            f"or a number from {low:g} to {high:g}, not {value!r}"
+        )
+    return number
+
+
+@dataclass(frozen=True)
+class DerivedSubset:
+    """One derived subset: its Spark SQL filter over `pairs` columns, numbers written in (the manifest
+    records it and a rebuild applies it as recorded), and the parameters it was made from."""
+
+    name: str
+    filter: str
+    parameters: dict[str, object]
+
+
+def derived_subsets(aesthetic_min: float, min_side: int, max_punsafe: float) -> tuple[DerivedSubset, ...]:
+    """The DERIVED_SUBSETS with these limits (a comparison with an unknown value is false: a row
+    without a rating, size or punsafe is in none of the filtered subsets)."""
+    preset = next((name for name, value in AESTHETIC_PRESETS.items() if value == aesthetic_min), None)
+    return (
+        DerivedSubset("aesthetic", f"aesthetic >= {float(aesthetic_min)!r}", {"aesthetic_min": float(aesthetic_min), "preset": preset}),
+        DerivedSubset(
+            "high_resolution",
+            f"original_width >= {int(min_side)} AND original_height >= {int(min_side)}",
+            {"min_side": int(min_side)},
+        ),
+        DerivedSubset("research", "TRUE", {"max_punsafe": None}),
+        DerivedSubset("research-safe", f"punsafe IS NOT NULL AND punsafe <= {float(max_punsafe)!r}", {"max_punsafe": float(max_punsafe)}),
+    )
+
 TAKEDOWN_KINDS = ("url", "domain", "sha256", "md5")
 
 
@@ -253,10 +315,13 @@ SCORES = Table(
         C("similarity", "float", doc="cosine similarity of CLIP image and text embeddings"),
         C("punsafe", "float"),
         C("pwatermark", "float"),
+        C("aesthetic", "float", doc="LAION-Aesthetics' predicted rating, 1-10 scale (from the image embedding; null: no aesthetic head)"),
+        C("profile", "string", doc="the model profile that scored the row (null: models chosen by flags, or scored before profiles)"),
         C("clip_model", "string"),
         C("text_model", "string"),
         C("nsfw_model", "string"),
         C("watermark_model", "string"),
+        C("aesthetic_model", "string"),
         C("batch_id", "string", False),
         C("attempts", "int", False, "download attempts across scoring runs"),
         C("download_s", "double"),
@@ -293,6 +358,7 @@ PAIRS = Table(
         C("similarity", "float", False),
         C("punsafe", "float"),
         C("pwatermark", "float"),
+        C("aesthetic", "float", doc="as in scores: LAION-Aesthetics' predicted rating, 1-10 scale"),
         C("sha256", "string", False),
         C("md5", "string"),
         C("license", "string"),

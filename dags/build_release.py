@@ -34,7 +34,7 @@ PARAMS = {
     ),
     "thresholds": Param(
         None, type=["null", "object"], title="Threshold overrides",
-        description='e.g. {"en": 0.3, "other": 0.28, "near_duplicate_cosine": 0.95}; empty: the settings',
+        description='e.g. {"en": 0.3, "other": 0.28, "near_duplicate_cosine": 0.95}, for every row; empty: the thresholds of the model profile that scored each row (or ALTLAKE_THRESHOLD_*)',
         properties={name: {"type": "number", "minimum": -1, "maximum": 1} for name in release.THRESHOLD_FIELDS},
         additionalProperties=False,
     ),

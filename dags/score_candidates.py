@@ -14,8 +14,10 @@ Runs whenever cc_ingest updates the `altlake://candidates` asset, or **Trigger D
    the reason. Updates the `altlake://scores` asset that build_release is scheduled on.
 4. **check**: fails the run, naming each failed batch, when any batch did not finish.
 
-Worker backend and model are deployment settings (`ALTLAKE_WORKER_BACKEND`, `ALTLAKE_WORKER_ARGS`),
-read when the DAG is parsed; the form fields only confirm them and fail the run on a mismatch.
+The form's **model profile** picks the models every batch of the run is scored with (and the
+thresholds its release applies): one of the deployment's profiles (`ALTLAKE_MODEL_PROFILES`, read
+when the DAG is parsed; default `ALTLAKE_MODEL_PROFILE`). The worker backend is a deployment
+setting (`ALTLAKE_WORKER_BACKEND`); its form field only confirms it and fails the run on a mismatch.
 """
 
 from __future__ import annotations
@@ -31,6 +33,11 @@ from plugins.assets import CANDIDATES_ASSET, SCORES_ASSET
 from plugins.defaults import DEFAULT_ARGS, SCORING_POOL, SPARK_POOL
 from plugins.worker_backends import BACKENDS, score_operator_kwargs
 
+# Parse-time settings: the worker backend, its arguments and retries shape the mapped operator; the
+# deployment's model profiles are the form's choices.
+DEPLOYMENT = Settings.from_env()
+PROFILES = scoring.profile_names(DEPLOYMENT)
+
 PARAMS = {
     "crawl": Param(
         None, type=["null", "string"], pattern=f"^({CRAWL_ID_PATTERN})?$", title="Crawl id",
@@ -43,9 +50,9 @@ PARAMS = {
         values_display={None: "as deployed (ALTLAKE_WORKER_BACKEND)"},
         description="informational: the deployment's ALTLAKE_WORKER_BACKEND decides; a different value fails the run",
     ),
-    "model": Param(
-        None, type=["null", "string"], title="Model",
-        description="informational: the deployment's ALTLAKE_WORKER_ARGS decide (empty or 'demo': the demo models)",
+    "profile": Param(
+        PROFILES[0], type="string", enum=PROFILES, title="Model profile",
+        description="the models every batch is scored with and the thresholds they fit (ALTLAKE_MODEL_PROFILES; 'demo': the demo models)",
     ),
     "per_host_concurrency": Param(
         None, type=["null", "integer"], minimum=1, title="Per-host concurrency",
@@ -57,15 +64,13 @@ PARAMS = {
     ),
 }
 
-# Parse-time settings: the worker backend, its arguments and retries shape the mapped operator.
-DEPLOYMENT = Settings.from_env()
 SCORE_OPERATOR, SCORE_KWARGS = score_operator_kwargs(DEPLOYMENT, pool=SCORING_POOL)
 DEPLOYED_WORKER_ARGS = SCORE_KWARGS.pop("worker_args")  # per batch instead: followed by the run's politeness flags
 
 
 def score_kwargs(batch: dict) -> dict:
     """One score task's kwargs (a plain function, as XComArg.map needs): ALTLAKE_WORKER_ARGS, then
-    the per-host politeness flags the plan task attached for this run."""
+    the model profile and per-host politeness flags the plan task attached for this run."""
     return scoring.score_kwargs(batch, DEPLOYED_WORKER_ARGS)
 
 
@@ -85,10 +90,11 @@ def score_candidates():
     @task(pool=SPARK_POOL)
     def plan(params=None, ti=None) -> list[dict]:
         settings = scoring.run_settings(params)
-        scoring.check_deployment(settings, params["worker_backend"], params["model"])
+        scoring.check_deployment(settings, params["worker_backend"])
+        run_args = [*scoring.profile_args(settings, params["profile"]), *scoring.politeness_args(settings)]
         planned = scoring.plan(settings, params["crawl"], params["batch_size"], params["max_batches"])
         ti.xcom_push(key="counts", value=planned["counts"])
-        return scoring.with_worker_args(planned["batches"], scoring.politeness_args(settings))
+        return scoring.with_worker_args(planned["batches"], run_args)
 
     @task(pool=SPARK_POOL, trigger_rule="all_done", outlets=[SCORES_ASSET])
     def merge(batches: list[dict], params=None, outlet_events=None) -> dict:

@@ -71,8 +71,9 @@ def spec_for(clip_id: str, multilingual_ids: list[str], overrides: ModelOverride
         pretrained=pretrained,
         checkpoint=checkpoint,
         multilingual_text_model=multilingual,
-        nsfw_head=None,
+        nsfw_head=None,  # a query needs the CLIP alone
         watermark_head=None,
+        aesthetic_head=None,
         device=overrides.device,
     )
 

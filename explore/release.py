@@ -18,6 +18,7 @@ import math
 import os
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from altlake.config import Settings
-from altlake.paths import REMOVALS_DIR, release_path
+from altlake.paths import REMOVALS_DIR, derived_subset_file, release_path
 from altlake.schemas import SUBSETS
 
 MANIFEST = "manifest.json"
@@ -72,6 +73,21 @@ class Release:
         """(relative path, bytes) of every input file: an index is stale when this changes."""
         files = [p for s in self.shards for p in (s.img_emb, s.text_emb, s.metadata)]
         return [[str(p.relative_to(self.path)), p.stat().st_size] for p in files]
+
+
+def derived_subsets(release: Release) -> dict[str, dict]:
+    """The derived subsets the release publishes, as its manifest records them (name -> filter, rows,
+    file...); none for a release from before them."""
+    return dict((release.manifest or {}).get("derived_subsets", {}))
+
+
+def derived_subset_uids(release: Release, name: str) -> pa.Array:
+    """The uids of one derived subset's rows (read from its parquet, only that column)."""
+    found = derived_subsets(release)
+    if name not in found:
+        have = ", ".join(sorted(found)) or "none (it predates derived subsets)"
+        raise ReleaseError(f"release {release.release_id} has no derived subset {name!r}; it has: {have}")
+    return pq.read_table(release.path / derived_subset_file(name), columns=["uid"]).column("uid").combine_chunks()
 
 
 def resolve_release(release: str, settings: Settings | None = None) -> Path:
@@ -228,16 +244,28 @@ class MetadataStore:
         names = self.columns if columns is None else [c for c in columns if c in self.columns]
         return [{name: self._view(b, name).get(local) for name in names} for b, local in self._locate(ids)]
 
-    def rows_with(self, name: str, values: set[str]) -> np.ndarray:
+    def rows_with(self, name: str, values: set[str] | pa.Array) -> np.ndarray:
         """Mask over every row: True where column `name` holds one of `values` (vectorised, for
-        millions of rows)."""
+        millions of rows; an arrow array of values is used as it is, never made Python strings)."""
         import pyarrow.compute as pc
 
-        if not values or name not in self.columns:
+        if not len(values) or name not in self.columns:
             return np.zeros(self.n, dtype=bool)
-        wanted = pa.array(sorted(values), pa.string())
+        wanted = values.cast(pa.string()) if isinstance(values, pa.Array) else pa.array(sorted(values), pa.string())
         parts = [pc.is_in(b.column(name).cast(pa.string()), value_set=wanted).to_numpy(zero_copy_only=False) for b in self.batches]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=bool)
+
+    def number_blocks(self, name: str) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, float64 values) per record batch of a numeric column, nulls as NaN; nothing
+        when the column is absent. One batch in memory at a time, for whole-release statistics."""
+        if name not in self.columns:
+            return
+        for start, batch in zip(self.offsets[:-1].tolist(), self.batches):
+            try:
+                values = batch.column(name).cast(pa.float64())
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
+                raise ReleaseError(f"metadata column {name!r} is not numeric ({batch.column(name).type}): {exc}") from exc
+            yield start, values.to_numpy(zero_copy_only=False)
 
     def column(self, name: str, ids: np.ndarray) -> list:
         if name not in self.columns:

@@ -4,12 +4,14 @@ Endpoints (request and response shapes as in rom1504/clip-retrieval's clip_back.
 ClipClient and front end work unchanged):
     POST /knn-service   text | image (base64) | image_url | embedding_input -> [{id, similarity, url, caption, ...}]
     POST /metadata      {ids, indice_name} -> [{id, metadata: {...}}]
-    GET  /indices-list  -> [name, ...]
+    GET  /indices-list  -> [name, ...]: each release, then each of its derived subsets as <release>/<subset>
 and ours: GET /indices/{name} (what the web page needs to know), /healthz, Prometheus /metrics,
 the web page at /, the OpenAPI spec at /openapi.json.
 
 Every bad input ends in a 4xx with {"error": "..."}: bodies over the size limit (413), malformed
-JSON or fields (422), bad base64 / images / embeddings (400, 415), unknown indices (404).
+JSON or fields (422), bad base64 / images / embeddings (400, 415), unknown indices (404), and an
+option the release cannot honour (422: aesthetic_score without aesthetic scores, safe mode without
+punsafe, the violence detector without a CLIP model). No accepted option is silently ignored.
 
 Browsers: the web page is same-origin. Cross-origin callers (the clip-retrieval front end on its
 own host) are served only from the origins given with --cors-origin, and a body sent as a CORS
@@ -59,7 +61,7 @@ MAX_NUM_IMAGES = 10_000
 MAX_EMBEDDING_DIM = 4096
 MAX_METADATA_IDS = 10_000
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
-HIDDEN_HEADER = "X-Altlake-Hidden"  # "unsafe=3,duplicate_urls=1,near_duplicates=0": rows each filter removed
+HIDDEN_HEADER = "X-Altlake-Hidden"  # "unsafe=3,violence=1,duplicate_urls=1,near_duplicates=0": rows each filter removed
 SERVE_ARGS_ENV = "ALTLAKE_SERVE_ARGS"  # `altlake serve --workers N`: each worker process rebuilds the app from these
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -85,10 +87,14 @@ class KnnRequest(BaseModel):
     use_mclip: bool = False
     deduplicate: bool = Field(False, description="hide near-duplicate images (image embedding cosine)")
     hide_duplicate_urls: bool = False
-    use_safety_model: bool = Field(False, description="safe mode: hide results whose punsafe exceeds the threshold")
-    use_violence_detector: bool = False
-    aesthetic_score: Annotated[int, Field(ge=0, le=9)] | Literal[""] | None = None
-    aesthetic_weight: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | Literal[""] | None = None
+    use_safety_model: bool = Field(False, description="safe mode: hide results whose punsafe exceeds the threshold (or is unknown)")
+    use_violence_detector: bool = Field(False, description="hide results whose image is closer to violent than to peaceful prompts")
+    aesthetic_score: Annotated[int, Field(ge=0, le=9)] | Literal[""] | None = Field(
+        None, description="steer the query toward images of this rating (the release's `aesthetic` column, rounded); \"\" for none"
+    )
+    aesthetic_weight: Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)] | Literal[""] | None = Field(
+        None, description="how far to steer toward aesthetic_score (default 0.5); nothing to scale without a score"
+    )
 
 
 class MetadataRequest(BaseModel):
@@ -150,7 +156,8 @@ def create_app(explorers: list[Explorer], config: ServiceConfig | None = None, s
     if not explorers:
         raise ValueError("serve at least one release")
     config = config or ServiceConfig()
-    by_name = {e.name: e for e in explorers}
+    # Each release, then each of its derived subsets as `<release>/<subset>` (an allow-mask over its index).
+    by_name = {view.name: view for e in explorers for view in (e, *e.subset_views())}
     image_urls = ImageUrlFetcher(download_config(config, settings or Settings.from_env()), config.max_image_url_fetches)
 
     @contextlib.asynccontextmanager
@@ -198,8 +205,9 @@ def create_app(explorers: list[Explorer], config: ServiceConfig | None = None, s
     async def knn_service(body: KnnRequest) -> Response:
         """Nearest pairs of a text, image, image URL or embedding (clip back's protocol)."""
         explorer = explorer_for(body.indice_name)
-        if body.use_violence_detector:
-            raise QueryError(400, "use_violence_detector: no violence detector is available for this release")
+        score = None if body.aesthetic_score == "" else body.aesthetic_score  # clip back's "" means unset
+        weight = None if body.aesthetic_weight == "" else body.aesthetic_weight
+        explorer.check_options(score, body.use_safety_model, body.use_violence_detector)  # before any fetch or search
         image = None
         if not body.text and body.image:
             image = decode_base64_image(body.image)
@@ -210,10 +218,14 @@ def create_app(explorers: list[Explorer], config: ServiceConfig | None = None, s
             vector = await run_in_threadpool(explorer.query_vector, *query)
         else:  # an embedding is validated and normalised in microseconds: a thread hop would cost more
             vector = explorer.query_vector(*query)
+        vector = explorer.steer(vector, score, weight)
         k = max(body.num_result_ids or body.num_images, body.num_images)
         sims, ids = await batcher.search(explorer, body.modality, vector, k)
         hidden: dict[str, int] = {}
-        found = explorer.results(sims, ids, body.num_images, body.use_safety_model, body.hide_duplicate_urls, body.deduplicate, hidden)
+        found = explorer.results(
+            sims, ids, body.num_images, body.use_safety_model, body.hide_duplicate_urls, body.deduplicate,
+            hide_violent=body.use_violence_detector, hidden=hidden,
+        )  # fmt: skip
         results.observe(len(found))
         # The body stays clip back's list; what each filter hid among the candidates rides in a header.
         counts = {HIDDEN_HEADER: ",".join(f"{name}={n}" for name, n in hidden.items())} if hidden else None
@@ -229,20 +241,23 @@ def create_app(explorers: list[Explorer], config: ServiceConfig | None = None, s
     async def indices_list() -> list[str]:
         return list(by_name)
 
-    @app.get("/indices/{name}", responses=errors)
+    @app.get("/indices/{name:path}", responses=errors)  # :path: a derived subset is named <release>/<subset>
     async def index_details(name: str) -> dict:
         """What a client needs to build queries: rows, dimension, model, index quality."""
         explorer = explorer_for(name)
         encoder = explorer.encoder
         return {
             "name": explorer.name,
-            "rows": explorer.metadata.n,
+            "rows": explorer.rows,
             "dim": explorer.dim,
             "columns": explorer.metadata.columns,
             "clip_model": encoder.models.clip_id if encoder else None,
             "text_queries": encoder is not None,
             "multilingual": bool(encoder and encoder.has_multilingual),
             "unsafe_threshold": explorer.options.unsafe_threshold,
+            "safe_mode": explorer.has_punsafe,  # which of clip back's options this release can honour
+            "aesthetic_scores": explorer.aesthetic is not None,
+            "violence_detector": explorer.violence is not None,
             "indices": {
                 m: {k: v for k, v in i.items() if k in ("factory", "kind", "nprobe", "recall_at_10", "rows")}
                 for m, i in explorer.info["indices"].items()

@@ -4,7 +4,9 @@ The queries (texts and/or images) are embedded with the release's own CLIP, then
 embedding of the release is scanned exactly, one memory-mapped block at a time (a subset is a
 batch job: exact beats approximate here, and memory stays flat). A pair is kept when its best
 cosine over the queries reaches `min_similarity` (and its punsafe is at most `max_punsafe`, if
-given); the `max_rows` best are written, best first, with a manifest that counts each drop.
+given); the `max_rows` best are written, best first, with a manifest that counts each drop. With
+`within`, only the rows of one of the release's derived subsets (aesthetic, high_resolution,
+research, research-safe) are scanned.
 
 Output, in --out:
     subset.parquet          URL, TEXT, similarity (to the best query), query, uid, punsafe, ...
@@ -30,7 +32,7 @@ from tqdm import tqdm
 from altlake.config import Settings
 from explore.encoder import ModelOverrides, QueryEncoder
 from explore.errors import QueryError
-from explore.release import open_release, resolve_release
+from explore.release import derived_subset_uids, derived_subsets, open_release, resolve_release
 from explore.search import PAIR_SIMILARITY, SearchOptions, load_image
 
 SUBSET_FILE = "subset.parquet"
@@ -50,6 +52,7 @@ def build_subset(
     min_similarity: float = 0.3,
     max_rows: int = 100_000,
     max_punsafe: float | None = None,
+    within: str | None = None,
     models: ModelOverrides = ModelOverrides(),
     progress: bool = False,
 ) -> dict:
@@ -59,6 +62,7 @@ def build_subset(
     if max_rows < 1:
         raise ValueError("--max must be at least 1")
     release = open_release(release_dir)
+    inside = derived_subset_uids(release, within) if within else None  # checked before any model is loaded
     encoder = QueryEncoder.for_manifest(release.manifest, models)
     if encoder is None:
         raise ValueError(f"{release.path} records no CLIP model in its manifest, so text/image queries cannot be embedded")
@@ -89,16 +93,21 @@ def build_subset(
             if embeddings.shape[1] != matrix.shape[1]:
                 raise ValueError(f"{shard.img_emb}: {embeddings.shape[1]}-dim embeddings, the CLIP gives {matrix.shape[1]}")
             punsafe = _punsafe(shard.metadata) if max_punsafe is not None else None
+            member = _members(shard.metadata, inside) if inside is not None else None
             for lo in range(0, len(embeddings), _BLOCK_ROWS):
-                sims = np.asarray(embeddings[lo : lo + _BLOCK_ROWS], dtype=np.float32) @ matrix.T
+                rows = np.arange(lo, min(lo + _BLOCK_ROWS, len(embeddings)))
+                bar.update(len(rows))
+                if member is not None:
+                    rows = rows[member[rows]]  # a derived subset's rows only: the others are never read
+                sims = np.asarray(embeddings[rows], dtype=np.float32) @ matrix.T
                 best, which = sims.max(axis=1), sims.argmax(axis=1)
                 keep = best >= min_similarity
                 counts["dropped"]["below_min_similarity"] += int((~keep).sum())
                 if punsafe is not None:
-                    safe = punsafe[lo : lo + len(sims)] <= max_punsafe  # unknown (NaN) is not safe
+                    safe = punsafe[rows] <= max_punsafe  # unknown (NaN) is not safe
                     counts["dropped"]["unsafe"] += int((keep & ~safe).sum())
                     keep &= safe
-                kept_ids = np.concatenate([kept_ids, offset + lo + np.flatnonzero(keep)])
+                kept_ids = np.concatenate([kept_ids, offset + rows[keep]])
                 kept_sims = np.concatenate([kept_sims, best[keep]])
                 kept_query = np.concatenate([kept_query, which[keep].astype(np.int32)])
                 if len(kept_ids) > 2 * max_rows:  # bound memory: only the best max_rows can win
@@ -106,7 +115,6 @@ def build_subset(
                     counts["dropped"]["over_max"] += len(kept_ids) - max_rows
                     kept_ids, kept_sims, kept_query = kept_ids[top], kept_sims[top], kept_query[top]
                 counts["scanned"] += len(sims)
-                bar.update(len(sims))
             offset += len(embeddings)
     order = np.lexsort((kept_ids, -kept_sims))  # best first, ties by row: deterministic
     counts["dropped"]["over_max"] += max(0, len(order) - max_rows)
@@ -127,6 +135,7 @@ def build_subset(
         "min_similarity": min_similarity,
         "max_rows": max_rows,
         "max_punsafe": max_punsafe,
+        "within": {"name": within, **derived_subsets(release)[within]} if within else None,
         "counts": counts,
         "similarity": {"max": float(kept_sims.max()), "min": float(kept_sims.min())} if len(kept_sims) else None,
         "files": {SUBSET_FILE: {"rows": table.num_rows, "sha256": _sha256(out / SUBSET_FILE)}},
@@ -143,6 +152,14 @@ def _punsafe(metadata: Path) -> np.ndarray:
         raise ValueError(f"{metadata} has no punsafe column, so --max-punsafe cannot be applied")
     values = pq.read_table(metadata, columns=["punsafe"]).column(0).to_numpy(zero_copy_only=False)
     return np.where(np.isnan(values.astype(np.float64)), np.inf, values)
+
+
+def _members(metadata: Path, uids: pa.Array) -> np.ndarray:
+    """Mask over a shard's rows: True where its uid is one of `uids`."""
+    import pyarrow.compute as pc
+
+    column = pq.read_table(metadata, columns=["uid"]).column("uid")
+    return pc.is_in(column, value_set=uids).to_numpy(zero_copy_only=False).astype(bool)
 
 
 def _rows(release, ids: np.ndarray, sims: np.ndarray, matched: list[str]) -> pa.Table:
@@ -183,6 +200,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--min-similarity", type=float, default=0.3, help="keep pairs whose image is at least this close to a query")
     parser.add_argument("--max", type=int, default=100_000, dest="max_rows", help="keep at most this many pairs (the closest)")
     parser.add_argument("--max-punsafe", type=float, help="also drop pairs with punsafe above this")
+    parser.add_argument("--within", metavar="NAME",
+                        help="scan only this derived subset of the release (aesthetic, high_resolution, research, research-safe)")
     parser.add_argument("--out", required=True, help="output directory")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--clip-checkpoint", help="CLIP weights file, for releases embedded from a checkpoint")
@@ -197,6 +216,7 @@ def run(args: argparse.Namespace) -> int:
         min_similarity=args.min_similarity,
         max_rows=args.max_rows,
         max_punsafe=args.max_punsafe,
+        within=args.within,
         models=ModelOverrides(clip_checkpoint=args.clip_checkpoint, device=args.device),
         progress=True,
     )

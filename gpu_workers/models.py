@@ -1,4 +1,4 @@
-"""The scoring worker's models: CLIP through open_clip, LAION's NSFW and watermark heads.
+"""The scoring worker's models: CLIP through open_clip, LAION's NSFW, watermark and aesthetic heads.
 
 One loading path for every CLIP: an open_clip model name (a built-in like "ViT-B-32" or the
 project's own "altlake-tiny", registered with open_clip from demo_models/altlake-tiny.json) plus
@@ -13,9 +13,15 @@ The heads reproduce LAION's published architectures so their released weights lo
 - Watermark: LAION-AI/LAION-5B-WatermarkDetection's timm efficientnet_b3a whose classifier is
   Linear(in, 625) ReLU Dropout(0.3) Linear(625, 256) ReLU Linear(256, 2); softmax column 0 is
   the watermark probability.
+- Aesthetic (LAION-Aesthetics' rating, 1-10 scale) over the L2-normalised CLIP image embedding:
+  LAION-AI/aesthetic-predictor's nn.Linear(dim, 1) (keys weight, bias), or
+  christophschuhmann/improved-aesthetic-predictor's MLP (keys layers.N.*: Linear 1024, Dropout
+  0.2, Linear 128, Dropout 0.2, Linear 64, Dropout 0.1, Linear 16, Linear 1; its reluMSE files
+  add a ReLU after each hidden Linear, which shifts the indices). The keys tell which it is.
 
 "demo" selects the project's own small models trained on generated data (see
-demo_models/MODEL_CARD.md); the demo NSFW head detects a synthetic marker, NOT unsafe content.
+demo_models/MODEL_CARD.md); the demo NSFW head detects a synthetic marker, NOT unsafe content,
+and the demo aesthetic head rates a synthetic contrast, NOT aesthetics.
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ DEMO_FILES = {
     "multilingual": DEMO_DIR / "altlake_tiny_multilingual.pt",
     "nsfw": DEMO_DIR / "nsfw_proxy_head.pt",
     "watermark": DEMO_DIR / "watermark_head.pt",
+    "aesthetic": DEMO_DIR / "aesthetic_head.pt",
 }
 # altlake-tiny keeps the standard open_clip SimpleTokenizer but with a short merge list (a small
 # vocabulary keeps the committed embedding table small); other models use their own tokenizer.
@@ -74,14 +81,19 @@ class ModelSpec:
     # committed weights, the default for altlake-tiny when neither this nor checkpoint is given).
     pretrained: str | None = None
     checkpoint: str | None = None  # local path or s3://bucket/key of an open_clip state dict
-    multilingual_text_model: str | None = None  # "demo", a local path or s3:// URL of a text-tower file
+    # "demo", a local path or s3:// URL of a text-tower file, or a local M-CLIP directory (gpu_workers.multilingual).
+    multilingual_text_model: str | None = None
     nsfw_head: str | None = DEMO  # path / s3 URL of NSFW head weights, "demo" for ours, None to skip
     watermark_head: str | None = DEMO
+    aesthetic_head: str | None = DEMO  # path / s3 URL of a LAION-Aesthetics predictor, "demo", None to skip
     device: str = "cpu"  # cpu | cuda
     # Where pretrained tags are looked up and s3:// files cached (default: <Settings.cache_dir>/models).
     cache_dir: str | None = None
     # S3-compatible endpoint for s3:// weights (default: Settings.s3_endpoint, then AWS_ENDPOINT_URL).
     s3_endpoint: str | None = None
+    # The model profile (altlake.profiles) these fields come from, recorded in every row it scores;
+    # None when the models were chosen flag by flag.
+    profile: str | None = None
 
 
 def unit_rows(x: torch.Tensor) -> np.ndarray:
@@ -192,6 +204,51 @@ def watermark_transform(image_size: int) -> T.Compose:
     )
 
 
+# improved-aesthetic-predictor's MLP: (width, dropout after it) of each hidden Linear.
+AESTHETIC_MLP_HIDDEN = ((1024, 0.2), (128, 0.2), (64, 0.1), (16, 0.0))
+# Where its Linears sit in `layers`: linearMSE files have no activations, reluMSE ones a ReLU after each hidden Linear.
+_AESTHETIC_MLP_LINEARS = {(0, 2, 4, 6, 7): False, (0, 3, 6, 9, 11): True}
+
+
+class AestheticMlp(nn.Module):
+    """improved-aesthetic-predictor's MLP, its nn.Sequential named `layers` as in the released state dicts."""
+
+    def __init__(self, embed_dim: int, relu: bool = False):
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = embed_dim
+        for size, dropout in AESTHETIC_MLP_HIDDEN:
+            layers.append(nn.Linear(width, size))
+            if relu:
+                layers.append(nn.ReLU())
+            if dropout:
+                layers.append(nn.Dropout(dropout))
+            width = size
+        layers.append(nn.Linear(width, 1))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+def aesthetic_head(state_dict: dict[str, torch.Tensor]) -> tuple[nn.Module, str]:
+    """The LAION-Aesthetics predictor a state dict was saved from (its keys tell which), weights
+    loaded, and its layout's name; the module maps (N, dim) embeddings to (N, 1) ratings."""
+    if set(state_dict) == {"weight", "bias"}:
+        head, layout = nn.Linear(state_dict["weight"].shape[1], 1), "linear"
+    else:
+        linears = tuple(sorted({int(k.split(".")[1]) for k in state_dict if k.startswith("layers.") and k.endswith(".weight")}))
+        if linears not in _AESTHETIC_MLP_LINEARS:
+            raise ValueError(
+                "not a LAION-Aesthetics predictor state dict: expected the keys weight and bias (LAION-AI/aesthetic-predictor) "
+                f"or layers.N.weight/bias with N = 0,2,4,6,7 or 0,3,6,9,11 (improved-aesthetic-predictor), got {sorted(state_dict)[:8]}"
+            )
+        relu = _AESTHETIC_MLP_LINEARS[linears]
+        head, layout = AestheticMlp(state_dict["layers.0.weight"].shape[1], relu), "mlp-relu" if relu else "mlp"
+    head.load_state_dict({k: v.float() for k, v in state_dict.items()})
+    return head, layout
+
+
 # Transform steps that only make an image RGB (decoded images already are): open_clip's, ours (Lambda).
 _RGB_STEPS = ("MaybeConvertMode", "_convert_to_rgb")
 
@@ -272,6 +329,7 @@ class Models:
         multilingual: tuple[nn.Module, object, str] | None = None,
         nsfw: tuple[NsfwHead, str] | None = None,
         watermark: tuple[nn.Module, T.Compose, str] | None = None,
+        aesthetic: tuple[nn.Module, str] | None = None,
     ):
         self._clip, self._transform, self._tokenizer = clip, transform, tokenizer
         self._clip_on_device = DeviceTransform.of(transform)
@@ -279,6 +337,7 @@ class Models:
         self._multilingual = multilingual
         self._nsfw = nsfw[0] if nsfw else None
         self._watermark = watermark[:2] if watermark else None
+        self._aesthetic = aesthetic[0] if aesthetic else None
         self.device = device
         self.image_size: int = image_size
         self.embed_dim: int = embed_dim
@@ -287,6 +346,7 @@ class Models:
         self.multilingual_text_id: str | None = multilingual[2] if multilingual else None
         self.nsfw_id: str | None = nsfw[1] if nsfw else None
         self.watermark_id: str | None = watermark[2] if watermark else None
+        self.aesthetic_id: str | None = aesthetic[1] if aesthetic else None
         # Similarity thresholds calibrated for these weights ({"en": .., "other": ..}); empty when unknown.
         self.thresholds: dict[str, float] = thresholds
 
@@ -392,6 +452,17 @@ class Models:
                 logits = model(batch)
         return torch.softmax(logits.float(), dim=1)[:, 0].cpu().numpy()
 
+    def aesthetic(self, image_embeddings: np.ndarray) -> np.ndarray | None:
+        """LAION-Aesthetics' predicted rating (1-10 scale) per image from its L2-normalised CLIP image
+        embedding (as embed_images returns it); None when the run has no aesthetic head."""
+        if self._aesthetic is None:
+            return None
+        if len(image_embeddings) == 0:
+            return np.zeros(0, np.float32)
+        x = self._to_device(torch.from_numpy(np.ascontiguousarray(image_embeddings, dtype=np.float32)))
+        with torch.inference_mode():
+            return self._aesthetic(x).squeeze(-1).float().cpu().numpy()
+
 
 # --- loading ----------------------------------------------------------------------------------------
 
@@ -418,7 +489,8 @@ def load_models(spec: ModelSpec) -> Models:
             thresholds["other"] = threshold
     nsfw = _load_nsfw(spec.nsfw_head, fetch, device, embed_dim) if spec.nsfw_head else None
     watermark = _load_watermark(spec.watermark_head, fetch, device) if spec.watermark_head else None
-    return Models(clip, transform, tokenizer, clip_id, image_size, embed_dim, device, thresholds, multilingual, nsfw, watermark)
+    aesthetic = _load_aesthetic(spec.aesthetic_head, fetch, device, embed_dim) if spec.aesthetic_head else None
+    return Models(clip, transform, tokenizer, clip_id, image_size, embed_dim, device, thresholds, multilingual, nsfw, watermark, aesthetic)
 
 
 def _load_clip(spec: ModelSpec, cache_dir: Path, fetch: "_Fetcher", device: torch.device):
@@ -495,7 +567,13 @@ def _cached_pretrained(name: str, tag: str, cache_dir: Path) -> tuple[Path, dict
 
 
 def _load_text_tower(source: str, fetch: "_Fetcher", device: torch.device, clip_dim: int):
-    """A multilingual text encoder file: an open_clip TextTransformer trained into CLIP's embedding space."""
+    """A multilingual text encoder: a local M-CLIP directory, or a file holding an open_clip
+    TextTransformer trained into CLIP's embedding space."""
+    if source != DEMO and not source.startswith(("s3://", "s3a://")) and Path(source).is_dir():
+        from gpu_workers.multilingual import load_mclip  # imports transformers: only runs that use M-CLIP pay for it
+
+        tower, tokenizer, name, weights = load_mclip(source, device, clip_dim)
+        return tower, tokenizer, _weights_id(name, source, weights), None
     path = _demo_file("multilingual") if source == DEMO else fetch(source)
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(checkpoint, dict) or "text_cfg" not in checkpoint or "state_dict" not in checkpoint:
@@ -534,6 +612,20 @@ def _load_watermark(source: str, fetch: "_Fetcher", device: torch.device) -> tup
     model = build_watermark_model(backbone)
     model.load_state_dict({k: v.float() for k, v in state_dict.items()})
     return model.to(device).eval(), watermark_transform(image_size), _weights_id(f"laion-watermark-{backbone}", source, path)
+
+
+def _load_aesthetic(source: str, fetch: "_Fetcher", device: torch.device, clip_dim: int) -> tuple[nn.Module, str]:
+    """LAION's aesthetic predictor file (a bare state dict, linear or MLP) or ours (state dict + metadata)."""
+    path = _demo_file("aesthetic") if source == DEMO else fetch(source)
+    checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    state_dict = checkpoint["state_dict"] if "state_dict" in checkpoint else checkpoint
+    head, layout = aesthetic_head(state_dict)
+    dim = next(m for m in head.modules() if isinstance(m, nn.Linear)).in_features
+    if dim != clip_dim:
+        raise ValueError(f"aesthetic head {source} expects {dim}-dim CLIP image embeddings, this CLIP gives {clip_dim}")
+    # The demo head's name says what it rates: a synthetic contrast, not aesthetics.
+    name = f"laion-aesthetic-{layout}" + ("-contrast-proxy" if source == DEMO else "")
+    return head.to(device).eval(), _weights_id(name, source, path)
 
 
 # --- files -------------------------------------------------------------------------------------------

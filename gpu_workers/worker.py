@@ -34,11 +34,13 @@ from PIL import Image
 from tqdm import tqdm
 
 from altlake.config import Settings
+from altlake.profiles import MODEL_FLAGS, ProfileError, load_profiles, select_profile
 from altlake.schemas import STATUS_OK
 from gpu_workers.batch_decode import DECODE_CHOICES, BatchDecoder, uses_batch_decoder
 from gpu_workers.downloader import DownloadConfig, FetchResult, download
 from gpu_workers.images import DecodedImage, ImageConfig, ImageRejected, decode
-from gpu_workers.models import DEMO, Models, ModelSpec, load_models, similarity
+from gpu_workers.models import DEMO, Models, ModelSpec, similarity
+from gpu_workers.profiles import ModelLoadError, load_checked, model_spec
 from gpu_workers.reader import BatchInputError, InputRow, read_batch
 from gpu_workers.stage_clock import NO_CLOCK, StageClock
 from gpu_workers.writer import (
@@ -286,8 +288,9 @@ class _Stages:
         with clock.stage("heads"):
             punsafe = models.punsafe(img32)
             pwatermark = models.pwatermark(images)
+            aesthetic = models.aesthetic(img32)
         with clock.stage("rows"):
-            return self._rows(batch, sims, punsafe, pwatermark, img, txt)
+            return self._rows(batch, sims, punsafe, pwatermark, aesthetic, img, txt)
 
     def _rows(
         self,
@@ -295,6 +298,7 @@ class _Stages:
         sims: np.ndarray,
         punsafe: np.ndarray | None,
         pwatermark: np.ndarray | None,
+        aesthetic: np.ndarray | None,
         img: np.ndarray,
         txt: np.ndarray,
     ) -> list[Scored]:
@@ -313,10 +317,12 @@ class _Stages:
                 similarity=float(sims[i]),
                 punsafe=None if punsafe is None else float(punsafe[i]),
                 pwatermark=None if pwatermark is None else float(pwatermark[i]),
+                aesthetic=None if aesthetic is None else float(aesthetic[i]),
                 clip_model=models.clip_id,
                 text_model=models.text_model_for(row.language),
                 nsfw_model=models.nsfw_id,
                 watermark_model=models.watermark_id,
+                aesthetic_model=models.aesthetic_id,
             )
             scored.append(Scored(result, "embed", img[i], txt[i], decoded.stored_bytes))
         return scored
@@ -392,7 +398,7 @@ def score_batch(
     batch = read_batch(input_path, s3_endpoint, batch_id)
     if batch.duplicate_rows:
         log.warning("%s: %d duplicated uid row(s) collapsed", input_path, batch.duplicate_rows)
-    models = models or load_models(spec)
+    models = models or load_checked(spec)
     if not pipeline.webdataset:
         images = dataclasses.replace(images, encode_format=None)  # nothing will store the pixels
     loaded = time.perf_counter()
@@ -407,7 +413,7 @@ def score_batch(
     main_thread = time.thread_time()  # the loop below: handing rows between the stages, collecting results
     try:
         for scored in score_rows(batch.rows, models, download, images, pipeline, batch.batch_id, clock):
-            results.append(scored.row)
+            results.append({**scored.row, "profile": spec.profile})
             finished[scored.stage, scored.row["status"]] += 1
             if scored.row["status"] == STATUS_OK:
                 embeddings[scored.row["uid"]] = (scored.img_emb, scored.text_emb)
@@ -437,12 +443,14 @@ def score_batch(
         # How hosts were treated (per-host concurrency, rate, Retry-After cap, refusal limit): merge_scores and SQL see it here.
         "politeness": download.politeness(),
         "stages": _stage_counts(batch.input_rows, batch.duplicate_rows, finished),
+        "profile": spec.profile,  # the model profile every row records (None: models chosen by flags)
         "models": {
             "clip": models.clip_id,
             "text": models.text_id,
             "multilingual_text": models.multilingual_text_id,
             "nsfw": models.nsfw_id,
             "watermark": models.watermark_id,
+            "aesthetic": models.aesthetic_id,
         },
         "webdataset_shards": shards,
         "stale_temp_files_removed": swept,
@@ -522,6 +530,9 @@ def _write_outputs(
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--input", required=True, help="batch parquet (local path or s3:// URL)")
     parser.add_argument("--output", required=True, help="output directory (local path or s3:// prefix)")
+    parser.add_argument("--profile", help="model profile: every model and the thresholds that fit them, by name: 'demo' or a "
+                        "[profiles.<name>] of ALTLAKE_MODEL_PROFILES (default: ALTLAKE_MODEL_PROFILE, else demo); "
+                        "the flags choosing models one by one below conflict with it")
     model = parser.add_mutually_exclusive_group()
     model.add_argument("--model", help=f"open_clip architecture (default: the demo model {ModelSpec.clip_model})")
     model.add_argument("--checkpoint", help="a local open_clip checkpoint file instead of --model/--pretrained")
@@ -552,8 +563,22 @@ def configure(parser: argparse.ArgumentParser) -> None:
                         help=f"refuse images whose shorter side is below this many pixels (default {ImageConfig.min_side})")
     parser.add_argument("--max-aspect-ratio", type=float, default=ImageConfig.max_aspect_ratio,
                         help=f"refuse images whose longer side exceeds this many times the shorter (default {ImageConfig.max_aspect_ratio:g})")
-    parser.add_argument("--no-nsfw", action="store_true", help="skip the NSFW head (punsafe stays null)")
-    parser.add_argument("--no-watermark", action="store_true", help="skip the watermark head (pwatermark stays null)")
+    # The demo heads fit the demo CLIP and the demo's generated images only: with another CLIP
+    # (--model / --checkpoint) a head runs when it is named.
+    nsfw = parser.add_mutually_exclusive_group()
+    nsfw.add_argument("--nsfw-head", metavar="PATH|demo",
+                      help="LAION CLIP-based-NSFW-Detector MLP state dict (a path or s3:// URL) or 'demo' (default: demo with the demo CLIP)")
+    nsfw.add_argument("--no-nsfw", action="store_true", help="skip the NSFW head (punsafe stays null)")
+    watermark = parser.add_mutually_exclusive_group()
+    watermark.add_argument("--watermark-head", metavar="PATH|demo",
+                           help="LAION-5B-WatermarkDetection's efficientnet_b3a state dict (a path or s3:// URL) or 'demo' "
+                           "(default: demo with the demo CLIP)")
+    watermark.add_argument("--no-watermark", action="store_true", help="skip the watermark head (pwatermark stays null)")
+    aesthetic = parser.add_mutually_exclusive_group()
+    aesthetic.add_argument("--aesthetic-head", metavar="PATH|demo",
+                           help="LAION-Aesthetics predictor weights (LAION-AI/aesthetic-predictor's linear or improved-aesthetic-predictor's "
+                           "MLP state dict: a path or s3:// URL) or 'demo' (default: demo with the demo CLIP)")
+    aesthetic.add_argument("--no-aesthetic", action="store_true", help="skip the aesthetic head (aesthetic stays null)")
     parser.add_argument("--webdataset", action="store_true", help="also write webdataset tar shards of the ok images")
     parser.add_argument("--batch-id", help="default: the folder of .../<batch_id>/input.parquet, else the file name")
 
@@ -603,11 +628,20 @@ def download_config(args: argparse.Namespace, settings: Settings) -> DownloadCon
 
 
 def run(args: argparse.Namespace) -> int:
+    flags = [flag for dest, flag in MODEL_FLAGS.items() if getattr(args, dest)]
+    if args.profile and flags:
+        print(f"altlake score: --profile {args.profile} chooses every model, so it conflicts with {', '.join(flags)}: "
+              "give the profile or the model flags, not both", file=sys.stderr)  # fmt: skip
+        return 2
     if args.pretrained and not args.model:
         print("altlake score: --pretrained needs --model", file=sys.stderr)
         return 2
     settings = Settings.from_env()
-    spec = spec_from_args(args)
+    try:
+        spec = spec_from_args(args) if flags else spec_from_profile(args.profile or settings.model_profile, settings, args.device)
+    except ProfileError as exc:
+        print(f"altlake score: {exc}", file=sys.stderr)
+        return 2
     decode_on = args.decode or settings.worker_decode
     if decode_on not in DECODE_CHOICES or (decode_on == "gpu" and not spec.device.startswith("cuda")):
         print(f"altlake score: decode must be auto, cpu, or gpu with --device cuda, not {decode_on!r} on {spec.device}", file=sys.stderr)
@@ -630,24 +664,33 @@ def run(args: argparse.Namespace) -> int:
             s3_endpoint=settings.s3_endpoint,
             progress=True,
         )
-    except BatchInputError as exc:
+    except (BatchInputError, ModelLoadError) as exc:
         print(f"altlake score: {exc}", file=sys.stderr)
         return 2
     print(json.dumps(summary, sort_keys=True))
     return 0
 
 
+def spec_from_profile(name: str, settings: Settings, device: str) -> ModelSpec:
+    """The models of the deployment's profile `name` (ProfileError for a bad file or an unknown name)."""
+    profiles = load_profiles(settings.model_profiles)
+    return model_spec(select_profile(profiles, name, settings.model_profiles or "built-in profiles"), device)
+
+
 def spec_from_args(args: argparse.Namespace) -> ModelSpec:
-    """Only the flags given override ModelSpec's defaults (the demo models)."""
+    """The flags given over ModelSpec's defaults (the demo models). With a CLIP other than the demo's,
+    the demo text tower and heads are not defaults: they only fit the demo CLIP's embeddings."""
     changes: dict[str, object] = {"device": args.device}
-    demo_clip = not args.model and not args.checkpoint
-    changes["multilingual_text_model"] = args.text_model or (DEMO if demo_clip else None)
+    default = DEMO if not args.model and not args.checkpoint else None
+    changes["multilingual_text_model"] = args.text_model or default
     if args.model:
         changes.update(clip_model=args.model, pretrained=args.pretrained)
     if args.checkpoint:
         changes["checkpoint"] = args.checkpoint
-    if args.no_nsfw:
-        changes["nsfw_head"] = None
-    if args.no_watermark:
-        changes["watermark_head"] = None
+    for head, given, skipped in (
+        ("nsfw_head", args.nsfw_head, args.no_nsfw),
+        ("watermark_head", args.watermark_head, args.no_watermark),
+        ("aesthetic_head", args.aesthetic_head, args.no_aesthetic),
+    ):
+        changes[head] = None if skipped else (given or default)
     return dataclasses.replace(ModelSpec(), **changes)

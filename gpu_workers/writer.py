@@ -46,7 +46,7 @@ TIMING_COLUMNS = ("download_s", "scored_at")
 
 # clip-retrieval's metadata has the caption and url of each embedding row; we add the scores.
 _METADATA_FROM_RESULTS = (
-    "uid", "url", "similarity", "punsafe", "pwatermark", "width", "height",
+    "uid", "url", "similarity", "punsafe", "pwatermark", "aesthetic", "width", "height",
     "original_width", "original_height", "sha256", "md5",
 )  # fmt: skip
 

@@ -65,14 +65,17 @@ def publish(settings: Settings, run_id: str, aws_conn_id: str = DEFAULT_AWS_CONN
     built), or the task is skipped when it was published but never recorded."""
     from explore.index import index_staged_release
     from spark_jobs.publish import ReleaseExistsError
+    from altlake.profiles import ProfileError
     from spark_jobs.quality import QualityGateError
-    from spark_jobs.release import build_release
+    from spark_jobs.release import MixedModelsError, build_release
 
     spark = task_spark(settings, "altlake-release")
     try:
         summary = build_release(spark, settings, client=s3_client(settings, aws_conn_id), run_id=run_id, index_release=index_staged_release)
     except QualityGateError as error:
         raise AirflowFailException(f"release stopped by a quality gate: {error}") from error
+    except (MixedModelsError, ProfileError) as error:
+        raise AirflowFailException(f"release refused: {error}") from error
     except ReleaseExistsError as error:
         existing = recorded_release(spark, settings)
         if existing is None:
@@ -111,10 +114,11 @@ def recorded_release(spark, settings: Settings) -> dict | None:
     """The newest recorded release cut from the tables' current versions with these thresholds."""
     from pyspark.sql import functions as F
 
-    from spark_jobs.release import current_versions, thresholds
+    from spark_jobs.release import current_versions, release_thresholds
     from spark_jobs.takedowns import read_table
 
-    versions, wanted = current_versions(spark, settings), thresholds(settings)
+    versions = current_versions(spark, settings)
+    wanted = release_thresholds(spark, settings, versions).section()
     for row in read_table(spark, settings, "releases").orderBy(F.desc("created_at")).collect():
         manifest = json.loads(row["manifest"])
         if manifest["thresholds"] == wanted and all(manifest["sources"].get(k) == v for k, v in versions.items()):

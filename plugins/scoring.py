@@ -14,7 +14,7 @@ import shlex
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from altlake.config import Settings
-from altlake.names import DEMO_MODEL
+from altlake.profiles import MODEL_FLAGS, ProfileError, load_profiles, select_profile
 from altlake.schemas import BATCH_FAILED, BATCH_PLANNED
 from plugins.spark import task_spark
 
@@ -56,28 +56,39 @@ def score_kwargs(batch: dict, deployed_args: list[str]) -> dict:
     return {"batch": {k: v for k, v in batch.items() if k != "worker_args"}, "worker_args": [*deployed_args, *run_args]}
 
 
-def check_deployment(settings: Settings, worker_backend: str, model: str) -> None:
-    """The backend and model are fixed when the DAG is parsed (the mapped operator is built then);
-    a form asking for others must fail loudly rather than silently score with the deployed ones."""
+def check_deployment(settings: Settings, worker_backend: str) -> None:
+    """The backend is fixed when the DAG is parsed (the mapped operator is built then): a form asking
+    for another must fail loudly rather than silently score on the deployed one. The models are the
+    run's profile, so ALTLAKE_WORKER_ARGS must not choose any (the worker refuses both at once)."""
     if worker_backend and worker_backend != settings.worker_backend:
         raise AirflowFailException(
             f"this deployment scores on worker_backend={settings.worker_backend!r}; the form asked for "
             f"{worker_backend!r}: set ALTLAKE_WORKER_BACKEND for the Airflow deployment instead"
         )
-    if model and model != deployed_model(settings):
+    model_flags = [arg.split("=", 1)[0] for arg in shlex.split(settings.worker_args) if arg.split("=", 1)[0] in MODEL_FLAGS.values()]
+    if model_flags:
         raise AirflowFailException(
-            f"this deployment scores with model {deployed_model(settings)!r}; the form asked for {model!r}: "
-            f"set ALTLAKE_WORKER_ARGS (e.g. '--model ViT-L-14 --pretrained ...') for the Airflow deployment instead"
+            f"ALTLAKE_WORKER_ARGS chooses models ({', '.join(model_flags)}), but each run scores with the model profile "
+            "of its form: move those models into a profile of ALTLAKE_MODEL_PROFILES and drop the flags"
         )
 
 
-def deployed_model(settings: Settings) -> str:
-    """The model the workers load: --model or --checkpoint of ALTLAKE_WORKER_ARGS, else `demo`."""
-    args = shlex.split(settings.worker_args)
-    for flag in ("--model", "--checkpoint"):
-        if flag in args[:-1]:
-            return args[args.index(flag) + 1]
-    return DEMO_MODEL
+def profile_names(settings: Settings) -> list[str]:
+    """The deployment's model profiles, default first (the form's choices, read when the DAG is
+    parsed: a broken profiles file or an unknown default is an import error that says why)."""
+    profiles = load_profiles(settings.model_profiles)
+    default = select_profile(profiles, settings.model_profile, "ALTLAKE_MODEL_PROFILE").name
+    return [default, *sorted(name for name in profiles if name != default)]
+
+
+def profile_args(settings: Settings, profile: str) -> list[str]:
+    """`--profile NAME` for the run's workers, once the deployment's profiles file (re-read: it may
+    have changed since the DAG was parsed) still defines it."""
+    try:
+        select_profile(load_profiles(settings.model_profiles), profile, settings.model_profiles or "built-in profiles")
+    except ProfileError as error:
+        raise AirflowFailException(str(error)) from error
+    return ["--profile", profile]
 
 
 def plan(settings: Settings, crawl: str | None, batch_size: int | None, max_batches: int | None) -> dict:

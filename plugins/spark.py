@@ -237,8 +237,9 @@ def task_spark(settings: Settings, app_name: str):
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    """The settings as ALTLAKE_* variables, so a job process sees exactly this task's settings."""
-    return {f"ALTLAKE_{f.name.upper()}": str(getattr(settings, f.name)) for f in fields(settings)}
+    """The settings as ALTLAKE_* variables, so a job process sees exactly this task's settings (an
+    unset optional value, such as a threshold left to the profiles, as empty: from_env skips it)."""
+    return {f"ALTLAKE_{f.name.upper()}": "" if getattr(settings, f.name) is None else str(getattr(settings, f.name)) for f in fields(settings)}
 
 
 def json_output(stdout: str) -> dict | None:

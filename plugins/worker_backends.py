@@ -53,7 +53,7 @@ CONTAINER_ARGS = ("score",)
 LOCAL_COMMAND = (sys.executable, "-m", "altlake_cli.main", "score")
 
 # Settings the worker itself reads, forwarded as ALTLAKE_* variables to wherever it runs.
-WORKER_SETTINGS = ("lake_dir", "s3_endpoint", "user_agent")
+WORKER_SETTINGS = ("lake_dir", "s3_endpoint", "user_agent", "model_profiles")
 
 # A tqdm refresh every 30 s instead of every 0.1 s: progress stays visible in task logs without
 # flooding them (tqdm reads TQDM_* variables as defaults).

@@ -38,7 +38,7 @@ SUCCESS_FILE = "_SUCCESS"
 OPTED_OUT = "opted_out"
 
 # Columns a takedown clears: nothing derived from the image stays in the lake.
-_IMAGE_DERIVED = ("similarity", "punsafe", "pwatermark", "img_emb", "text_emb")
+_IMAGE_DERIVED = ("similarity", "punsafe", "pwatermark", "aesthetic", "img_emb", "text_emb")
 
 
 class IncompleteBatch(RuntimeError):
@@ -59,9 +59,12 @@ def read_batch_output(settings: Settings, output_dir: str):
     if data is None:
         raise ValueError(f"{output_dir} has {SUCCESS_FILE} but no {RESULTS_FILE}")
     results = pq.read_table(io.BytesIO(data))
-    missing = set(WORKER_RESULTS.column_names) - set(results.column_names)
-    if missing:
-        raise ValueError(f"{RESULTS_FILE} lacks columns {sorted(missing)}")
+    missing = [f for f in WORKER_RESULTS.to_arrow() if f.name not in results.column_names]
+    required = sorted(f.name for f in missing if not f.nullable)
+    if required:
+        raise ValueError(f"{RESULTS_FILE} lacks columns {required}")
+    for f in missing:  # written by a worker from before the column was declared (aesthetic, ...): no value
+        results = results.append_column(f, pa.nulls(results.num_rows, f.type))
     results = results.select(WORKER_RESULTS.column_names).cast(WORKER_RESULTS.to_arrow())
     uids = results.column("uid").to_pylist()
     if len(set(uids)) != len(uids):

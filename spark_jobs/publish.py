@@ -6,13 +6,16 @@ Layout of `<release_dir>/<release_id>/` (immutable: publishing refuses an existi
     embeddings/<subset>/img_emb/img_emb_0.npy     } clip-retrieval layout per subset: row i of
     embeddings/<subset>/text_emb/text_emb_0.npy   } metadata_N describes row i of both npy files
     embeddings/<subset>/metadata/metadata_0.parquet
+    subsets/<name>.parquet                        a derived subset (aesthetic, high_resolution, research,
+                                                  research-safe): LAION-compatible rows of every language
     gx/<suite>/...                                GX Data Docs of the release gates
     report.html                                   plots and funnel
     manifest.json                                 written last: versions, counts, checksums...
 
 Data files are byte-for-byte reproducible from the same rows: each subset is sharded by uid
-range, rows are sorted by uid, parquet is written by pyarrow with fixed options and no schema
-metadata, and no file holds a timestamp. That is what lets `rebuild_release` prove a release.
+range (a derived subset's one file holds those shards as row groups), rows are sorted by uid,
+parquet is written by pyarrow with fixed options and no schema metadata, and no file holds a
+timestamp. That is what lets `rebuild_release` prove a release.
 """
 
 from __future__ import annotations
@@ -27,25 +30,28 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from altlake.paths import DERIVED_SUBSETS_DIR, derived_subset_file
 from altlake.schemas import PAIRS, SUBSETS
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 3  # 2: the aesthetic column; 3: derived subsets (subsets/<name>.parquet, the manifest's derived_subsets)
 ROWS_PER_FILE = 1_000_000
 UID_SPACE = 16**8  # shards split the range of the uid's first 8 hex digits
 
-# LAION-5B's column names first, then ours.
+# LAION-5B's column names (and LAION-Aesthetics' `aesthetic`) first, then ours.
 LAION_COLUMNS = {
     "URL": "url", "TEXT": "text", "WIDTH": "original_width", "HEIGHT": "original_height",
-    "similarity": "similarity", "punsafe": "punsafe", "pwatermark": "pwatermark", "LANGUAGE": "language",
-    "hash": "md5", "sha256": "sha256", "uid": "uid", "license": "license",
+    "similarity": "similarity", "punsafe": "punsafe", "pwatermark": "pwatermark", "aesthetic": "aesthetic",
+    "LANGUAGE": "language", "hash": "md5", "sha256": "sha256", "uid": "uid", "license": "license",
     "first_seen_crawl": "first_seen_crawl", "near_duplicate_of": "near_duplicate_of",
 }  # fmt: skip
 METADATA_COLUMNS = {
     "uid": "uid", "url": "url", "caption": "text", "similarity": "similarity", "punsafe": "punsafe",
-    "pwatermark": "pwatermark", "sha256": "sha256", "md5": "md5", "width": "width", "height": "height",
-    "language": "language", "near_duplicate_of": "near_duplicate_of",
+    "pwatermark": "pwatermark", "aesthetic": "aesthetic", "sha256": "sha256", "md5": "md5", "width": "width",
+    "height": "height", "language": "language", "near_duplicate_of": "near_duplicate_of",
 }  # fmt: skip
+# Columns a later format added: a release of an older format is rebuilt without them, byte for byte.
+COLUMNS_SINCE = {"aesthetic": 2}
 _ARROW_SCHEMA = pa.schema([f.with_nullable(True) for f in PAIRS.to_arrow()])
 PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 3, "use_dictionary": True, "version": "2.6"}
 
@@ -63,8 +69,9 @@ def release_id_for(date: str, inputs: dict) -> str:
 # --- files --------------------------------------------------------------------------------------------
 
 
-def write_release_files(pairs, out_dir: str, rows_per_file: int = ROWS_PER_FILE) -> dict[str, int]:
-    """Write the parquet and embedding files of every subset from the pairs DataFrame.
+def write_release_files(pairs, out_dir: str, rows_per_file: int = ROWS_PER_FILE, format_version: int = FORMAT_VERSION) -> dict[str, int]:
+    """Write the parquet and embedding files of every subset from the pairs DataFrame, in the columns
+    of `format_version` (a rebuild passes its manifest's).
 
     Each shard is collected on the driver on its own, so the driver holds one shard at a time.
     Returns rows per subset.
@@ -83,26 +90,76 @@ def write_release_files(pairs, out_dir: str, rows_per_file: int = ROWS_PER_FILE)
             if shards > 1:
                 low, high = shard * UID_SPACE // shards, (shard + 1) * UID_SPACE // shards
                 rows = rows.where((prefix >= low) & (prefix < high))
-            written += _write_shard(rows.orderBy("uid").toArrow(), out_dir, subset, shard)
+            written += _write_shard(rows.orderBy("uid").toArrow(), out_dir, subset, shard, format_version)
         if written != n:  # e.g. uids that are not hex fall in no shard: never publish a partial subset
             raise ValueError(f"subset {subset}: wrote {written} of {n} rows; uids must be hex hashes")
         counts[subset] = n
     return counts
 
 
-def _write_shard(table, out_dir: str, subset: str, shard: int) -> int:
+def write_derived_subsets(pairs, out_dir: str, filters: dict[str, str], rows_per_file: int = ROWS_PER_FILE, format_version: int = FORMAT_VERSION) -> dict[str, int]:
+    """Write each derived subset (name -> Spark SQL filter over the pairs) as one LAION-compatible parquet
+    of every language's rows, sorted by uid; returns rows per subset.
+
+    Shards by uid range as the language groups are, each collected alone and appended as row groups,
+    so the driver holds one shard at a time and the file depends on nothing but the rows.
+    """
+    import pyarrow.parquet as pq
+    from pyspark.sql import functions as F
+
+    counts = {}
+    prefix = F.conv(F.substring("uid", 1, 8), 16, 10).cast("long")
+    for name, condition in filters.items():
+        selected = pairs.where(F.expr(condition))
+        n = selected.count()
+        shards = max(1, math.ceil(n / rows_per_file))
+        _mkdir_for(path := os.path.join(out_dir, derived_subset_file(name)))
+        written, writer = 0, None
+        try:
+            for shard in range(shards):
+                rows = selected
+                if shards > 1:
+                    low, high = shard * UID_SPACE // shards, (shard + 1) * UID_SPACE // shards
+                    rows = rows.where((prefix >= low) & (prefix < high))
+                laion = _laion_table(rows.orderBy("uid").toArrow(), format_version)
+                writer = writer or pq.ParquetWriter(path, laion.schema, **PARQUET_OPTIONS)
+                writer.write_table(laion)
+                written += laion.num_rows
+        finally:
+            if writer is not None:
+                writer.close()
+        if written != n:
+            raise ValueError(f"derived subset {name}: wrote {written} of {n} rows; uids must be hex hashes")
+        counts[name] = n
+    return counts
+
+
+def _laion_table(table, format_version: int):
+    """Rows of the pairs schema -> the release parquet's LAION columns, in one fixed arrow schema
+    (all nullable, no metadata) whatever nullability Spark reported."""
+    table = table.select(PAIRS.column_names).cast(_ARROW_SCHEMA).replace_schema_metadata(None)
+    columns = _columns(LAION_COLUMNS, format_version)
+    return table.select(list(columns.values())).rename_columns(list(columns))
+
+
+def _columns(names: dict[str, str], format_version: int) -> dict[str, str]:
+    """The release columns (release name -> pairs column) a format version has."""
+    return {name: column for name, column in names.items() if COLUMNS_SINCE.get(column, 1) <= format_version}
+
+
+def _write_shard(table, out_dir: str, subset: str, shard: int, format_version: int) -> int:
     """Write one shard's files; returns its row count."""
     import pyarrow.parquet as pq
 
-    # One fixed arrow schema (all nullable, no metadata), whatever nullability Spark reported.
     table = table.select(PAIRS.column_names).cast(_ARROW_SCHEMA).replace_schema_metadata(None)
-    laion = table.select(list(LAION_COLUMNS.values())).rename_columns(list(LAION_COLUMNS))
+    laion = _laion_table(table, format_version)
     _mkdir_for(path := os.path.join(out_dir, "parquet", subset, f"part-{shard:05d}.parquet"))
     pq.write_table(laion, path, **PARQUET_OPTIONS)
     if table.num_rows == 0:
         return 0  # no vectors: an empty subset has no embedding files (its dimension is unknown)
     base = os.path.join(out_dir, "embeddings", subset)
-    metadata = table.select(list(METADATA_COLUMNS.values())).rename_columns(list(METADATA_COLUMNS))
+    columns = _columns(METADATA_COLUMNS, format_version)
+    metadata = table.select(list(columns.values())).rename_columns(list(columns))
     _mkdir_for(path := os.path.join(base, "metadata", f"metadata_{shard}.parquet"))
     pq.write_table(metadata, path, **PARQUET_OPTIONS)
     for column in ("img_emb", "text_emb"):
@@ -135,7 +192,7 @@ def file_checksums(root: str) -> dict[str, dict]:
 
 def data_files(inventory: dict[str, dict]) -> dict[str, dict]:
     """The reproducible part of a release (what a rebuild must match byte for byte)."""
-    return {k: v for k, v in inventory.items() if k.startswith(("parquet/", "embeddings/"))}
+    return {k: v for k, v in inventory.items() if k.startswith(("parquet/", "embeddings/", f"{DERIVED_SUBSETS_DIR}/"))}
 
 
 def manifest_bytes(manifest: dict) -> bytes:

@@ -1,9 +1,11 @@
 """Release build: candidates + scores -> gated `pairs` table -> an immutable, reproducible release.
 
 Filters, in funnel order (each step counted in the manifest):
-  candidates -> scored -> ok -> similarity >= the language group's threshold (LAION-5B: 0.28 en,
-  0.26 others) -> exact dedup (same url+text, then same image sha256; the winner is the highest
-  similarity, then the smallest uid) -> takedowns (url, domain, sha256, md5).
+  candidates -> scored -> ok -> similarity >= the threshold of the row's model profile for its
+  language group (en / other; Settings.threshold_en / _other, when given, override every profile's)
+  -> exact dedup (same url+text, then same image sha256; the winner is the highest similarity,
+  then the smallest uid) -> takedowns (url, domain, sha256, md5).
+Rows scored by different CLIP weights are refused together unless Settings.allow_mixed_models.
 Near-duplicate images are marked, not dropped: random-hyperplane LSH puts similar image
 embeddings in the same bucket (inside Spark), and the exact cosine is computed only within
 buckets; a row whose cosine to a better row reaches Settings.near_duplicate_cosine names it in
@@ -25,7 +27,9 @@ import shutil
 import sys
 import tempfile
 import uuid
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -36,7 +40,20 @@ if __package__ in (None, ""):  # run as a script by spark-submit: make our packa
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from altlake.config import Settings
-from altlake.schemas import FILE_DONE, FILE_FAILED, NO_LANGUAGE, PAIRS, RELEASES, REJECT_REASONS, STATUS_OK
+from altlake.paths import derived_subset_file
+from altlake.profiles import LAION_THRESHOLD_EN, LAION_THRESHOLD_OTHER, ProfileError, load_profiles
+from altlake.schemas import (
+    AESTHETIC_RANGE,
+    FILE_DONE,
+    FILE_FAILED,
+    NO_LANGUAGE,
+    PAIRS,
+    RELEASES,
+    REJECT_REASONS,
+    SCORES,
+    STATUS_OK,
+    DerivedSubset,
+)
 from altlake.urls import canonical_url
 from spark_jobs import publish
 from spark_jobs.quality import SUITES, QualityGateError, validate
@@ -50,6 +67,8 @@ LSH_BANDS = 16
 LSH_BITS = 16
 LSH_SEED = 20_240_501
 HISTOGRAM_BINS = 20
+# LAION-Aesthetics' 1-10 rating scale (altlake.schemas.AESTHETIC_RANGE) in half points.
+AESTHETIC_BINS = 18
 # The scored-similarity histogram is finer: thresholds sit at 0.26 / 0.28, where 0.05 bins blur the cut.
 SCORED_BINS = 100
 TOP_LANGUAGES = 20
@@ -72,40 +91,203 @@ def threshold_group(subset_column):
     return F.when(subset_column == "en", "en").otherwise("other")
 
 
-def threshold_of(settings: Settings):
-    """The similarity threshold of each row's language group (rows with a `subset` column)."""
-    from pyspark.sql import functions as F
-
-    return F.when(F.col("subset") == "en", F.lit(settings.threshold_en)).otherwise(F.lit(settings.threshold_other))
-
-
 def current_versions(spark, settings: Settings) -> dict[str, int]:
     """The source tables' latest versions: pinned once, so one build reads one consistent state."""
     return {name: table_version(spark, settings, name) for name in SOURCE_TABLES}
 
 
-def thresholds(settings: Settings) -> dict[str, float]:
-    return {
-        "en": settings.threshold_en,
-        "multi": settings.threshold_other,
-        NO_LANGUAGE: settings.threshold_other,
-        "near_duplicate_cosine": settings.near_duplicate_cosine,
-    }
+# --- thresholds per model profile --------------------------------------------------------------------
+
+# The profile key of ok rows that record none (scored before profiles, or with models chosen by flags).
+UNRECORDED_PROFILE = "(none)"
+# The scores columns naming the weights that produced a row's values (clip_model, text_model, ...).
+MODEL_COLUMNS = tuple(c.name for c in SCORES.columns if c.name.endswith("_model"))
+
+
+class MixedModelsError(ValueError):
+    """The rows to release were scored by different CLIP weights, and the build was not told to mix them."""
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The similarity thresholds a release applies: (en, other) per model profile that scored its
+    rows, or under the key None one pair for every row (whenever the profiles agree, so that a
+    single-profile release records its thresholds as releases did before profiles)."""
+
+    by_profile: dict[str | None, tuple[float, float]]
+    near_duplicate_cosine: float
+
+    @classmethod
+    def of(cls, by_profile: dict[str, tuple[float, float]], near_duplicate_cosine: float) -> Thresholds:
+        values = set(by_profile.values())
+        if len(values) == 1:
+            return cls({None: values.pop()}, near_duplicate_cosine)
+        return cls(dict(sorted(by_profile.items())), near_duplicate_cosine)
+
+    def section(self) -> dict[str, float]:
+        """The manifest's `thresholds` (hashed into the release id): en / multi / nolang, each prefixed
+        with "<profile>:" when profiles differ, and near_duplicate_cosine."""
+        out: dict[str, float] = {}
+        for profile, (en, other) in self.by_profile.items():
+            prefix = "" if profile is None else f"{profile}:"
+            out.update({f"{prefix}en": en, f"{prefix}multi": other, f"{prefix}{NO_LANGUAGE}": other})
+        return {**out, "near_duplicate_cosine": self.near_duplicate_cosine}
+
+    @classmethod
+    def from_section(cls, section: dict[str, float]) -> Thresholds:
+        """Back from a manifest (a rebuild applies exactly what the release applied)."""
+        by_profile: dict[str | None, tuple[float, float]] = {}
+        for key, value in section.items():
+            profile, _, group = key.rpartition(":")
+            if group == "en":
+                by_profile[profile or None] = (value, section[f"{profile}:multi" if profile else "multi"])
+        return cls(by_profile, section["near_duplicate_cosine"])
+
+    def of_profile(self, profile: str) -> tuple[float, float]:
+        return self.by_profile[None] if None in self.by_profile else self.by_profile[profile]
+
+    def groups(self) -> dict[str, float]:
+        """Threshold group -> its threshold: en / other, or "<profile>: en" / "<profile>: other"."""
+        return {
+            name: threshold
+            for profile, pair in self.by_profile.items()
+            for name, threshold in zip(self._names(profile), pair)
+        }
+
+    def group_column(self):
+        """Each row's threshold group (rows with `subset` and `profile` columns)."""
+        from pyspark.sql import functions as F
+
+        group = threshold_group(F.col("subset"))
+        return group if None in self.by_profile else F.concat(_profile_key(), F.lit(": "), group)
+
+    def column(self):
+        """Each row's similarity threshold: its profile's, for its language group."""
+        from pyspark.sql import functions as F
+
+        en_row = F.col("subset") == "en"
+        expression = None
+        for profile, (en, other) in self.by_profile.items():
+            value = F.when(en_row, F.lit(en)).otherwise(F.lit(other))
+            if profile is None:
+                return value
+            match = _profile_key() == profile
+            expression = F.when(match, value) if expression is None else expression.when(match, value)
+        return expression
+
+    def lowest(self) -> float:
+        return min(min(pair) for pair in self.by_profile.values())
+
+    @staticmethod
+    def _names(profile: str | None) -> tuple[str, str]:
+        return ("en", "other") if profile is None else (f"{profile}: en", f"{profile}: other")
+
+
+def _profile_key():
+    from pyspark.sql import functions as F
+
+    return F.coalesce(F.col("profile"), F.lit(UNRECORDED_PROFILE))
+
+
+def _with_profile(scores):
+    """`scores` at a version written before the profile column was declared: every row unrecorded."""
+    from pyspark.sql import functions as F
+
+    return scores if "profile" in scores.columns else scores.withColumn("profile", F.lit(None).cast("string"))
+
+
+def model_use(spark, settings: Settings, scores_version: int) -> list[dict]:
+    """The ok rows of `scores` per profile and model ids ({profile, clip_model, ..., rows}): which
+    profiles and weights a release's rows come from."""
+    from pyspark.sql import functions as F
+
+    scores = _with_profile(read_table(spark, settings, "scores", scores_version))
+    columns = [c for c in MODEL_COLUMNS if c in scores.columns]
+    grouped = scores.where(F.col("status") == STATUS_OK).groupBy(_profile_key().alias("profile"), *columns).count()
+    return [{**{c: r[c] for c in ("profile", *columns)}, "rows": int(r["count"])} for r in grouped.collect()]
+
+
+def check_models(used: list[dict], allow_mixed: bool) -> None:
+    """Refuse rows of different CLIP weights in one release (their similarities and embeddings are not
+    comparable) unless allowed; the error names each model and its rows."""
+    clips = Counter()
+    for use in used:
+        if use.get("clip_model"):
+            clips[use["clip_model"]] += use["rows"]
+    if len(clips) > 1 and not allow_mixed:
+        listed = ", ".join(f"{model} ({n} rows)" for model, n in sorted(clips.items(), key=lambda kv: (-kv[1], kv[0])))
+        raise MixedModelsError(
+            f"the scored rows mix {len(clips)} CLIP models: {listed}; their similarities and embeddings are not comparable. "
+            "Score every row with one model profile, or release them together with --allow-mixed-models (ALTLAKE_ALLOW_MIXED_MODELS=true)"
+        )
+
+
+def resolve_thresholds(settings: Settings, used: list[dict]) -> Thresholds:
+    """The thresholds of each profile that scored rows (the deployment's profiles file; LAION-5B's for
+    rows that record none), each replaced by Settings.threshold_en / _other where those are given."""
+    profiles = load_profiles(settings.model_profiles)
+    names = sorted({use["profile"] for use in used}) or [UNRECORDED_PROFILE]
+    unknown = [name for name in names if name != UNRECORDED_PROFILE and name not in profiles]
+    if unknown and None in (settings.threshold_en, settings.threshold_other):
+        raise ProfileError(settings.model_profiles or "built-in profiles", [
+            f"rows were scored with model profile {name!r}, which the deployment's profiles do not define (known: "
+            f"{', '.join(sorted(profiles))}): add it to ALTLAKE_MODEL_PROFILES, or give both thresholds explicitly"
+            for name in unknown
+        ])  # fmt: skip
+    by_profile = {}
+    for name in names:
+        profile = profiles.get(name)
+        en, other = (profile.threshold_en, profile.threshold_other) if profile else (LAION_THRESHOLD_EN, LAION_THRESHOLD_OTHER)
+        by_profile[name] = (
+            en if settings.threshold_en is None else settings.threshold_en,
+            other if settings.threshold_other is None else settings.threshold_other,
+        )
+    return Thresholds.of(by_profile, settings.near_duplicate_cosine)
+
+
+def release_thresholds(spark, settings: Settings, versions: dict[str, int]) -> Thresholds:
+    """The thresholds a release cut from `versions` applies (refusing mixed CLIP models unless allowed)."""
+    used = model_use(spark, settings, versions["scores"])
+    check_models(used, settings.allow_mixed_models)
+    return resolve_thresholds(settings, used)
+
+
+def _profiles_section(settings: Settings, used: list[dict], thresholds: Thresholds) -> dict:
+    """The manifest's `profiles`: per profile, its ok rows, the weight ids (with their digests) it
+    scored with, the thresholds applied and its definition (None: not in the deployment's file)."""
+    profiles = load_profiles(settings.model_profiles)
+    section: dict[str, dict] = {}
+    for use in sorted(used, key=lambda u: u["profile"]):
+        name = use["profile"]
+        entry = section.setdefault(name, {
+            "ok_rows": 0,
+            "models": {c: [] for c in MODEL_COLUMNS if c in use},
+            "thresholds": dict(zip(("en", "other"), thresholds.of_profile(name))),
+            "definition": asdict(profiles[name]) if name in profiles else None,
+        })  # fmt: skip
+        entry["ok_rows"] += use["rows"]
+        for column, ids in entry["models"].items():
+            if use[column] is not None and use[column] not in ids:
+                ids.append(use[column])
+                ids.sort()
+    return section
 
 
 # --- pairs -----------------------------------------------------------------------------------------
 
 
-def compute_pairs(spark, settings: Settings, versions: dict[str, int]):
+def compute_pairs(spark, settings: Settings, versions: dict[str, int], thresholds: Thresholds):
     """(pairs DataFrame in the PAIRS schema, cached; facts: funnel, statuses, models, and for the report the
-    similarity of every scored row and sample pairs) at `versions`."""
+    similarity of every scored row and sample pairs) at `versions`, each row cut at its profile's threshold."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     candidates = read_table(spark, settings, "candidates", versions["candidates"])
     if "url_canonical" not in candidates.columns:  # a version written before the column was declared
         candidates = candidates.withColumn("url_canonical", F.udf(canonical_url, "string")(F.col("url")))
-    scores = read_table(spark, settings, "scores", versions["scores"])
+    scores = _with_profile(read_table(spark, settings, "scores", versions["scores"]))
+    if "aesthetic" not in scores.columns:  # a version written before the aesthetic columns were declared
+        scores = scores.withColumn("aesthetic", F.lit(None).cast("float")).withColumn("aesthetic_model", F.lit(None).cast("string"))
     takedowns = read_table(spark, settings, "takedowns", versions["takedowns"])
 
     # A pair scored before a later crawl showed its page opting out never enters a release.
@@ -114,15 +296,15 @@ def compute_pairs(spark, settings: Settings, versions: dict[str, int]):
     ok = scored.where(
         (F.col("status") == STATUS_OK) & F.col("sha256").isNotNull() & F.col("img_emb").isNotNull()
         & F.col("text_emb").isNotNull() & F.col("similarity").isNotNull()
-    ).withColumn("subset", subset_of(F.col("language")))  # fmt: skip
-    above = ok.where(F.col("similarity") >= threshold_of(settings))
+    ).withColumn("subset", subset_of(F.col("language"))).withColumn("threshold", thresholds.column())  # fmt: skip
+    above = ok.where(F.col("similarity") >= F.col("threshold"))
     best_first = [F.col("similarity").desc(), F.col("uid").asc()]
     by_pair = above.withColumn("_rank", F.row_number().over(Window.partitionBy("url", "text").orderBy(*best_first)))
     by_pair = by_pair.where("_rank = 1").drop("_rank")
     deduped = by_pair.withColumn("_rank", F.row_number().over(Window.partitionBy("sha256").orderBy(*best_first)))
     deduped = deduped.where("_rank = 1").drop("_rank").cache()
     kept = drop_taken_down(deduped, takedowns, HASH_COLUMNS)
-    marked = mark_near_duplicates(kept, settings.near_duplicate_cosine)
+    marked = mark_near_duplicates(kept, thresholds.near_duplicate_cosine)
     pairs = marked.select(*[F.col(c.name).cast(c.type) for c in PAIRS.columns]).cache()
 
     funnel = {
@@ -137,52 +319,53 @@ def compute_pairs(spark, settings: Settings, versions: dict[str, int]):
     statuses = {r["status"]: r["count"] for r in scored.groupBy("status").count().orderBy(F.desc("count"), "status").collect()}
     models = {
         column: sorted(r[column] for r in ok.select(column).distinct().collect() if r[column] is not None)
-        for column in ("clip_model", "text_model", "nsfw_model", "watermark_model")
+        for column in ("clip_model", "text_model", "nsfw_model", "watermark_model", "aesthetic_model")
     }
-    scored_similarity = _scored_similarity(ok, settings)
-    samples = _samples(pairs, drop_taken_down(ok, takedowns, HASH_COLUMNS), settings)
+    scored_similarity = _scored_similarity(ok, thresholds)
+    samples = _samples(kept, drop_taken_down(ok, takedowns, HASH_COLUMNS))
     scored.unpersist()
     deduped.unpersist()
     facts = {"funnel": funnel, "statuses": statuses, "models": models, "scored_similarity": scored_similarity, "samples": samples}
     return pairs, facts
 
 
-def _scored_similarity(ok, settings: Settings, bins: int = SCORED_BINS) -> dict:
+def _scored_similarity(ok, thresholds: Thresholds, bins: int = SCORED_BINS) -> dict:
     """Similarity of every ok row, kept and rejected, per threshold group and split at its threshold:
     the kept-pairs histogram alone cannot show what the threshold cuts away."""
     from pyspark.sql import functions as F
 
     split = ok.groupBy(
-        threshold_group(F.col("subset")).alias("group"),
+        thresholds.group_column().alias("group"),
         _bin_index("similarity", bins).alias("i"),
-        (F.col("similarity") >= threshold_of(settings)).alias("above"),
+        (F.col("similarity") >= F.col("threshold")).alias("above"),
     ).count()
     groups = {
         name: {"threshold": threshold, "below": [0] * bins, "above": [0] * bins}
-        for name, threshold in (("en", settings.threshold_en), ("other", settings.threshold_other))
+        for name, threshold in thresholds.groups().items()
     }
     for r in split.collect():
         groups[r["group"]]["above" if r["above"] else "below"][r["i"]] = int(r["count"])
     return {"edges": [round(i / bins, 6) for i in range(bins + 1)], "groups": groups}
 
 
-def _samples(pairs, visible_ok, settings: Settings, n: int = SAMPLES) -> dict[str, list[dict]]:
+def _samples(kept, visible_ok, n: int = SAMPLES) -> dict[str, list[dict]]:
     """A few pairs to look at: kept, rejected by the threshold, and the ok rows closest to their threshold
-    on either side; taken-down rows are never shown. uid order (a hash) makes an arbitrary, reproducible pick."""
+    on either side; taken-down rows are never shown. uid order (a hash) makes an arbitrary, reproducible pick.
+    (Rows with their `threshold` column: `kept` holds the pairs' rows before they are cut to PAIRS.)"""
     from pyspark.sql import functions as F
 
     def pick(df, *order) -> list[dict]:
-        rows = df.withColumn("threshold", threshold_of(settings)).orderBy(*order).limit(n).collect()
+        rows = df.orderBy(*order).limit(n).collect()
         return [
             {"uid": r["uid"], "url": r["url"], "text": r["text"], "language": r["language"],
              "similarity": float(r["similarity"]), "threshold": r["threshold"]}
             for r in rows
         ]  # fmt: skip
 
-    distance = F.abs(F.col("similarity") - threshold_of(settings))
+    distance = F.abs(F.col("similarity") - F.col("threshold"))
     return {
-        "kept": pick(pairs, "uid"),
-        "rejected": pick(visible_ok.where(F.col("similarity") < threshold_of(settings)), "uid"),
+        "kept": pick(kept, "uid"),
+        "rejected": pick(visible_ok.where(F.col("similarity") < F.col("threshold")), "uid"),
         "near_threshold": pick(visible_ok, distance, "uid"),
     }
 
@@ -254,7 +437,7 @@ def write_pairs(spark, settings: Settings, pairs) -> int:
 # --- gates -----------------------------------------------------------------------------------------
 
 
-def gate(spark, settings: Settings, scores, pairs, funnel: dict, docs_dir: str) -> dict:
+def gate(spark, settings: Settings, scores, pairs, funnel: dict, docs_dir: str, lowest_threshold: float) -> dict:
     """GX suites for scores and pairs plus the cross-layer counts (pairs <= ok <= candidates, kept
     fraction within bounds). Data Docs go to docs_dir/<table>; any failure raises QualityGateError."""
     n_ok = funnel["ok"]
@@ -264,7 +447,7 @@ def gate(spark, settings: Settings, scores, pairs, funnel: dict, docs_dir: str) 
         "scores": [("expect_table_row_count_to_be_between", {"max_value": funnel["candidates"]})],
         "pairs": [
             ("expect_table_row_count_to_be_between", {"min_value": min_pairs, "max_value": max_pairs}),
-            ("expect_column_values_to_be_between", {"column": "similarity", "min_value": min(settings.threshold_en, settings.threshold_other)}),
+            ("expect_column_values_to_be_between", {"column": "similarity", "min_value": lowest_threshold}),
         ],
     }  # fmt: skip
     reports = {
@@ -287,28 +470,36 @@ def gate(spark, settings: Settings, scores, pairs, funnel: dict, docs_dir: str) 
 # --- the release -----------------------------------------------------------------------------------
 
 
-def _bin_index(column: str, bins: int):
-    """The bin of `column` among `bins` equal bins over [0, 1]; values outside land in the edge bins."""
+def _bin_index(column: str, bins: int, low: float = 0.0, high: float = 1.0):
+    """The bin of `column` among `bins` equal bins over [low, high]; values outside land in the edge bins."""
     from pyspark.sql import functions as F
 
-    return F.least(F.greatest(F.floor(F.col(column) * bins), F.lit(0)), F.lit(bins - 1)).cast("int")
+    return F.least(F.greatest(F.floor((F.col(column) - low) * (bins / (high - low))), F.lit(0)), F.lit(bins - 1)).cast("int")
 
 
-def _histogram(df, column: str, bins: int = HISTOGRAM_BINS) -> dict:
-    """Counts over [0, 1] in `bins` equal bins (values outside land in the edge bins)."""
+def _histogram(df, column: str, bins: int = HISTOGRAM_BINS, low: float = 0.0, high: float = 1.0) -> dict:
+    """Counts over [low, high] in `bins` equal bins (values outside land in the edge bins)."""
     from pyspark.sql import functions as F
 
-    found = {r["i"]: r["count"] for r in df.where(F.col(column).isNotNull()).groupBy(_bin_index(column, bins).alias("i")).count().collect()}
-    return {"edges": [round(i / bins, 6) for i in range(bins + 1)], "counts": [int(found.get(i, 0)) for i in range(bins)]}
+    found = {r["i"]: r["count"] for r in df.where(F.col(column).isNotNull()).groupBy(_bin_index(column, bins, low, high).alias("i")).count().collect()}
+    edges = [round(low + (high - low) * i / bins, 6) for i in range(bins + 1)]
+    return {"edges": edges, "counts": [int(found.get(i, 0)) for i in range(bins)]}
 
 
-def _release_inputs(versions: dict[str, int], settings: Settings) -> dict:
-    """What a release id hashes: the source versions and every parameter that shapes the rows."""
+def _release_inputs(versions: dict[str, int], thresholds: Thresholds, derived: tuple[DerivedSubset, ...]) -> dict:
+    """What a release id hashes: the source versions and every parameter that shapes the rows and files."""
     return {
         "sources": {k: versions[k] for k in SOURCE_TABLES},
-        "thresholds": thresholds(settings),
+        "thresholds": thresholds.section(),
         "near_duplicates": {"bands": LSH_BANDS, "bits": LSH_BITS, "seed": LSH_SEED},
+        "derived_subsets": {d.name: d.filter for d in derived},
     }
+
+
+def _derived_section(derived: tuple[DerivedSubset, ...], rows: dict[str, int]) -> dict[str, dict]:
+    """The manifest's `derived_subsets`: per subset its filter (what a rebuild applies), the limits it
+    was made from, its rows and its file (whose sha256 and bytes are added with the checksums)."""
+    return {d.name: {"filter": d.filter, **d.parameters, "rows": rows[d.name], "file": derived_subset_file(d.name)} for d in derived}
 
 
 def _store(settings: Settings, client=None) -> publish.ReleaseStore:
@@ -343,16 +534,20 @@ def build_release(
     """
     date = date or datetime.now(timezone.utc).strftime("%Y%m%d")
     versions = current_versions(spark, settings)
-    release_id = publish.release_id_for(date, _release_inputs(versions, settings))
+    used = model_use(spark, settings, versions["scores"])
+    check_models(used, settings.allow_mixed_models)
+    thresholds = resolve_thresholds(settings, used)
+    derived = settings.derived_subsets
+    release_id = publish.release_id_for(date, _release_inputs(versions, thresholds, derived))
     store = _store(settings, client)
     if store.exists(release_id):
         _record_release(spark, settings, release_id, store.url(release_id), publish.manifest_bytes(store.read_manifest(release_id)))
         raise publish.ReleaseExistsError(f"release {release_id} already exists at {store.url(release_id)}; releases are immutable")
 
-    pairs, facts = compute_pairs(spark, settings, versions)
+    pairs, facts = compute_pairs(spark, settings, versions, thresholds)
     docs_dir = lake_paths(settings).gx_docs(run_id or release_id)
     scores = read_table(spark, settings, "scores", versions["scores"])
-    gx_summary = gate(spark, settings, scores, pairs, facts["funnel"], docs_dir)
+    gx_summary = gate(spark, settings, scores, pairs, facts["funnel"], docs_dir, thresholds.lowest())
     versions = {**versions, "pairs": write_pairs(spark, settings, pairs)}
     pairs.unpersist()
     published = read_table(spark, settings, "pairs", versions["pairs"])
@@ -360,19 +555,25 @@ def build_release(
     staging = _staging_dir(store, release_id)
     try:
         counts = publish.write_release_files(published, staging, rows_per_file)
+        derived_rows = publish.write_derived_subsets(published, staging, {d.name: d.filter for d in derived}, rows_per_file)
         shutil.copytree(docs_dir, os.path.join(staging, "gx"))
         manifest = {
             "release_id": release_id,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "format_version": publish.FORMAT_VERSION,
             "sources": versions,
-            "thresholds": thresholds(settings),
+            "thresholds": thresholds.section(),
+            "profiles": _profiles_section(settings, used, thresholds),
             "near_duplicates": {"method": "random-hyperplane LSH, exact cosine within buckets", "bands": LSH_BANDS, "bits": LSH_BITS, "seed": LSH_SEED},
             "funnel": facts["funnel"],
             "counts": counts,
+            "derived_subsets": _derived_section(derived, derived_rows),
             "statuses": facts["statuses"],
             "languages": _top_languages(published),
-            "histograms": {c: _histogram(published, c) for c in ("similarity", "punsafe", "pwatermark")},
+            "histograms": {
+                **{c: _histogram(published, c) for c in ("similarity", "punsafe", "pwatermark")},
+                "aesthetic": _histogram(published, "aesthetic", AESTHETIC_BINS, *AESTHETIC_RANGE),
+            },
             "scored_similarity": facts["scored_similarity"],
             "samples": facts["samples"],
             "extraction": _extraction(spark, settings),
@@ -382,12 +583,17 @@ def build_release(
             "models": facts["models"],
             "gx": gx_summary,
             "rows_per_file": rows_per_file,
-            "layout": {"parquet": "parquet/<subset>/part-NNNNN.parquet", "embeddings": "embeddings/<subset>/{img_emb,text_emb,metadata}/"},
+            "layout": {
+                "parquet": "parquet/<subset>/part-NNNNN.parquet", "embeddings": "embeddings/<subset>/{img_emb,text_emb,metadata}/",
+                "derived_subsets": derived_subset_file("<name>"),
+            },
         }  # fmt: skip
         if index_release is not None:
             manifest["index"] = index_release(staging, release_id)
         write_report(manifest, os.path.join(staging, "report.html"))
         manifest["files"] = publish.file_checksums(staging)
+        for entry in manifest["derived_subsets"].values():
+            entry.update(manifest["files"][entry["file"]])  # sha256 and bytes, as the inventory has them
         if "index" in manifest:
             manifest["index"]["files"] = {path: manifest["files"][path] for path in manifest["index"]["files"]}
         text = publish.manifest_bytes(manifest)
@@ -525,9 +731,7 @@ def rebuild_release(spark, settings: Settings, release_id: str, out_dir: str, cl
     """
     manifest = _store(settings, client).read_manifest(release_id)
     _check_history(spark, settings, release_id, manifest["sources"])
-    t = manifest["thresholds"]
-    pinned = settings.with_(threshold_en=t["en"], threshold_other=t["multi"], near_duplicate_cosine=t["near_duplicate_cosine"])
-    pairs, _ = compute_pairs(spark, pinned, manifest["sources"])
+    pairs, _ = compute_pairs(spark, settings, manifest["sources"], Thresholds.from_section(manifest["thresholds"]))
     takedowns_version = table_version(spark, settings, "takedowns")
     takedowns = read_table(spark, settings, "takedowns", takedowns_version)
     matched = match_takedowns(pairs, takedowns, HASH_COLUMNS).join(pairs.select("uid", "url"), "uid")
@@ -535,14 +739,20 @@ def rebuild_release(spark, settings: Settings, release_id: str, out_dir: str, cl
     for row in matched.orderBy("uid", "kind", "value").collect():  # one request per row: the smallest
         withheld.setdefault(row["uid"], {"uid": row["uid"], "url": row["url"], "kind": row["kind"], "value": row["value"]})
     expected = publish.data_files(manifest["files"])
+    version = manifest.get("format_version", 1)  # its columns: an older format lacks later ones
+    filters = {name: entry["filter"] for name, entry in manifest.get("derived_subsets", {}).items()}  # as recorded
+
+    def write(rows, where: str) -> None:
+        publish.write_release_files(rows, where, manifest["rows_per_file"], version)
+        publish.write_derived_subsets(rows, where, filters, manifest["rows_per_file"], version)
+
     if withheld:
         with tempfile.TemporaryDirectory(prefix="altlake-original-") as original:
-            publish.write_release_files(pairs, original, manifest["rows_per_file"])
+            write(pairs, original)
             reproduced = _compare(expected, publish.data_files(publish.file_checksums(original)))
-        kept = pairs.join(spark.createDataFrame([(uid,) for uid in withheld], "uid string"), "uid", "left_anti")
-        publish.write_release_files(kept, out_dir, manifest["rows_per_file"])
+        write(pairs.join(spark.createDataFrame([(uid,) for uid in withheld], "uid string"), "uid", "left_anti"), out_dir)
     else:
-        publish.write_release_files(pairs, out_dir, manifest["rows_per_file"])
+        write(pairs, out_dir)
         reproduced = _compare(expected, publish.data_files(publish.file_checksums(out_dir)))
     pairs.unpersist()
     by_kind = {}
@@ -598,13 +808,17 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", help="release store: a directory or s3://bucket/prefix (default: ALTLAKE_RELEASE_STORE)")
     parser.add_argument("--lake", help="lake root (default: ALTLAKE_LAKE_DIR)")
     parser.add_argument("--master", help="Spark master (default: ALTLAKE_SPARK_MASTER)")
+    parser.add_argument("--allow-mixed-models", action="store_true",
+                        help="release rows scored by different CLIP models together (default: ALTLAKE_ALLOW_MIXED_MODELS, else refused)")
 
 
 def run(args: argparse.Namespace, index_release: Callable[[str, str], dict] | None = None) -> int:
     """The command; `index_release` as in build_release (spark-submit runs it without one)."""
     from spark_jobs.session import get_spark, require_lake
 
-    settings = Settings.from_env(lake_dir=args.lake, spark_master=args.master, release_store=args.store)
+    settings = Settings.from_env(
+        lake_dir=args.lake, spark_master=args.master, release_store=args.store, allow_mixed_models=args.allow_mixed_models or None
+    )
     if args.rebuild and not args.out:
         print("altlake build-release: --rebuild needs --out", file=sys.stderr)
         return 2
@@ -625,7 +839,7 @@ def run(args: argparse.Namespace, index_release: Callable[[str, str], dict] | No
                 )
             return 0 if summary["reproduces_published"] else 1
         summary = build_release(spark, settings, date=args.date, index_release=index_release)
-    except (QualityGateError, publish.ReleaseExistsError, HistoryPurgedError) as error:
+    except (QualityGateError, publish.ReleaseExistsError, HistoryPurgedError, MixedModelsError, ProfileError) as error:
         print(f"altlake build-release: {error}", file=sys.stderr)
         return 1
     print(json.dumps(summary, indent=2))

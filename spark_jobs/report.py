@@ -43,7 +43,7 @@ def _png(figure) -> str:
 
 
 def _histogram(name: str, histogram: dict) -> str:
-    """Kept pairs only (punsafe, pwatermark; similarity in manifests without scored_similarity)."""
+    """Kept pairs only (punsafe, pwatermark, aesthetic; similarity in manifests without scored_similarity)."""
     import matplotlib.pyplot as plt
 
     edges, counts = histogram["edges"], histogram["counts"]
@@ -53,6 +53,15 @@ def _histogram(name: str, histogram: dict) -> str:
     axis.set_xlabel(name)
     axis.set_ylabel("pairs")
     return _png(figure)
+
+
+def _aesthetic(histograms: dict) -> str:
+    """LAION-Aesthetics' rating of the kept pairs, or why there is none."""
+    if "aesthetic" not in histograms:
+        return "<p>aesthetic: not recorded in this manifest (the release predates the aesthetic score).</p>"
+    if not any(histograms["aesthetic"]["counts"]):
+        return "<p>aesthetic: no kept pair has one (scored without an aesthetic head).</p>"
+    return _histogram("aesthetic", histograms["aesthetic"])
 
 
 def _bars(title: str, counts: dict[str, int], horizontal: bool = False) -> str:
@@ -85,6 +94,11 @@ def _facts(manifest: dict) -> str:
     models = manifest.get("models") or {}
     rows = [("created", manifest.get("created_at", "?")), ("pairs", sum(manifest["counts"].values()))]
     rows += [(f"model: {name}", ", ".join(ids) if isinstance(ids, list) else ids) for name, ids in models.items() if ids]
+    rows += [
+        (f"profile: {name}", f"{profile.get('ok_rows', '?')} ok rows, thresholds "
+         + ", ".join(f"{group} {_rounded(value)}" for group, value in (profile.get("thresholds") or {}).items()))
+        for name, profile in (manifest.get("profiles") or {}).items()
+    ]  # fmt: skip
     gates = [
         (f"GX gate on {table}", f"{'passed' if gate.get('success') else 'FAILED'}: {gate.get('evaluated', '?')} expectations"
          + (f", failed: {', '.join(map(str, gate['failed']))}" if gate.get("failed") else ""))
@@ -200,6 +214,12 @@ def _change(previous: dict | None) -> str:
     return _table(facts, None) + _table(changes, ("rows", "previous", "this release", "change"))
 
 
+def _derived_subsets(section: dict[str, dict]) -> str:
+    """Each derived subset's rows and the filter that defines it (numbers included)."""
+    rows = [(name, entry["rows"], entry["filter"], entry["file"]) for name, entry in section.items()]
+    return _table(rows, ("derived subset", "pairs", "filter", "file"))
+
+
 def _section(manifest: dict, key: str, render) -> str:
     """Older manifests still render: a section they predate says so instead of failing."""
     return render(manifest[key]) if key in manifest else NOT_RECORDED
@@ -231,6 +251,8 @@ def render_report(manifest: dict) -> str:
         _section(manifest, "previous", _change),
         "<h2>Subsets</h2>",
         _table(list(manifest["counts"].items()), ("subset", "pairs")),
+        "<h2>Derived subsets (every language)</h2>",
+        _section(manifest, "derived_subsets", _derived_subsets),
         "<h2>Thresholds</h2>",
         _table([(name, _rounded(value)) for name, value in manifest["thresholds"].items()], ("filter", "value")),
         "<h2>Similarity of every scored pair</h2>",
@@ -239,6 +261,7 @@ def render_report(manifest: dict) -> str:
         _section(manifest, "samples", _samples),
         "<h2>Distributions (kept pairs)</h2>",
         *(_histogram(name, manifest["histograms"][name]) for name in ("punsafe", "pwatermark")),
+        _aesthetic(manifest["histograms"]),
         "<h2>Image sizes (kept pairs)</h2>",
         _section(manifest, "sizes", _sizes),
         "<h2>Licenses (kept pairs)</h2>",

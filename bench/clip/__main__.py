@@ -294,7 +294,7 @@ def model_alone(weights: dict, args) -> dict:
     from gpu_workers.models import ModelSpec, load_models
 
     models = load_models(ModelSpec(clip_model=args.model, checkpoint=weights["checkpoint"], multilingual_text_model=None,
-                                   nsfw_head=None, watermark_head=None, device=args.device))  # fmt: skip
+                                   nsfw_head=None, watermark_head=None, aesthetic_head=None, device=args.device))  # fmt: skip
     pixels = torch.randn(args.batch_size, 3, models.image_size, models.image_size).pin_memory()
     for _ in range(5):
         models.embed_images(pixels)

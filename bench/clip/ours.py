@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint", help="open_clip state dict (default: the model's demo/random weights)")
     parser.add_argument("--nsfw", help="NSFW head file, or 'demo'; none: no NSFW head")
     parser.add_argument("--watermark", help="watermark model file, or 'demo'; none: no watermark head")
+    parser.add_argument("--aesthetic", help="aesthetic head file, or 'demo'; none: no aesthetic head")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--decode", default="auto")
     parser.add_argument("--batch-size", type=int, default=64)
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
 
     spec = ModelSpec(
         clip_model=args.model, checkpoint=args.checkpoint, multilingual_text_model=None,
-        nsfw_head=args.nsfw, watermark_head=args.watermark, device=args.device,
+        nsfw_head=args.nsfw, watermark_head=args.watermark, aesthetic_head=args.aesthetic, device=args.device,
     )  # fmt: skip
     models = load_models(spec)
     if args.stub_ms:

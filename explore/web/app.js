@@ -278,6 +278,8 @@ async function describeIndex() {
   if (!name) return;
   const info = await (await fetch(`/indices/${encodeURIComponent(name)}`)).json();
   $("mclip").disabled = !info.multilingual;
+  $("safe").disabled = !info.safe_mode;  // a release without punsafe scores cannot filter: the server refuses safe mode
+  if (!info.safe_mode) $("safe").checked = false;
   $("index-info").textContent = `${info.rows} pairs, ${info.dim}-d, ${info.clip_model || "no CLIP model: embedding queries only"}`;
 }
 
@@ -298,7 +300,7 @@ $("prev").addEventListener("click", () => { state.page -= 1; render(); });
 $("next").addEventListener("click", () => search(state.page + 1));
 $("export-json").addEventListener("click", () => download("altlake-results.json", "application/json", JSON.stringify(exportRows(), null, 2)));
 $("export-csv").addEventListener("click", exportCsv);
-$("index").addEventListener("change", () => { describeIndex(); search(0); });
+$("index").addEventListener("change", async () => { await describeIndex(); search(0); });  // options first: safe mode may not apply
 for (const id of ["safe", "hide-dup-urls", "hide-near-dups", "mclip", "page-size"]) {
   $(id).addEventListener("change", () => { if (queryFields()) search(0); });
 }

@@ -2,10 +2,12 @@
 
 No image data set may be downloaded, so the demo CLIP learns from scenes this module draws: a few
 shapes of one colour and count in one region of the canvas ("two red circles on the left"), with
-captions in English, German, French and Spanish. Variants exist for the two tagging heads:
+captions in English, German, French and Spanish. Variants exist for the three tagging heads:
 `watermark=True` overlays semi-transparent text/logo marks, `unsafe_proxy=True` adds a
-striped-badge marker that the NSFW-architecture demo head learns as its "unsafe" class. The marker
-is a PROXY for tests and demos, nothing about it resembles real unsafe content.
+striped-badge marker that the NSFW-architecture demo head learns as its "unsafe" class, and
+`quality` below 1 fades the picture toward grey, the signal the demo aesthetic head rates. The
+marker is a PROXY for tests and demos, nothing about it resembles real unsafe content; contrast
+is a stand-in for aesthetics, not a model of it.
 
 Everything is deterministic in the spec: the same `SceneSpec` always renders the same pixels, so a
 test can regenerate exactly what a local HTTP server handed to the worker.
@@ -16,7 +18,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageEnhance, ImageFont
 
 SHAPES = ("circle", "square", "triangle")
 COLOURS = ("red", "green", "blue", "yellow")
@@ -33,6 +35,10 @@ _RGB = {
 }
 
 _WATERMARK_WORDS = ("© altlake", "SAMPLE", "stock", "PREVIEW", "© photo", "demo.example")
+# Contrast left at quality 0: a faint but still visible scene (0 would be one flat grey).
+_MIN_CONTRAST = 0.1
+# LAION-Aesthetics' rating scale, which the demo aesthetic head is trained to predict.
+RATING_MIN, RATING_MAX = 1.0, 10.0
 
 
 @dataclass(frozen=True)
@@ -46,16 +52,24 @@ class SceneSpec:
     seed: int = 0
     watermark: bool = False
     unsafe_proxy: bool = False
+    quality: float = 1.0  # 1: full contrast; lower fades the whole picture toward its mean grey
 
     def __post_init__(self) -> None:
         if self.shape not in SHAPES or self.colour not in COLOURS:
             raise ValueError(f"unknown shape/colour in {self}: shapes {SHAPES}, colours {COLOURS}")
         if self.count not in COUNTS or self.position not in POSITIONS:
             raise ValueError(f"unknown count/position in {self}: counts {COUNTS}, positions {POSITIONS}")
+        if not 0.0 <= self.quality <= 1.0:
+            raise ValueError(f"quality must be within [0, 1], not {self.quality}")
 
 
-def random_spec(rng: random.Random, watermark: bool = False, unsafe_proxy: bool = False) -> SceneSpec:
-    """A uniformly drawn scene; variants are opt-in so plain draws stay clean."""
+def rating(spec: SceneSpec) -> float:
+    """The scene's made-up aesthetic rating: its quality on LAION-Aesthetics' 1-10 scale."""
+    return RATING_MIN + (RATING_MAX - RATING_MIN) * spec.quality
+
+
+def random_spec(rng: random.Random, watermark: bool = False, unsafe_proxy: bool = False, quality: float = 1.0) -> SceneSpec:
+    """A uniformly drawn scene; variants are opt-in so plain draws stay clean (and use the same draws)."""
     return SceneSpec(
         shape=rng.choice(SHAPES),
         colour=rng.choice(COLOURS),
@@ -64,6 +78,7 @@ def random_spec(rng: random.Random, watermark: bool = False, unsafe_proxy: bool 
         seed=rng.randrange(2**31),
         watermark=watermark,
         unsafe_proxy=unsafe_proxy,
+        quality=quality,
     )
 
 
@@ -146,6 +161,8 @@ def render(spec: SceneSpec, size: int = 64) -> Image.Image:
         _draw_badge(image, spec.position, rng, size)
     if spec.watermark:
         image = _overlay_watermark(image, rng, size)
+    if spec.quality < 1.0:  # last, and without a draw: a full-quality scene renders as it always did
+        image = ImageEnhance.Contrast(image).enhance(_MIN_CONTRAST + (1.0 - _MIN_CONTRAST) * spec.quality)
     return image
 
 

@@ -11,6 +11,8 @@ here, in a few minutes on 2 CPU cores, on scenes drawn by `synthetic.py`:
 3. nsfw         LAION's NSFW MLP over the CLIP image embeddings, trained on the unsafe-PROXY marker.
 4. watermark    LAION's watermark classifier head on a small timm EfficientNet, trained on images
                 with and without overlaid semi-transparent watermarks.
+5. aesthetic    LAION-AI/aesthetic-predictor's linear head over the CLIP image embeddings, regressing
+                a made-up 1-10 rating of scenes faded by a random amount (synthetic.rating).
 
 Every checkpoint is an fp16 state dict with a `metadata` dict (held-out metrics, data seed,
 steps), written next to this file unless --out says otherwise. MODEL_CARD.md documents them.
@@ -35,7 +37,7 @@ from tqdm import tqdm
 from gpu_workers import models as M
 from gpu_workers.demo_models import synthetic as S
 
-PARTS = ("clip", "multilingual", "nsfw", "watermark")
+PARTS = ("clip", "multilingual", "nsfw", "watermark", "aesthetic")
 WATERMARK_BACKBONE = "test_efficientnet"  # timm's smallest EfficientNet: b3a's family at 1/30 the size
 WATERMARK_IMAGE_SIZE = 64
 RENDER_SIZE = 64  # what the demo server serves; models resize it like any downloaded image
@@ -274,6 +276,46 @@ def watermark_probabilities(model: nn.Module, images: list) -> np.ndarray:
     return torch.softmax(model(torch.stack([transform(im) for im in images])), 1)[:, 0].numpy()
 
 
+# --- 5. aesthetic predictor on the synthetic contrast ------------------------------------------------------
+
+
+@torch.inference_mode()
+def aesthetic_data(clip: nn.Module, seed: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """CLIP image embeddings of scenes of uniformly drawn quality (the usual variants mixed in) and their ratings."""
+    rng = random.Random(seed)
+    specs = [
+        S.random_spec(rng, watermark=rng.random() < VARIANT_P, unsafe_proxy=rng.random() < VARIANT_P, quality=rng.random())
+        for _ in range(n)
+    ]
+    transform = open_clip.image_transform(clip.visual.image_size, is_train=False)
+    emb = torch.from_numpy(M.unit_rows(clip.encode_image(_images(specs, transform))))
+    return emb, torch.tensor([S.rating(s) for s in specs])
+
+
+def train_aesthetic(clip: nn.Module, steps: int, seed: int, n_train: int = 3000, batch_size: int = 512) -> tuple[nn.Linear, dict]:
+    """The linear layout (65 parameters at 64 dims): LAION's MLP has no activations in its linearMSE
+    weights, so it is an affine map too, and the small file is the one worth committing."""
+    torch.manual_seed(seed)
+    emb, ratings = aesthetic_data(clip, seed, n_train)
+    head = nn.Linear(emb.shape[1], 1)
+    with torch.no_grad():
+        head.bias.fill_(float(ratings.mean()))  # start at the mean rating: the steps go to the signal
+    # A high rate: the embeddings are unit vectors that differ little, so the weights have far to go.
+    optimizer = torch.optim.Adam(head.parameters(), lr=0.5)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=0.5, total_steps=steps, pct_start=0.1)
+    batches = _batches(n_train, batch_size, np.random.default_rng(seed))
+    with _progress(steps, "aesthetic") as bar:
+        for _ in range(steps):
+            idx = torch.from_numpy(next(batches))
+            loss = nn.functional.mse_loss(head(emb[idx]).squeeze(-1), ratings[idx])
+            _step(loss, optimizer, schedule, bar)
+    return head.eval(), {"steps": steps, "train_images": n_train, "data_seed": seed}
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(a, b)[0, 1])
+
+
 # --- driver -----------------------------------------------------------------------------------------------
 
 
@@ -288,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.out.mkdir(parents=True, exist_ok=True)
-    steps = {"clip": 1000, "multilingual": 600, "nsfw": 300, "watermark": 300}
+    steps = {"clip": 1000, "multilingual": 600, "nsfw": 300, "watermark": 300, "aesthetic": 3000}
     steps = {k: max(2, int(v * args.scale)) for k, v in steps.items()}
     sizes = {k: max(64, int(v * args.scale)) for k, v in {"train": 6000, "heads": 3000, "val": 1000}.items()}
     paths = {part: args.out / M.DEMO_FILES[part].name for part in PARTS}
@@ -353,6 +395,17 @@ def main(argv: list[str] | None = None) -> int:
             paths["watermark"],
         )
         report["watermark"] = meta
+
+    if "aesthetic" in args.only:
+        head, meta = train_aesthetic(clip, steps["aesthetic"], args.seed, n_train=sizes["heads"])
+        emb, ratings = aesthetic_data(clip, val_seed, sizes["val"])
+        stored = M.aesthetic_head(_fp16(head))[0]  # measured as committed: fp16 weights
+        with torch.inference_mode():
+            predicted = stored(emb).squeeze(-1).numpy()
+        y = ratings.numpy()
+        meta.update(val_pearson=pearson(predicted, y), val_rmse=float(np.sqrt(((predicted - y) ** 2).mean())), val_seed=val_seed)
+        torch.save({"state_dict": _fp16(head), "metadata": meta}, paths["aesthetic"])
+        report["aesthetic"] = meta
 
     for part, meta in report.items():
         size_kb = paths[part].stat().st_size / 1024

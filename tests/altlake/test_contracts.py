@@ -1,8 +1,18 @@
 import pytest
 
 from altlake.config import Settings
-from altlake.paths import LakePaths, join
-from altlake.schemas import CANDIDATES, SCORE_STATUSES, SCORES, STATUS_MEANINGS, TABLES, WORKER_RESULTS
+from altlake.paths import LakePaths, derived_subset_file, join
+from altlake.schemas import (
+    AESTHETIC_PRESETS,
+    CANDIDATES,
+    DERIVED_SUBSETS,
+    SCORE_STATUSES,
+    SCORES,
+    STATUS_MEANINGS,
+    TABLES,
+    WORKER_RESULTS,
+    aesthetic_minimum,
+)
 
 
 def test_every_table_renders_to_spark_ddl_and_arrow_with_the_same_columns():
@@ -127,3 +137,42 @@ def test_shared_values_have_one_home():
     assert wat.MIN_TEXT_CHARS == MIN_TEXT_CHARS
     assert extract.DEFAULT_WAT_PREFIX == COMMONCRAWL_S3
     assert quality.LANGUAGE_REGEX == rf"^([a-z]{{2,3}}|{NO_LANGUAGE})$"
+
+
+def test_derived_subset_settings_take_presets_or_numbers_and_refuse_the_rest():
+    default = {d.name: d for d in Settings.from_env({}).derived_subsets}
+    assert tuple(default) == DERIVED_SUBSETS
+    assert default["aesthetic"].filter == "aesthetic >= 5.0" and default["aesthetic"].parameters == {"aesthetic_min": 5.0, "preset": "5plus"}
+    assert default["high_resolution"].filter == "original_width >= 1024 AND original_height >= 1024"
+    assert default["research"].parameters == {"max_punsafe": None}
+    assert default["research-safe"].filter == "punsafe IS NOT NULL AND punsafe <= 0.5"  # unknown punsafe is not safe
+
+    env = {"ALTLAKE_AESTHETIC_MIN": "6.25plus", "ALTLAKE_HIGH_RESOLUTION_MIN_SIDE": "2048", "ALTLAKE_RESEARCH_SAFE_MAX_PUNSAFE": "0.1"}
+    chosen = {d.name: d for d in Settings.from_env(env).derived_subsets}
+    assert chosen["aesthetic"].filter == "aesthetic >= 6.25" and chosen["aesthetic"].parameters["preset"] == "6.25plus"
+    assert chosen["high_resolution"].parameters == {"min_side": 2048}
+    assert chosen["research-safe"].parameters == {"max_punsafe": 0.1}
+    numeric = {d.name: d for d in Settings.from_env({"ALTLAKE_AESTHETIC_MIN": "5.5"}).derived_subsets}["aesthetic"]
+    assert numeric.filter == "aesthetic >= 5.5" and numeric.parameters == {"aesthetic_min": 5.5, "preset": None}
+    assert {aesthetic_minimum(name) for name in AESTHETIC_PRESETS} == {4.5, 4.75, 5.0, 6.0, 6.25, 6.5}  # LAION-Aesthetics V2
+
+
+@pytest.mark.parametrize(
+    "env, message",
+    [
+        ({"ALTLAKE_AESTHETIC_MIN": "pretty"}, r"ALTLAKE_AESTHETIC_MIN must be a LAION-Aesthetics V2 preset \(4.5plus, .*6.5plus\) or a number from 1 to 10"),
+        ({"ALTLAKE_AESTHETIC_MIN": "11"}, "ALTLAKE_AESTHETIC_MIN must be"),
+        ({"ALTLAKE_AESTHETIC_MIN": "nan"}, "ALTLAKE_AESTHETIC_MIN must be"),
+        ({"ALTLAKE_HIGH_RESOLUTION_MIN_SIDE": "0"}, "ALTLAKE_HIGH_RESOLUTION_MIN_SIDE must be a side length of at least 1 pixel, not 0"),
+        ({"ALTLAKE_RESEARCH_SAFE_MAX_PUNSAFE": "1.5"}, "ALTLAKE_RESEARCH_SAFE_MAX_PUNSAFE must be a probability from 0 to 1, not 1.5"),
+    ],
+)
+def test_bad_derived_subset_settings_are_refused_with_a_clear_error(env, message):
+    with pytest.raises(ValueError, match=message):
+        Settings.from_env(env)
+
+
+def test_derived_subsets_have_one_file_layout():
+    assert [derived_subset_file(name) for name in DERIVED_SUBSETS] == [
+        "subsets/aesthetic.parquet", "subsets/high_resolution.parquet", "subsets/research.parquet", "subsets/research-safe.parquet"
+    ]  # fmt: skip

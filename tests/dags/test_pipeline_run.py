@@ -1,7 +1,8 @@
 """The whole pipeline through real `dag.test()` runs: cc_ingest -> score_candidates -> build_release.
 
-Real image server on 127.0.0.1, real worker subprocesses with the demo CLIP, real Spark + Delta,
-real GX. One uninterrupted chain (module fixture) is checked against its release, then a second
+Real image server on 127.0.0.1, real worker subprocesses, real Spark + Delta, real GX. The runs
+score with a deployment's own model profile chosen in the form (`files`: the demo CLIP as an open_clip
+checkpoint and every head by path, with its own thresholds), not the built-in `demo`. One uninterrupted chain (module fixture) is checked against its release, then a second
 lake is scored with one worker killed mid-batch and resumed, and must end with identical tables.
 Kept tiny (about 15 candidates, 2 batches): each worker subprocess loads torch and the model.
 """
@@ -24,6 +25,7 @@ pytestmark = pytest.mark.integration
 BATCH_SIZE = 8
 SLOW_S = 4  # one image is held this long: the window in which the kill test stops a worker
 SLOW_TARGET = f"/files/matching-000.jpg?delay={SLOW_S}"
+PROFILE = "files"  # the deployment's profile the form chooses
 # Columns that record when and how fast, not what: they differ between any two runs.
 TIMING_COLUMNS = ("scored_at", "download_s")
 
@@ -40,10 +42,34 @@ def crawl(tmp_path_factory):
         yield server, demo
 
 
-def pipeline_env(monkeypatch, lake_dir: Path) -> Settings:
-    """ALTLAKE_* for the DAG runs, and a fresh parse of score_candidates (it reads the worker
-    backend, arguments and retries when parsed). No worker retries: a killed batch stays failed."""
+@pytest.fixture(scope="module")
+def profiles_file(tmp_path_factory) -> Path:
+    """A deployment's profiles file: `files`, the demo models loaded from files as a real deployment
+    names them (an open_clip state dict, head files by path), with the demo's calibrated thresholds."""
+    import torch
+
+    from altlake.profiles import DEMO_PROFILE
+    from gpu_workers.models import DEMO_FILES
+    from gpu_workers.profiles import load_checked, model_spec
+
+    folder = tmp_path_factory.mktemp("models")
+    torch.save(load_checked(model_spec(DEMO_PROFILE))._clip.state_dict(), folder / "clip.pt")
     thresholds = demo_thresholds()
+    path = folder / "profiles.toml"
+    path.write_text(
+        f"[profiles.{PROFILE}]\n"
+        f'clip_model = "altlake-tiny"\ncheckpoint = "{folder / "clip.pt"}"\n'
+        + "".join(f'{key} = "{DEMO_FILES[kind]}"\n' for key, kind in (
+            ("text_model", "multilingual"), ("nsfw_head", "nsfw"), ("watermark_head", "watermark"), ("aesthetic_head", "aesthetic")))
+        + f"threshold_en = {thresholds['en']}\nthreshold_other = {thresholds['other']}\n"
+    )  # fmt: skip
+    return path
+
+
+def pipeline_env(monkeypatch, lake_dir: Path, profiles: Path) -> Settings:
+    """ALTLAKE_* for the DAG runs, and a fresh parse of score_candidates (it reads the worker
+    backend, arguments, retries and the profiles when parsed). No worker retries: a killed batch
+    stays failed. No threshold settings: the release applies the scoring profile's."""
     for name, value in {
         "ALTLAKE_LAKE_DIR": str(lake_dir),
         "ALTLAKE_SPARK_MASTER": "local[2]",
@@ -53,8 +79,7 @@ def pipeline_env(monkeypatch, lake_dir: Path) -> Settings:
         "ALTLAKE_WORKER_ARGS": "--allow-host 127.0.0.1 --allow-listed-only --decode-workers 1",
         "ALTLAKE_WORKER_RETRIES": "0",
         "ALTLAKE_BATCH_SIZE": str(BATCH_SIZE),
-        "ALTLAKE_THRESHOLD_EN": str(thresholds["en"]),
-        "ALTLAKE_THRESHOLD_OTHER": str(thresholds["other"]),
+        "ALTLAKE_MODEL_PROFILES": str(profiles),
         "ALTLAKE_RELEASE_STORE": "",
     }.items():
         monkeypatch.setenv(name, value)
@@ -84,15 +109,15 @@ def table_rows(spark, settings: Settings, name: str, drop: tuple[str, ...] = ())
 
 
 @pytest.fixture(scope="module")
-def chain(airflow_db, crawl, tmp_path_factory):
+def chain(airflow_db, crawl, profiles_file, tmp_path_factory):
     """An uninterrupted cc_ingest -> score_candidates -> build_release in its own lake."""
     _, demo = crawl
     with pytest.MonkeyPatch.context() as monkeypatch:
-        settings = pipeline_env(monkeypatch, tmp_path_factory.mktemp("uninterrupted") / "lake")
+        settings = pipeline_env(monkeypatch, tmp_path_factory.mktemp("uninterrupted") / "lake", profiles_file)
         pipeline = load_pipeline()
         runs = {
             "cc_ingest": pipeline["cc_ingest"].test(run_conf={"crawl": DEMO_CRAWL, "wat_paths": [str(demo.wat)]}),
-            "score_candidates": pipeline["score_candidates"].test(),
+            "score_candidates": pipeline["score_candidates"].test(run_conf={"profile": PROFILE}),
             "build_release": pipeline["build_release"].test(),
         }
         yield settings, {name: states(run) for name, run in runs.items()}, {name: run.run_id for name, run in runs.items()}
@@ -138,6 +163,13 @@ def test_chain_publishes_a_release_that_matches_its_tables(chain, spark):
     assert manifest["funnel"]["candidates"] == candidates.count() and manifest["funnel"]["ok"] == statuses["ok"]
     assert json.loads(release["manifest"])["release_id"] == manifest["release_id"] == release["release_id"]
     assert manifest["sources"]["takedowns"] >= 0
+    # Scored with the profile the form chose, cut at its thresholds, and the manifest says so.
+    assert {r["profile"] for r in scores.where("status = 'ok'").select("profile").distinct().collect()} == {PROFILE}
+    thresholds = demo_thresholds()
+    assert manifest["thresholds"]["en"] == thresholds["en"] and manifest["thresholds"]["multi"] == thresholds["other"]
+    (used,) = manifest["profiles"].values()
+    assert list(manifest["profiles"]) == [PROFILE] and used["ok_rows"] == statuses["ok"]
+    assert used["definition"]["checkpoint"].endswith("clip.pt") and all("@sha256:" in i for i in used["models"]["clip_model"])
     per_subset = {r["subset"]: r["count"] for r in pairs.groupBy("subset").count().collect()}
     assert {k: v for k, v in manifest["counts"].items() if v} == per_subset
     for subset, count in per_subset.items():
@@ -152,12 +184,12 @@ def test_chain_publishes_a_release_that_matches_its_tables(chain, spark):
     assert all(manifest["files"][path] == checksum for path, checksum in index["files"].items())
 
 
-def test_killed_scoring_run_resumes_to_identical_tables(chain, crawl, spark, tmp_path, monkeypatch):
+def test_killed_scoring_run_resumes_to_identical_tables(chain, crawl, profiles_file, spark, tmp_path, monkeypatch):
     import psutil
 
     uninterrupted, _, _ = chain
     server, demo = crawl
-    settings = pipeline_env(monkeypatch, tmp_path / "lake")
+    settings = pipeline_env(monkeypatch, tmp_path / "lake", profiles_file)
     pipeline = load_pipeline()
     assert pipeline["cc_ingest"].test(run_conf={"crawl": DEMO_CRAWL, "wat_paths": [str(demo.wat)]}).state == "success"
 
@@ -182,7 +214,7 @@ def test_killed_scoring_run_resumes_to_identical_tables(chain, crawl, spark, tmp
 
     watcher = threading.Thread(target=kill_first_worker_mid_batch, daemon=True)
     watcher.start()
-    first = pipeline["score_candidates"].test()
+    first = pipeline["score_candidates"].test(run_conf={"profile": PROFILE})
     stop.set()
     watcher.join()
 
@@ -196,7 +228,7 @@ def test_killed_scoring_run_resumes_to_identical_tables(chain, crawl, spark, tmp
     partial = spark.read.format("delta").load(LakePaths(settings.lake_dir).table("scores")).count()
     assert 0 < partial < sum(b["n_rows"] for b in batches.values())
 
-    resumed = pipeline["score_candidates"].test()
+    resumed = pipeline["score_candidates"].test(run_conf={"profile": PROFILE})
     assert resumed.state == "success", states(resumed)
     assert [k for k in states(resumed) if k.startswith("score[")] == ["score[0]"]  # only the killed batch again
     assert pipeline["build_release"].test().state == "success"
@@ -205,11 +237,11 @@ def test_killed_scoring_run_resumes_to_identical_tables(chain, crawl, spark, tmp
     assert table_rows(spark, settings, "pairs") == table_rows(spark, uninterrupted, "pairs")
 
 
-def test_build_release_publishes_to_s3_through_the_airflow_connection(chain, moto_server, spark, monkeypatch):
+def test_build_release_publishes_to_s3_through_the_airflow_connection(chain, profiles_file, moto_server, spark, monkeypatch):
     import boto3
 
     uninterrupted, _, _ = chain
-    pipeline_env(monkeypatch, Path(uninterrupted.lake_dir))
+    pipeline_env(monkeypatch, Path(uninterrupted.lake_dir), profiles_file)
     monkeypatch.setenv(
         "AIRFLOW_CONN_AWS_DEFAULT",
         json.dumps({"conn_type": "aws", "extra": {"endpoint_url": moto_server, "region_name": "us-east-1"}}),

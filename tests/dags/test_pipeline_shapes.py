@@ -40,7 +40,7 @@ def test_score_candidates_fans_out_in_the_scoring_pool_and_merges_whatever_finis
     assert dag.get_task("plan").pool == dag.get_task("merge").pool == SPARK_POOL
     assert dag.get_task("merge").trigger_rule == "all_done" and dag.get_task("check").trigger_rule == "all_done"
     assert SCORES_ASSET in dag.get_task("merge").outlets
-    assert set(dag.params) >= {"crawl", "batch_size", "max_batches", "worker_backend", "model", "per_host_concurrency", "per_host_rate"}
+    assert set(dag.params) >= {"crawl", "batch_size", "max_batches", "worker_backend", "profile", "per_host_concurrency", "per_host_rate"}
 
 
 def test_build_release_and_apply_takedowns_shapes(dagbag):
@@ -92,11 +92,13 @@ def test_score_candidates_form_politeness_reaches_the_worker_command(dagbag, mon
 
     def worker_config(form: dict):
         settings = scoring.run_settings(form)
-        (planned,) = scoring.with_worker_args([batch], scoring.politeness_args(settings))  # what the plan task returns
+        run_args = [*scoring.profile_args(settings, form["profile"]), *scoring.politeness_args(settings)]
+        (planned,) = scoring.with_worker_args([batch], run_args)  # what the plan task returns
         operator = LocalScoreOperator(task_id="score", **module.score_kwargs(planned))
         assert operator.batch == batch and operator.command[: len(LOCAL_COMMAND)] == list(LOCAL_COMMAND)
         args = parser.parse_args(operator.command[len(LOCAL_COMMAND) :])  # what follows `altlake score`
         config = download_config(args, Settings.from_env({}))  # the worker's container: no ALTLAKE_* politeness
+        assert args.profile == form["profile"] == "demo"
         return config.per_host_concurrency, config.per_host_rate, config.max_retry_after_s, config.host_refusal_limit
 
     params = copy.deepcopy(dag.params)

@@ -45,7 +45,14 @@ def write_shard(base: Path, number: int, img: np.ndarray, txt: np.ndarray, metad
     pq.write_table(pa.table(metadata), base / "metadata" / f"metadata_{number}.parquet")
 
 
-def synthetic_metadata(start: int, n: int, rng: np.random.Generator) -> dict:
+def synthetic_aesthetic(img: np.ndarray) -> np.ndarray:
+    """LAION-Aesthetics-style scores (1-10) rising along the first embedding axis, so the direction
+    an aesthetic_score shift should move results in is known (about 4 points per 0.33 of the axis)."""
+    return np.clip(5.5 + 12.0 * img[:, 0], 1.0, 10.0).astype(np.float32)
+
+
+def synthetic_metadata(start: int, n: int, rng: np.random.Generator, img: np.ndarray) -> dict:
+    """Metadata for rows whose image embeddings are `img` (the aesthetic score follows them)."""
     ids = range(start, start + n)
     return {
         "uid": [hashlib.sha1(str(i).encode()).hexdigest()[:16] for i in ids],
@@ -58,6 +65,7 @@ def synthetic_metadata(start: int, n: int, rng: np.random.Generator) -> dict:
         "width": np.full(n, 64, np.int32),
         "height": np.full(n, 64, np.int32),
         "language": ["en"] * n,
+        "aesthetic": synthetic_aesthetic(img),
     }
 
 
@@ -68,7 +76,8 @@ def make_release(root: Path, n_per_shard: list[int], dim: int = 32, seed: int = 
     for k, n in enumerate(n_per_shard):
         base = root / "embeddings" / SUBSETS[k % len(SUBSETS)] if layout == "release" else root
         number = k // len(SUBSETS) if layout == "release" else k
-        write_shard(base, number, unit_rows(rng, n, dim), unit_rows(rng, n, dim), synthetic_metadata(start, n, rng))
+        img, txt = unit_rows(rng, n, dim), unit_rows(rng, n, dim)
+        write_shard(base, number, img, txt, synthetic_metadata(start, n, rng, img))
         start += n
     (root / "manifest.json").write_text(json.dumps({"release_id": root.name, "counts": {"total": start}}))
     return root
@@ -135,7 +144,8 @@ def image_site(tmp_path_factory) -> Iterator[tuple[str, Path]]:
 @pytest.fixture(scope="session")
 def model_release(tmp_path_factory, image_site) -> Path:
     """48 generated scenes embedded with the demo CLIP (every third carries the unsafe proxy
-    marker and punsafe 0.9, every fourth from row 1 pwatermark 0.9), in the worker layout, with a manifest naming the model, indexed."""
+    marker and punsafe 0.9, every fourth from row 1 pwatermark 0.9, blue scenes aesthetic 8.6 and
+    the others 2.4), in the worker layout, with a manifest naming the model, indexed."""
     from gpu_workers.demo_models import synthetic
     from gpu_workers.models import ModelSpec, load_models
     from explore.index import build_index
@@ -166,6 +176,7 @@ def model_release(tmp_path_factory, image_site) -> Path:
         "width": np.full(n, 64, np.int32),
         "height": np.full(n, 64, np.int32),
         "language": ["en"] * n,
+        "aesthetic": np.array([8.6 if s.colour == "blue" else 2.4 for s in specs], np.float32),
     }
     root = tmp_path_factory.mktemp("model") / "rel-demo"
     write_shard(root, 0, img, txt, metadata)

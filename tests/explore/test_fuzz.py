@@ -18,7 +18,8 @@ from tests.explore.conftest import synthetic_metadata, unit_rows, write_shard
 def app(tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz") / "rel-fuzz"
     rng = np.random.default_rng(5)
-    write_shard(root, 0, unit_rows(rng, 120, 8), unit_rows(rng, 120, 8), synthetic_metadata(0, 120, rng))
+    img, txt = unit_rows(rng, 120, 8), unit_rows(rng, 120, 8)
+    write_shard(root, 0, img, txt, synthetic_metadata(0, 120, rng, img))
     build_index(str(root))
     config = ServiceConfig(max_body_bytes=256 * 1024)
     return create_app(load_explorers([str(root)], config, Settings.from_env()), config)

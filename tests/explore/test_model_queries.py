@@ -87,3 +87,70 @@ def test_a_release_whose_model_changed_is_refused(model_release, tmp_path):
 
     with pytest.raises(ValueError, match="embedded with"):
         QueryEncoder.for_manifest(manifest, ModelOverrides())
+
+
+def _aesthetic_of(model_release: Path, results: list[dict]) -> float:
+    import pyarrow.parquet as pq
+
+    scores = pq.read_table(model_release / "metadata" / "metadata_0.parquet", columns=["aesthetic"]).column("aesthetic").to_numpy()
+    return float(np.mean([scores[r["id"]] for r in results]))
+
+
+def test_aesthetic_score_moves_a_text_query_toward_the_highly_rated_pictures(client, model_release):
+    """Blue scenes are rated 8.6 and the rest 2.4: rating 9 brings blue pictures up, rating 1 pushes them away."""
+    red = {"text": "a red circle", "num_images": 8}
+    plain = client.post("/knn-service", json=red).json()
+    pretty = client.post("/knn-service", json={**red, "aesthetic_score": 9, "aesthetic_weight": 1}).json()
+    assert _aesthetic_of(model_release, pretty) > _aesthetic_of(model_release, plain) + 2
+    blue = {"text": "a blue square", "num_images": 8}
+    plain = client.post("/knn-service", json=blue).json()
+    ugly = client.post("/knn-service", json={**blue, "aesthetic_score": 1, "aesthetic_weight": 1}).json()
+    assert _aesthetic_of(model_release, ugly) < _aesthetic_of(model_release, plain) - 2
+    assert ugly == client.post("/knn-service", json={**blue, "aesthetic_score": 2, "aesthetic_weight": 1}).json()  # no row rates 1
+    assert client.get("/indices/rel-demo").json()["violence_detector"] is True
+
+
+@pytest.fixture(scope="module")
+def violence_release(tmp_path_factory) -> dict:
+    """40 pairs recorded as embedded with the demo CLIP, whose image embeddings are built on either
+    side of the detector's boundary: rows 0-9 lean toward the violent prompts, the others away."""
+    from gpu_workers.models import ModelSpec, load_models
+
+    from explore.index import build_index
+    from explore.signals import PEACEFUL_PROMPTS, VIOLENT_PROMPTS
+    from tests.explore.conftest import synthetic_metadata, unit_rows, write_shard
+
+    models = load_models(ModelSpec(nsfw_head=None, watermark_head=None))
+    peaceful, violent = (models.embed_texts(list(p), ["en"] * len(p)).mean(axis=0) for p in (PEACEFUL_PROMPTS, VIOLENT_PROMPTS))
+    peaceful, violent = peaceful / np.linalg.norm(peaceful), violent / np.linalg.norm(violent)
+    towards = (violent - peaceful) / np.linalg.norm(violent - peaceful)
+    rng = np.random.default_rng(8)
+    n = 40
+    base = unit_rows(rng, n, models.embed_dim)
+    base -= np.outer(base @ towards, towards)  # nothing left along the boundary's normal ...
+    base /= np.linalg.norm(base, axis=1, keepdims=True)
+    side = np.where(np.arange(n) < 10, 1.0, -1.0)
+    img = base + 0.5 * side[:, None] * towards  # ... except the side each row is put on
+    img = (img / np.linalg.norm(img, axis=1, keepdims=True)).astype(np.float32)
+    root = tmp_path_factory.mktemp("violence") / "rel-violence"
+    write_shard(root, 0, img, unit_rows(rng, n, models.embed_dim), synthetic_metadata(0, n, rng, img))
+    (root / "manifest.json").write_text(json.dumps({"release_id": "rel-violence", "models": {"clip_model": [models.clip_id]}}))
+    build_index(str(root))
+    stored = np.load(root / "img_emb" / "img_emb_0.npy").astype(np.float32)
+    return {"root": root, "img": stored, "violent": stored @ violent > stored @ peaceful}
+
+
+def test_violence_detector_hides_pictures_nearer_the_violent_prompts(violence_release):
+    assert violence_release["violent"].tolist() == [i < 10 for i in range(40)]  # the construction holds
+    query = violence_release["img"].mean(axis=0).tolist()
+    body = {"embedding_input": query, "num_images": 40, "num_result_ids": 40}
+    with _client(violence_release["root"]) as client:
+        plain = client.post("/knn-service", json=body)
+        detected = client.post("/knn-service", json={**body, "use_violence_detector": True})
+        both = client.post("/knn-service", json={**body, "use_violence_detector": True, "use_safety_model": True})
+    assert sorted(r["id"] for r in plain.json()) == list(range(40)) and "x-altlake-hidden" not in plain.headers
+    assert [r["id"] for r in detected.json()] == [r["id"] for r in plain.json() if r["id"] >= 10]
+    assert detected.headers["x-altlake-hidden"] == "violence=10"
+    safe = [r for r in plain.json() if r["punsafe"] <= 0.5]  # safe mode first, then the detector on what is left
+    assert both.headers["x-altlake-hidden"] == f"unsafe={40 - len(safe)},violence={sum(r['id'] < 10 for r in safe)}"
+    assert [r["id"] for r in both.json()] == [r["id"] for r in safe if r["id"] >= 10]

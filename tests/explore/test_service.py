@@ -6,13 +6,17 @@ import base64
 import io
 import json
 import math
+from collections.abc import Iterator
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from altlake.config import Settings
+from altlake.paths import derived_subset_file
 from explore.index import build_index
 from explore.service import ServiceConfig, create_app, load_explorers
 from tests.explore.conftest import synthetic_metadata, unit_rows, write_shard
@@ -29,7 +33,7 @@ def release(tmp_path_factory) -> dict:
     img, txt = unit_rows(rng, 300, DIM), unit_rows(rng, 300, DIM)
     img[20:25] = img[0:5] + 0.01 * rng.standard_normal((5, DIM)).astype(np.float32)
     img[20:25] /= np.linalg.norm(img[20:25], axis=1, keepdims=True)
-    meta = synthetic_metadata(0, 300, rng)
+    meta = synthetic_metadata(0, 300, rng, img)
     meta["url"][10:15] = meta["url"][0:5]
     write_shard(root, 0, img, txt, meta)
     build_index(str(root))
@@ -81,6 +85,85 @@ def test_safe_mode_hides_results_above_the_unsafe_threshold(client, release):
     counted = knn(client, embedding_input=query, num_images=60, use_safety_model=True)
     assert counted.headers["x-altlake-hidden"] == f"unsafe={sum(r['punsafe'] > 0.5 for r in plain)}"
     assert "x-altlake-hidden" not in knn(client, embedding_input=query, num_images=60).headers
+
+
+def rating_embedding(release: dict, rating: int) -> np.ndarray:
+    """The test's own reading of the semantics: the unit mean of the unit image embeddings whose
+    aesthetic score rounds (half up) to `rating`, 10 counting as 9."""
+    ratings = np.clip(np.floor(release["meta"]["aesthetic"].astype(np.float64) + 0.5), 0, 9)
+    rows = release["img"][ratings == rating].astype(np.float64)
+    mean = (rows / np.linalg.norm(rows, axis=1, keepdims=True)).mean(axis=0)
+    return mean / np.linalg.norm(mean)
+
+
+def mean_aesthetic(release: dict, results: list[dict]) -> float:
+    return float(np.mean([release["meta"]["aesthetic"][r["id"]] for r in results]))
+
+
+def test_aesthetic_score_steers_the_query_toward_that_rating(client, release):
+    query = release["txt"][7] / np.linalg.norm(release["txt"][7])
+    steered = query + 0.5 * rating_embedding(release, 9)
+    expected = list(np.argsort(-(release["img"] @ (steered / np.linalg.norm(steered))))[:10])
+    plain = knn(client, embedding_input=query.tolist()).json()
+    high = knn(client, embedding_input=query.tolist(), aesthetic_score=9, aesthetic_weight=0.5).json()
+    assert [r["id"] for r in high] == expected != [r["id"] for r in plain]
+    assert mean_aesthetic(release, high) > mean_aesthetic(release, plain) + 1
+    low = knn(client, embedding_input=query.tolist(), aesthetic_score=1, aesthetic_weight=0.5).json()
+    assert mean_aesthetic(release, low) < mean_aesthetic(release, plain) - 1
+    # clip back's weight when only the score is given, and the front end's strings
+    assert knn(client, embedding_input=query.tolist(), aesthetic_score=9).json() == high
+    assert knn(client, embedding_input=query.tolist(), aesthetic_score="9", aesthetic_weight="0.5").json() == high
+    assert knn(client, embedding_input=query.tolist(), aesthetic_score=9, aesthetic_weight=0).json() == plain
+    assert knn(client, embedding_input=query.tolist(), aesthetic_score="", aesthetic_weight="0.5").json() == plain
+
+
+def test_an_aesthetic_rating_no_row_has_uses_the_nearest_one(client, release):
+    ratings = np.floor(release["meta"]["aesthetic"].astype(np.float64) + 0.5)
+    assert not (ratings == 0).any() and (ratings == 1).any()  # the synthetic scores start at 1
+    query = release["txt"][3].tolist()
+    zero = knn(client, embedding_input=query, aesthetic_score=0, aesthetic_weight=1).json()
+    assert zero == knn(client, embedding_input=query, aesthetic_score=1, aesthetic_weight=1).json()
+    assert zero != knn(client, embedding_input=query).json()
+
+
+@pytest.fixture(scope="module")
+def old_release(tmp_path_factory) -> Iterator[dict]:
+    """A release from before the aesthetic column, built without the safety model (punsafe all null)."""
+    import pyarrow as pa
+
+    root = tmp_path_factory.mktemp("old") / "rel-old"
+    rng = np.random.default_rng(4)
+    img, txt = unit_rows(rng, 80, DIM), unit_rows(rng, 80, DIM)
+    meta = synthetic_metadata(0, 80, rng, img)
+    del meta["aesthetic"]
+    meta["punsafe"] = pa.nulls(80, pa.float32())
+    write_shard(root, 0, img, txt, meta)
+    build_index(str(root))
+    config = ServiceConfig()
+    with TestClient(create_app(load_explorers([str(root)], config, Settings.from_env()), config)) as old:
+        yield {"client": old, "img": img}
+
+
+@pytest.mark.parametrize(
+    "option, message",
+    [
+        ({"aesthetic_score": 9}, "no aesthetic scores"),
+        ({"aesthetic_score": 0, "aesthetic_weight": 0}, "no aesthetic scores"),
+        ({"use_safety_model": True}, "no punsafe scores"),
+        ({"use_violence_detector": True}, "records no CLIP model"),
+    ],
+)
+def test_options_a_release_cannot_honour_are_refused_not_ignored(old_release, option, message):
+    response = knn(old_release["client"], embedding_input=old_release["img"][0].tolist(), **option)
+    assert response.status_code == 422 and message in response.json()["error"]
+
+
+def test_index_details_say_which_options_a_release_honours(client, old_release):
+    assert knn(old_release["client"], embedding_input=old_release["img"][0].tolist()).status_code == 200  # plain queries work
+    old = old_release["client"].get("/indices/rel-old").json()
+    assert (old["safe_mode"], old["aesthetic_scores"], old["violence_detector"]) == (False, False, False)
+    served = client.get("/indices/rel-served").json()
+    assert (served["safe_mode"], served["aesthetic_scores"], served["violence_detector"]) == (True, True, False)
 
 
 def test_dedup_hides_near_duplicate_images_and_duplicate_urls(client, release):
@@ -158,7 +241,9 @@ def _png() -> str:
         ({"embedding_input": [0.1] * 32, "num_images": 10**9}, 422, "num_images"),
         ({"embedding_input": [0.1] * 32, "modality": "audio"}, 422, "modality"),
         ({"embedding_input": [0.1] * 32, "indice_name": "nope"}, 404, "unknown indice_name"),
-        ({"embedding_input": [0.1] * 32, "use_violence_detector": True}, 400, "violence"),
+        ({"embedding_input": [0.1] * 32, "use_violence_detector": True}, 422, "records no CLIP model"),
+        ({"embedding_input": [0.1] * 32, "aesthetic_score": 10}, 422, "aesthetic_score"),
+        ({"embedding_input": [0.1] * 32, "aesthetic_score": 9, "aesthetic_weight": 1.5}, 422, "aesthetic_weight"),
         ({}, 400, "give one of"),
     ],
 )
@@ -257,3 +342,59 @@ def test_serve_with_several_workers_answers_and_sums_their_metrics(release):
     finally:
         server.terminate()
         server.wait(timeout=60)
+
+
+@pytest.fixture(scope="module")
+def subset_release(tmp_path_factory) -> dict:
+    """300 pairs whose manifest records one derived subset, `aesthetic` (its parquet beside, as publishing
+    writes it: subsets/aesthetic.parquet with the rows' uids), indexed over all 300 rows."""
+    root = tmp_path_factory.mktemp("served") / "rel-sub"
+    rng = np.random.default_rng(4)
+    img, txt = unit_rows(rng, 300, DIM), unit_rows(rng, 300, DIM)
+    meta = synthetic_metadata(0, 300, rng, img)
+    write_shard(root, 0, img, txt, meta)
+    inside = np.flatnonzero(meta["aesthetic"] >= 6.0)
+    (root / "subsets").mkdir()
+    pq.write_table(pa.table({"uid": [meta["uid"][i] for i in inside]}), root / derived_subset_file("aesthetic"))
+    section = {"aesthetic": {"filter": "aesthetic >= 6.0", "aesthetic_min": 6.0, "rows": len(inside), "file": derived_subset_file("aesthetic")}}
+    (root / "manifest.json").write_text(json.dumps({"release_id": "rel-sub", "derived_subsets": section}))
+    build_index(str(root))
+    config = ServiceConfig(max_body_bytes=LIMIT)
+    client = TestClient(create_app(load_explorers([str(root)], config, Settings.from_env()), config))
+    img = np.load(root / "img_emb" / "img_emb_0.npy").astype(np.float32)
+    return {"client": client, "img": img, "meta": meta, "inside": inside}
+
+
+def test_a_derived_subset_is_its_own_index_holding_only_its_rows(subset_release):
+    client, img, meta, inside = (subset_release[k] for k in ("client", "img", "meta", "inside"))
+    assert 30 < len(inside) < 270  # a real restriction, not all or nothing
+    assert client.get("/indices-list").json() == ["rel-sub", "rel-sub/aesthetic"]
+    query = img[inside[0]] + img[0]  # near a subset row and near row 0, which is outside it
+    query /= np.linalg.norm(query)
+    whole = knn(client, embedding_input=query.tolist(), num_images=20, indice_name="rel-sub").json()
+    response = knn(client, embedding_input=query.tolist(), num_images=20, indice_name="rel-sub/aesthetic")
+    assert response.status_code == 200
+    found = [r["id"] for r in response.json()]
+    order = inside[np.argsort(-(img[inside] @ query), kind="stable")]
+    assert found == list(order[:20])  # the exact top 20 of the subset, as an index of only those rows gives
+    assert any(r["id"] not in set(inside) for r in whole)  # the whole release would have answered otherwise
+    assert all(meta["aesthetic"][i] >= 6.0 for i in found)
+
+    # Filters count among the subset's candidates only, in the same header.
+    safe = knn(client, embedding_input=query.tolist(), num_images=10, num_result_ids=40, use_safety_model=True, indice_name="rel-sub/aesthetic")
+    unsafe = sum(meta["punsafe"][i] > 0.5 for i in order[:40])
+    assert safe.headers["X-Altlake-Hidden"] == f"unsafe={unsafe}"
+    assert [r["id"] for r in safe.json()] == [int(i) for i in order[:40] if meta["punsafe"][i] <= 0.5][:10]
+
+    # More than the subset holds: every subset row, and nothing else.
+    everything = knn(client, embedding_input=query.tolist(), num_images=len(inside) + 50, indice_name="rel-sub/aesthetic").json()
+    assert sorted(r["id"] for r in everything) == sorted(inside.tolist())
+
+    outside = int(np.setdiff1d(np.arange(300), inside)[0])
+    listed = client.post("/metadata", json={"ids": [int(inside[1]), outside], "indice_name": "rel-sub/aesthetic"}).json()
+    assert [m["id"] for m in listed] == [int(inside[1])]  # as clip back omits ids it has no row for
+    assert len(client.post("/metadata", json={"ids": [int(inside[1]), outside], "indice_name": "rel-sub"}).json()) == 2
+    details = client.get("/indices/rel-sub/aesthetic").json()
+    assert details["name"] == "rel-sub/aesthetic" and details["rows"] == len(inside)
+    assert client.get("/indices/rel-sub").json()["rows"] == 300
+    assert knn(client, embedding_input=query.tolist(), indice_name="rel-sub/research").status_code == 404

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from altlake.paths import derived_subset_file
 from altlake_cli.main import main as altlake
 from bench.venvs import peer_venv
 from explore.subset import build_subset
@@ -94,3 +97,35 @@ def test_img2dataset_downloads_the_subset_from_a_local_server(model_release, tmp
     saved = [json.loads(p.read_text()) for p in out.glob("*/*.json")]
     assert sorted(s["uid"] for s in saved) == sorted(wanted["uid"])
     assert len(list(out.glob("*/*.jpg"))) == 12
+
+
+def test_within_scans_only_a_derived_subsets_rows(model_release, tmp_path, capsys):
+    """A copy of the release that publishes a derived subset `aesthetic` (its parquet and manifest entry
+    as publishing writes them): --within scans its rows and no others."""
+    release = tmp_path / "rel-demo"
+    shutil.copytree(model_release, release)
+    metadata = pq.read_table(release / "metadata" / "metadata_0.parquet").to_pydict()
+    inside = [i for i, rating in enumerate(metadata["aesthetic"]) if rating >= 6.0]
+    assert 0 < len(inside) < len(metadata["uid"])
+    (release / "subsets").mkdir()
+    pq.write_table(pa.table({"uid": [metadata["uid"][i] for i in inside]}), release / derived_subset_file("aesthetic"))
+    manifest = json.loads((release / "manifest.json").read_text())
+    entry = {"filter": "aesthetic >= 6.0", "aesthetic_min": 6.0, "rows": len(inside), "file": derived_subset_file("aesthetic")}
+    (release / "manifest.json").write_text(json.dumps({**manifest, "derived_subsets": {"aesthetic": entry}}))
+
+    sims = _sims(release, "a red circle")
+    expected = sorted(inside, key=lambda i: (-sims[i], i))[:5]
+    code = altlake(["subset", "--release", str(release), "--query", "a red circle", "--min-similarity", "-1", "--max", "5",
+                    "--within", "aesthetic", "--out", str(tmp_path / "within")])  # fmt: skip
+    assert code == 0
+    rows = pq.read_table(tmp_path / "within" / "subset.parquet").to_pydict()
+    assert rows["release_row"] == expected
+    written = json.loads((tmp_path / "within" / "subset_manifest.json").read_text())
+    assert written["within"] == {"name": "aesthetic", **entry}
+    assert written["counts"]["scanned"] == len(inside) and written["counts"]["dropped"]["over_max"] == len(inside) - 5
+    capsys.readouterr()
+
+    assert altlake(["subset", "--release", str(release), "--query", "x", "--within", "research", "--out", str(tmp_path / "no")]) != 0
+    assert "has no derived subset 'research'; it has: aesthetic" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="predates derived subsets"):
+        build_subset(str(model_release), str(tmp_path / "old"), queries=["x"], within="aesthetic")

@@ -144,3 +144,34 @@ def test_an_unreachable_image_shows_a_placeholder_that_says_so(page, site):
     expect(gone.locator("#results .placeholder").first).to_contain_text("image unavailable")
     expect(gone.locator("#results .result img")).to_have_count(0)
     gone.close()
+
+
+@pytest.fixture(scope="module")
+def unscored_site(model_release, tmp_path_factory):
+    """The demo release as if built without the safety model: no row has a punsafe."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from explore.index import build_index
+
+    root = tmp_path_factory.mktemp("unscored") / "rel-unscored"
+    shutil.copytree(model_release, root, ignore=shutil.ignore_patterns("index"))
+    metadata = root / "metadata" / "metadata_0.parquet"
+    table = pq.read_table(metadata)
+    pq.write_table(table.set_column(table.schema.get_field_index("punsafe"), "punsafe", pa.nulls(table.num_rows, pa.float32())), metadata)
+    manifest = json.loads((root / "manifest.json").read_text())
+    (root / "manifest.json").write_text(json.dumps({**manifest, "release_id": "rel-unscored"}))
+    build_index(str(root))
+    config = ServiceConfig(allow_hosts=("127.0.0.1",))
+    with uvicorn_server(create_app(load_explorers([str(root)], config, Settings.from_env()), config)) as base:
+        yield base
+
+
+def test_safe_mode_is_off_and_disabled_where_the_release_has_no_punsafe(page, unscored_site):
+    other = page.context.new_page()
+    other.goto(f"{unscored_site}/?q=a+red+circle")  # the page's default safe mode would be refused (422)
+    expect(other.locator("#results .result").first).to_be_visible()
+    expect(other.locator("#safe")).to_be_disabled()
+    expect(other.locator("#safe")).not_to_be_checked()
+    assert shown_ids(other) == api_ids(unscored_site, text="a red circle")
+    other.close()

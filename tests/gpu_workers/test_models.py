@@ -3,6 +3,7 @@ architectures by name, s3:// checkpoints through a moto server, LAION head layou
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import replace
 
@@ -13,6 +14,7 @@ import pytest
 import torch
 from moto.server import ThreadedMotoServer
 from PIL import Image
+from torch import nn
 
 from gpu_workers import models as M
 from gpu_workers.demo_models import synthetic as S
@@ -69,8 +71,9 @@ def test_demo_models_return_unit_float32_embeddings_and_ids(demo):
         assert emb.dtype == np.float32 and emb.shape == (5, demo.embed_dim)
         np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
     assert demo.clip_id.startswith("altlake-tiny@demo-")
-    assert demo.nsfw_id and demo.watermark_id and demo.multilingual_text_id
-    assert len({demo.clip_id, demo.nsfw_id, demo.watermark_id, demo.multilingual_text_id}) == 4
+    assert demo.nsfw_id and demo.watermark_id and demo.multilingual_text_id and demo.aesthetic_id
+    assert len({demo.clip_id, demo.nsfw_id, demo.watermark_id, demo.multilingual_text_id, demo.aesthetic_id}) == 5
+    assert demo.aesthetic_id.startswith("laion-aesthetic-linear-contrast-proxy@demo-")
     assert set(demo.thresholds) == {"en", "other"}
 
 
@@ -125,16 +128,33 @@ def test_watermark_head_separates_watermarked_images(demo):
     assert accuracy >= 0.9
 
 
+def test_demo_aesthetic_head_rates_the_generated_quality(demo):
+    """The demo head was trained on other seeds: on fresh scenes of random quality (variants mixed in)
+    its rating follows synthetic.rating, on LAION-Aesthetics' 1-10 scale."""
+    rng = random.Random(HELD_OUT_SEED + 4)
+    specs = [S.random_spec(rng, watermark=i % 5 == 0, unsafe_proxy=i % 7 == 0, quality=rng.random()) for i in range(200)]
+    predicted = demo.aesthetic(demo.embed_images(demo.preprocess([S.render(s) for s in specs])))
+    truth = np.array([S.rating(s) for s in specs])
+    assert predicted.shape == (200,) and predicted.dtype == np.float32
+    assert np.corrcoef(predicted, truth)[0, 1] >= 0.8
+    assert np.sqrt(np.mean((predicted - truth) ** 2)) < 2.0  # rating points: on the scale, not just correlated
+    crisp, faded = held_out(60, seed=HELD_OUT_SEED + 5), held_out(60, seed=HELD_OUT_SEED + 6, quality=0.1)
+    rate = lambda images: demo.aesthetic(demo.embed_images(demo.preprocess(images)))  # noqa: E731
+    assert rate(crisp[1]).mean() - rate(faded[1]).mean() > 4
+    assert demo.aesthetic(np.zeros((0, demo.embed_dim), np.float32)).shape == (0,)
+
+
 def test_heads_are_optional():
-    models = load_models(ModelSpec(nsfw_head=None, watermark_head=None))
+    models = load_models(ModelSpec(nsfw_head=None, watermark_head=None, aesthetic_head=None))
     _, images = held_out(2)
-    assert models.punsafe(models.embed_images(models.preprocess(images))) is None
+    emb = models.embed_images(models.preprocess(images))
+    assert models.punsafe(emb) is None and models.aesthetic(emb) is None
     assert models.pwatermark(images) is None
-    assert models.nsfw_id is None and models.watermark_id is None
+    assert models.nsfw_id is None and models.watermark_id is None and models.aesthetic_id is None
 
 
 def test_open_clip_architecture_by_name_without_network():
-    models = load_models(ModelSpec(clip_model="ViT-B-32", nsfw_head=None, watermark_head=None))
+    models = load_models(ModelSpec(clip_model="ViT-B-32", nsfw_head=None, watermark_head=None, aesthetic_head=None))
     assert (models.image_size, models.embed_dim, models.clip_id) == (224, 512, "ViT-B-32@random-init")
     _, images = held_out(2)
     emb = models.embed_images(models.preprocess(images))
@@ -210,11 +230,89 @@ def test_laion_nsfw_layouts_load_from_bare_state_dicts(tmp_path):
         loaded = M.NsfwHead.from_state_dict(torch.load(path, weights_only=True))
         x = torch.randn(3, dim)
         torch.testing.assert_close(loaded(x), head.eval()(x))
-    b32 = load_models(ModelSpec(clip_model="ViT-B-32", nsfw_head=str(tmp_path / "nsfw_512.pth"), watermark_head=None))
+    b32 = load_models(ModelSpec(clip_model="ViT-B-32", nsfw_head=str(tmp_path / "nsfw_512.pth"), watermark_head=None, aesthetic_head=None))
     _, images = held_out(3)
     p = b32.punsafe(b32.embed_images(b32.preprocess(images)))
     assert p.shape == (3,) and ((p >= 0) & (p <= 1)).all()
     assert b32.nsfw_id.startswith("laion-nsfw-mlp@sha256:")
+
+
+@pytest.fixture(scope="module")
+def clip_of_dim(tmp_path_factory):
+    """The name of a real open_clip CLIP embedding into `dim` dims (altlake-tiny's towers, random init):
+    LAION's heads read ViT-B/32's 512 and ViT-L/14's 768 dims, and this one loads in milliseconds."""
+    folder = tmp_path_factory.mktemp("clip-configs")
+
+    def register(dim: int) -> str:
+        name = f"altlake-tiny-{dim}"
+        if name not in open_clip.list_models():
+            config = {**json.loads((M.DEMO_DIR / "altlake-tiny.json").read_text()), "embed_dim": dim}
+            (folder / f"{name}.json").write_text(json.dumps(config))
+            open_clip.add_model_config(folder / f"{name}.json")
+        return name
+
+    return register
+
+
+class LaionAestheticMlp(nn.Module):
+    """improved-aesthetic-predictor's MLP as its training script defines it (the reluMSE files: with the ReLUs)."""
+
+    def __init__(self, input_size: int, relu: bool = False):
+        super().__init__()
+        act = (lambda: [nn.ReLU()]) if relu else (lambda: [])  # noqa: E731
+        self.layers = nn.Sequential(
+            nn.Linear(input_size, 1024), *act(), nn.Dropout(0.2),
+            nn.Linear(1024, 128), *act(), nn.Dropout(0.2),
+            nn.Linear(128, 64), *act(), nn.Dropout(0.1),
+            nn.Linear(64, 16), *act(),
+            nn.Linear(16, 1),
+        )  # fmt: skip
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+@pytest.mark.parametrize(
+    ("file_name", "dim", "make", "layout"),
+    [
+        ("sa_0_4_vit_b_32_linear.pth", 512, lambda: nn.Linear(512, 1), "linear"),  # LAION-AI/aesthetic-predictor
+        ("sa_0_4_vit_l_14_linear.pth", 768, lambda: nn.Linear(768, 1), "linear"),
+        ("sac+logos+ava1-l14-linearMSE.pth", 768, lambda: LaionAestheticMlp(768), "mlp"),  # improved-aesthetic-predictor
+        ("ava+logos-l14-reluMSE.pth", 768, lambda: LaionAestheticMlp(768, relu=True), "mlp-relu"),
+    ],
+)
+def test_laion_aesthetic_layouts_load_from_bare_state_dicts(tmp_path, clip_of_dim, file_name, dim, make, layout):
+    """LAION's files are bare state dicts of these modules; loaded through load_models, the worker's
+    aesthetic() equals the module applied to the L2-normalised image embeddings."""
+    torch.manual_seed(dim)
+    laion = make().eval()
+    path = tmp_path / file_name
+    torch.save(laion.state_dict(), path)
+    models = load_models(ModelSpec(clip_model=clip_of_dim(dim), nsfw_head=None, watermark_head=None, aesthetic_head=str(path)))
+    assert models.aesthetic_id.startswith(f"laion-aesthetic-{layout}@sha256:")
+    _, images = held_out(6)
+    emb = models.embed_images(models.preprocess(images))
+    assert emb.shape == (6, dim)
+    got = models.aesthetic(emb)
+    with torch.inference_mode():
+        expected = laion(torch.from_numpy(emb)).squeeze(-1).numpy()
+    assert got.shape == (6,) and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert np.ptp(got) > 0  # the images differ, so do their ratings
+
+
+def test_aesthetic_head_of_another_dimension_or_layout_is_a_clear_error(tmp_path):
+    path = tmp_path / "sac+logos+ava1-l14-linearMSE.pth"
+    torch.save(LaionAestheticMlp(768).state_dict(), path)
+    with pytest.raises(ValueError, match=r"aesthetic head .*linearMSE.pth expects 768-dim CLIP image embeddings, this CLIP gives 64"):
+        load_models(ModelSpec(nsfw_head=None, watermark_head=None, aesthetic_head=str(path)))
+    # The default demo head reads altlake-tiny's 64 dims, not ViT-B-32's 512.
+    with pytest.raises(ValueError, match="aesthetic head demo expects 64-dim CLIP image embeddings, this CLIP gives 512"):
+        load_models(ModelSpec(clip_model="ViT-B-32", nsfw_head=None, watermark_head=None))
+    odd = tmp_path / "odd.pth"
+    torch.save(nn.Sequential(nn.Linear(64, 8), nn.Linear(8, 1)).state_dict(), odd)  # keys 0.weight, 1.weight: no LAION layout
+    with pytest.raises(ValueError, match="not a LAION-Aesthetics predictor state dict"):
+        load_models(ModelSpec(nsfw_head=None, watermark_head=None, aesthetic_head=str(odd)))
 
 
 def test_laion_watermark_model_layout(tmp_path):

@@ -31,15 +31,17 @@ import yaml
 from PIL import Image
 
 from altlake.config import Settings
+from altlake.profiles import DEMO_PROFILE
 from altlake.schemas import STATUS_OK, WORKER_RESULTS
 from altlake_cli.image_server import ImageServer
 from gpu_workers.demo_models.synthetic import caption, mismatched_spec, random_spec, render
 from gpu_workers.downloader import DownloadConfig
 from gpu_workers.images import ImageConfig
 from gpu_workers.models import ModelSpec, load_models
+from gpu_workers.profiles import model_spec
 from gpu_workers.reader import InputRow
 from gpu_workers.stage_clock import STAGES
-from gpu_workers.worker import PipelineConfig, configure, download_config, opted_out_by_signal, score_batch, score_rows
+from gpu_workers.worker import PipelineConfig, configure, download_config, opted_out_by_signal, score_batch, score_rows, spec_from_args
 from gpu_workers.writer import IMG_EMB_FILE, METADATA_FILE, RESULTS_FILE, SUCCESS_FILE, TEXT_EMB_FILE, TIMING_COLUMNS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -184,6 +186,13 @@ def test_mixed_batch_every_uid_once_with_its_status_and_aligned_embeddings(tmp_p
     # Scores and model ids on ok rows; German text went through the multilingual tower.
     assert all(0 <= r["punsafe"] <= 1 and 0 <= r["pwatermark"] <= 1 for r in ok)
     assert all(r["clip_model"] == models.clip_id and r["sha256"] and r["width"] == 64 for r in ok)
+    # The aesthetic rating comes from the stored float16 image embedding: anyone can recompute it from the files.
+    aesthetic = [r["aesthetic"] for r in ok]
+    np.testing.assert_allclose(aesthetic, models.aesthetic(img.astype(np.float32)), atol=1e-4)
+    np.testing.assert_allclose([m["aesthetic"] for m in meta], aesthetic)
+    assert len(set(aesthetic)) > 1 and all(r["aesthetic_model"] == models.aesthetic_id for r in ok)
+    assert all(r["aesthetic"] is None and r["aesthetic_model"] is None for r in failures)
+    assert summary["models"]["aesthetic"] == models.aesthetic_id
     text_models = {by_uid[r["uid"]]["language"]: r["text_model"] for r in ok}
     assert text_models["en"] == models.text_id and text_models["de"] == models.multilingual_text_id != models.text_id
 
@@ -320,11 +329,12 @@ def test_worker_killed_mid_batch_then_rerun_writes_identical_files(tmp_path, ser
     summary = json.loads(rerun.stdout.decode().strip().splitlines()[-1])
     assert summary["statuses"] == {"ok": len(rows)} and summary["skipped"] is False
 
-    # The same batch scored without interruption, in-process, with the configuration the CLI builds.
+    # The same batch scored without interruption, in-process, with the configuration the CLI builds
+    # (no model flags: the default profile, `demo`, which every row records).
     reference = tmp_path / "reference"
     download = DownloadConfig.from_settings(Settings.from_env(), allow_hosts=("127.0.0.1",))
     pipeline = PipelineConfig(batch_size=4, decode_workers=2)
-    score_batch(input_path, str(reference), SPEC, download, ImageConfig(), pipeline, models=models)
+    score_batch(input_path, str(reference), model_spec(DEMO_PROFILE), download, ImageConfig(), pipeline, models=models)
 
     def without_timings(folder: Path) -> pa.Table:
         return pq.read_table(folder / RESULTS_FILE).drop_columns(list(TIMING_COLUMNS))
@@ -501,3 +511,104 @@ def test_cli_per_host_politeness_flags_override_the_settings(capsys):
         with pytest.raises(SystemExit):
             parser.parse_args([*base, *bad])
     assert "must be" in capsys.readouterr().err
+
+
+def test_cli_profile_scores_with_its_models_and_every_row_records_it(tmp_path, server, monkeypatch, capsys):
+    from altlake_cli.main import main
+
+    (tmp_path / "profiles.toml").write_text("""
+[profiles.tiny-no-watermark]
+clip_model = "altlake-tiny"
+pretrained = "demo"
+nsfw_head = "demo"
+threshold_en = 0.7
+threshold_other = 0.7
+""")
+    monkeypatch.setenv("ALTLAKE_MODEL_PROFILES", str(tmp_path / "profiles.toml"))
+    rows = [
+        {"uid": "ok1", "url": server.url("photo/coffee.jpg?size=200"), "text": "a cup of coffee", "language": "en"},
+        {"uid": "ok2", "url": server.url(server.scenes[0][0]), "text": server.scenes[0][1], "language": "de"},
+        {"uid": "gone", "url": server.url("status/404"), "text": "missing", "language": "en"},
+    ]
+    batch = _write_parquet(tmp_path / "in.parquet", rows)
+    argv = ["score", "--input", batch, "--output", str(tmp_path / "out"), "--allow-host", "127.0.0.1", "--batch-size", "4"]
+    assert main([*argv, "--profile", "tiny-no-watermark", "--model", "ViT-B-32", "--no-nsfw"]) == 2
+    assert "--profile tiny-no-watermark chooses every model, so it conflicts with --model, --no-nsfw" in capsys.readouterr().err
+
+    assert main([*argv, "--profile", "tiny-no-watermark"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["profile"] == "tiny-no-watermark" and summary["models"]["watermark"] is None
+    results = {r["uid"]: r for r in pq.read_table(tmp_path / "out" / RESULTS_FILE).to_pylist()}
+    assert {uid: r["profile"] for uid, r in results.items()} == dict.fromkeys(("gone", "ok1", "ok2"), "tiny-no-watermark")
+    assert results["ok1"]["status"] == STATUS_OK and results["ok1"]["punsafe"] is not None and results["ok1"]["pwatermark"] is None
+    # No multilingual tower in this profile: German goes through CLIP's own text tower.
+    assert results["ok2"]["text_model"] == results["ok2"]["clip_model"]
+
+
+def test_cli_aesthetic_head_flags_choose_laion_weights_or_none(tmp_path, server, capsys):
+    """--aesthetic-head takes LAION's file layout (here a linear head for the demo CLIP's 64 dims);
+    --no-aesthetic leaves the column and its model id null; the two flags exclude each other."""
+    import torch
+
+    from altlake_cli.main import main
+
+    torch.manual_seed(3)
+    laion = torch.nn.Linear(64, 1)
+    torch.save(laion.state_dict(), tmp_path / "sa_0_4_altlake_tiny_linear.pth")  # a bare state dict, as LAION released them
+    rows = [
+        {"uid": "ok1", "url": server.url("photo/coffee.jpg?size=200"), "text": "a cup of coffee", "language": "en"},
+        {"uid": "ok2", "url": server.url("photo/chelsea.jpg?size=200"), "text": "a cat", "language": "en"},
+        {"uid": "gone", "url": server.url("status/404"), "text": "missing", "language": "en"},
+    ]
+    batch = _write_parquet(tmp_path / "in.parquet", rows)
+    argv = ["score", "--input", batch, "--allow-host", "127.0.0.1", "--batch-size", "4"]
+    with pytest.raises(SystemExit):
+        main([*argv, "--output", str(tmp_path / "both"), "--no-aesthetic", "--aesthetic-head", "demo"])
+    assert "not allowed with argument" in capsys.readouterr().err
+
+    assert main([*argv, "--output", str(tmp_path / "laion"), "--aesthetic-head", str(tmp_path / "sa_0_4_altlake_tiny_linear.pth")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["models"]["aesthetic"].startswith("laion-aesthetic-linear@sha256:")
+    results = {r["uid"]: r for r in pq.read_table(tmp_path / "laion" / RESULTS_FILE).to_pylist()}
+    meta = pq.read_table(tmp_path / "laion" / METADATA_FILE).to_pylist()
+    with torch.inference_mode():
+        expected = laion(torch.from_numpy(np.load(tmp_path / "laion" / IMG_EMB_FILE).astype(np.float32))).squeeze(-1).numpy()
+    np.testing.assert_allclose([results[m["uid"]]["aesthetic"] for m in meta], expected, rtol=1e-5, atol=1e-6)
+    assert {results[u]["aesthetic_model"] for u in ("ok1", "ok2")} == {summary["models"]["aesthetic"]}
+    assert results["gone"]["aesthetic"] is None
+
+    assert main([*argv, "--output", str(tmp_path / "none"), "--no-aesthetic"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    results = pq.read_table(tmp_path / "none" / RESULTS_FILE).to_pylist()
+    assert summary["models"]["aesthetic"] is None and summary["models"]["nsfw"] is not None
+    assert [r["status"] for r in results] == ["http_4xx", STATUS_OK, STATUS_OK]  # uid order: gone, ok1, ok2
+    assert all(r["aesthetic"] is None and r["aesthetic_model"] is None for r in results)
+    assert all(r["punsafe"] is not None for r in results if r["status"] == STATUS_OK)
+
+
+def test_cli_heads_default_to_the_demo_heads_only_with_the_demo_clip(capsys):
+    """`altlake score --model ViT-B-32` must not load the demo's 64-d heads onto a 512-d CLIP: with
+    another CLIP a head runs when named, and a named head that does not fit fails at load."""
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    configure(parser)
+    base = ["--input", "in.parquet", "--output", "out"]
+    heads = ("multilingual_text_model", "nsfw_head", "watermark_head", "aesthetic_head")
+
+    demo = spec_from_args(parser.parse_args([*base, "--no-watermark"]))
+    assert [getattr(demo, h) for h in heads] == ["demo", "demo", None, "demo"]
+
+    b32 = spec_from_args(parser.parse_args([*base, "--model", "ViT-B-32"]))
+    assert [getattr(b32, h) for h in heads] == [None, None, None, None]
+    models = load_models(b32)  # full-size ViT-B/32, random weights: loads, scores without heads
+    assert models.embed_dim == 512 and models.punsafe(np.zeros((1, 512), np.float32)) is None
+
+    named = spec_from_args(parser.parse_args([*base, "--model", "ViT-B-32", "--nsfw-head", "demo", "--watermark-head", "demo"]))
+    assert (named.nsfw_head, named.watermark_head, named.aesthetic_head) == ("demo", "demo", None)
+    with pytest.raises(ValueError, match="64"):
+        load_models(named)  # the demo NSFW head reads 64-d embeddings, this CLIP gives 512
+
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--nsfw-head", "demo", "--no-nsfw"])
+    assert "not allowed with argument" in capsys.readouterr().err

@@ -44,10 +44,14 @@ def _row(uid: str, status: str = "ok", **extra) -> dict:
 
 
 def test_results_table_is_sorted_and_has_the_contract_schema():
-    table = results_table([_row("c"), _row("a", "http_4xx", error="HTTP 404", http_status=404), _row("b")])
+    rated = {"aesthetic": 6.25, "aesthetic_model": "laion-aesthetic-mlp@sha256:0123456789ab"}
+    table = results_table([_row("c", **rated), _row("a", "http_4xx", error="HTTP 404", http_status=404), _row("b")])
     assert table.schema == WORKER_RESULTS.to_arrow()
     assert table.column("uid").to_pylist() == ["a", "b", "c"]
     assert table.column("http_status").to_pylist() == [404, None, None]
+    assert table.schema.field("aesthetic").type == "float" and table.schema.field("aesthetic_model").type == "string"
+    assert table.column("aesthetic").to_pylist() == [None, None, 6.25]  # null: a failure, or a run without the head
+    assert table.column("aesthetic_model").to_pylist() == [None, None, rated["aesthetic_model"]]
 
 
 @pytest.mark.parametrize(
@@ -77,7 +81,7 @@ def test_local_writes_replace_atomically_and_stale_temps_are_swept(tmp_path):
 
 def test_embeddings_and_metadata_follow_the_clip_retrieval_layout(tmp_path):
     out = OutputDir(str(tmp_path))
-    ok = results_table([_row("a", similarity=0.3), _row("b", similarity=-0.1)])
+    ok = results_table([_row("a", similarity=0.3, aesthetic=4.5), _row("b", similarity=-0.1, aesthetic=7.75)])
     rng = np.random.default_rng(0)
     img = rng.normal(size=(2, 8)).astype(np.float16)
     txt = rng.normal(size=(2, 8)).astype(np.float16)
@@ -90,7 +94,8 @@ def test_embeddings_and_metadata_follow_the_clip_retrieval_layout(tmp_path):
         ("000000000", "a", "cap a", "en"),
         ("000000001", "b", "cap b", "de"),
     ]
-    assert {"url", "similarity", "punsafe", "pwatermark", "sha256"} <= set(meta[0])
+    assert {"url", "similarity", "punsafe", "pwatermark", "aesthetic", "sha256"} <= set(meta[0])
+    assert [m["aesthetic"] for m in meta] == [4.5, 7.75]
 
 
 def test_embeddings_refuse_misaligned_rows_or_wide_floats(tmp_path):

@@ -7,21 +7,53 @@ import pytest
 from altlake.config import Settings
 
 
-def test_check_deployment_refuses_a_backend_or_model_the_deployment_does_not_run():
+def test_check_deployment_refuses_another_backend_and_worker_args_that_choose_models():
     from airflow.sdk.exceptions import AirflowFailException
 
-    from plugins.scoring import check_deployment, deployed_model
+    from plugins.scoring import check_deployment
 
     demo = Settings(worker_backend="local", worker_args="--allow-host 127.0.0.1")
-    check_deployment(demo, "", "")
-    check_deployment(demo, "local", "demo")
+    check_deployment(demo, "")
+    check_deployment(demo, "local")
     with pytest.raises(AirflowFailException, match="ALTLAKE_WORKER_BACKEND"):
-        check_deployment(demo, "kubernetes", "")
-    with pytest.raises(AirflowFailException, match="ViT-L-14"):
-        check_deployment(demo, "", "ViT-L-14")
-    big = Settings(worker_args="--model ViT-L-14 --pretrained laion2b_s32b_b82k")
-    assert deployed_model(big) == "ViT-L-14"
-    check_deployment(big, "", "ViT-L-14")
+        check_deployment(demo, "kubernetes")
+    big = Settings(worker_args="--model ViT-L-14 --pretrained=laion2b_s32b_b82k --no-nsfw")
+    with pytest.raises(AirflowFailException, match=r"chooses models \(--model, --pretrained, --no-nsfw\).*ALTLAKE_MODEL_PROFILES"):
+        check_deployment(big, "")
+
+
+def test_profile_form_offers_the_deployment_s_profiles_and_hands_the_choice_to_the_workers(tmp_path):
+    from airflow.sdk.exceptions import AirflowFailException
+
+    from altlake.profiles import ProfileError
+    from plugins.scoring import profile_args, profile_names, score_kwargs, with_worker_args
+
+    assert profile_names(Settings()) == ["demo"]
+    profiles = tmp_path / "profiles.toml"
+    profiles.write_text("""
+[profiles.vit-l14]
+clip_model = "ViT-L-14"
+pretrained = "openai"
+threshold_en = 0.28
+threshold_other = 0.26
+
+[profiles.b32]
+clip_model = "ViT-B-32"
+checkpoint = "/models/b32.pt"
+threshold_en = 0.3
+threshold_other = 0.28
+""")
+    deployment = Settings(model_profiles=str(profiles), model_profile="vit-l14")
+    assert profile_names(deployment) == ["vit-l14", "b32", "demo"], "the default first: the form's default"
+    with pytest.raises(ProfileError, match="ALTLAKE_MODEL_PROFILE: unknown model profile 'vit-h14'; known: b32, demo, vit-l14"):
+        profile_names(Settings(model_profiles=str(profiles), model_profile="vit-h14"))
+
+    batch = {"batch_id": "b-1", "input_path": "in.parquet", "output_path": "out"}
+    (planned,) = with_worker_args([batch], [*profile_args(deployment, "b32"), "--per-host-concurrency", "2"])
+    assert score_kwargs(planned, ["--device", "cuda"])["worker_args"] == ["--device", "cuda", "--profile", "b32", "--per-host-concurrency", "2"]
+    profiles.write_text(profiles.read_text().replace("[profiles.b32]", "[profiles.b32-v2]"))  # changed since the DAG was parsed
+    with pytest.raises(AirflowFailException, match="unknown model profile 'b32'; known: b32-v2, demo, vit-l14"):
+        profile_args(deployment, "b32")
 
 
 def test_release_form_overrides_thresholds_and_store_and_rejects_unknown_names(monkeypatch):

@@ -32,7 +32,10 @@ def test_spark_submit_command_carries_the_session_conf_and_the_job(tmp_path):
 
 def test_settings_env_round_trips():
     settings = Settings.from_env(environ={}, spark_backend="submit", spark_shuffle_partitions=3, lake_dir="s3a://b/lake")
+    assert settings.threshold_en is None  # unset: left to the scoring profiles, and it stays unset in the job
     assert Settings.from_env(environ=settings_env(settings)) == settings
+    explicit = settings.with_(threshold_en=0.31, allow_mixed_models=True)
+    assert Settings.from_env(environ=settings_env(explicit)) == explicit
 
 
 def test_json_output_finds_the_summary_after_other_lines():

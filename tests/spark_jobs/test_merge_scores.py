@@ -106,3 +106,35 @@ def test_unreadable_output_marks_the_batch_failed_with_the_reason(lake):
     row = read_table(spark, settings, "batches").where(f"batch_id = '{batch['batch_id']}'").first()
     assert row["status"] == "failed" and row["attempts"] == 1 and "unreadable worker output" in row["error"]
     assert read_table(spark, settings, "scores").count() == before
+
+
+def test_aesthetic_reaches_scores_and_an_older_workers_output_still_merges(lake, tmp_path):
+    """The worker's aesthetic and its model id land in `scores`; a listed image keeps no aesthetic either;
+    results.parquet from a worker that predates the column merges with the rating left null."""
+    import pyarrow.parquet as pq
+
+    spark, settings = lake
+    rng = np.random.default_rng(21)
+    rated, listed, failed, old = (candidate(f"https://cdn.example.org/aesthetic-{i}.png", f"rated image {i}") for i in range(4))
+    add_candidates(spark, settings, [rated, listed, failed, old])
+    rows = [
+        result(rated["uid"], rated["url"], "ok", 0.31, seed=40, batch_id="hand-a", aesthetic=7.25),
+        result(listed["uid"], listed["url"], "ok", 0.31, seed=41, batch_id="hand-a", aesthetic=3.5),
+        result(failed["uid"], failed["url"], "timeout", batch_id="hand-a"),
+    ]
+    vectors = {r["uid"]: (random_unit(rng), random_unit(rng)) for r in (rated, listed, old)}
+    add_takedowns(spark, settings, [TakedownRequest("sha256", rows[1]["sha256"], "hash list 2024-06")])
+    write_worker_output(str(tmp_path / "a"), rows, vectors)
+    assert merge_batch(spark, settings, "hand-a", output_dir=str(tmp_path / "a"))["status"] == "merged"
+
+    before = [result(old["uid"], old["url"], "ok", 0.3, seed=42, batch_id="hand-b")]
+    write_worker_output(str(tmp_path / "b"), before, vectors)
+    results = tmp_path / "b" / "results.parquet"
+    pq.write_table(pq.read_table(results).drop_columns(["aesthetic", "aesthetic_model"]), results)  # as an older worker wrote it
+    assert merge_batch(spark, settings, "hand-b", output_dir=str(tmp_path / "b"))["status"] == "merged"
+
+    scores = {r["uid"]: r for r in _scores(spark, settings)}
+    assert (scores[rated["uid"]]["aesthetic"], scores[rated["uid"]]["aesthetic_model"]) == (7.25, "laion-aesthetic-linear")
+    assert scores[listed["uid"]]["status"] == "opted_out" and scores[listed["uid"]]["aesthetic"] is None
+    assert scores[failed["uid"]]["aesthetic"] is None and scores[failed["uid"]]["aesthetic_model"] is None
+    assert scores[old["uid"]]["status"] == "ok" and scores[old["uid"]]["aesthetic"] is None and scores[old["uid"]]["img_emb"]

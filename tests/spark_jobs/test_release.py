@@ -17,15 +17,24 @@ import pyarrow.parquet as pq
 import pytest
 
 from altlake.config import Settings
-from altlake.paths import removals_file
-from altlake.schemas import STATUS_MEANINGS
+from altlake.paths import derived_subset_file, removals_file
+from altlake.schemas import DERIVED_SUBSETS, STATUS_MEANINGS
 from altlake_cli.main import main as altlake_main
 from explore.index import IndexRecordedError, build_index, index_staged_release
 from explore.release import open_release
 from explore.search import Explorer, SearchOptions
-from spark_jobs.publish import LAION_COLUMNS, ReleaseExistsError, file_checksums
+from spark_jobs.publish import FORMAT_VERSION, LAION_COLUMNS, ReleaseExistsError, file_checksums
 from spark_jobs.quality import QualityGateError
-from spark_jobs.release import HistoryPurgedError, build_release, rebuild_release
+from altlake.profiles import ProfileError
+from spark_jobs.release import (
+    HistoryPurgedError,
+    MixedModelsError,
+    Thresholds,
+    build_release,
+    check_models,
+    rebuild_release,
+    resolve_thresholds,
+)
 from spark_jobs.removals import amend_releases
 from spark_jobs.takedowns import TakedownRequest, add_takedowns, apply_takedowns, purge_takedowns, read_table, table_path, table_version
 from tests.spark_jobs.lakegen import (
@@ -39,6 +48,15 @@ from tests.spark_jobs.lakegen import (
 )
 
 LISTED_SHA = hashlib.sha256(b"on a hash list").hexdigest()
+# Original sizes and punsafe that put kept rows on either side of the derived subsets' limits, at them
+# and unknown (every other ok row: 640x480, punsafe 0.1).
+SIZES = {"en_hi": (2048, 1536), "de_mid": (1024, 4000), "sha_a": (4000, 1023)}
+PUNSAFE = {"near_a": 0.9, "nolang_mid": 0.5, "far": None}
+
+
+def _aesthetic(uid: str) -> float:
+    """Each scenario row's own rating on LAION-Aesthetics' 1-10 scale (so a mixed-up row shows)."""
+    return 1 + 9 * int(uid[:4], 16) / 0xFFFF
 
 
 def _scenario(rng):
@@ -69,7 +87,11 @@ def _scenario(rng):
         if name == "unscored":
             continue
         status = "timeout" if name == "failed" else "ok"
-        res = result(row["uid"], row["url"], status, similarity.get(name), seed=i)
+        res = result(row["uid"], row["url"], status, similarity.get(name), seed=i, aesthetic=_aesthetic(row["uid"]))
+        if name in SIZES:
+            res["original_width"], res["original_height"] = SIZES[name]
+        if name in PUNSAFE:
+            res["punsafe"] = PUNSAFE[name]
         if name == "sha_b":
             res["sha256"] = scores[-1]["sha256"]  # the same image bytes as sha_a
         if name == "listed":
@@ -151,8 +173,22 @@ def test_release_files_manifest_report_and_releases_row(built):
     for i, uid in enumerate(meta.column("uid").to_pylist()):
         assert np.array_equal(img[i], emb[uid][0].astype(np.float16))
 
+    # The aesthetic score travels scores -> pairs -> the release's parquet and metadata, under LAION-Aesthetics' name.
+    pairs = {r["uid"]: r["aesthetic"] for r in read_table(spark, settings, "pairs").collect()}
+    assert pairs == pytest.approx({uid: _aesthetic(uid) for uid in pairs})
+    assert "aesthetic" in en.column_names and "aesthetic" in meta.column_names
+    for table in (en, meta):
+        assert dict(zip(table.column("uid").to_pylist(), table.column("aesthetic").to_pylist())) == pytest.approx(
+            {uid: pairs[uid] for uid in table.column("uid").to_pylist()}
+        )
+    assert manifest["models"]["aesthetic_model"] == ["laion-aesthetic-linear"]
+    histogram = manifest["histograms"]["aesthetic"]
+    assert histogram["edges"] == [1 + 0.5 * i for i in range(19)] and sum(histogram["counts"]) == len(pairs)
+    assert histogram["counts"] == [sum(min(int((a - 1) / 0.5), 17) == i for a in pairs.values()) for i in range(18)]
+
     report = open(os.path.join(release, "report.html")).read()
-    assert report.count("data:image/png;base64,") == 6
+    assert report.count("data:image/png;base64,") == 7  # the aesthetic histogram among them
+    assert "<td>model: aesthetic_model</td><td>laion-aesthetic-linear</td>" in report
     for step in ("candidates", "scored", "ok", "above_threshold", "after_exact_dedup", "after_takedowns"):
         assert f"<td>{manifest['funnel'][step]}</td>" in report
     assert f"<td>created</td><td>{manifest['created_at']}</td>" in report
@@ -175,6 +211,49 @@ def test_release_files_manifest_report_and_releases_row(built):
         build_release(spark, settings, date="20240501")
     (recovered,) = read_table(spark, settings, "releases").collect()
     assert (recovered["release_id"], recovered["manifest_sha256"], recovered["n_pairs"]) == (row["release_id"], row["manifest_sha256"], row["n_pairs"])
+
+
+def test_derived_subsets_hold_exactly_the_rows_each_filter_selects(built):
+    _, _, rows, _, summary, _, _ = built
+    release = Path(summary["location"])
+    manifest = json.loads((release / "manifest.json").read_text())
+    assert manifest["format_version"] == FORMAT_VERSION == 3
+    # The release's rows, read independently from its language groups' parquet.
+    published = {r["uid"]: r for path in sorted(release.glob("parquet/*/*.parquet")) for r in pq.read_table(path).to_pylist()}
+    expected = {
+        "aesthetic": {u for u, r in published.items() if r["aesthetic"] is not None and r["aesthetic"] >= 5.0},
+        "high_resolution": {u for u, r in published.items() if None not in (r["WIDTH"], r["HEIGHT"]) and min(r["WIDTH"], r["HEIGHT"]) >= 1024},
+        "research": set(published),
+        "research-safe": {u for u, r in published.items() if r["punsafe"] is not None and r["punsafe"] <= 0.5},
+    }
+    uid = {name: row["uid"] for name, row in rows.items()}
+    assert expected["high_resolution"] == {uid["en_hi"], uid["de_mid"]}  # 1024 on a side is in; sha_a's 1023 is not
+    assert expected["research-safe"] == set(published) - {uid["near_a"], uid["far"]}  # 0.5 is in; 0.9 and unknown are not
+    assert 0 < len(expected["aesthetic"]) < len(published)
+
+    section = manifest["derived_subsets"]
+    assert list(section) == list(DERIVED_SUBSETS)
+    assert {name: (e["filter"], e["rows"], e["file"]) for name, e in section.items()} == {
+        "aesthetic": ("aesthetic >= 5.0", len(expected["aesthetic"]), "subsets/aesthetic.parquet"),
+        "high_resolution": ("original_width >= 1024 AND original_height >= 1024", 2, "subsets/high_resolution.parquet"),
+        "research": ("TRUE", len(published), "subsets/research.parquet"),
+        "research-safe": ("punsafe IS NOT NULL AND punsafe <= 0.5", len(published) - 2, "subsets/research-safe.parquet"),
+    }  # fmt: skip
+    assert (section["aesthetic"]["aesthetic_min"], section["aesthetic"]["preset"], section["high_resolution"]["min_side"]) == (5.0, "5plus", 1024)
+    assert (section["research"]["max_punsafe"], section["research-safe"]["max_punsafe"]) == (None, 0.5)  # the punsafe limits
+    for name, entry in section.items():
+        path = release / entry["file"]
+        assert entry["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest() == manifest["files"][entry["file"]]["sha256"]
+        assert entry["bytes"] == path.stat().st_size
+        table = pq.read_table(path)
+        assert table.column_names == list(LAION_COLUMNS) and table.num_rows == entry["rows"]  # img2dataset reads URL / TEXT
+        subset = table.to_pylist()
+        assert [r["uid"] for r in subset] == sorted(expected[name])  # exactly the filter's rows, sorted by uid
+        assert subset == [published[r["uid"]] for r in subset]  # every column as the release has it
+
+    report = (release / "report.html").read_text()
+    for name, entry in section.items():
+        assert f"<td>{name}</td><td>{entry['rows']}</td>" in report
 
 
 def test_the_index_is_built_before_publishing_and_recorded_in_the_manifest(built):
@@ -219,11 +298,13 @@ def test_rebuild_is_bit_for_bit_after_the_tables_move_on_and_next_release_goes_t
     # The takedown now in force withholds "far": the rebuild is the release as published minus that row.
     rebuilt = rebuild_release(spark, settings, summary["release_id"], str(tmp_path / "rebuilt"))
     assert rebuilt["reproduces_published"] and not rebuilt["identical"], rebuilt
-    assert rebuilt["files_compared"] == 3 + 3 * 3  # a parquet per subset + img/text/metadata per subset
+    assert rebuilt["files_compared"] == 3 + 3 * 3 + len(DERIVED_SUBSETS)  # a parquet + img/text/metadata per language, a parquet per derived subset
     far = rows["far"]
     assert rebuilt["withheld_rows"] == [{"uid": far["uid"], "url": far["url"], "kind": "domain", "value": "h.org"}]
     published = _release_uids(summary["location"])
     assert far["uid"] in published and _release_uids(str(tmp_path / "rebuilt")) == published - {far["uid"]}
+    research = pq.read_table(tmp_path / "rebuilt" / derived_subset_file("research"), columns=["uid"]).column("uid").to_pylist()
+    assert set(research) == published - {far["uid"]}  # the derived subsets are rebuilt minus the withheld row too
 
     client = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1")
     client.create_bucket(Bucket="altlake-releases")
@@ -281,3 +362,94 @@ def test_a_published_release_gets_a_removals_addendum_and_stops_serving_removed_
     assert "candidates" in purge_takedowns(spark, settings, now=later)["purged"]
     with pytest.raises(HistoryPurgedError, match="takedown purge removed"):
         rebuild_release(spark, settings, release_id, str(tmp_path / "after-purge"))
+
+
+# --- model profiles (#15): each row cut at the thresholds of the profile that scored it -----------
+
+B32, L14 = "ViT-B-32@sha256:0123456789ab", "ViT-L-14@openai"
+PROFILES = """
+[profiles.loose]
+clip_model = "ViT-B-32"
+checkpoint = "/models/b32.pt"
+nsfw_head = "/models/nsfw_b32.pth"
+threshold_en = 0.25
+threshold_other = 0.2
+
+[profiles.strict]
+clip_model = "ViT-B-32"
+checkpoint = "/models/b32.pt"
+threshold_en = 0.35
+threshold_other = 0.3
+"""
+
+
+def test_thresholds_come_from_each_profile_and_explicit_ones_win(tmp_path):
+    (tmp_path / "profiles.toml").write_text(PROFILES)
+    settings = Settings(model_profiles=str(tmp_path / "profiles.toml"))
+    used = [{"profile": "loose", "clip_model": B32, "rows": 3}, {"profile": "(none)", "clip_model": B32, "rows": 1}]
+    resolved = resolve_thresholds(settings, used)
+    assert resolved.by_profile == {"(none)": (0.28, 0.26), "loose": (0.25, 0.2)}, "rows that record no profile: LAION-5B's"
+    assert Thresholds.from_section(resolved.section()) == resolved
+    assert resolve_thresholds(settings.with_(threshold_en=0.5), used).by_profile == {"(none)": (0.5, 0.26), "loose": (0.5, 0.2)}
+    both = resolve_thresholds(settings.with_(threshold_en=0.3, threshold_other=0.3), used)
+    assert both.section() == {"en": 0.3, "multi": 0.3, "nolang": 0.3, "near_duplicate_cosine": 0.96}, "one pair for all: as before profiles"
+    assert resolve_thresholds(Settings(), []).section() == {"en": 0.28, "multi": 0.26, "nolang": 0.26, "near_duplicate_cosine": 0.96}
+
+    gone = [*used, {"profile": "retired", "clip_model": B32, "rows": 2}]
+    with pytest.raises(ProfileError, match="profile 'retired', which the deployment's profiles do not define \\(known: demo, loose, strict\\)"):
+        resolve_thresholds(settings, gone)
+    assert resolve_thresholds(settings.with_(threshold_en=0.3, threshold_other=0.3), gone).by_profile == {None: (0.3, 0.3)}
+
+    check_models([*used, {"profile": "strict", "clip_model": None, "rows": 5}], allow_mixed=False)  # one CLIP
+    mixed = [*used, {"profile": "(none)", "clip_model": L14, "rows": 7}]
+    with pytest.raises(MixedModelsError, match=f"mix 2 CLIP models: {L14} \\(7 rows\\), {B32} \\(4 rows\\);"):
+        check_models(mixed, allow_mixed=False)
+    check_models(mixed, allow_mixed=True)
+
+
+def test_a_release_cuts_each_profile_at_its_thresholds_and_refuses_mixed_clip_models(tmp_path):
+    from spark_jobs.session import get_spark
+
+    (tmp_path / "profiles.toml").write_text(PROFILES)
+    settings = Settings.from_env(
+        lake_dir=str(tmp_path / "lake"), release_store=str(tmp_path / "releases"), spark_master="local[2]",
+        spark_shuffle_partitions=2, model_profiles=str(tmp_path / "profiles.toml"),
+    )  # fmt: skip
+    spark = get_spark(settings, app_name="altlake-tests")
+    rows = {  # name: (profile, similarity, CLIP)
+        "loose_kept": ("loose", 0.30, B32), "loose_cut": ("loose", 0.22, B32),
+        "strict_cut": ("strict", 0.30, B32), "strict_kept": ("strict", 0.40, B32),
+        "unrecorded_kept": (None, 0.29, L14),
+    }  # fmt: skip
+    candidates = {name: candidate(f"https://p.org/{name}.jpg", f"a caption for {name}") for name in rows}
+    rng = np.random.default_rng(15)
+    scores = []
+    for i, (name, (profile, similarity, clip)) in enumerate(rows.items()):
+        res = {**result(candidates[name]["uid"], candidates[name]["url"], "ok", similarity, seed=i), "profile": profile, "clip_model": clip}
+        scores.append(score_row(res, random_unit(rng), random_unit(rng)))
+    add_candidates(spark, settings, list(candidates.values()))
+    add_scores(spark, settings, scores)
+
+    with pytest.raises(MixedModelsError) as refused:
+        build_release(spark, settings, date="20240601")
+    assert f"mix 2 CLIP models: {B32} (4 rows), {L14} (1 rows)" in str(refused.value)
+    assert not list((tmp_path / "releases").glob("*"))
+
+    summary = build_release(spark, settings.with_(allow_mixed_models=True), date="20240601")
+    assert {r["uid"] for r in read_table(spark, settings, "pairs").collect()} == {
+        candidates[name]["uid"] for name in ("loose_kept", "strict_kept", "unrecorded_kept")
+    }
+    manifest = json.loads((Path(summary["location"]) / "manifest.json").read_text())
+    assert manifest["thresholds"] == {
+        "(none):en": 0.28, "(none):multi": 0.26, "(none):nolang": 0.26,
+        "loose:en": 0.25, "loose:multi": 0.2, "loose:nolang": 0.2,
+        "strict:en": 0.35, "strict:multi": 0.3, "strict:nolang": 0.3, "near_duplicate_cosine": 0.96,
+    }  # fmt: skip
+    strict = manifest["profiles"]["strict"]
+    assert (strict["ok_rows"], strict["models"]["clip_model"], strict["thresholds"]) == (2, [B32], {"en": 0.35, "other": 0.3})
+    assert strict["definition"]["checkpoint"] == "/models/b32.pt" and manifest["profiles"]["(none)"]["definition"] is None
+    assert manifest["profiles"]["(none)"]["models"]["clip_model"] == [L14]
+    assert manifest["scored_similarity"]["groups"]["strict: en"]["threshold"] == 0.35
+
+    rebuilt = rebuild_release(spark, settings, summary["release_id"], str(tmp_path / "rebuilt"))
+    assert rebuilt["identical"], rebuilt

@@ -81,6 +81,12 @@ def _full_manifest() -> dict:
         "previous": {"release_id": "20240401-0000000000", "created_at": "2024-04-01T00:00:00+00:00", "pairs": [1600, 1688],
                      "added": 120, "removed": 32, "subsets": {"en": [950, 1001], "multi": [575, 612], "nolang": [75, 75]},
                      "statuses": {"ok": [6000, 6203], "timeout": [1300, 1200]}, "languages": [["de", 380, 400]]},
+        "profiles": {"vit-l14": {"ok_rows": 6203, "models": {"clip_model": ["ViT-L-14@openai"]},
+                                 "thresholds": {"en": 0.28, "other": 0.2600001}}},
+        "derived_subsets": {
+            "aesthetic": {"filter": "aesthetic >= 5.0", "aesthetic_min": 5.0, "preset": "5plus", "rows": 640, "file": "subsets/aesthetic.parquet"},
+            "research-safe": {"filter": "punsafe IS NOT NULL AND punsafe <= 0.5", "max_punsafe": 0.5, "rows": 1500, "file": "subsets/research-safe.parquet"},
+        },
     }  # fmt: skip
 
 
@@ -123,6 +129,9 @@ def test_samples_extraction_sizes_licenses_and_change_are_rendered():
     assert "<tr><td>status timeout</td><td>1300</td><td>1200</td><td>-100</td></tr>" in page
     assert "<tr><td>language de</td><td>380</td><td>400</td><td>+20</td></tr>" in page
     assert "First release" not in page
+    assert "<td>profile: vit-l14</td><td>6203 ok rows, thresholds en 0.280, other 0.260</td>" in page  # which models scored it
+    assert "<tr><td>aesthetic</td><td>640</td><td>aesthetic &gt;= 5.0</td><td>subsets/aesthetic.parquet</td></tr>" in page
+    assert "<tr><td>research-safe</td><td>1500</td><td>punsafe IS NOT NULL AND punsafe &lt;= 0.5</td>" in page
     # Self-contained: plots inline, links relative; only the sample images point at their sources.
     assert "<script" not in page and "<link" not in page
     external = {u for u in re.findall(r'(?:src|href)="([^"]+)"', page) if not u.startswith("data:image/png;base64,")}
@@ -134,8 +143,20 @@ def test_samples_extraction_sizes_licenses_and_change_are_rendered():
 
 def test_a_manifest_from_before_the_new_sections_still_renders():
     page = render_report(_manifest())
-    assert page.count("Not recorded in this manifest") == 5  # extraction, change, samples, sizes, licenses
+    assert page.count("Not recorded in this manifest") == 6  # extraction, change, samples, sizes, licenses, derived subsets
     assert page.count("data:image/png;base64,") == 6  # the kept similarity histogram stands in
+
+
+def test_the_aesthetic_histogram_is_drawn_or_the_page_says_why_not():
+    rated = {**_manifest()}
+    rated["histograms"] = {**rated["histograms"], "aesthetic": {"edges": [1 + 0.5 * i for i in range(19)], "counts": [0] * 8 + [4, 9, 2] + [0] * 7}}
+    page = render_report(rated)
+    assert page.count("data:image/png;base64,") == 7 and "aesthetic: " not in page
+    # Scored without an aesthetic head: every count is zero, and the page says so instead of an empty plot.
+    unrated = {**rated, "histograms": {**rated["histograms"], "aesthetic": {**rated["histograms"]["aesthetic"], "counts": [0] * 18}}}
+    page = render_report(unrated)
+    assert page.count("data:image/png;base64,") == 6 and "aesthetic: no kept pair has one (scored without an aesthetic head)" in page
+    assert "aesthetic: not recorded in this manifest" in render_report(_manifest())  # a release from before the score
 
 
 # --- from a real extraction through two real release builds -------------------------------------
