@@ -114,11 +114,11 @@ def recorded_release(spark, settings: Settings) -> dict | None:
     """The newest recorded release cut from the tables' current versions with these thresholds."""
     from pyspark.sql import functions as F
 
-    from spark_jobs.release import current_versions, release_thresholds
+    from spark_jobs.release import current_versions, release_models
     from spark_jobs.takedowns import read_table
 
     versions = current_versions(spark, settings)
-    wanted = release_thresholds(spark, settings, versions).section()
+    wanted = release_models(spark, settings, versions)[1].section()
     for row in read_table(spark, settings, "releases").orderBy(F.desc("created_at")).collect():
         manifest = json.loads(row["manifest"])
         if manifest["thresholds"] == wanted and all(manifest["sources"].get(k) == v for k, v in versions.items()):

@@ -245,11 +245,12 @@ def resolve_thresholds(settings: Settings, used: list[dict]) -> Thresholds:
     return Thresholds.of(by_profile, settings.near_duplicate_cosine)
 
 
-def release_thresholds(spark, settings: Settings, versions: dict[str, int]) -> Thresholds:
-    """The thresholds a release cut from `versions` applies (refusing mixed CLIP models unless allowed)."""
+def release_models(spark, settings: Settings, versions: dict[str, int]) -> tuple[list[dict], Thresholds]:
+    """The profiles and weights a release cut from `versions` holds (model_use), refused when they mix
+    CLIP models unless allowed, and the thresholds it applies."""
     used = model_use(spark, settings, versions["scores"])
     check_models(used, settings.allow_mixed_models)
-    return resolve_thresholds(settings, used)
+    return used, resolve_thresholds(settings, used)
 
 
 def _profiles_section(settings: Settings, used: list[dict], thresholds: Thresholds) -> dict:
@@ -534,9 +535,7 @@ def build_release(
     """
     date = date or datetime.now(timezone.utc).strftime("%Y%m%d")
     versions = current_versions(spark, settings)
-    used = model_use(spark, settings, versions["scores"])
-    check_models(used, settings.allow_mixed_models)
-    thresholds = resolve_thresholds(settings, used)
+    used, thresholds = release_models(spark, settings, versions)
     derived = settings.derived_subsets
     release_id = publish.release_id_for(date, _release_inputs(versions, thresholds, derived))
     store = _store(settings, client)

@@ -23,18 +23,7 @@ from gpu_workers.models import ModelSpec, load_models, similarity
 HELD_OUT_SEED = 987_654  # training used seeds 0 and 1000: these scenes were never seen
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    """No hub, ever: huggingface_hub refuses network calls and the model cache starts empty.
-
-    One torch thread while here (OpenMP spin-waits crawl on a shared 2-core box), restored after
-    because the thread count is process-wide and other tests compare float outputs across runs."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("ALTLAKE_CACHE_DIR", str(tmp_path / "cache"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("offline")  # conftest: no hub, an empty model cache, one torch thread
 
 
 @pytest.fixture(scope="module")

@@ -31,15 +31,7 @@ TEXTS = ["zwei blaue Quadrate oben", "un cercle rouge à gauche à côté de deu
 LANGUAGES = ["de", "fr", "ru", "sv"]
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    """No hub, an empty model cache, one torch thread (a shared 2-core box), as in test_models."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("ALTLAKE_CACHE_DIR", str(tmp_path / "cache"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("offline")  # conftest: no hub, an empty model cache, one torch thread
 
 
 def tiny_tokenizer() -> XLMRobertaTokenizerFast:

@@ -18,15 +18,7 @@ from gpu_workers import models as M
 from gpu_workers.profiles import ModelLoadError, load_checked, model_spec
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch, tmp_path):
-    """No hub, an empty model cache, one torch thread (a shared 2-core box), restored after."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("ALTLAKE_CACHE_DIR", str(tmp_path / "cache"))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("offline")  # conftest: no hub, an empty model cache, one torch thread
 
 
 @pytest.fixture(scope="module")
