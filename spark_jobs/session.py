@@ -90,7 +90,7 @@ def spark_conf(settings: Settings, app_name: str) -> dict[str, str]:
     if not settings.spark_provided:
         conf.update(
             {
-                "spark.jars": ",".join(spark_jars(settings)),
+                **_jar_conf(settings),
                 "spark.hadoop.javax.jdo.option.ConnectionURL": metastore_url(settings),
                 "spark.driver.extraJavaOptions": f"-Dderby.system.home={Path(lake.metastore)}",
             }
@@ -104,6 +104,22 @@ def spark_conf(settings: Settings, app_name: str) -> dict[str, str]:
             }
         )
     return conf
+
+
+def _jar_conf(settings: Settings) -> dict[str, str]:
+    """How the session gets the jars. A local session puts them on the driver's class path: given as
+    `spark.jars`, every JVM would copy all of them (over 500 MB with hadoop-aws' SDK bundle) into a
+    temporary folder at each start, and a JVM that is killed leaves its copy behind. Spark's own jars
+    go first, as they resolve first for `spark.jars`: the SDK bundle carries an slf4j 1 that would
+    otherwise silence Spark's logging. A cluster's executors need the jars shipped, so any other
+    master gets `spark.jars`."""
+    jars = spark_jars(settings)
+    if settings.spark_master.startswith("local"):
+        import pyspark
+
+        own = Path(pyspark.__file__).parent / "jars" / "*"
+        return {"spark.driver.extraClassPath": os.pathsep.join([str(own), *jars])}
+    return {"spark.jars": ",".join(jars)}
 
 
 def submitted_master() -> str | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,19 +29,24 @@ def default_path_without_uv() -> str:
 
 
 @pytest.fixture(scope="module")
-def fresh_clone(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+def fresh_clone(tmp_path_factory) -> Iterator[tuple[Path, dict[str, str]]]:
     """A clone of HEAD with `scripts/setup.sh` run in it under the stripped PATH."""
     clone = tmp_path_factory.mktemp("fresh") / "altlake"
-    subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True, timeout=120)
-    # The machine's environment (registry certificates, caches) with the PATH a new login gets; nothing
-    # of this run's venv or test session leaks in.
-    leaks = ("VIRTUAL_ENV", "PYTHONPATH", "PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "AIRFLOW_HOME", "PYSPARK_PYTHON")
-    env = {k: v for k, v in os.environ.items() if k not in leaks and not k.startswith("AIRFLOW__")}
-    env["PATH"] = default_path_without_uv()
-    setup = subprocess.run(["bash", "scripts/setup.sh"], cwd=clone, env=env, capture_output=True, text=True, timeout=1200)
-    assert setup.returncode == 0, setup.stdout[-3000:] + setup.stderr[-3000:]
-    assert "==> setup done" in setup.stdout
-    return clone, env
+    try:
+        subprocess.run(["git", "clone", "-q", str(REPO), str(clone)], check=True, timeout=120)
+        # The machine's environment (registry certificates, caches) with the PATH a new login gets; nothing
+        # of this run's venv or test session leaks in.
+        leaks = ("VIRTUAL_ENV", "PYTHONPATH", "PYTEST_XDIST_WORKER", "PYTEST_XDIST_WORKER_COUNT", "AIRFLOW_HOME", "PYSPARK_PYTHON")
+        env = {k: v for k, v in os.environ.items() if k not in leaks and not k.startswith("AIRFLOW__")}
+        env["PATH"] = default_path_without_uv()
+        setup = subprocess.run(["bash", "scripts/setup.sh"], cwd=clone, env=env, capture_output=True, text=True, timeout=1200)
+        assert setup.returncode == 0, setup.stdout[-3000:] + setup.stderr[-3000:]
+        assert "==> setup done" in setup.stdout
+        yield clone, env
+    finally:
+        # Its venv is links into uv's cache where the cache shares the disk, but a full copy (7 GB) where
+        # it does not: it goes when the module is done (or setup failed), not with the run's temporary folders.
+        shutil.rmtree(clone, ignore_errors=True)
 
 
 def test_setup_installs_uv_into_the_venv_and_nothing_needs_it_on_path(fresh_clone):

@@ -19,3 +19,50 @@ def test_catalog_names_follow_the_lake_they_were_opened_with(spark, tmp_path):
     get_spark(other)
     location = spark.sql("DESCRIBE DETAIL altlake.scores").first()["location"]
     assert "/other/tables/scores" in location
+
+
+def test_a_local_session_reads_the_jars_in_place_and_copies_none(spark, settings):
+    """Handed over as spark.jars, each JVM start copied the jars (over 500 MB) into its temporary
+    folder: CI's disk filled with the copies of killed JVMs."""
+    from pathlib import Path
+
+    from pyspark import SparkFiles
+
+    from spark_jobs.session import spark_conf
+
+    conf = spark_conf(settings, "t")
+    assert "spark.jars" not in conf and "delta-spark" in conf["spark.driver.extraClassPath"]
+    assert spark.sparkContext._jsc.sc().listJars().size() == 0
+    assert not list(Path(SparkFiles.getRootDirectory()).rglob("*.jar"))
+    assert spark.sql("DESCRIBE DETAIL altlake.pairs").first()["format"] == "delta"  # Delta still loads
+
+
+def test_a_lake_on_s3_gets_its_delta_tables_through_s3a(moto_server, tmp_path):
+    """The jars on the class path still reach S3A and the SDK behind it: a fresh process opens a
+    lake in a bucket of the loopback S3 server and writes and reads a Delta table there."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+
+    import boto3
+
+    boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1").create_bucket(Bucket="lake-on-s3")
+    probe = textwrap.dedent(
+        """
+        import sys
+        from altlake.config import Settings
+        from spark_jobs.session import get_spark
+        settings = Settings.from_env(lake_dir="s3a://lake-on-s3/lake", s3_endpoint=sys.argv[1], spark_master="local[1]", spark_shuffle_partitions=1)
+        spark = get_spark(settings, "s3-probe")
+        spark.range(7).write.format("delta").save("s3a://lake-on-s3/lake/probe")
+        print("TABLES", spark.sql("SHOW TABLES IN altlake").count(), "ROWS", spark.read.format("delta").load("s3a://lake-on-s3/lake/probe").count())
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYSPARK_GATEWAY_PORT"}
+    env["ALTLAKE_METASTORE_URL"] = f"jdbc:derby:;databaseName={tmp_path / 'metastore_db'};create=true"
+    done = subprocess.run([sys.executable, "-c", probe, moto_server], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"TABLES {len(TABLES)} ROWS 7" in done.stdout
+    keys = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1").list_objects_v2(Bucket="lake-on-s3", Prefix="lake/tables/pairs/_delta_log/")
+    assert keys["KeyCount"] > 0
