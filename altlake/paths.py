@@ -44,6 +44,17 @@ class LakePaths:
     def gx_docs(self, run_id: str) -> str:
         return join(self.root, "gx", run_id)
 
+    @property
+    def demo_input(self) -> str:
+        """`altlake demo`'s generated crawl and the images its pages link to."""
+        return join(self.root, "demo-input")
+
+    @property
+    def demo_image_server(self) -> str:
+        """The demo's record of its image server (port, image folder): `altlake serve` starts it again
+        for a release whose images it served, as nothing else serves them after the demo."""
+        return join(self.demo_input, "image-server.json")
+
 
 def release_path(store: str, release_id: str) -> str:
     return join(store, release_id)

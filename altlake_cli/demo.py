@@ -33,6 +33,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from altlake.paths import LakePaths
+from altlake.profiles import DEMO_PROFILE
 from altlake_cli.console import Console, LogRedirect, log_tail
 
 REPO = Path(__file__).resolve().parent.parent
@@ -140,24 +142,12 @@ def write_demo_crawl(
     return DemoCrawl(Path(wat.path), kinds)
 
 
-def demo_thresholds() -> dict[str, float]:
-    """The demo CLIP's calibrated thresholds (LAION's 0.28 / 0.26 are for ViT-B/32 and larger)."""
-    import torch
-
-    from gpu_workers.models import DEMO_FILES
-
-    def threshold(kind: str) -> float:
-        checkpoint = torch.load(DEMO_FILES[kind], map_location="cpu", weights_only=True)
-        return float(checkpoint["metadata"]["threshold"])
-
-    return {"en": threshold("clip"), "other": threshold("multilingual")}
-
-
-def demo_environment(lake_dir: Path, airflow_home: Path, thresholds: dict[str, float]) -> dict[str, str]:
+def demo_environment(lake_dir: Path, airflow_home: Path) -> dict[str, str]:
     """ALTLAKE_* and AIRFLOW_* variables of the demo run (set before Airflow is first imported)."""
     return {
         "AIRFLOW_HOME": str(airflow_home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(REPO / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(REPO / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{airflow_home / 'airflow.db'}",
         "ALTLAKE_LAKE_DIR": str(lake_dir),
@@ -169,8 +159,8 @@ def demo_environment(lake_dir: Path, airflow_home: Path, thresholds: dict[str, f
         "ALTLAKE_WORKER_ARGS": "--allow-host 127.0.0.1 --allow-listed-only --decode-workers 1",
         "ALTLAKE_WORKER_RETRIES": "1",
         "ALTLAKE_BATCH_SIZE": os.environ.get("ALTLAKE_BATCH_SIZE", "2000"),
-        "ALTLAKE_THRESHOLD_EN": str(thresholds["en"]),
-        "ALTLAKE_THRESHOLD_OTHER": str(thresholds["other"]),
+        # The demo models with the similarity thresholds calibrated for them (the built-in profile).
+        "ALTLAKE_MODEL_PROFILE": DEMO_PROFILE.name,
     }
 
 
@@ -422,11 +412,14 @@ def run_pipeline(args: argparse.Namespace, progress: Progress, tasks: TaskLines,
     console = progress.console
     lake_dir = Path(args.lake).absolute()
     airflow_home = Path(args.airflow_home).absolute()
-    work_dir = lake_dir / "demo-input"
+    paths = LakePaths(str(lake_dir))
+    work_dir = Path(paths.demo_input)
 
-    progress.step("loading the demo model's calibrated similarity thresholds")
-    thresholds = demo_thresholds()
-    os.environ.update(demo_environment(lake_dir, airflow_home, thresholds))
+    progress.step(
+        f"model profile {DEMO_PROFILE.name!r}: the project's demo CLIP and heads, similarity thresholds"
+        f" en {DEMO_PROFILE.threshold_en:.3f} / other {DEMO_PROFILE.threshold_other:.3f} (calibrated for it)"
+    )
+    os.environ.update(demo_environment(lake_dir, airflow_home))
     airflow_home.mkdir(parents=True, exist_ok=True)
 
     from altlake_cli.image_server import ImageServer
@@ -441,6 +434,8 @@ def run_pipeline(args: argparse.Namespace, progress: Progress, tasks: TaskLines,
         with server:
             progress.step(f"image server on {server.base_url}; writing the synthetic crawl under {display_path(work_dir)}")
             crawl = write_demo_crawl(work_dir, server.base_url)
+            record = {"port": int(server.base_url.rsplit(":", 1)[1]), "files": str(work_dir / "images")}
+            Path(paths.demo_image_server).write_text(json.dumps(record))
             console.line(f"  {display_path(crawl.wat)}: " + ", ".join(f"{n} {kind}" for kind, n in crawl.kinds.items()))
             sample = None if args.no_sample else SAMPLE_WAT
             if sample is not None and not sample.is_file():
@@ -465,7 +460,7 @@ def run_pipeline(args: argparse.Namespace, progress: Progress, tasks: TaskLines,
             stop_listening()
 
     progress.step("summary")
-    print_summary(lake_dir, progress.elapsed(), server.base_url.rsplit(":", 1)[1], work_dir / "images", emit=console.line)
+    print_summary(lake_dir, progress.elapsed(), emit=console.line)
     console.line(f"\nlogs (Airflow, Spark, the worker): {display_path(log_path)}")
     return 0
 
@@ -474,15 +469,13 @@ def latest_release(lake_dir: Path) -> dict:
     """The newest row of `releases` (a re-run that changed nothing reuses the previous release)."""
     from deltalake import DeltaTable
 
-    from altlake.paths import LakePaths
-
     rows = DeltaTable(LakePaths(str(lake_dir)).table("releases")).to_pyarrow_table().to_pylist()
     if not rows:
         raise RuntimeError("no release was recorded")
     return max(rows, key=lambda row: row["created_at"])
 
 
-def print_summary(lake_dir: Path, wall_s: float, image_port: str, images_dir: Path, emit: Callable[[str], None] = print) -> None:
+def print_summary(lake_dir: Path, wall_s: float, emit: Callable[[str], None] = print) -> None:
     release = latest_release(lake_dir)
     manifest = json.loads(release["manifest"])
     width = max(map(len, manifest["funnel"]))
@@ -504,6 +497,5 @@ def print_summary(lake_dir: Path, wall_s: float, image_port: str, images_dir: Pa
         "SELECT release_id, n_pairs, location FROM releases ORDER BY created_at DESC",
     ):
         emit(f'  altlake sql{lake} "{query}"')
-    # The demo's image URLs point at its image server, gone with the demo: serve them again for the search page.
-    emit(f"  altlake image-server --port {image_port} --files {images_dir} &   # the demo's images, for the search page")
-    emit(f"  altlake serve --release {release['location']}   # search the release in a browser")
+    # The demo's image server is gone with the demo: serve starts it again for the search page.
+    emit(f"  altlake serve --release {release['location']}   # search the release in a browser (serves the demo's images too)")

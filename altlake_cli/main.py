@@ -28,7 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("altlake_cli.demo", "run the whole pipeline on a generated crawl, end to end"),
     "airflow": ("altlake_cli.airflow_cmd", "start `airflow standalone` with altlake's DAGs"),
     "index": ("explore.index", "build the KNN indices of a release (exact or tuned OPQ+IVF+PQ)"),
-    "serve": ("explore.service", "serve a release: clip-retrieval compatible search API and web page"),
+    "serve": ("altlake_cli.serve", "serve a release: clip-retrieval compatible search API and web page"),
     "subset": ("explore.subset", "write an img2dataset-ready parquet of the pairs nearest to queries"),
     "plan-batches": ("spark_jobs.batches", "plan scoring batches of unscored / retryable candidates"),
     "merge-scores": ("spark_jobs.merge_scores", "merge finished worker outputs into the scores table"),

@@ -28,6 +28,7 @@ from airflow.sdk import Param, dag, task
 from altlake.config import Settings
 from plugins import takedowns
 from plugins.defaults import DEFAULT_ARGS, SPARK_POOL
+from plugins.schedules import schedule
 
 
 def _list(title: str, description: str) -> Param:
@@ -50,7 +51,7 @@ DEPLOYMENT = Settings.from_env()  # parse time: whether time-based schedules are
 @dag(
     dag_id="apply_takedowns",
     description="opt-out and takedown requests -> removed from every table",
-    schedule="@daily" if DEPLOYMENT.schedules else None,
+    schedule=schedule("@daily", DEPLOYMENT.schedules),
     start_date=datetime(2025, 1, 1),
     catchup=False,
     max_active_runs=1,

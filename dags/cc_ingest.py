@@ -29,6 +29,7 @@ from plugins.assets import CANDIDATES_ASSET
 from plugins.defaults import DEFAULT_ARGS, SPARK_POOL
 from plugins import ingest
 from plugins.spark import BACKENDS
+from plugins.schedules import schedule
 
 PARAMS = {
     "crawl": Param(
@@ -57,7 +58,7 @@ DEPLOYMENT = Settings.from_env()  # parse time: whether time-based schedules are
 @dag(
     dag_id="cc_ingest",
     description="Common Crawl WAT files -> image/alt-text candidates (Spark, Delta), gated by GX",
-    schedule="@monthly" if DEPLOYMENT.schedules else None,
+    schedule=schedule("@monthly", DEPLOYMENT.schedules),
     start_date=datetime(2025, 1, 1),
     catchup=False,
     max_active_runs=1,

@@ -61,4 +61,5 @@ os.environ.setdefault("PYSPARK_PYTHON", os.sys.executable)
 # developer's ~/airflow or ./airflow_home) with this repo's DAGs and no examples.
 os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="altlake-airflow-")
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(REPO / "dags")
+os.environ["AIRFLOW__CORE__PLUGINS_FOLDER"] = str(REPO / "plugins")  # registers the DAGs' timetable
 os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"

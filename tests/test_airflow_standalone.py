@@ -203,10 +203,30 @@ def test_standalone_trigger_forms_in_a_browser_and_the_asset_chain(tmp_path, sam
             page.goto(f"{base}/dags")
             page.wait_for_load_state("networkidle")
             page.screenshot(path=shots / "dag-list.png")
+            # The graphs draw the assets that link the DAGs once "External conditions" is chosen.
+            assert set(_graph_nodes(page, base, "cc_ingest", shots)) == {"resolve_inputs", "extract", "validate_candidates", "altlake_candidates"}
+            scoring = _graph_nodes(page, base, "score_candidates", shots)
+            assert {"altlake_candidates", "altlake_scores"} <= set(scoring) and "plan" in scoring
             browser.close()
     finally:
         _stop(process)
     assert process.poll() is not None, "airflow standalone is still running"
+
+
+def _graph_nodes(page, base: str, dag_id: str, shots: Path) -> list[str]:
+    """The first line of each node of a DAG's graph view with its Dependencies option on "External
+    conditions" (the UI's default shows tasks only)."""
+    page.goto(f"{base}/dags/{dag_id}")
+    page.get_by_role("button", name="Show Graph (Press g)").click()
+    page.get_by_role("button", name="Options").click()
+    page.get_by_role("combobox").filter(has_text="Only tasks").click()
+    page.get_by_role("option", name="External conditions").click()
+    page.keyboard.press("Escape")
+    nodes = page.locator(".react-flow__node")
+    expect(nodes.filter(has_text="altlake_candidates")).to_have_count(1, timeout=30_000)
+    page.get_by_role("button", name="Fit View").click()
+    page.screenshot(path=shots / f"graph-{dag_id}.png")
+    return [text.split("\n")[0] for text in nodes.all_inner_texts() if text.strip()]
 
 
 def _wait_finished(api: Api, dag_id: str, run_id: str, process: subprocess.Popen, log: Path) -> dict:

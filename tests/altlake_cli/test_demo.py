@@ -66,3 +66,60 @@ def test_demo_log_file_holds_airflow_and_spark_output(demo):
     assert "[plugins.spark.output]" in log  # the JVM's console lines, relayed by SparkOutput
     assert "===== [altlake demo 3/6 |" in log  # the demo's steps mark the log
     assert "Closing down clientserver connection" in log  # py4j at interpreter exit: still the log
+
+
+def test_serve_on_the_demo_release_starts_the_demo_s_images_again(demo):
+    """The demo's image server ends with the demo; `altlake serve` on its release (the command the
+    summary prints) serves the images its results link to, and `--no-demo-images` does not."""
+    import json
+    import socket
+    import time
+
+    import requests
+
+    run, work = demo
+    release = next(line.split()[-1] for line in run.stdout.splitlines() if line.startswith("  manifest: ")).rsplit("/", 1)[0]
+    assert f"altlake serve --release {release}   # search the release in a browser" in run.stdout
+    record = json.loads((work / "lake" / "demo-input" / "image-server.json").read_text())
+
+    def serve(*extra: str) -> tuple[subprocess.Popen, str]:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        process = subprocess.Popen([str(ALTLAKE), "serve", "--release", release, "--port", str(port), *extra],
+                                   cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 180
+        while True:
+            assert process.poll() is None, process.stderr.read()[-2000:]
+            try:
+                if requests.get(base + "/healthz", timeout=2).ok:
+                    return process, base
+            except requests.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, "altlake serve did not start"
+            time.sleep(0.5)
+
+    def first_image(base: str) -> str:
+        response = requests.post(base + "/knn-service", json={"text": "a red circle", "num_images": 3}, timeout=60)
+        assert response.status_code == 200, response.text
+        url = response.json()[0]["url"]
+        assert url.startswith(f"http://127.0.0.1:{record['port']}/")
+        return url
+
+    process, base = serve()
+    try:
+        image = requests.get(first_image(base), timeout=10)
+        assert image.status_code == 200 and image.headers["content-type"].startswith("image/")
+    finally:
+        process.terminate()
+        _, stderr = process.communicate(timeout=60)
+    assert f"the demo's images on http://127.0.0.1:{record['port']}" in stderr
+
+    process, base = serve("--no-demo-images")
+    try:
+        with pytest.raises(requests.ConnectionError):
+            requests.get(first_image(base), timeout=10)
+    finally:
+        process.terminate()
+        process.communicate(timeout=60)

@@ -42,7 +42,7 @@ def test_cc_ingest_shape(dagbag):
 
     dag = dagbag.dags["cc_ingest"]
     assert dag.catchup is False
-    assert dag.schedule == "@monthly"
+    assert dag.timetable.summary == "@monthly" and dag.timetable._expression == "0 0 1 * *"
     assert set(dag.params) >= {"crawl", "wat_paths", "wat_limit", "backend", "spark_master"}
     order = [t.task_id for t in dag.topological_sort()]
     assert order == ["resolve_inputs", "extract", "validate_candidates"]

@@ -18,7 +18,7 @@ import pytest
 
 from altlake.config import Settings
 from altlake.paths import LakePaths
-from altlake_cli.demo import DEMO_CRAWL, demo_thresholds, write_demo_crawl
+from altlake_cli.demo import DEMO_CRAWL, write_demo_crawl
 
 pytestmark = pytest.mark.integration
 
@@ -54,7 +54,7 @@ def profiles_file(tmp_path_factory) -> Path:
 
     folder = tmp_path_factory.mktemp("models")
     torch.save(load_checked(model_spec(DEMO_PROFILE))._clip.state_dict(), folder / "clip.pt")
-    thresholds = demo_thresholds()
+    thresholds = {"en": DEMO_PROFILE.threshold_en, "other": DEMO_PROFILE.threshold_other}  # the checkpoints' own (tests/gpu_workers)
     path = folder / "profiles.toml"
     path.write_text(
         f"[profiles.{PROFILE}]\n"
@@ -165,8 +165,9 @@ def test_chain_publishes_a_release_that_matches_its_tables(chain, spark):
     assert manifest["sources"]["takedowns"] >= 0
     # Scored with the profile the form chose, cut at its thresholds, and the manifest says so.
     assert {r["profile"] for r in scores.where("status = 'ok'").select("profile").distinct().collect()} == {PROFILE}
-    thresholds = demo_thresholds()
-    assert manifest["thresholds"]["en"] == thresholds["en"] and manifest["thresholds"]["multi"] == thresholds["other"]
+    from altlake.profiles import DEMO_PROFILE
+
+    assert (manifest["thresholds"]["en"], manifest["thresholds"]["multi"]) == (DEMO_PROFILE.threshold_en, DEMO_PROFILE.threshold_other)
     (used,) = manifest["profiles"].values()
     assert list(manifest["profiles"]) == [PROFILE] and used["ok_rows"] == statuses["ok"]
     assert used["definition"]["checkpoint"].endswith("clip.pt") and all("@sha256:" in i for i in used["models"]["clip_model"])

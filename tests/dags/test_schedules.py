@@ -2,9 +2,8 @@
 
 Airflow 3 serves `timetable_summary` (the column's text), `timetable_description` (its tooltip)
 and `asset_expression` (the asset list of an asset-triggered DAG) from the serialized DAG.
-A cron preset is stored expanded: "@monthly" reads "0 0 1 * *", with the human description in
-the tooltip (custom timetables that kept the preset would have to be registered as a plugin in
-every scheduler and DAG processor).
+A cron preset would be stored expanded ("@monthly" read "0 0 1 * *"): the DAGs' PresetCron keeps it,
+with the human description in the tooltip, through the serialization every Airflow process reads.
 """
 
 from __future__ import annotations
@@ -30,10 +29,25 @@ def served():
     return {dag_id: LazyDeserializedDAG.from_dag(dag) for dag_id, dag in bag.dags.items()}
 
 
-def test_time_based_schedules_read_as_cron_with_a_human_description(served):
+def test_time_based_schedules_read_as_their_preset_with_a_human_description(served):
     ingest, takedowns = served["cc_ingest"].timetable, served["apply_takedowns"].timetable
-    assert (ingest.summary, ingest.description) == ("0 0 1 * *", "At 00:00, on day 1 of the month")  # @monthly
-    assert (takedowns.summary, takedowns.description) == ("0 0 * * *", "At 00:00")  # @daily
+    assert (ingest.summary, ingest.description) == ("@monthly", "At 00:00, on day 1 of the month")
+    assert (takedowns.summary, takedowns.description) == ("@daily", "At 00:00")
+
+
+def test_the_preset_schedule_runs_as_airflow_s_own_cron_trigger(served):
+    """Same runs as a plain schedule="@monthly": the next run after a date, from the stored DAG."""
+    from airflow.timetables.base import DataInterval, TimeRestriction
+    from airflow.timetables.trigger import CronTriggerTimetable
+    from pendulum import datetime as dt
+
+    ingest = served["cc_ingest"].timetable
+    plain = CronTriggerTimetable("@monthly", timezone="UTC")
+    restriction = TimeRestriction(earliest=dt(2025, 1, 1), latest=None, catchup=False)
+    last = DataInterval(dt(2026, 11, 1), dt(2026, 11, 1))
+    ours = ingest.next_dagrun_info(last_automated_data_interval=last, restriction=restriction)
+    assert ours == plain.next_dagrun_info(last_automated_data_interval=last, restriction=restriction)
+    assert ours.run_after == dt(2026, 12, 1)
 
 
 def test_asset_triggered_dags_list_the_assets_the_docs_name(served):
