@@ -54,6 +54,10 @@ PARAMS = {
         PROFILES[0], type="string", enum=PROFILES, title="Model profile",
         description="the models every batch is scored with and the thresholds they fit (ALTLAKE_MODEL_PROFILES; 'demo': the demo models)",
     ),
+    "rescore": Param(
+        False, type="boolean", title="Rescore other profiles' rows",
+        description="also score again the rows scored under any other profile (after the deployment moves to this one)",
+    ),
     "per_host_concurrency": Param(
         None, type=["null", "integer"], minimum=1, title="Per-host concurrency",
         description="open requests per host at any time; empty: ALTLAKE_PER_HOST_CONCURRENCY (recorded in each batch's _SUCCESS)",
@@ -92,7 +96,8 @@ def score_candidates():
         settings = scoring.run_settings(params)
         scoring.check_deployment(settings, params["worker_backend"])
         run_args = [*scoring.profile_args(settings, params["profile"]), *scoring.politeness_args(settings)]
-        planned = scoring.plan(settings, params["crawl"], params["batch_size"], params["max_batches"])
+        rescore = params["profile"] if params["rescore"] else None
+        planned = scoring.plan(settings, params["crawl"], params["batch_size"], params["max_batches"], rescore)
         ti.xcom_push(key="counts", value=planned["counts"])
         return scoring.with_worker_args(planned["batches"], run_args)
 

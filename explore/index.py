@@ -36,6 +36,7 @@ from tqdm import tqdm
 from altlake.config import Settings
 from explore.knn import FLAT, IVF_PQ, Knn, exact_topk, recall_at_k
 from explore.release import INDEX_DIR, MetadataStore, Release, ReleaseError, open_release, resolve_release, write_metadata_file
+from explore.signals import rated_images, rating_embeddings
 
 INDEX_INFO = "index_info.json"
 FORMAT_VERSION = 1
@@ -107,7 +108,8 @@ def build_index(
     if not force and info_path.is_file():
         previous = json.loads(info_path.read_text())
         files = [release.metadata_file, *(index_path(release, m) for m in MODALITIES)]
-        if previous.get("source") == source and previous.get("params") == params and all(f.is_file() for f in files):
+        current = previous.get("source") == source and previous.get("params") == params and "aesthetic_ratings_file" in previous
+        if current and all(f.is_file() for f in files):
             return {**previous, "skipped": True}
 
     started = time.perf_counter()
@@ -131,6 +133,7 @@ def build_index(
             "bytes": index_path(release, modality).stat().st_size,
             **_tune(release, modality, other, spec, target_recall, recall_queries, rerank_factor, seed),
         }
+    ratings = _write_ratings(release)
     info = {
         "format_version": FORMAT_VERSION,
         "release_id": release.release_id,
@@ -139,6 +142,7 @@ def build_index(
         "metric": "inner_product (cosine on L2-normalised embeddings)",
         "rows": rows,
         "metadata_file": f"index/{release.metadata_file.name}",
+        "aesthetic_ratings_file": ratings,
         "indices": indices,
         "params": params,
         "source": source,
@@ -156,6 +160,7 @@ def manifest_section(info: dict) -> dict:
     """What a release manifest records of its index. `files` lists paths; the publisher, which
     checksums every file of the release, replaces it with {path: {sha256, bytes}}."""
     files = [info["metadata_file"], *(i["file"] for i in info["indices"].values()), f"{INDEX_DIR}/{INDEX_INFO}"]
+    files += [info["aesthetic_ratings_file"]] if info.get("aesthetic_ratings_file") else []
     return {
         "format_version": info["format_version"],
         "metric": info["metric"],
@@ -256,6 +261,21 @@ def load_index_info(release: Release) -> dict:
 
 def open_metadata(release: Release) -> MetadataStore:
     return MetadataStore(release.metadata_file)
+
+
+def _write_ratings(release: Release) -> str | None:
+    """The rating embeddings clip back's aesthetic_score steers toward (explore.signals), averaged
+    here once from the release's rated images rather than by every serving process at start; their
+    path relative to the release, or None when no row has an aesthetic score."""
+    ratings = rating_embeddings(rated_images(MetadataStore(release.metadata_file), release.embeddings("image")))
+    if ratings is None:
+        release.ratings_file.unlink(missing_ok=True)
+        return None
+    partial = release.ratings_file.with_name(f"{release.ratings_file.name}.{os.getpid()}.part")
+    with partial.open("wb") as out:
+        np.save(out, ratings)
+    partial.replace(release.ratings_file)
+    return f"{INDEX_DIR}/{release.ratings_file.name}"
 
 
 def _write_atomically(index: faiss.Index, path: Path) -> None:

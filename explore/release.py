@@ -33,6 +33,7 @@ from altlake.schemas import SUBSETS
 MANIFEST = "manifest.json"
 INDEX_DIR = "index"
 METADATA_FILE = "metadata.arrow"
+RATINGS_FILE = "aesthetic_ratings.npy"  # the rating embeddings of clip back's aesthetic_score (explore.signals)
 _SHARD = re.compile(r"^(img_emb|text_emb|metadata)_(\d+)\.(npy|parquet)$")
 
 
@@ -63,6 +64,10 @@ class Release:
     @property
     def metadata_file(self) -> Path:
         return self.index_dir / METADATA_FILE
+
+    @property
+    def ratings_file(self) -> Path:
+        return self.index_dir / RATINGS_FILE
 
     def embeddings(self, modality: str) -> "EmbeddingMatrix":
         if modality not in ("image", "text"):

@@ -15,7 +15,6 @@ import binascii
 import copy
 import dataclasses
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +24,7 @@ from explore.errors import QueryError
 from explore.index import load_index_info, load_knn, open_metadata
 from explore.knn import Knn
 from explore.release import Release, Removals, derived_subset_uids, derived_subsets
-from explore.signals import AESTHETIC_COLUMN, DEFAULT_AESTHETIC_WEIGHT, rating_embeddings, violence_prompts, violent
+from explore.signals import AESTHETIC_COLUMN, DEFAULT_AESTHETIC_WEIGHT, rated_images, rating_embeddings, violence_prompts, violent
 
 # Metadata's own `similarity` (image-text CLIP score) is renamed: in a result, `similarity` is the
 # query's, as clip back returns it.
@@ -59,7 +58,7 @@ class Explorer:
             raise ValueError(f"{self.name}: the CLIP embeds into {encoder.dim} dims, the index holds {self.dim}")
         if self.metadata.n != self.knn["image"].n:
             raise ValueError(f"{self.name}: {self.metadata.n} metadata rows for {self.knn['image'].n} vectors")
-        self.aesthetic = rating_embeddings(self._rated_images())
+        self.aesthetic = self._ratings(info)
         self.has_punsafe = any(np.isfinite(values).any() for _, values in self.metadata.number_blocks("punsafe"))
         self.violence = violence_prompts(encoder) if encoder is not None else None
 
@@ -83,12 +82,13 @@ class Explorer:
             for name in derived_subsets(self.release)
         ]
 
-    def _rated_images(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(aesthetic scores, image embeddings) one metadata batch at a time: a release larger than
-        RAM is averaged without loading it."""
-        images = self.knn["image"].embeddings
-        for start, scores in self.metadata.number_blocks(AESTHETIC_COLUMN):
-            yield scores, images.rows(np.arange(start, start + len(scores)))
+    def _ratings(self, info: dict) -> np.ndarray | None:
+        """The rating embeddings `altlake index` stored; averaged here for an index built before it
+        stored them (a published release's index is never rebuilt)."""
+        if "aesthetic_ratings_file" not in info:
+            return rating_embeddings(rated_images(self.metadata, self.knn["image"].embeddings))
+        recorded = info["aesthetic_ratings_file"]
+        return None if recorded is None else np.load(self.release.path / recorded)
 
     def check_options(self, aesthetic_score: int | None, safe_mode: bool, hide_violent: bool) -> None:
         """A 422 for an option this release cannot honour, raised before any work on the query."""

@@ -9,11 +9,12 @@ CLIP, so both live in the embedding space the release was built in, whatever its
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
 from explore.encoder import QueryEncoder
+from explore.release import EmbeddingMatrix, MetadataStore
 
 AESTHETIC_COLUMN = "aesthetic"  # LAION-Aesthetics' score column, a float on a 1-10 scale
 RATINGS = 10  # clip back's aesthetic_score is a rating 0..9
@@ -33,6 +34,13 @@ VIOLENT_PROMPTS = (
     "a person attacked with a weapon",
     "a war scene with dead bodies",
 )
+
+
+def rated_images(metadata: MetadataStore, images: EmbeddingMatrix) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(aesthetic scores, image embeddings) one metadata batch at a time: a release larger than RAM
+    is averaged without loading it."""
+    for start, scores in metadata.number_blocks(AESTHETIC_COLUMN):
+        yield scores, images.rows(np.arange(start, start + len(scores)))
 
 
 def rating_embeddings(blocks: Iterable[tuple[np.ndarray, np.ndarray]]) -> np.ndarray | None:

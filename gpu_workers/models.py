@@ -511,13 +511,13 @@ def _load_clip(spec: ModelSpec, cache_dir: Path, fetch: "_Fetcher", device: torc
         clip_id = _weights_id(name, DEMO, path)
     elif pretrained:
         path, kwargs = _cached_pretrained(name, pretrained, cache_dir)
-        clip_id = f"{name}@{pretrained}"
+        clip_id = f"{name}@{pretrained}:sha256:{_digest(path)}"  # the tag names the weights, the digest pins the file
     elif spec.checkpoint:
         path = fetch(spec.checkpoint)
         clip_id = _weights_id(name, spec.checkpoint, path)
     else:
         path, clip_id = None, f"{name}@random-init"
-    if path is not None:
+    if path is not None and (pretrained == DEMO or not pretrained):  # released weights (maybe safetensors) carry no metadata of ours
         metadata = _metadata(path)
     model, _, transform = open_clip.create_model_and_transforms(name, pretrained=str(path) if path else None, device=device, **kwargs)
     model.eval()

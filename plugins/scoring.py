@@ -91,14 +91,15 @@ def profile_args(settings: Settings, profile: str) -> list[str]:
     return ["--profile", profile]
 
 
-def plan(settings: Settings, crawl: str | None, batch_size: int | None, max_batches: int | None) -> dict:
+def plan(settings: Settings, crawl: str | None, batch_size: int | None, max_batches: int | None, rescore_profile: str | None = None) -> dict:
     """Plan new batches and pick up batches an interrupted run left planned (the worker skips any
-    that already finished), so re-running the DAG resumes instead of starting over."""
+    that already finished), so re-running the DAG resumes instead of starting over. With
+    `rescore_profile`, rows scored ok under another profile are planned again too."""
     from spark_jobs.batches import plan_batches
     from spark_jobs.takedowns import read_table
 
     spark = task_spark(settings, "altlake-plan-batches")
-    summary = plan_batches(spark, settings, crawl or None, batch_size, max_batches)
+    summary = plan_batches(spark, settings, crawl or None, batch_size, max_batches, rescore_profile)
     new_ids = {b["batch_id"] for b in summary["batches"]}
     leftover = [
         {"batch_id": r["batch_id"], "n_rows": r["n_rows"], "input_path": r["input_path"], "output_path": r["output_path"]}
@@ -115,7 +116,9 @@ def plan_summary_line(counts: dict) -> str:
     """The plan task's last log line: what came in, what is queued, what was left out and why."""
     line = (
         f"Summary: {counts['candidates']} candidate(s): {counts['eligible']} queued in {counts['new_batches']} new "
-        f"batch(es) ({counts['unscored']} never scored, {counts['retryable']} to retry)"
+        f"batch(es) ({counts['unscored']} never scored, {counts['retryable']} to retry"
+        + (f", {counts['rescore']} scored under another profile to rescore" if counts.get("rescore") else "")
+        + ")"
     )
     if counts["resumed_batches"]:
         line += f", {counts['resumed_batches']} batch(es) an interrupted run left are resumed"

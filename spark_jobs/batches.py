@@ -7,6 +7,10 @@ is planned but not merged are left alone, so two planners never hand one uid out
 candidates (`candidates.opt_out`, e.g. a page's meta robots noai) are never planned, not even for
 a retry: they are never downloaded, so they get no score, which a release needs (its inner join).
 
+A deployment that moves to another model profile rescores: `rescore_profile` also plans the rows
+scored ok under any other profile (or before profiles were recorded), so that one release can again
+hold rows of one CLIP; the merge replaces their scores (the newer score wins).
+
 A batch id is a hash of its sorted (uid, attempts) list: re-planning after a crash produces the
 same ids and the same files, and a retry of the same uids (attempts moved on) gets a new id, so
 the worker never mistakes it for the finished earlier batch.
@@ -104,8 +108,10 @@ def plan_batches(
     crawl: str | None = None,
     batch_size: int | None = None,
     max_batches: int | None = None,
+    rescore_profile: str | None = None,
 ) -> dict:
-    """Plan batches of candidates that need (another) score; returns what was planned and skipped."""
+    """Plan batches of candidates that need (another) score; returns what was planned and skipped.
+    With `rescore_profile`, rows scored ok under another profile need one too."""
     from pyspark.sql import functions as F
 
     batch_size = batch_size or settings.batch_size
@@ -119,15 +125,19 @@ def plan_batches(
         all_candidates = all_candidates.where(F.col("first_seen_crawl") == crawl)
     # An opted-out candidate (its page said noai at extraction) is never downloaded: never planned.
     candidates = all_candidates.where(F.col("opt_out").isNull())
-    scores = read_table(spark, settings, "scores").select("uid", "status", "attempts")
+    scores = read_table(spark, settings, "scores").select("uid", "status", "attempts", "profile")
     retry_allowed = F.lit(False)
     for status, limit in limits.items():
         retry_allowed = retry_allowed | ((F.col("status") == status) & (F.col("attempts") < limit))
     scored = candidates.select("uid").join(scores, "uid")
     retryable = scored.where(retry_allowed).select("uid", "attempts")
-    todo = candidates.join(scores, "uid", "left_anti").withColumn("attempts", F.lit(0)).unionByName(
-        candidates.join(retryable, "uid")
-    )
+    other_profile = F.lit(False) if rescore_profile is None else (F.col("status") == "ok") & ~F.col("profile").eqNullSafe(rescore_profile)
+    rescore = scored.where(other_profile).select("uid", "attempts")
+    todo = (
+        candidates.join(scores, "uid", "left_anti").withColumn("attempts", F.lit(0))
+        .unionByName(candidates.join(retryable, "uid"))
+        .unionByName(candidates.join(rescore, "uid"))
+    )  # fmt: skip
     in_flight = _planned_uids(spark, settings)
     todo = todo.join(in_flight, "uid", "left_anti").cache()
     counts = {
@@ -135,6 +145,7 @@ def plan_batches(
         "opted_out": all_candidates.where(F.col("opt_out").isNotNull()).count(),  # skipped, never downloaded
         "unscored": candidates.join(scores, "uid", "left_anti").count(),
         "retryable": retryable.count(),
+        "rescore": rescore.count(),  # scored ok under another profile than rescore_profile
         "not_retried": scored.where(F.col("status") != "ok").count() - retryable.count(),
         "already_planned": candidates.join(in_flight, "uid").count(),
         "eligible": todo.count(),
@@ -216,6 +227,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--crawl", help="plan only candidates first seen in this crawl")
     parser.add_argument("--batch-size", type=int, help="uids per batch (default: ALTLAKE_BATCH_SIZE)")
     parser.add_argument("--max-batches", type=int, help="plan at most this many batches")
+    parser.add_argument("--rescore-for", metavar="PROFILE", help="also plan rows scored ok under any other model profile (after moving to PROFILE)")
     parser.add_argument("--lake", help="lake root (default: ALTLAKE_LAKE_DIR)")
     parser.add_argument("--master", help="Spark master (default: ALTLAKE_SPARK_MASTER)")
 
@@ -231,7 +243,7 @@ def run(args: argparse.Namespace) -> int:
             return 2
     settings = Settings.from_env(lake_dir=args.lake, spark_master=args.master)
     spark = get_spark(settings, "altlake-plan-batches")
-    summary = plan_batches(spark, settings, args.crawl, args.batch_size, args.max_batches)
+    summary = plan_batches(spark, settings, args.crawl, args.batch_size, args.max_batches, args.rescore_for)
     print(json.dumps(summary, indent=2))
     return 0
 

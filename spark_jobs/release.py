@@ -218,7 +218,8 @@ def check_models(used: list[dict], allow_mixed: bool) -> None:
         listed = ", ".join(f"{model} ({n} rows)" for model, n in sorted(clips.items(), key=lambda kv: (-kv[1], kv[0])))
         raise MixedModelsError(
             f"the scored rows mix {len(clips)} CLIP models: {listed}; their similarities and embeddings are not comparable. "
-            "Score every row with one model profile, or release them together with --allow-mixed-models (ALTLAKE_ALLOW_MIXED_MODELS=true)"
+            "Rescore the other rows with one profile (the score_candidates form's \"Rescore other profiles' rows\", or "
+            "`altlake plan-batches --rescore-for PROFILE`), or release them together with --allow-mixed-models (ALTLAKE_ALLOW_MIXED_MODELS=true)"
         )
 
 

@@ -40,7 +40,7 @@ def test_score_candidates_fans_out_in_the_scoring_pool_and_merges_whatever_finis
     assert dag.get_task("plan").pool == dag.get_task("merge").pool == SPARK_POOL
     assert dag.get_task("merge").trigger_rule == "all_done" and dag.get_task("check").trigger_rule == "all_done"
     assert SCORES_ASSET in dag.get_task("merge").outlets
-    assert set(dag.params) >= {"crawl", "batch_size", "max_batches", "worker_backend", "profile", "per_host_concurrency", "per_host_rate"}
+    assert set(dag.params) >= {"crawl", "batch_size", "max_batches", "worker_backend", "profile", "rescore", "per_host_concurrency", "per_host_rate"}
 
 
 def test_build_release_and_apply_takedowns_shapes(dagbag):
@@ -51,7 +51,7 @@ def test_build_release_and_apply_takedowns_shapes(dagbag):
     assert [t.task_id for t in release.topological_sort()] == ["validate_candidates", "publish", "build_index"]
     assert set(release.params) >= {"release_store", "thresholds"}
     takedowns = dagbag.dags["apply_takedowns"]
-    assert takedowns.schedule == "@daily"
+    assert takedowns.timetable.summary == "@daily" and takedowns.timetable._expression == "0 0 * * *"
     assert [t.task_id for t in takedowns.topological_sort()] == ["add", "apply", "amend_releases", "purge"]
     assert set(takedowns.params) >= {"url", "domain", "sha256", "md5", "hash_list", "reason"}
 

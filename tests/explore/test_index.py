@@ -8,6 +8,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet  # noqa: F401 - pa.parquet
 import pytest
 
 from altlake_cli.main import main as altlake
@@ -49,6 +50,32 @@ def test_small_release_gets_exact_indices_recorded_beside_an_untouched_manifest(
     _, ids = knn.search(queries / np.linalg.norm(queries, axis=1, keepdims=True), 10)
     for q, row in zip(queries, ids):
         assert list(row) == list(np.argsort(-(images @ q))[:10])
+
+
+def test_the_aesthetic_rating_embeddings_are_stored_with_the_index_and_served_from_there(synthetic_release: Path):
+    """clip back's aesthetic_score steers toward rating embeddings averaged from the release's rated
+    images: `altlake index` stores them once, the search service reads them instead of averaging."""
+    from explore.search import Explorer, SearchOptions
+    from explore.signals import rating_embeddings
+
+    info = build_index(str(synthetic_release))
+    assert info["aesthetic_ratings_file"] == "index/aesthetic_ratings.npy"
+    stored = np.load(synthetic_release / info["aesthetic_ratings_file"])
+    release = open_release(synthetic_release)
+    images = _matrix([s.img_emb for s in release.shards])
+    scores = np.concatenate([pa.parquet.read_table(s.metadata, columns=["aesthetic"]).column("aesthetic").to_numpy() for s in release.shards])
+    assert stored.shape == (10, images.shape[1]) and np.allclose(stored, rating_embeddings([(scores, images)]), atol=1e-6)
+
+    assert np.array_equal(Explorer(release, None, SearchOptions()).aesthetic, stored)
+    np.save(synthetic_release / info["aesthetic_ratings_file"], -stored)  # the service reads the file, it averages nothing
+    assert np.array_equal(Explorer(release, None, SearchOptions()).aesthetic, -stored)
+
+    # An index built before the file existed (its index_info has no such key): averaged at load, as then.
+    recorded = json.loads((synthetic_release / "index" / "index_info.json").read_text())
+    del recorded["aesthetic_ratings_file"]
+    (synthetic_release / "index" / "index_info.json").write_text(json.dumps(recorded))
+    assert np.allclose(Explorer(release, None, SearchOptions()).aesthetic, stored, atol=1e-6)
+    assert build_index(str(synthetic_release))["skipped"] is False  # and `altlake index` brings it up to date
 
 
 def test_rebuild_is_skipped_until_the_inputs_change(synthetic_release: Path):

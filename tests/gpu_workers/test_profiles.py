@@ -46,6 +46,30 @@ def test_a_b32_checkpoint_with_laion_s_512_d_nsfw_head_loads(weights):
     assert models.watermark_id is None and models.multilingual_text_id is None
 
 
+def test_a_pretrained_tag_loads_from_the_local_hub_cache_and_its_id_pins_the_file(weights, tmp_path):
+    """open_clip's `laion2b_s34b_b79k` tag names a Hugging Face repo; its weights placed in the hub
+    cache layout (safetensors, as the hub serves them) load offline, give the checkpoint's embeddings,
+    and the recorded id names the tag and the file's digest."""
+    import hashlib
+
+    from safetensors.torch import save_file
+
+    repo = tmp_path / "hub" / "models--laion--CLIP-ViT-B-32-laion2B-s34B-b79K"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0123abcd")
+    weights_file = repo / "snapshots" / "0123abcd" / "open_clip_model.safetensors"
+    weights_file.parent.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in torch.load(weights / "b32.pt", weights_only=True).items()}, str(weights_file))
+
+    heads = {"nsfw_head": None, "watermark_head": None, "aesthetic_head": None}
+    tagged = M.load_models(M.ModelSpec(clip_model="ViT-B-32", pretrained="laion2b_s34b_b79k", cache_dir=str(tmp_path / "hub"), **heads))
+    digest = hashlib.sha256(weights_file.read_bytes()).hexdigest()[:12]
+    assert tagged.clip_id == f"ViT-B-32@laion2b_s34b_b79k:sha256:{digest}"
+    checkpoint = M.load_models(M.ModelSpec(clip_model="ViT-B-32", checkpoint=str(weights / "b32.pt"), **heads))
+    texts = ["a red bicycle", "a cat on a sofa"]
+    assert torch.allclose(torch.as_tensor(tagged.embed_texts(texts, ["en", "en"])), torch.as_tensor(checkpoint.embed_texts(texts, ["en", "en"])), atol=1e-4)
+
+
 def test_a_head_for_another_embedding_width_fails_with_the_reason(weights):
     with pytest.raises(ModelLoadError) as caught:
         load_checked(model_spec(_b32(weights, nsfw_head=str(weights / "nsfw_768.pth"))))

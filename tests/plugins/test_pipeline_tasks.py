@@ -110,6 +110,8 @@ def test_scoring_tasks_end_with_summaries_a_person_can_read():
     plan = plan_summary_line(counts)
     assert "44 candidate(s): 42 queued in 1 new batch(es) (40 never scored, 2 to retry)" in plan
     assert "1 failed for good" in plan and "nothing to score" not in plan
+    rescoring = plan_summary_line({**counts, "rescore": 5, "eligible": 47})
+    assert "47 queued in 1 new batch(es) (40 never scored, 2 to retry, 5 scored under another profile to rescore)" in rescoring
     idle = plan_summary_line({**counts, "unscored": 0, "retryable": 0, "eligible": 0, "new_batches": 0})
     assert idle.endswith("nothing to score")
     merged = merge_summary_line({"merged_batches": 2, "failed_batches": [{"batch_id": "b", "error": "x"}], "rows": 30,

@@ -110,3 +110,29 @@ def test_plan_batches_never_plans_an_opted_out_candidate(lake):
     assert planned == {rows[3]["uid"]}
     table = pq.read_table(summary["batches"][0]["input_path"])
     assert table.schema.names == CANDIDATES.column_names and table.column("opt_out").to_pylist() == [None]
+
+
+def test_rescoring_plans_the_rows_scored_under_other_profiles_only_when_asked(lake):
+    """After a deployment moves to profile `new`: its ok rows stay, other profiles' ok rows (and rows
+    from before profiles were recorded) are planned again, failures follow their own retry rules."""
+    spark, settings = lake
+    crawl = "CC-MAIN-2024-33"
+    rows = {name: candidate(f"https://img.example.com/rescore/{name}.jpg", f"a photo of {name}", crawl=crawl)
+            for name in ("old", "unrecorded", "new", "old_gone")}  # fmt: skip
+    add_candidates(spark, settings, list(rows.values()))
+    scored = {"old": ("ok", "old"), "unrecorded": ("ok", None), "new": ("ok", "new"), "old_gone": ("http_4xx", "old")}
+    add_scores(spark, settings, [
+        score_row({**result(rows[name]["uid"], rows[name]["url"], status), "profile": profile}, None, None)
+        for name, (status, profile) in scored.items()
+    ])  # fmt: skip
+
+    untouched = plan_batches(spark, settings, crawl=crawl)
+    assert (untouched["eligible"], untouched["rescore"], untouched["batches"]) == (0, 0, [])
+
+    summary = plan_batches(spark, settings, crawl=crawl, rescore_profile="new")
+    assert summary["rescore"] == 2 and summary["eligible"] == 2
+    (batch,) = summary["batches"]
+    planned = set(pq.read_table(batch["input_path"]).column("uid").to_pylist())
+    assert planned == {rows["old"]["uid"], rows["unrecorded"]["uid"]}
+    again = plan_batches(spark, settings, crawl=crawl, rescore_profile="new")
+    assert again["batches"] == [] and again["already_planned"] == 2  # handed out once
