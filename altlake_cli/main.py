@@ -34,6 +34,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "merge-scores": ("spark_jobs.merge_scores", "merge finished worker outputs into the scores table"),
     "build-release": ("altlake_cli.build_release", "build, gate, index and publish a release (or --rebuild one and verify it)"),
     "takedown": ("spark_jobs.takedowns", "record takedown requests (url, domain, hash list) and apply them"),
+    "convert-nsfw": ("gpu_workers.keras_nsfw", "convert LAION's Keras NSFW detector (clip_autokeras_*.zip) to the worker's torch head"),
     "image-server": ("altlake_cli.image_server", "serve real, generated and hostile images on 127.0.0.1 (tests, demo, benches)"),
 }
 

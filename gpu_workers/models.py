@@ -120,7 +120,7 @@ def similarity(img: np.ndarray, txt: np.ndarray) -> np.ndarray:
 
 
 class Normalization(nn.Module):
-    """Keras' Normalization layer as LAION's autokeras model has it: (x - mean) / sqrt(variance)."""
+    """Keras' Normalization layer as LAION's autokeras model has it: (x - mean) / max(sqrt(variance), 1e-7)."""
 
     def __init__(self, dim: int):
         super().__init__()
@@ -128,7 +128,7 @@ class Normalization(nn.Module):
         self.register_buffer("variance", torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.variance.sqrt()
+        return (x - self.mean) / self.variance.sqrt().clamp_min(1e-7)  # Keras' epsilon: a constant input dim stays finite
 
 
 # LAION's released stacks: ViT-L/14 (clip_autokeras_binary_nsfw) and ViT-B/32 (clip_autokeras_nsfw_b32).
