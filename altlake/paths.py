@@ -77,3 +77,45 @@ DERIVED_SUBSETS_DIR = "subsets"
 def derived_subset_file(name: str) -> str:
     """A derived subset's parquet, relative to the release's root."""
     return f"{DERIVED_SUBSETS_DIR}/{name}.parquet"
+
+
+# --- a scoring batch's output folder: gpu_workers.writer writes it, spark_jobs.merge_scores reads it.
+RESULTS_FILE = "results.parquet"  # one row per input uid, every status
+SUCCESS_FILE = "_SUCCESS"  # written last, holding the batch's summary: the output is complete
+
+# --- clip-retrieval's embedding layout: a batch's output folder, and each subset of a release under
+# embeddings/<subset>/. Row i of metadata_N describes row i of img_emb_N and text_emb_N.
+EMBEDDING_KINDS = ("img_emb", "text_emb", "metadata")
+
+
+def embedding_shard(kind: str, number: int) -> str:
+    """`img_emb/img_emb_N.npy`, `text_emb/text_emb_N.npy` or `metadata/metadata_N.parquet`."""
+    if kind not in EMBEDDING_KINDS:
+        raise ValueError(f"no embedding file kind {kind!r}: one of {EMBEDDING_KINDS}")
+    return f"{kind}/{kind}_{number}.{'parquet' if kind == 'metadata' else 'npy'}"
+
+
+def embedding_shard_number(kind: str, file_name: str) -> int | None:
+    """N of a file named as embedding_shard(kind, N) names it (`img_emb_3.npy` -> 3); None otherwise."""
+    stem, _, rest = file_name.rpartition("_")
+    number = rest.partition(".")[0]
+    if stem != kind or not number.isdigit() or embedding_shard(kind, int(number)) != f"{kind}/{file_name}":
+        return None
+    return int(number)
+
+
+# --- a release's folder: spark_jobs.publish writes it, explore indexes and serves it.
+MANIFEST = "manifest.json"  # written last: versions, counts, thresholds, checksums of every other file
+REPORT = "report.html"
+RELEASE_PARQUET_DIR = "parquet"  # parquet/<subset>/part-NNNNN.parquet, LAION's columns
+RELEASE_EMBEDDINGS_DIR = "embeddings"  # embeddings/<subset>/, the layout above
+RELEASE_GX_DIR = "gx"  # the Data Docs of the release's GX gates
+INDEX_DIR = "index"  # the KNN indices and what serving them needs, built by `altlake index`
+INDEX_INFO = "index_info.json"  # under INDEX_DIR: how each index was built, its recall, its inputs
+INDEX_METADATA = "metadata.arrow"  # under INDEX_DIR: every row's metadata in the indices' order
+INDEX_RATINGS = "aesthetic_ratings.npy"  # under INDEX_DIR: the rating embeddings of clip back's aesthetic_score
+
+
+def release_parquet_file(subset: str, shard: int) -> str:
+    """One shard of a release subset's LAION parquet, relative to the release's root."""
+    return f"{RELEASE_PARQUET_DIR}/{subset}/part-{shard:05d}.parquet"

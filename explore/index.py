@@ -35,10 +35,10 @@ from tqdm import tqdm
 
 from altlake.config import Settings
 from explore.knn import FLAT, IVF_PQ, Knn, exact_topk, recall_at_k
-from explore.release import INDEX_DIR, MetadataStore, Release, ReleaseError, open_release, resolve_release, write_metadata_file
+from altlake.paths import INDEX_DIR, INDEX_INFO
+from explore.release import MetadataStore, Release, ReleaseError, open_release, resolve_release, write_metadata_file
 from explore.signals import rated_images, rating_embeddings
 
-INDEX_INFO = "index_info.json"
 FORMAT_VERSION = 1
 MODALITIES = ("image", "text")
 DEFAULT_EXACT_MAX_ROWS = 50_000  # a flat 512-d scan of 50k rows is ~5 ms on one core

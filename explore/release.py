@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,14 +26,20 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from altlake.config import Settings
-from altlake.paths import REMOVALS_DIR, derived_subset_file, release_path
+from altlake.paths import (
+    EMBEDDING_KINDS,
+    INDEX_DIR,
+    INDEX_METADATA,
+    INDEX_RATINGS,
+    MANIFEST,
+    RELEASE_EMBEDDINGS_DIR,
+    REMOVALS_DIR,
+    derived_subset_file,
+    embedding_shard_number,
+    release_path,
+)
 from altlake.schemas import SUBSETS
 
-MANIFEST = "manifest.json"
-INDEX_DIR = "index"
-METADATA_FILE = "metadata.arrow"
-RATINGS_FILE = "aesthetic_ratings.npy"  # the rating embeddings of clip back's aesthetic_score (explore.signals)
-_SHARD = re.compile(r"^(img_emb|text_emb|metadata)_(\d+)\.(npy|parquet)$")
 
 
 class ReleaseError(ValueError):
@@ -63,11 +68,11 @@ class Release:
 
     @property
     def metadata_file(self) -> Path:
-        return self.index_dir / METADATA_FILE
+        return self.index_dir / INDEX_METADATA
 
     @property
     def ratings_file(self) -> Path:
-        return self.index_dir / RATINGS_FILE
+        return self.index_dir / INDEX_RATINGS
 
     def embeddings(self, modality: str) -> "EmbeddingMatrix":
         if modality not in ("image", "text"):
@@ -116,10 +121,10 @@ def open_release(path: str | Path, release_id: str | None = None) -> Release:
     manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else None
     if (root / "img_emb").is_dir():
         groups = [("", root)]
-    elif (root / "embeddings").is_dir():
-        names = [p.name for p in (root / "embeddings").iterdir() if (p / "img_emb").is_dir()]
+    elif (root / RELEASE_EMBEDDINGS_DIR).is_dir():
+        names = [p.name for p in (root / RELEASE_EMBEDDINGS_DIR).iterdir() if (p / "img_emb").is_dir()]
         ordered = [s for s in SUBSETS if s in names] + sorted(n for n in names if n not in SUBSETS)
-        groups = [(name, root / "embeddings" / name) for name in ordered]
+        groups = [(name, root / RELEASE_EMBEDDINGS_DIR / name) for name in ordered]
     else:
         groups = []
     shards = [shard for subset, base in groups for shard in _shards(subset, base)]
@@ -130,13 +135,13 @@ def open_release(path: str | Path, release_id: str | None = None) -> Release:
 
 
 def _shards(subset: str, base: Path) -> list[Shard]:
-    found: dict[str, dict[int, Path]] = {"img_emb": {}, "text_emb": {}, "metadata": {}}
+    found: dict[str, dict[int, Path]] = {kind: {} for kind in EMBEDDING_KINDS}
     for kind in found:
         folder = base / kind
         for p in folder.iterdir() if folder.is_dir() else ():
-            m = _SHARD.match(p.name)
-            if m and m.group(1) == kind:
-                found[kind][int(m.group(2))] = p
+            number = embedding_shard_number(kind, p.name)
+            if number is not None:
+                found[kind][number] = p
     numbers = sorted(found["img_emb"])
     for kind in ("text_emb", "metadata"):
         if sorted(found[kind]) != numbers:

@@ -34,6 +34,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from altlake.config import Settings
+from altlake.paths import RESULTS_FILE
 from altlake.profiles import MODEL_FLAGS, ProfileError, load_profiles, select_profile
 from altlake.schemas import STATUS_OK
 from gpu_workers.batch_decode import DECODE_CHOICES, BatchDecoder, uses_batch_decoder
@@ -44,7 +45,6 @@ from gpu_workers.profiles import ModelLoadError, load_checked, model_spec
 from gpu_workers.reader import BatchInputError, InputRow, read_batch
 from gpu_workers.stage_clock import NO_CLOCK, StageClock
 from gpu_workers.writer import (
-    RESULTS_FILE,
     TIMING_COLUMNS,
     ImageSpool,
     OutputDir,

@@ -31,13 +31,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from altlake.paths import EMBEDDING_KINDS, SUCCESS_FILE, embedding_shard
 from altlake.schemas import SCORE_STATUSES, WORKER_RESULTS
 
-RESULTS_FILE = "results.parquet"
-IMG_EMB_FILE = "img_emb/img_emb_0.npy"
-TEXT_EMB_FILE = "text_emb/text_emb_0.npy"
-METADATA_FILE = "metadata/metadata_0.parquet"
-SUCCESS_FILE = "_SUCCESS"
+# One shard per batch, in the contracts' layout.
+IMG_EMB_FILE, TEXT_EMB_FILE, METADATA_FILE = (embedding_shard(kind, 0) for kind in EMBEDDING_KINDS)
 TEMP_MARK = ".tmp-"  # local temp files carry this in their name; stale ones are swept on re-run
 SAMPLES_PER_SHARD = 10_000
 

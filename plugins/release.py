@@ -16,6 +16,7 @@ from pathlib import Path
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from altlake.config import Settings
+from altlake.paths import INDEX_DIR, MANIFEST
 from plugins.spark import start_jvm, task_spark
 
 log = logging.getLogger(__name__)
@@ -166,10 +167,10 @@ def _build_index(settings: Settings, location: str, aws_conn_id: str) -> dict:
             target = local / key[len(prefix):]
             target.parent.mkdir(parents=True, exist_ok=True)
             store.client.download_file(store.bucket, key, str(target))
-        manifest_before = (local / "manifest.json").read_bytes()
+        manifest_before = (local / MANIFEST).read_bytes()
         info = build(str(local))
-        (local / "manifest.json").write_bytes(manifest_before)  # published manifests are immutable
-        for path in sorted((local / "index").rglob("*")):
+        (local / MANIFEST).write_bytes(manifest_before)  # published manifests are immutable
+        for path in sorted((local / INDEX_DIR).rglob("*")):
             if path.is_file():
                 store.client.upload_file(str(path), store.bucket, prefix + path.relative_to(local).as_posix())
     return _index_summary(info)

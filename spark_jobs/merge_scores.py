@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import re
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,14 +26,11 @@ if __package__ in (None, ""):  # run as a script by spark-submit: make our packa
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from altlake.config import Settings
-from altlake.paths import join
+from altlake.paths import RESULTS_FILE, SUCCESS_FILE, embedding_shard, embedding_shard_number, join
 from altlake.schemas import BATCH_DONE, BATCH_FAILED, BATCH_PLANNED, SCORES, STATUS_OK, WORKER_RESULTS
 from spark_jobs.batches import list_lake_files, read_lake_bytes
 from spark_jobs.takedowns import HASH_COLUMNS, commit_metrics, match_takedowns, read_table, table_path, table_version
 
-# The worker's output layout (gpu_workers/writer.py writes it; we only read it).
-RESULTS_FILE = "results.parquet"
-SUCCESS_FILE = "_SUCCESS"
 OPTED_OUT = "opted_out"
 
 # Columns a takedown clears: nothing derived from the image stays in the lake.
@@ -86,16 +82,15 @@ def _embeddings_by_uid(settings: Settings, output_dir: str) -> tuple[dict[str, b
 
     img, text = {}, {}
     for name in list_lake_files(settings, join(output_dir, "metadata")):
-        match = re.fullmatch(r"metadata_(\d+)\.parquet", name)
-        if not match:
+        n = embedding_shard_number("metadata", name)
+        if n is None:
             continue
-        n = match.group(1)
-        meta = pq.read_table(io.BytesIO(read_lake_bytes(settings, join(output_dir, "metadata", name))), columns=["uid"])
+        meta = pq.read_table(io.BytesIO(read_lake_bytes(settings, join(output_dir, embedding_shard("metadata", n)))), columns=["uid"])
         shard_uids = meta.column("uid").to_pylist()
         for target, kind in ((img, "img_emb"), (text, "text_emb")):
-            data = read_lake_bytes(settings, join(output_dir, kind, f"{kind}_{n}.npy"))
+            data = read_lake_bytes(settings, join(output_dir, embedding_shard(kind, n)))
             if data is None:
-                raise ValueError(f"{kind}/{kind}_{n}.npy is missing beside metadata/{name}")
+                raise ValueError(f"{embedding_shard(kind, n)} is missing beside {embedding_shard('metadata', n)}")
             vectors = np.load(io.BytesIO(data), allow_pickle=False)
             if vectors.ndim != 2 or vectors.shape[0] != len(shard_uids):
                 raise ValueError(f"{kind}_{n}.npy has shape {vectors.shape}, metadata_{n} has {len(shard_uids)} rows")

@@ -30,10 +30,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from altlake.paths import DERIVED_SUBSETS_DIR, derived_subset_file
+from altlake.paths import DERIVED_SUBSETS_DIR, MANIFEST, RELEASE_EMBEDDINGS_DIR, derived_subset_file, embedding_shard, release_parquet_file
 from altlake.schemas import PAIRS, SUBSETS
 
-MANIFEST = "manifest.json"
 FORMAT_VERSION = 3  # 2: the aesthetic column; 3: derived subsets (subsets/<name>.parquet, the manifest's derived_subsets)
 ROWS_PER_FILE = 1_000_000
 UID_SPACE = 16**8  # shards split the range of the uid's first 8 hex digits
@@ -153,17 +152,17 @@ def _write_shard(table, out_dir: str, subset: str, shard: int, format_version: i
 
     table = table.select(PAIRS.column_names).cast(_ARROW_SCHEMA).replace_schema_metadata(None)
     laion = _laion_table(table, format_version)
-    _mkdir_for(path := os.path.join(out_dir, "parquet", subset, f"part-{shard:05d}.parquet"))
+    _mkdir_for(path := os.path.join(out_dir, release_parquet_file(subset, shard)))
     pq.write_table(laion, path, **PARQUET_OPTIONS)
     if table.num_rows == 0:
         return 0  # no vectors: an empty subset has no embedding files (its dimension is unknown)
-    base = os.path.join(out_dir, "embeddings", subset)
+    base = os.path.join(out_dir, RELEASE_EMBEDDINGS_DIR, subset)
     columns = _columns(METADATA_COLUMNS, format_version)
     metadata = table.select(list(columns.values())).rename_columns(list(columns))
-    _mkdir_for(path := os.path.join(base, "metadata", f"metadata_{shard}.parquet"))
+    _mkdir_for(path := os.path.join(base, embedding_shard("metadata", shard)))
     pq.write_table(metadata, path, **PARQUET_OPTIONS)
     for column in ("img_emb", "text_emb"):
-        _mkdir_for(path := os.path.join(base, column, f"{column}_{shard}.npy"))
+        _mkdir_for(path := os.path.join(base, embedding_shard(column, shard)))
         np.save(path, embeddings_array(table.column(column).to_pylist()), allow_pickle=False)
     return table.num_rows
 

@@ -40,7 +40,7 @@ if __package__ in (None, ""):  # run as a script by spark-submit: make our packa
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from altlake.config import Settings
-from altlake.paths import derived_subset_file
+from altlake.paths import EMBEDDING_KINDS, RELEASE_EMBEDDINGS_DIR, RELEASE_GX_DIR, RELEASE_PARQUET_DIR, REPORT, derived_subset_file
 from altlake.profiles import LAION_THRESHOLD_EN, LAION_THRESHOLD_OTHER, ProfileError, load_profiles
 from altlake.schemas import (
     AESTHETIC_RANGE,
@@ -556,7 +556,7 @@ def build_release(
     try:
         counts = publish.write_release_files(published, staging, rows_per_file)
         derived_rows = publish.write_derived_subsets(published, staging, {d.name: d.filter for d in derived}, rows_per_file)
-        shutil.copytree(docs_dir, os.path.join(staging, "gx"))
+        shutil.copytree(docs_dir, os.path.join(staging, RELEASE_GX_DIR))
         manifest = {
             "release_id": release_id,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -584,13 +584,14 @@ def build_release(
             "gx": gx_summary,
             "rows_per_file": rows_per_file,
             "layout": {
-                "parquet": "parquet/<subset>/part-NNNNN.parquet", "embeddings": "embeddings/<subset>/{img_emb,text_emb,metadata}/",
+                "parquet": f"{RELEASE_PARQUET_DIR}/<subset>/part-NNNNN.parquet",
+                "embeddings": f"{RELEASE_EMBEDDINGS_DIR}/<subset>/{{{','.join(EMBEDDING_KINDS)}}}/",
                 "derived_subsets": derived_subset_file("<name>"),
             },
         }  # fmt: skip
         if index_release is not None:
             manifest["index"] = index_release(staging, release_id)
-        write_report(manifest, os.path.join(staging, "report.html"))
+        write_report(manifest, os.path.join(staging, REPORT))
         manifest["files"] = publish.file_checksums(staging)
         for entry in manifest["derived_subsets"].values():
             entry.update(manifest["files"][entry["file"]])  # sha256 and bytes, as the inventory has them

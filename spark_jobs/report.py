@@ -15,6 +15,8 @@ import io
 import json
 import sys
 
+from altlake.paths import MANIFEST, RELEASE_EMBEDDINGS_DIR, RELEASE_GX_DIR, RELEASE_PARQUET_DIR
+
 FUNNEL_STEPS = (
     ("candidates", "candidates"),
     ("scored", "scored"),
@@ -110,7 +112,7 @@ def _facts(manifest: dict) -> str:
     ]  # fmt: skip
     links = " · ".join(
         f'<a href="{href}">{label}</a>'
-        for href, label in (("manifest.json", "manifest.json"), ("parquet/", "parquet/"), ("embeddings/", "embeddings/"), ("gx/", "GX Data Docs (gx/)"))
+        for href, label in (*((f, f) for f in (MANIFEST, f"{RELEASE_PARQUET_DIR}/", f"{RELEASE_EMBEDDINGS_DIR}/")), (f"{RELEASE_GX_DIR}/", f"GX Data Docs ({RELEASE_GX_DIR}/)"))
     )  # fmt: skip
     return _table(rows + gates + indices, None) + f"<p>Files: {links}</p>"
 

@@ -176,3 +176,18 @@ def test_derived_subsets_have_one_file_layout():
     assert [derived_subset_file(name) for name in DERIVED_SUBSETS] == [
         "subsets/aesthetic.parquet", "subsets/high_resolution.parquet", "subsets/research.parquet", "subsets/research-safe.parquet"
     ]  # fmt: skip
+
+
+def test_the_embedding_and_release_layouts_name_and_parse_their_files():
+    from altlake.paths import embedding_shard, embedding_shard_number, release_parquet_file
+
+    assert [embedding_shard(kind, 3) for kind in ("img_emb", "text_emb", "metadata")] == [
+        "img_emb/img_emb_3.npy", "text_emb/text_emb_3.npy", "metadata/metadata_3.parquet",
+    ]  # clip-retrieval's names: its tools read our outputs and releases
+    assert embedding_shard_number("img_emb", "img_emb_12.npy") == 12 and embedding_shard_number("metadata", "metadata_0.parquet") == 0
+    for kind, name in (("img_emb", "img_emb_3.parquet"), ("img_emb", "text_emb_3.npy"), ("metadata", "metadata_x.parquet"),
+                       ("img_emb", "img_emb_3.npy.tmp-41-ab"), ("img_emb", "img_emb_.npy")):  # fmt: skip
+        assert embedding_shard_number(kind, name) is None, name
+    assert release_parquet_file("en", 7) == "parquet/en/part-00007.parquet"
+    with pytest.raises(ValueError, match="no embedding file kind"):
+        embedding_shard("clip", 0)

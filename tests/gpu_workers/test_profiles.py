@@ -143,7 +143,8 @@ def test_altlake_score_with_a_full_size_profile_scores_real_photos(weights, tmp_
 
     from altlake.schemas import WORKER_RESULTS
     from altlake_cli.main import main
-    from gpu_workers.writer import IMG_EMB_FILE, RESULTS_FILE, TEXT_EMB_FILE
+    from altlake.paths import RESULTS_FILE
+    from gpu_workers.writer import IMG_EMB_FILE, TEXT_EMB_FILE
 
     torch.save(M.build_watermark_model().state_dict(), tmp_path / "watermark.pt")
     torch.save(torch.nn.Linear(512, 1).state_dict(), tmp_path / "aesthetic.pth")  # aesthetic-predictor's linear layout

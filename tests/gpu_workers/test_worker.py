@@ -42,7 +42,8 @@ from gpu_workers.profiles import model_spec
 from gpu_workers.reader import InputRow
 from gpu_workers.stage_clock import STAGES
 from gpu_workers.worker import PipelineConfig, configure, download_config, opted_out_by_signal, score_batch, score_rows, spec_from_args
-from gpu_workers.writer import IMG_EMB_FILE, METADATA_FILE, RESULTS_FILE, SUCCESS_FILE, TEXT_EMB_FILE, TIMING_COLUMNS
+from altlake.paths import RESULTS_FILE, SUCCESS_FILE
+from gpu_workers.writer import IMG_EMB_FILE, METADATA_FILE, TEXT_EMB_FILE, TIMING_COLUMNS
 
 REPO = Path(__file__).resolve().parents[2]
 SPEC = ModelSpec(multilingual_text_model="demo")  # the demo CLIP, text tower per language, both heads
