@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from explore.index import build_index, index_staged_release, manifest_section
+from explore.index import build_index, manifest_section
 from spark_jobs import release
 
 configure = release.configure
@@ -18,9 +18,7 @@ configure = release.configure
 
 def index_with_progress(staging_dir: str, release_id: str) -> dict:
     """index_staged_release, with the index build's progress bars when stderr is a terminal."""
-    if not sys.stderr.isatty():
-        return index_staged_release(staging_dir, release_id)
-    return manifest_section(build_index(staging_dir, release_id=release_id, progress=True))
+    return manifest_section(build_index(staging_dir, release_id=release_id, progress=sys.stderr.isatty()))
 
 
 def run(args: argparse.Namespace) -> int:

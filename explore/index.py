@@ -314,7 +314,7 @@ def run(args: argparse.Namespace) -> int:
             rerank_factor=args.rerank_factor,
             factory=args.factory,
             force=args.force,
-            progress=True,
+            progress=sys.stderr.isatty(),  # a bar on a terminal, nothing in a pipe or a log
         )
     except IndexRecordedError as error:
         print(f"altlake index: {error}", file=sys.stderr)

@@ -662,7 +662,7 @@ def run(args: argparse.Namespace) -> int:
             ),
             batch_id=args.batch_id,
             s3_endpoint=settings.s3_endpoint,
-            progress=True,
+            progress=sys.stderr.isatty(),  # a bar on a terminal, nothing in a pipe or a log
         )
     except (BatchInputError, ModelLoadError) as exc:
         print(f"altlake score: {exc}", file=sys.stderr)

@@ -131,8 +131,10 @@ def test_cli_resolves_a_release_id_under_the_release_store(tmp_path: Path, monke
     make_release(store / "20240101-abc", [120])
     monkeypatch.setenv("ALTLAKE_RELEASE_STORE", str(store))
     assert altlake(["index", "--release", "20240101-abc"]) == 0
-    printed = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    printed = json.loads(captured.out)
     assert printed["rows"] == 120 and printed["indices"]["text"]["kind"] == "flat"
+    assert captured.err == ""  # stderr is no terminal here: no progress bars in a pipe or a log
     assert (store / "20240101-abc" / "index" / "text.index").is_file()
 
 

@@ -537,7 +537,9 @@ threshold_other = 0.7
     assert "--profile tiny-no-watermark chooses every model, so it conflicts with --model, --no-nsfw" in capsys.readouterr().err
 
     assert main([*argv, "--profile", "tiny-no-watermark"]) == 0
-    summary = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    summary = json.loads(captured.out)
+    assert "row/s" not in captured.err and "score " not in captured.err  # no progress bar when stderr is no terminal
     assert summary["profile"] == "tiny-no-watermark" and summary["models"]["watermark"] is None
     results = {r["uid"]: r for r in pq.read_table(tmp_path / "out" / RESULTS_FILE).to_pylist()}
     assert {uid: r["profile"] for uid, r in results.items()} == dict.fromkeys(("gone", "ok1", "ok2"), "tiny-no-watermark")
