@@ -8,6 +8,7 @@ SQL users.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
 from pathlib import Path
@@ -59,13 +60,21 @@ def require_lake(settings: Settings) -> None:
         raise NoLake(f"no lake at {settings.lake_dir} (no Delta table under {tables.rstrip('/')}); check --lake / ALTLAKE_LAKE_DIR")
 
 
+def metastore_dir(settings: Settings) -> Path:
+    """The local folder of the embedded Derby catalog and its log: under a lake on local disk; for a
+    lake on object storage, under the cache, one per lake URL (Derby needs a local disk; a team
+    shares one catalog through ALTLAKE_METASTORE_URL instead)."""
+    if "://" not in settings.lake_dir:
+        return Path(LakePaths(_absolute(settings.lake_dir)).metastore)
+    return Path(settings.cache_dir) / "metastores" / hashlib.sha256(settings.lake_dir.encode()).hexdigest()[:16]
+
+
 def metastore_url(settings: Settings) -> str:
-    """JDBC URL of the catalog: embedded Derby under the lake unless ALTLAKE_METASTORE_URL is set."""
+    """JDBC URL of the catalog: embedded Derby (metastore_dir) unless ALTLAKE_METASTORE_URL is set."""
     explicit = os.environ.get("ALTLAKE_METASTORE_URL")
     if explicit:
         return explicit
-    db = Path(LakePaths(settings.lake_dir).metastore).absolute() / "metastore_db"
-    return f"jdbc:derby:;databaseName={db};create=true"
+    return f"jdbc:derby:;databaseName={metastore_dir(settings) / 'metastore_db'};create=true"
 
 
 def spark_conf(settings: Settings, app_name: str) -> dict[str, str]:
@@ -92,7 +101,7 @@ def spark_conf(settings: Settings, app_name: str) -> dict[str, str]:
             {
                 **_jar_conf(settings),
                 "spark.hadoop.javax.jdo.option.ConnectionURL": metastore_url(settings),
-                "spark.driver.extraJavaOptions": f"-Dderby.system.home={Path(lake.metastore)}",
+                "spark.driver.extraJavaOptions": f"-Dderby.system.home={metastore_dir(settings)}",
             }
         )
     if settings.s3_endpoint:
@@ -138,8 +147,8 @@ def get_spark(settings: Settings | None = None, app_name: str = "altlake"):
     from pyspark.sql import SparkSession
 
     settings = (settings or Settings.from_env()).with_(spark_master=submitted_master())
-    if "://" not in settings.lake_dir:
-        Path(LakePaths(_absolute(settings.lake_dir)).metastore).mkdir(parents=True, exist_ok=True)
+    if not settings.spark_provided:
+        metastore_dir(settings).mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = SparkSession.builder
     for key, value in spark_conf(settings, app_name).items():

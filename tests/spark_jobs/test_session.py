@@ -61,8 +61,22 @@ def test_a_lake_on_s3_gets_its_delta_tables_through_s3a(moto_server, tmp_path):
     )
     env = {k: v for k, v in os.environ.items() if k != "PYSPARK_GATEWAY_PORT"}
     env["ALTLAKE_METASTORE_URL"] = f"jdbc:derby:;databaseName={tmp_path / 'metastore_db'};create=true"
-    done = subprocess.run([sys.executable, "-c", probe, moto_server], env=env, capture_output=True, text=True, timeout=600)
+    (tmp_path / "cwd").mkdir()
+    done = subprocess.run([sys.executable, "-c", probe, moto_server], cwd=tmp_path / "cwd", env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert f"TABLES {len(TABLES)} ROWS 7" in done.stdout
+    assert not list((tmp_path / "cwd").iterdir())  # Derby's files went to a local folder, not to ./s3a:/...
     keys = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1").list_objects_v2(Bucket="lake-on-s3", Prefix="lake/tables/pairs/_delta_log/")
     assert keys["KeyCount"] > 0
+
+
+def test_the_embedded_catalog_of_a_lake_on_object_storage_lives_on_local_disk(tmp_path):
+    from altlake.config import Settings
+    from spark_jobs.session import metastore_dir, metastore_url
+
+    local = Settings(lake_dir=str(tmp_path / "lake"))
+    assert metastore_dir(local) == tmp_path / "lake" / "metastore"
+    s3 = Settings(lake_dir="s3a://bucket/lake", cache_dir=str(tmp_path / "cache"))
+    other = s3.with_(lake_dir="s3a://bucket/other")
+    assert metastore_dir(s3).parent == tmp_path / "cache" / "metastores" and metastore_dir(s3) != metastore_dir(other)
+    assert metastore_url(s3) == f"jdbc:derby:;databaseName={metastore_dir(s3) / 'metastore_db'};create=true"
