@@ -1,23 +1,22 @@
 """Small generators for the release-side tests: candidate rows and worker-shaped output dirs.
 
-The output layout follows the scoring worker's contract exactly (results.parquet with
-WORKER_RESULTS, img_emb/img_emb_0.npy + text_emb/text_emb_0.npy float16 aligned with
-metadata/metadata_0.parquet, _SUCCESS JSON written last), so merge tests read what the worker writes.
+Worker output dirs are written by the worker's own writer (gpu_workers.writer), so merge tests read
+exactly what the worker writes.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
+from collections import Counter
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.compute as pc
 
-from altlake.schemas import CANDIDATES, SCORES, WORKER_RESULTS
+from altlake.paths import RESULTS_FILE
+from altlake.schemas import CANDIDATES, SCORES
 from altlake.urls import canonical_url
+from gpu_workers.writer import OutputDir, metadata_table, parquet_bytes, results_table, write_embeddings, write_success
 from spark_jobs.takedowns import table_path
 from spark_jobs.wat import pair_uid
 
@@ -76,25 +75,19 @@ def result(uid: str, url: str, status: str = "ok", similarity: float | None = 0.
 
 def write_worker_output(out_dir: str, rows: list[dict], embeddings: dict[str, tuple[np.ndarray, np.ndarray]],
                         success: bool = True) -> None:  # fmt: skip
-    """A worker-shaped output dir: results + aligned embeddings of the ok rows (+ _SUCCESS last)."""
-    os.makedirs(out_dir, exist_ok=True)
-    rows = sorted(rows, key=lambda r: r["uid"])
-    table = pa.Table.from_pylist(rows, schema=WORKER_RESULTS.to_arrow())
-    pq.write_table(table, os.path.join(out_dir, "results.parquet"))
-    ok = [r for r in rows if r["status"] == "ok"]
-    for kind, index in (("img_emb", 0), ("text_emb", 1)):
-        os.makedirs(os.path.join(out_dir, kind), exist_ok=True)
-        array = np.stack([embeddings[r["uid"]][index] for r in ok]).astype(np.float16) if ok else np.zeros((0, DIM), np.float16)
-        np.save(os.path.join(out_dir, kind, f"{kind}_0.npy"), array)
-    os.makedirs(os.path.join(out_dir, "metadata"), exist_ok=True)
-    metadata = pa.table({"uid": [r["uid"] for r in ok], "url": [r["url"] for r in ok], "caption": ["c"] * len(ok)})
-    pq.write_table(metadata, os.path.join(out_dir, "metadata", "metadata_0.parquet"))
+    """A batch's output dir written by the worker's own writer: results, the ok rows' aligned
+    embeddings and metadata, and `_SUCCESS` last (left out to stand for a worker that died)."""
+    out = OutputDir(out_dir)
+    results = results_table(rows)
+    out.write_bytes(RESULTS_FILE, parquet_bytes(results))
+    ok = results.filter(pc.equal(results.column("status"), "ok"))
+    uids = ok.column("uid").to_pylist()
+    img, text = ([embeddings[uid][i] for uid in uids] for i in (0, 1))
+    empty = np.zeros((0, DIM), np.float16)
+    write_embeddings(out, np.stack(img).astype(np.float16) if uids else empty, np.stack(text).astype(np.float16) if uids else empty,
+                     metadata_table(ok, ["c"] * len(uids), ["en"] * len(uids)))  # fmt: skip
     if success:
-        counts: dict[str, int] = {}
-        for r in rows:
-            counts[r["status"]] = counts.get(r["status"], 0) + 1
-        with open(os.path.join(out_dir, "_SUCCESS"), "w") as f:
-            json.dump({"rows": len(rows), "per_status": counts}, f)
+        write_success(out, {"rows": results.num_rows, "statuses": dict(Counter(r["status"] for r in rows))})
 
 
 def score_row(res: dict, img: np.ndarray | None, text: np.ndarray | None, attempts: int = 1) -> dict:
