@@ -20,7 +20,7 @@ from importlib.metadata import version
 from pathlib import Path
 
 from altlake.config import Settings
-from plugins.spark import REPO, SparkJob
+from plugins.jobs import REPO, SparkJob
 
 CODE_ZIP = "altlake.zip"
 PACKAGES = ("altlake", "spark_jobs")  # what the jobs import on the cluster

@@ -30,10 +30,12 @@ import subprocess
 import threading
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 
 from altlake.config import Settings
+from plugins.emr import start_job_operator
+from plugins.jobs import REPO, SparkJob, extract_job, quality_job
 from spark_jobs.quality import GATE_FAILED_EXIT
 
 log = logging.getLogger(__name__)
@@ -41,32 +43,10 @@ log = logging.getLogger(__name__)
 output_log = logging.getLogger(f"{__name__}.output")
 
 BACKENDS = ("local", "submit", "emr_serverless")
-REPO = Path(__file__).resolve().parent.parent
 
 
 class SparkJobError(RuntimeError):
     """The job ran and failed; the message carries its exit status and the end of its output."""
-
-
-@dataclass(frozen=True)
-class SparkJob:
-    """One of our Spark entry points with its command-line arguments: what every backend runs."""
-
-    name: str
-    script: str  # repo-relative, also the key under ALTLAKE_EMR_CODE_URI
-    args: tuple[str, ...]
-
-
-def extract_job(crawl: str, wat_paths: list[str], lake_dir: str) -> SparkJob:
-    return SparkJob(f"extract-{crawl}", "spark_jobs/extract.py", ("--crawl", crawl, "--lake", lake_dir, "--wat", *wat_paths))
-
-
-def quality_job(table: str, run_id: str, crawl: str, lake_dir: str) -> SparkJob:
-    return SparkJob(
-        f"quality-{table}-{crawl}",
-        "spark_jobs/quality.py",
-        ("--table", table, "--run-id", run_id, "--crawl", crawl, "--lake", lake_dir),
-    )
 
 
 def check_backend(settings: Settings) -> str:
@@ -103,8 +83,6 @@ def run_remote(settings: Settings, job: SparkJob, context=None) -> dict:
     (returns the job run's id: the summary is in its logs and the lake), waiting for the end."""
     if settings.spark_backend == "submit":
         return run_spark_submit(settings, job)
-    from plugins.emr import start_job_operator
-
     operator = start_job_operator(settings, job, task_id=f"emr_{job.name}")
     job_run_id = operator.execute(context)
     return {"backend": "emr_serverless", "application_id": settings.emr_application_id, "job_run_id": job_run_id}

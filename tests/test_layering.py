@@ -25,7 +25,8 @@ DAGS_VIA_PLUGINS = "DAG files go through plugins, never straight to the runtimes
 NO_AIRFLOW = "Spark jobs and the GPU worker run without Airflow"
 NO_SPARK = "The GPU worker runs without Spark"
 CONTRACTS_PURE = "The altlake contracts import nothing of ours"
-ALL_CONTRACTS = {LAYERS, DAGS_VIA_PLUGINS, NO_AIRFLOW, NO_SPARK, CONTRACTS_PURE}
+SPARK_BACKENDS = "Spark backends: plugins.spark -> plugins.emr -> plugins.jobs"
+ALL_CONTRACTS = {LAYERS, DAGS_VIA_PLUGINS, NO_AIRFLOW, NO_SPARK, CONTRACTS_PURE, SPARK_BACKENDS}
 
 
 def lint_imports(root: Path) -> tuple[int, str, dict[str, str]]:
@@ -88,6 +89,7 @@ VIOLATIONS = {
     "explore imports plugins": ({"explore/errors.py": "import plugins.assets"}, {LAYERS}, "explore.errors -> plugins.assets"),
     "spark_jobs imports dags": ({"spark_jobs/sql.py": "import dags.cc_ingest"}, {LAYERS}, "spark_jobs.sql -> dags.cc_ingest"),
     "plugins imports dags": ({"plugins/assets.py": "import dags.cc_ingest"}, {LAYERS}, "plugins.assets -> dags.cc_ingest"),
+    "the EMR request imports the runner": ({"plugins/emr.py": "import plugins.spark"}, {SPARK_BACKENDS}, "plugins.emr -> plugins.spark"),
     "a DAG skips plugins": ({"dags/cc_ingest.py": "import spark_jobs.sql"}, {DAGS_VIA_PLUGINS}, "dags.cc_ingest -> spark_jobs.sql"),
 }
 

@@ -8,7 +8,7 @@ import pytest
 
 from altlake.config import Settings
 from plugins.emr import GLUE_CATALOG, build_code_zip, configuration_overrides, job_driver, start_job_operator
-from plugins.spark import extract_job, quality_job
+from plugins.jobs import extract_job, quality_job
 from spark_jobs.session import spark_conf
 
 EMR = dict(

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from altlake.config import Settings
-from plugins.spark import REPO, check_backend, extract_job, json_output, settings_env, spark_submit_command
+from plugins.jobs import REPO, extract_job
+from plugins.spark import check_backend, json_output, settings_env, spark_submit_command
 
 
 def test_unknown_backend_is_refused_with_the_choices():

@@ -19,7 +19,8 @@ import pytest
 from altlake.config import Settings
 from altlake.schemas import TABLES
 from plugins import spark
-from plugins.spark import SparkJobError, SparkOutput, extract_job, run_spark_submit
+from plugins.jobs import extract_job
+from plugins.spark import SparkJobError, SparkOutput, run_spark_submit
 
 REPO = Path(__file__).resolve().parents[2]
 
