@@ -64,9 +64,9 @@ def publish(settings: Settings, run_id: str, aws_conn_id: str = DEFAULT_AWS_CONN
     publish the release and record it. The same inputs on the same day give the same release id,
     which is never written twice: the recorded release is returned instead (so its index is still
     built), or the task is skipped when it was published but never recorded."""
+    from altlake.profiles import ProfileError
     from explore.index import index_staged_release
     from spark_jobs.publish import ReleaseExistsError
-    from altlake.profiles import ProfileError
     from spark_jobs.quality import QualityGateError
     from spark_jobs.release import MixedModelsError, build_release
 
@@ -115,8 +115,8 @@ def recorded_release(spark, settings: Settings) -> dict | None:
     """The newest recorded release cut from the tables' current versions with these thresholds."""
     from pyspark.sql import functions as F
 
+    from spark_jobs.lake import read_table
     from spark_jobs.release import current_versions, release_models
-    from spark_jobs.takedowns import read_table
 
     versions = current_versions(spark, settings)
     wanted = release_models(spark, settings, versions)[1].section()

@@ -96,7 +96,7 @@ def plan(settings: Settings, crawl: str | None, batch_size: int | None, max_batc
     that already finished), so re-running the DAG resumes instead of starting over. With
     `rescore_profile`, rows scored ok under another profile are planned again too."""
     from spark_jobs.batches import plan_batches
-    from spark_jobs.takedowns import read_table
+    from spark_jobs.lake import read_table
 
     spark = task_spark(settings, "altlake-plan-batches")
     summary = plan_batches(spark, settings, crawl or None, batch_size, max_batches, rescore_profile)
@@ -187,7 +187,7 @@ def merge_summary_line(summary: dict) -> str:
 def check(settings: Settings, batches: list[dict]) -> dict:
     """Fail the run, naming each batch and its reason, when any batch of this run ended failed;
     the merged batches are already in `scores` and the failed ones are planned again next run."""
-    from spark_jobs.takedowns import read_table
+    from spark_jobs.lake import read_table
 
     ids = [b["batch_id"] for b in batches]
     if not ids:

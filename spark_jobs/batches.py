@@ -33,8 +33,8 @@ if __package__ in (None, ""):  # run as a script by spark-submit: make our packa
 from altlake.config import Settings
 from altlake.names import check_crawl_id
 from altlake.schemas import BATCH_FAILED, BATCH_PLANNED, BATCHES, CANDIDATES, RETRYABLE_STATUSES
+from spark_jobs.lake import lake_paths, read_table, table_path
 from spark_jobs.session import lake_fs
-from spark_jobs.takedowns import lake_paths, read_table, table_path
 
 DEFAULT_RETRY_LIMIT = 3
 BATCH_ID_CHARS = 20

@@ -29,7 +29,8 @@ from altlake.config import Settings
 from altlake.paths import RESULTS_FILE, SUCCESS_FILE, embedding_shard, embedding_shard_number, join
 from altlake.schemas import BATCH_DONE, BATCH_FAILED, BATCH_PLANNED, SCORES, STATUS_OK, WORKER_RESULTS
 from spark_jobs.batches import list_lake_files, read_lake_bytes
-from spark_jobs.takedowns import HASH_COLUMNS, commit_metrics, match_takedowns, read_table, table_path, table_version
+from spark_jobs.lake import commit_metrics, read_table, table_path, table_version
+from spark_jobs.takedowns import HASH_COLUMNS, match_takedowns
 
 OPTED_OUT = "opted_out"
 

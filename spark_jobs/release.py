@@ -48,17 +48,18 @@ from altlake.schemas import (
     FILE_FAILED,
     NO_LANGUAGE,
     PAIRS,
-    RELEASES,
     REJECT_REASONS,
+    RELEASES,
     SCORES,
     STATUS_OK,
     DerivedSubset,
 )
 from altlake.urls import canonical_url
 from spark_jobs import publish
+from spark_jobs.lake import lake_paths, read_table, table_path, table_version
 from spark_jobs.quality import SUITES, QualityGateError, validate
 from spark_jobs.report import write_report
-from spark_jobs.takedowns import HASH_COLUMNS, drop_taken_down, lake_paths, match_takedowns, read_table, table_path, table_version
+from spark_jobs.takedowns import HASH_COLUMNS, drop_taken_down, match_takedowns
 
 SOURCE_TABLES = ("candidates", "scores", "takedowns")
 # Near-duplicate blocking: 16 bands of 16 hyperplanes finds a pair at cosine 0.96 with ~98%

@@ -17,8 +17,9 @@ from datetime import datetime, timezone
 from altlake.config import Settings
 from altlake.paths import REMOVALS_DIR, removals_file
 from altlake.schemas import REMOVALS
+from spark_jobs.lake import read_table, table_path, table_version
 from spark_jobs.publish import ReleaseStore
-from spark_jobs.takedowns import HASH_COLUMNS, match_takedowns, read_table, table_path, table_version
+from spark_jobs.takedowns import HASH_COLUMNS, match_takedowns
 
 
 def release_store_of(location: str, settings: Settings, client=None) -> tuple[ReleaseStore, str]:

@@ -11,7 +11,6 @@ passed: VACUUM deletes the data files that still held the removed rows for time 
 `purges` table records every apply and its purge.
 
 Hash lists follow Re-LAION-5B: plain files of hex digests, one per line (or a parquet/CSV column).
-Also the home of the small lake helpers every release-side job shares (table paths, versions).
 """
 
 from __future__ import annotations
@@ -29,52 +28,13 @@ if __package__ in (None, ""):  # run as a script by spark-submit: make our packa
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from altlake.config import Settings
-from altlake.paths import LakePaths
 from altlake.schemas import PURGES, TABLES, TAKEDOWN_KINDS, TAKEDOWNS
 from altlake.urls import CANONICAL_HOST_PATTERN, canonical_host, canonical_url
+from spark_jobs.lake import commit_metrics, read_table, table_path, table_version
 
 HASH_LENGTHS = {"sha256": 64, "md5": 32}
 HASH_COLUMNS = tuple(HASH_LENGTHS)  # the scores / pairs columns hash requests match
 _DOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$")
-
-
-# --- lake access shared by the release-side jobs ---------------------------------------------------
-
-
-def lake_paths(settings: Settings) -> LakePaths:
-    """The lake's layout with an absolute root (a relative lake dir resolves against the working dir)."""
-    root = settings.lake_dir if "://" in settings.lake_dir else str(Path(settings.lake_dir).absolute())
-    return LakePaths(root)
-
-
-def table_path(settings: Settings, name: str) -> str:
-    return lake_paths(settings).table(name)
-
-
-def table_version(spark, settings: Settings, name: str) -> int:
-    """The table's latest Delta version: what a job reads and a manifest records."""
-    from delta.tables import DeltaTable
-
-    return int(DeltaTable.forPath(spark, table_path(settings, name)).history(1).first()["version"])
-
-
-def read_table(spark, settings: Settings, name: str, version: int | None = None):
-    """A table as of `version` (Delta time travel) or its latest version."""
-    reader = spark.read.format("delta")
-    if version is not None:
-        reader = reader.option("versionAsOf", int(version))
-    return reader.load(table_path(settings, name))
-
-
-def commit_metrics(spark, settings: Settings, name: str, version_before: int) -> dict[str, int]:
-    """Row counts Delta recorded for the commit after `version_before` (e.g. numTargetRowsDeleted);
-    empty when the operation changed nothing and so committed nothing."""
-    from delta.tables import DeltaTable
-
-    latest = DeltaTable.forPath(spark, table_path(settings, name)).history(1).first()
-    if int(latest["version"]) == version_before:
-        return {}
-    return {k: int(v) for k, v in (latest["operationMetrics"] or {}).items() if str(v).isdigit()}
 
 
 # --- requests ---------------------------------------------------------------------------------------

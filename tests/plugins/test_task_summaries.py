@@ -89,7 +89,7 @@ def lines() -> Iterator[_Lines]:
 def test_takedown_tasks_say_what_matched_and_what_matched_nothing(tmp_path, lines):
     """add and apply as the DAG runs them, on a lake with one row the form's URL names."""
     from plugins.takedowns import add, amend, apply
-    from spark_jobs.takedowns import read_table
+    from spark_jobs.lake import read_table
     from spark_jobs.session import get_spark
     from tests.spark_jobs.lakegen import add_candidates, candidate
 

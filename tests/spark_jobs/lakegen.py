@@ -17,7 +17,7 @@ from altlake.paths import RESULTS_FILE
 from altlake.schemas import CANDIDATES, SCORES
 from altlake.urls import canonical_url
 from gpu_workers.writer import OutputDir, metadata_table, parquet_bytes, results_table, write_embeddings, write_success
-from spark_jobs.takedowns import table_path
+from spark_jobs.lake import table_path
 from spark_jobs.wat import pair_uid
 
 T0 = datetime(2024, 5, 1, tzinfo=timezone.utc)

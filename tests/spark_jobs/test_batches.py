@@ -8,8 +8,8 @@ import pytest
 from altlake.config import Settings
 from altlake.schemas import CANDIDATES, RETRYABLE_STATUSES
 from spark_jobs.batches import parse_retry_limits, plan_batches
+from spark_jobs.lake import read_table, table_path
 from spark_jobs.merge_scores import mark_batch_failed
-from spark_jobs.takedowns import read_table, table_path
 from tests.spark_jobs.lakegen import add_candidates, add_scores, candidate, result, score_row
 
 

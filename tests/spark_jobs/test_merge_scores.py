@@ -9,8 +9,9 @@ import pytest
 
 from altlake.config import Settings
 from spark_jobs.batches import plan_batches
+from spark_jobs.lake import read_table
 from spark_jobs.merge_scores import merge_batch, merge_planned_batches
-from spark_jobs.takedowns import TakedownRequest, add_takedowns, read_table
+from spark_jobs.takedowns import TakedownRequest, add_takedowns
 from tests.spark_jobs.lakegen import add_candidates, candidate, later, random_unit, result, write_worker_output
 
 

@@ -13,18 +13,8 @@ import spark_jobs.takedowns as takedowns
 from altlake.config import Settings
 from altlake.paths import DATABASE
 from altlake.schemas import PAIRS
-from spark_jobs.takedowns import (
-    PURGED_TABLES,
-    TakedownRequest,
-    add_takedowns,
-    apply_takedowns,
-    checkpoint_table,
-    purge_takedowns,
-    read_table,
-    retention_properties,
-    table_path,
-    table_version,
-)
+from spark_jobs.lake import read_table, table_path, table_version
+from spark_jobs.takedowns import PURGED_TABLES, TakedownRequest, add_takedowns, apply_takedowns, checkpoint_table, purge_takedowns, retention_properties
 from tests.spark_jobs.lakegen import add_candidates, add_scores, append_rows, candidate, f16_bytes, result, score_row
 
 pytestmark = pytest.mark.integration

@@ -11,10 +11,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import boto3
-from delta.tables import DeltaTable
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+from delta.tables import DeltaTable
 
 from altlake.config import Settings
 from altlake.paths import derived_subset_file, removals_file
@@ -23,11 +23,12 @@ from altlake_cli.main import main as altlake_main
 from explore.index import IndexRecordedError, build_index, index_staged_release
 from explore.release import open_release
 from explore.search import Explorer, SearchOptions
+from spark_jobs.lake import read_table, table_path, table_version
 from spark_jobs.publish import FORMAT_VERSION, LAION_COLUMNS, ReleaseExistsError, file_checksums
 from spark_jobs.quality import QualityGateError
 from spark_jobs.release import HistoryPurgedError, build_release, rebuild_release
 from spark_jobs.removals import amend_releases
-from spark_jobs.takedowns import TakedownRequest, add_takedowns, apply_takedowns, purge_takedowns, read_table, table_path, table_version
+from spark_jobs.takedowns import TakedownRequest, add_takedowns, apply_takedowns, purge_takedowns
 from tests.spark_jobs.lakegen import (
     add_candidates,
     add_scores,

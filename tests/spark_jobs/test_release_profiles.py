@@ -12,8 +12,8 @@ import pytest
 
 from altlake.config import Settings
 from altlake.profiles import ProfileError
+from spark_jobs.lake import read_table
 from spark_jobs.release import MixedModelsError, Thresholds, build_release, check_models, rebuild_release, resolve_thresholds
-from spark_jobs.takedowns import read_table
 from tests.spark_jobs.lakegen import add_candidates, add_scores, candidate, random_unit, result, score_row
 
 B32, L14 = "ViT-B-32@sha256:0123456789ab", "ViT-L-14@openai"

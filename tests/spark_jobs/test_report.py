@@ -18,9 +18,10 @@ import pytest
 from altlake.config import Settings
 from altlake.schemas import STATUS_MEANINGS
 from spark_jobs.extract import run_extract
+from spark_jobs.lake import read_table
 from spark_jobs.release import build_release
 from spark_jobs.report import FUNNEL_STEPS, main, render_report, scored_similarity_figure
-from spark_jobs.takedowns import TakedownRequest, add_takedowns, read_table
+from spark_jobs.takedowns import TakedownRequest, add_takedowns
 from spark_jobs.watgen import generate_wat
 from tests.spark_jobs.lakegen import add_candidates, add_scores, candidate, random_unit, result, score_row
 

@@ -10,16 +10,9 @@ import pytest
 
 from altlake.config import Settings
 from altlake.schemas import CANDIDATES, PAIRS, TAKEDOWNS
+from spark_jobs.lake import read_table
+from spark_jobs.takedowns import TakedownRequest, add_takedowns, apply_takedowns, match_takedowns, normalize_value, read_hash_list
 from tests.altlake.test_urls import CASES
-from spark_jobs.takedowns import (
-    TakedownRequest,
-    add_takedowns,
-    apply_takedowns,
-    match_takedowns,
-    normalize_value,
-    read_hash_list,
-    read_table,
-)
 from tests.spark_jobs.lakegen import T0, add_candidates, add_scores, append_rows, candidate, f16_bytes, result, score_row
 
 SHA = hashlib.sha256(b"listed image").hexdigest()
