@@ -26,6 +26,7 @@ import math
 import os
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -122,7 +123,7 @@ def build_index(
             raise ValueError(f"{modality} embeddings have {embeddings.n} rows, the metadata {rows}")
         spec = factory or choose_factory(embeddings.n, embeddings.dim, exact_max_rows)
         index = _train_and_fill(spec, embeddings, seed, progress, desc=f"index {modality}")
-        _write_atomically(index, index_path(release, modality))
+        _write_atomically(index_path(release, modality), lambda partial: faiss.write_index(index, str(partial)))
         other = release.embeddings("text" if modality == "image" else "image")
         indices[modality] = {
             "file": f"index/{modality}.index",
@@ -147,7 +148,7 @@ def build_index(
         "params": params,
         "source": source,
     }
-    _write_json(info_path, info)
+    _write_atomically(info_path, lambda partial: partial.write_text(json.dumps(info, indent=2, sort_keys=True)))
     return {**info, "skipped": False}
 
 
@@ -271,22 +272,19 @@ def _write_ratings(release: Release) -> str | None:
     if ratings is None:
         release.ratings_file.unlink(missing_ok=True)
         return None
-    partial = release.ratings_file.with_name(f"{release.ratings_file.name}.{os.getpid()}.part")
-    with partial.open("wb") as out:
-        np.save(out, ratings)
-    partial.replace(release.ratings_file)
+
+    def save(partial: Path) -> None:
+        with partial.open("wb") as out:  # a file object: given a name, np.save would append ".npy" to it
+            np.save(out, ratings)
+
+    _write_atomically(release.ratings_file, save)
     return f"{INDEX_DIR}/{release.ratings_file.name}"
 
 
-def _write_atomically(index: faiss.Index, path: Path) -> None:
+def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """`write` into a partial file beside `path`, then rename: a reader never sees half a file."""
     partial = path.with_name(f"{path.name}.{os.getpid()}.part")
-    faiss.write_index(index, str(partial))
-    partial.replace(path)
-
-
-def _write_json(path: Path, value: dict) -> None:
-    partial = path.with_name(f"{path.name}.{os.getpid()}.part")
-    partial.write_text(json.dumps(value, indent=2, sort_keys=True))
+    write(partial)
     partial.replace(path)
 
 

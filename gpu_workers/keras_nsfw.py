@@ -114,7 +114,7 @@ def read_checkpoint(index: bytes, data_shards: list[bytes]) -> dict[str, np.ndar
             if shard >= len(data_shards) or start + length > len(data_shards[shard]):
                 raise KerasFormatError(f"tensor {key.decode()} lies outside its data file")
             raw = data_shards[shard][start : start + length]
-            if _crc32c_masked(raw) != entry.get(6, _crc32c_masked(raw)):
+            if 6 in entry and _crc32c_masked(raw) != entry[6]:
                 raise KerasFormatError(f"tensor {key.decode()} fails its CRC32C check: the data file is damaged")
             tensors[key.decode()] = np.frombuffer(raw, dtype).reshape(shape).copy()
     return tensors

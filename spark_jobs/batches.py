@@ -131,13 +131,13 @@ def plan_batches(
         retry_allowed = retry_allowed | ((F.col("status") == status) & (F.col("attempts") < limit))
     scored = candidates.select("uid").join(scores, "uid")
     retryable = scored.where(retry_allowed).select("uid", "attempts")
-    other_profile = F.lit(False) if rescore_profile is None else (F.col("status") == "ok") & ~F.col("profile").eqNullSafe(rescore_profile)
-    rescore = scored.where(other_profile).select("uid", "attempts")
-    todo = (
-        candidates.join(scores, "uid", "left_anti").withColumn("attempts", F.lit(0))
-        .unionByName(candidates.join(retryable, "uid"))
-        .unionByName(candidates.join(rescore, "uid"))
-    )  # fmt: skip
+    todo = candidates.join(scores, "uid", "left_anti").withColumn("attempts", F.lit(0)).unionByName(
+        candidates.join(retryable, "uid")
+    )
+    rescore = None  # rows scored ok under another profile, only when rescoring (no Spark job otherwise)
+    if rescore_profile is not None:
+        rescore = scored.where((F.col("status") == "ok") & ~F.col("profile").eqNullSafe(rescore_profile)).select("uid", "attempts")
+        todo = todo.unionByName(candidates.join(rescore, "uid"))
     in_flight = _planned_uids(spark, settings)
     todo = todo.join(in_flight, "uid", "left_anti").cache()
     counts = {
@@ -145,7 +145,7 @@ def plan_batches(
         "opted_out": all_candidates.where(F.col("opt_out").isNotNull()).count(),  # skipped, never downloaded
         "unscored": candidates.join(scores, "uid", "left_anti").count(),
         "retryable": retryable.count(),
-        "rescore": rescore.count(),  # scored ok under another profile than rescore_profile
+        "rescore": rescore.count() if rescore is not None else 0,
         "not_retried": scored.where(F.col("status") != "ok").count() - retryable.count(),
         "already_planned": candidates.join(in_flight, "uid").count(),
         "eligible": todo.count(),
