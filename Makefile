@@ -25,6 +25,7 @@ airflow: setup
 # Each benchmark installs the tool it is compared with into its own venv under ~/.cache/altlake.
 bench: setup
 	$(VENV)/python -m bench.extract
+	$(VENV)/python -m bench.extract.gunzip
 	$(VENV)/python -m bench.download
 	$(VENV)/python -m bench.clip
 	$(VENV)/python -m bench.search

@@ -35,6 +35,16 @@ OUT_DIR = REPO / "bench" / "out"
 PROBE = Path(__file__).with_name("cc2dataset_probe.py")
 
 
+def bench_wat(pages: int, seed: int) -> Path:
+    """The generated per-record-gzipped WAT for (pages, seed), made once and cached: every benchmark
+    on WATs reads the same file."""
+    wat = Path(Settings.from_env().cache_dir) / "bench-data" / f"bench-{pages}-{seed}.warc.wat.gz"
+    if not wat.exists():
+        print(f"generating {wat} ...", file=sys.stderr)
+        generate_wat(wat, pages, gzip=True, seed=seed)
+    return wat
+
+
 def run_altlake(wat: Path) -> tuple[float, dict]:
     """CPU seconds of the whole per-WAT job, and what it found."""
     started = time.process_time()
@@ -80,11 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=2024)
     args = parser.parse_args(argv)
 
-    cache = Path(Settings.from_env().cache_dir)
-    wat = cache / "bench-data" / f"bench-{args.pages}-{args.seed}.warc.wat.gz"
-    if not wat.exists():
-        print(f"generating {wat} ...", file=sys.stderr)
-        generate_wat(wat, args.pages, gzip=True, seed=args.seed)
+    wat = bench_wat(args.pages, args.seed)
     python = peer_venv("cc2dataset", [CC2DATASET]) / "bin" / "python"
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     cc2_pairs = OUT_DIR / "cc2dataset-pairs.jsonl"

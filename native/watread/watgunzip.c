@@ -2,7 +2,8 @@
  *
  * Common Crawl gzips every WARC record as its own member, so a WAT is tens of thousands of small
  * gzip streams, and inflating one costs mostly its Huffman table setup, which libdeflate does
- * about 1.5x faster than ISA-L or zlib-ng. libdeflate only inflates whole members held in memory,
+ * faster: on a 60,000-page WAT this inflates 1.5x as fast as ISA-L's streaming reader and 3.1x as
+ * fast as zlib (CPU time, bench/extract/gunzip.py). libdeflate only inflates whole members held in memory,
  * so this decodes the members that are complete and stops at the first one that is not (cut off
  * by the end of the buffer, corrupt, or not gzip at all): the caller reads more input, or hands the
  * rest to a streaming reader that tells which it is.
