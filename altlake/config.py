@@ -115,6 +115,12 @@ class Settings:
     # delta.logRetentionDuration): how far back time travel and `build-release --rebuild` reach,
     # except across a purged takedown. At least takedown_grace_hours.
     history_retention_hours: int = 720
+    # A domain blocklist in UT1's layout (a `domains` file, a category folder, the list's root folder or
+    # its .tar.gz), loaded as domain takedowns before each extraction (once per file content), so its
+    # domains never become candidates. Empty: none. Categories (comma-separated) pick a root's or
+    # archive's folders, e.g. "adult,phishing".
+    domain_blocklist: str = ""
+    domain_blocklist_categories: str = ""
 
     def __post_init__(self) -> None:
         aesthetic_minimum(self.aesthetic_min)  # raises, naming the presets

@@ -65,6 +65,11 @@ def release_path(store: str, release_id: str) -> str:
 REMOVALS_DIR = "removals"
 
 
+# Written once beside a release that is superseded (reason, time, successor): holders of a copy see it,
+# `releases.deprecated` records it, and the search service names it in every index description.
+DEPRECATION = "DEPRECATED.json"
+
+
 def removals_file(takedowns_version: int) -> str:
     """The addendum for one takedowns table version, relative to the release's root."""
     return f"{REMOVALS_DIR}/removals-{takedowns_version:08d}.parquet"

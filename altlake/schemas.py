@@ -30,6 +30,7 @@ REJECT_REASONS = (
 
 # Outcome of one row in the scoring worker's results / the `scores` table.
 STATUS_OK = "ok"
+STATUS_OPTED_OUT = "opted_out"  # a signal said no (the error names it), or the image is on a takedown hash list
 DOWNLOAD_FAILURES = (
     "dns",
     "connect",
@@ -44,7 +45,7 @@ DOWNLOAD_FAILURES = (
     "too_small",
     "too_many_pixels",
     "unsupported_format",
-    "opted_out",
+    STATUS_OPTED_OUT,
     "robots_disallowed",
     "blocked_address",
     "host_refused",  # the host kept answering 429/503: given up for the batch, never requested (retried later)

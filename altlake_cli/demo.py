@@ -9,7 +9,7 @@
    `--allow-listed-only`, so those rows are recorded as `blocked_address` without any DNS lookup.
 3. Runs cc_ingest (once per crawl) -> score_candidates -> build_release with `dag.test()` on a
    SQLite Airflow DB under the Airflow home, local Spark, Delta under the lake, the demo CLIP.
-4. Prints where the release is, its funnel and a few `altlake sql` queries to try.
+4. Prints where the release is, what each stage kept and dropped, and a few `altlake sql` queries to try.
 
 The terminal shows only the demo's steps, one line per finished task and the summary: everything
 Airflow, Spark, py4j and the worker print goes to a log file (LAKE/demo.log, named at the start),
@@ -33,6 +33,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from altlake import stats
 from altlake.paths import LakePaths
 from altlake.profiles import DEMO_PROFILE
 from altlake_cli.console import Console, LogRedirect, log_tail
@@ -45,8 +46,6 @@ DEFAULT_PORT = 8765
 IMAGE_PX = 384  # with JPEG quality 98, large enough that every image passes the worker's 5 KB minimum (LAION's rule)
 FADED_QUALITY = 0.55  # the most faded demo image: the demo CLIP still matches it to its caption
 LANGUAGES = ("de", "fr", "es")
-# The manifest's funnel in pipeline order (its JSON keys are sorted).
-FUNNEL_ORDER = ("candidates", "scored", "ok", "above_threshold", "after_exact_dedup", "after_takedowns", "near_duplicates_marked")
 
 
 @dataclass
@@ -478,14 +477,13 @@ def latest_release(lake_dir: Path) -> dict:
 def print_summary(lake_dir: Path, wall_s: float, emit: Callable[[str], None] = print) -> None:
     release = latest_release(lake_dir)
     manifest = json.loads(release["manifest"])
-    width = max(map(len, manifest["funnel"]))
     emit(f"\naltlake demo finished in {wall_s:.0f}s\n")
     emit(f"release {release['release_id']}: {release['n_pairs']} pairs at {release['location']}")
     emit(f"  report:   {release['location']}/report.html")
     emit(f"  manifest: {release['location']}/manifest.json\n")
-    emit("funnel (manifest.json):")
-    for step in FUNNEL_ORDER:
-        emit(f"  {step:<{width}}  {manifest['funnel'][step]:>7}")
+    emit("stages (manifest.json): what each kept and dropped")
+    for stage in stats.parse(manifest["stages"]):
+        emit(f"  {stage.line()}")
     emit("\nscore statuses: " + ", ".join(f"{status}={n}" for status, n in manifest["statuses"].items()))
     emit("subsets: " + ", ".join(f"{subset}={n}" for subset, n in manifest["counts"].items()))
     lake = f" --lake {lake_dir}" if lake_dir != Path("lake").absolute() else ""

@@ -107,7 +107,7 @@ def score_candidates():
         outlet_events[SCORES_ASSET].extra = {
             "batches": summary["merged_batches"],
             "rows": summary["rows"],
-            "per_status": summary["per_status"],
+            "statuses": summary["statuses"],
         }
         return summary
 

@@ -6,7 +6,7 @@ exactly by explore.knn. nprobe is tuned upward until recall@k, measured against 
 sample of realistic cross-modal queries (text embeddings against the image index and vice
 versa), reaches the target; the curve and the pick go into index/index_info.json.
 
-The release publisher builds the index from the STAGED release (`index_staged_release`), so the
+The release job builds the index from the STAGED release (`spark_jobs.release.release_indexer`), so the
 manifest records it (kind, parameters, recall@10, sample size, file checksums) and the index is as
 immutable as the rest of the release. A published release's manifest is never rewritten (its
 checksum is in the `releases` table): `altlake index` refuses a release whose manifest records an
@@ -150,11 +150,6 @@ def build_index(
     }
     _write_atomically(info_path, lambda partial: partial.write_text(json.dumps(info, indent=2, sort_keys=True)))
     return {**info, "skipped": False}
-
-
-def index_staged_release(staging_dir: str, release_id: str) -> dict:
-    """The publisher's hook: index a staged release (default parameters) and return its manifest section."""
-    return manifest_section(build_index(staging_dir, release_id=release_id))
 
 
 def manifest_section(info: dict) -> dict:

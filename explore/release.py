@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 
 from altlake.config import Settings
 from altlake.paths import (
+    DEPRECATION,
     EMBEDDING_KINDS,
     INDEX_DIR,
     INDEX_METADATA,
@@ -73,6 +74,12 @@ class Release:
     @property
     def ratings_file(self) -> Path:
         return self.index_dir / INDEX_RATINGS
+
+    def deprecation(self) -> dict | None:
+        """The notice `altlake deprecate-release` wrote beside the release (None: not deprecated). Read
+        on each call, so a running service names a release deprecated after it started."""
+        path = self.path / DEPRECATION
+        return json.loads(path.read_text()) if path.is_file() else None
 
     def embeddings(self, modality: str) -> "EmbeddingMatrix":
         if modality not in ("image", "text"):

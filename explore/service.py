@@ -28,6 +28,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -146,6 +147,10 @@ def load_explorers(releases: list[str], config: ServiceConfig, settings: Setting
         opened = open_release(resolve_release(release, settings))
         encoder = QueryEncoder.for_manifest(opened.manifest, config.models)
         explorers.append(Explorer(opened, encoder, config.search))
+        notice = opened.deprecation()
+        if notice:  # still served (people pin releases), but nobody should pick it up unawares
+            superseded = f"; use {notice['superseded_by']} instead" if notice.get("superseded_by") else ""
+            print(f"altlake serve: warning: release {opened.release_id} is deprecated: {notice['reason']}{superseded}", file=sys.stderr)
     names = [e.name for e in explorers]
     if len(set(names)) != len(names):
         raise ValueError(f"two releases share a name: {names}")
@@ -258,6 +263,7 @@ def create_app(explorers: list[Explorer], config: ServiceConfig | None = None, s
             "safe_mode": explorer.has_punsafe,  # which of clip back's options this release can honour
             "aesthetic_scores": explorer.aesthetic is not None,
             "violence_detector": explorer.violence is not None,
+            "deprecated": explorer.release.deprecation(),  # superseded: the notice says why and by what
             "indices": {
                 m: {k: v for k, v in i.items() if k in ("factory", "kind", "nprobe", "recall_at_10", "rows")}
                 for m, i in explorer.info["indices"].items()

@@ -36,7 +36,8 @@ from tqdm import tqdm
 from altlake.config import Settings
 from altlake.paths import RESULTS_FILE
 from altlake.profiles import MODEL_FLAGS, ProfileError, load_profiles, select_profile
-from altlake.schemas import STATUS_OK
+from altlake.schemas import STATUS_OK, STATUS_OPTED_OUT
+from altlake.stats import StageStats, chain
 from gpu_workers.batch_decode import DECODE_CHOICES, BatchDecoder, uses_batch_decoder
 from gpu_workers.downloader import DownloadConfig, FetchResult, download
 from gpu_workers.images import DecodedImage, ImageConfig, ImageRejected, decode
@@ -472,23 +473,20 @@ def score_batch(
 
 def opted_out_by_signal(results: Iterable[dict]) -> dict[str, int]:
     """opted_out rows per signal: the error's text before its first ":" (altlake.schemas.OPT_OUT_SIGNALS)."""
-    signals = Counter((row["error"] or "").split(":", 1)[0].strip() for row in results if row["status"] == "opted_out")
+    signals = Counter((row["error"] or "").split(":", 1)[0].strip() for row in results if row["status"] == STATUS_OPTED_OUT)
     return dict(sorted(signals.items()))
 
 
-def _stage_counts(input_rows: int, duplicate_rows: int, finished: Counter) -> dict:
-    """Datatrove-style: what each step took in, kept, and dropped (by reason)."""
-    read_dropped = {status: n for (where, status), n in sorted(finished.items()) if where == "read"}
+def _stage_counts(input_rows: int, duplicate_rows: int, finished: Counter) -> list[dict]:
+    """What each step took in, kept, and dropped by reason (altlake.stats)."""
+    read_dropped = {status: n for (where, status), n in finished.items() if where == "read"}
     if duplicate_rows:
-        read_dropped = {"duplicate_uid": duplicate_rows, **read_dropped}
-    remaining = input_rows - sum(read_dropped.values())
-    stages: dict[str, dict] = {"read": {"in": input_rows, "kept": remaining, "dropped": read_dropped}}
+        read_dropped["duplicate_uid"] = duplicate_rows
+    stages = [StageStats("read", input_rows, read_dropped)]
     for stage in ("download", "decode", "embed"):
-        dropped = {status: n for (where, status), n in sorted(finished.items()) if where == stage and status != STATUS_OK}
-        kept = remaining - sum(dropped.values())
-        stages[stage] = {"in": remaining, "kept": kept, "dropped": dropped}
-        remaining = kept
-    return stages
+        dropped = {status: n for (where, status), n in finished.items() if where == stage and status != STATUS_OK}
+        stages.append(StageStats(stage, stages[-1].kept, dropped))
+    return chain(stages)
 
 
 def _write_outputs(

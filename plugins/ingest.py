@@ -11,6 +11,7 @@ import logging
 from airflow.configuration import conf
 from airflow.sdk.exceptions import AirflowFailException
 
+from altlake import stats
 from altlake.config import Settings
 from altlake.names import COMMONCRAWL_HTTPS, check_crawl_id
 from altlake.schemas import CANDIDATES, FILE_DONE, FILE_FAILED
@@ -78,14 +79,13 @@ def extract(settings: Settings, crawl: str, wat_paths: list[str], context=None) 
 def extract_summary_line(crawl: str, totals: dict) -> str:
     """What a person reads last in the task log: what came in, what was kept, what was skipped and why."""
     files = totals[FILE_DONE] + totals[FILE_FAILED] + totals["skipped"]
-    rejected = {reason: n for reason, n in (totals.get("rejected") or {}).items() if n}
     parts = [
         f"Summary: {crawl}: {files} WAT file(s): {totals[FILE_DONE]} ingested, {totals['skipped']} skipped "
         f"(already ingested by an earlier run), {totals[FILE_FAILED]} failed (recorded in crawl_files, retried next run)",
         f"{totals.get('new_candidates', 0)} new candidate pair(s)",
     ]
-    if rejected:
-        parts.append("rejected by the LAION rules: " + ", ".join(f"{n} {reason}" for reason, n in sorted(rejected.items())))
+    if totals.get("stages") and totals[FILE_DONE]:
+        parts.append("distinct pairs " + stats.summary(totals["stages"]))
     if files and totals["skipped"] == files:
         parts.append("nothing new to ingest")
     return "; ".join(parts)

@@ -1,22 +1,20 @@
-"""What the build_release DAG's tasks do, as plain functions (the DAG file only wires them).
+"""The build_release DAG's tasks: Airflow's wiring around `spark_jobs.release`, the release's one owner.
 
-validate_candidates -> publish (pairs, the scores/pairs gates, the release files, their KNN index
-built from the staged files and recorded in the manifest, the `releases` row: one function,
-`spark_jobs.release.build_release`, so versions are pinned once and nothing is written before every
-gate passed) -> build_index (confirms the manifest's index; indexes older releases beside them).
+validate_candidates -> publish (`build_release`: pairs, the scores/pairs gates, the release files,
+their KNN index, the manifest and the `releases` row, the same job `spark-submit spark_jobs/release.py`
+and `altlake build-release` run) -> build_index (confirms the manifest's index; indexes older
+releases beside their files). What stays here: the run's form (store, thresholds), the S3 client from
+an Airflow connection, refusals as Airflow outcomes, and each task's summary line.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import tempfile
-from pathlib import Path
 
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from altlake import stats
 from altlake.config import Settings
-from altlake.paths import INDEX_DIR, MANIFEST
 from plugins.spark import start_jvm, task_spark
 
 log = logging.getLogger(__name__)
@@ -60,22 +58,21 @@ def validate_candidates(settings: Settings, run_id: str) -> dict:
 
 
 def publish(settings: Settings, run_id: str, aws_conn_id: str = DEFAULT_AWS_CONN_ID) -> dict:
-    """Build pairs, gate scores and pairs (a failing expectation stops the release and is named),
-    publish the release and record it. The same inputs on the same day give the same release id,
-    which is never written twice: the recorded release is returned instead (so its index is still
-    built), or the task is skipped when it was published but never recorded."""
+    """`spark_jobs.release.build_release` (pairs, gates, files, KNN index, manifest, record), its refusals
+    turned into Airflow's outcomes. The same inputs on the same day give the same release id, which is
+    never written twice: the recorded release is returned instead (so the index task still confirms
+    it), or the task is skipped when it was published but never recorded."""
     from altlake.profiles import ProfileError
-    from explore.index import index_staged_release
     from spark_jobs.publish import ReleaseExistsError
     from spark_jobs.quality import QualityGateError
-    from spark_jobs.release import MixedModelsError, build_release
+    from spark_jobs.release import IndexerMissingError, MixedModelsError, build_release, recorded_release
 
     spark = task_spark(settings, "altlake-release")
     try:
-        summary = build_release(spark, settings, client=s3_client(settings, aws_conn_id), run_id=run_id, index_release=index_staged_release)
+        summary = build_release(spark, settings, client=s3_client(settings, aws_conn_id), run_id=run_id)
     except QualityGateError as error:
         raise AirflowFailException(f"release stopped by a quality gate: {error}") from error
-    except (MixedModelsError, ProfileError) as error:
+    except (MixedModelsError, ProfileError, IndexerMissingError) as error:
         raise AirflowFailException(f"release refused: {error}") from error
     except ReleaseExistsError as error:
         existing = recorded_release(spark, settings)
@@ -88,21 +85,17 @@ def publish(settings: Settings, run_id: str, aws_conn_id: str = DEFAULT_AWS_CONN
 
 
 def publish_summary_line(summary: dict) -> str:
-    """The publish task's last log line: the release, what it kept of what was scored, why the rest
-    was dropped (the manifest's funnel, step by step), and the gates."""
-    funnel = summary["funnel"]
+    """The publish task's last log line: the release, what it kept of the candidates, what each stage
+    dropped and why (the manifest's stages), and the gates."""
+    stages = stats.parse(summary["stages"])
     kept = ", ".join(f"{subset} {n}" for subset, n in summary["counts"].items() if n) or "none"
     if summary.get("reused"):
         state = "reused (nothing new: the tables and thresholds are those it was cut from)"
     else:
         state = "published"
     line = (
-        f"Summary: release {summary['release_id']} {state} at {summary['location']}: {funnel['after_takedowns']} pair(s) "
-        f"kept ({kept}) of {funnel['scored']} scored ({funnel['candidates']} candidates); dropped: "
-        f"{funnel['scored'] - funnel['ok']} not downloaded or scored, {funnel['ok'] - funnel['above_threshold']} below "
-        f"the similarity threshold, {funnel['above_threshold'] - funnel['after_exact_dedup']} duplicates, "
-        f"{funnel['after_exact_dedup'] - funnel['after_takedowns']} taken down; "
-        f"{funnel['near_duplicates_marked']} near-duplicate(s) marked, not dropped"
+        f"Summary: release {summary['release_id']} {state} at {summary['location']}: {stages[-1].kept} pair(s) "
+        f"kept ({kept}) of {stages[0].taken} candidates; " + stats.summary(summary["stages"])
     )
     if summary.get("gx"):  # a reused release's gates ran when it was published
         line += "; GX: " + ", ".join(
@@ -111,27 +104,12 @@ def publish_summary_line(summary: dict) -> str:
     return line
 
 
-def recorded_release(spark, settings: Settings) -> dict | None:
-    """The newest recorded release cut from the tables' current versions with these thresholds."""
-    from pyspark.sql import functions as F
-
-    from spark_jobs.lake import read_table
-    from spark_jobs.release import current_versions, release_models
-
-    versions = current_versions(spark, settings)
-    wanted = release_models(spark, settings, versions)[1].section()
-    for row in read_table(spark, settings, "releases").orderBy(F.desc("created_at")).collect():
-        manifest = json.loads(row["manifest"])
-        if manifest["thresholds"] == wanted and all(manifest["sources"].get(k) == v for k, v in versions.items()):
-            return {"release_id": row["release_id"], "location": row["location"], "counts": manifest["counts"],
-                    "funnel": manifest["funnel"], "reused": True}  # fmt: skip
-    return None
-
-
 def build_index(settings: Settings, location: str, aws_conn_id: str = DEFAULT_AWS_CONN_ID) -> dict:
-    """The release's KNN indices: recorded in its manifest when `publish` built them from the staged
-    files (nothing to do), else (a release published before that) written beside its files."""
-    summary = _build_index(settings, location, aws_conn_id)
+    """The release's KNN indices: recorded in its manifest when `publish` built them (nothing to do),
+    else (a release published before that, or with --no-index) written beside its files."""
+    from spark_jobs.release import index_published_release
+
+    summary = index_published_release(settings, location, s3_client(settings, aws_conn_id))
     log.info("%s", index_summary_line(summary))
     return summary
 
@@ -144,54 +122,3 @@ def index_summary_line(summary: dict) -> str:
     else:
         where = "up to date beside its files" if summary["skipped"] else "written beside its files"
     return f"Summary: release {summary['release_id']}: KNN indices over {summary['rows']} pair(s) {where}: {indices}"
-
-
-def _build_index(settings: Settings, location: str, aws_conn_id: str) -> dict:
-    """On S3 a release without indices is read into a temporary directory and only the new `index/`
-    files are uploaded: the published files, manifest included, stay exactly as released."""
-    from explore.index import build_index as build
-    from spark_jobs.publish import ReleaseStore
-
-    store = ReleaseStore(settings.release_dir, client=s3_client(settings, aws_conn_id), s3_endpoint=settings.s3_endpoint)
-    release_id = location.rstrip("/").rsplit("/", 1)[1]
-    manifest = store.read_manifest(release_id)
-    if manifest.get("index"):
-        return {"release_id": release_id, "rows": manifest["index"]["rows"], "skipped": True, "in_manifest": True,
-                "indices": _indices_summary(manifest["index"]["indices"])}  # fmt: skip
-    if "://" not in location:
-        return _index_summary(build(location))
-    prefix = "/".join(p for p in (store.prefix, release_id) if p) + "/"
-    with tempfile.TemporaryDirectory(prefix=f"altlake-index-{release_id}-") as tmp:
-        local = Path(tmp, release_id)
-        for key in _s3_keys(store.client, store.bucket, prefix):
-            target = local / key[len(prefix):]
-            target.parent.mkdir(parents=True, exist_ok=True)
-            store.client.download_file(store.bucket, key, str(target))
-        manifest_before = (local / MANIFEST).read_bytes()
-        info = build(str(local))
-        (local / MANIFEST).write_bytes(manifest_before)  # published manifests are immutable
-        for path in sorted((local / INDEX_DIR).rglob("*")):
-            if path.is_file():
-                store.client.upload_file(str(path), store.bucket, prefix + path.relative_to(local).as_posix())
-    return _index_summary(info)
-
-
-def _s3_keys(client, bucket: str, prefix: str) -> list[str]:
-    keys = []
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        keys += [item["Key"] for item in page.get("Contents", [])]
-    return keys
-
-
-def _index_summary(info: dict) -> dict:
-    return {
-        "release_id": info["release_id"],
-        "rows": info["rows"],
-        "skipped": info.get("skipped", False),
-        "in_manifest": False,
-        "indices": _indices_summary(info["indices"]),
-    }
-
-
-def _indices_summary(indices: dict) -> dict:
-    return {m: {k: v for k, v in i.items() if k in ("file", "factory", "kind", "rows", "recall_at_10")} for m, i in indices.items()}

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import logging
 import shlex
+from collections import Counter
 
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
+from altlake import stats
 from altlake.config import Settings
 from altlake.profiles import MODEL_FLAGS, ProfileError, load_profiles, select_profile
 from altlake.schemas import BATCH_FAILED, BATCH_PLANNED
@@ -154,17 +156,17 @@ def merge(settings: Settings, batches: list[dict]) -> dict:
         elif outcome["status"] == "failed":
             failed.append({"batch_id": outcome["batch_id"], "error": outcome["error"]})
     merged = [o for o in result["batches"] if o["status"] == "merged"]
-    per_status: dict[str, int] = {}
+    statuses: Counter[str] = Counter()
     for outcome in merged:
-        for status, n in outcome["per_status"].items():
-            per_status[status] = per_status.get(status, 0) + n
+        statuses.update(outcome["statuses"])
     summary = {
         "merged_batches": len(merged),
         "failed_batches": failed,
         "rows": sum(o["rows"] for o in merged),
         "inserted": sum(o["inserted"] for o in merged),
         "updated": sum(o["updated"] for o in merged),
-        "per_status": dict(sorted(per_status.items())),
+        "statuses": dict(sorted(statuses.items())),
+        "stages": stats.combine(o["stages"] for o in merged),
     }
     log.info("%s", merge_summary_line(summary))
     if not merged:
@@ -174,11 +176,13 @@ def merge(settings: Settings, batches: list[dict]) -> dict:
 
 def merge_summary_line(summary: dict) -> str:
     """The merge task's last log line: batches merged or failed, rows by outcome."""
-    statuses = ", ".join(f"{n} {status}" for status, n in summary["per_status"].items()) or "none"
+    statuses = ", ".join(f"{n} {status}" for status, n in summary["statuses"].items()) or "none"
     line = (
         f"Summary: {summary['merged_batches']} batch(es) merged into scores: {summary['rows']} row(s) "
         f"({summary['inserted']} new, {summary['updated']} updated); outcomes: {statuses}"
     )
+    if any(stage["dropped"] for stage in summary.get("stages", [])):
+        line += "; " + stats.summary(summary["stages"])
     if summary["failed_batches"]:
         line += f"; {len(summary['failed_batches'])} batch(es) failed and will be planned again (see the check task)"
     return line

@@ -35,7 +35,9 @@ from altlake.config import Settings
 from altlake.names import COMMONCRAWL_S3, check_crawl_id
 from altlake.paths import LakePaths
 from altlake.schemas import CANDIDATES, CRAWL_FILES, FILE_DONE, FILE_FAILED, REJECT_REASONS
+from altlake.stats import StageStats, chain
 from altlake.urls import canonical_host, canonical_url
+from spark_jobs.takedowns import load_domain_blocklist
 
 DEFAULT_WAT_PREFIX = COMMONCRAWL_S3  # the command line runs where Spark reads S3 (altlake.names)
 _COUNTS = ("records", "bad_records", "pages", "raw_links", "raw_pairs", "kept_pairs", "opted_out")
@@ -88,6 +90,7 @@ def run_extract(settings: Settings, crawl: str, wat_paths: list[str], spark=None
 
     spark = spark or get_spark(settings, app_name=f"altlake-extract-{crawl}")
     lake = LakePaths(_absolute(settings.lake_dir))
+    blocklist = load_domain_blocklist(spark, settings)  # before the WATs: its domains never become candidates
     done = _done_paths(spark, lake, crawl)
     todo = [p for p in wat_paths if p not in done]
     results: list[dict] = []
@@ -106,7 +109,8 @@ def run_extract(settings: Settings, crawl: str, wat_paths: list[str], spark=None
     files = [_file_summary(r) for r in results] + [
         {"path": p, "status": SKIPPED, "error": None} for p in wat_paths if p in done
     ]
-    return {"files": files, "totals": _totals(results, len(wat_paths) - len(todo), inserted)}
+    summary = {"files": files, "totals": _totals(results, len(wat_paths) - len(todo), inserted)}
+    return {**summary, "blocklist": blocklist} if blocklist else summary
 
 
 def _done_paths(spark, lake: LakePaths, crawl: str) -> set[str]:
@@ -260,8 +264,13 @@ def _totals(results: list[dict], skipped: int, inserted: int) -> dict:
     }
     for key in _COUNTS:
         totals[key] = sum(r[key] for r in results)
-    totals["rejected"] = {reason: sum(r["rejected"][reason] for r in results) for reason in REJECT_REASONS}
     totals["new_candidates"] = inserted
+    # The ingested files' distinct pairs through the LAION-5B rules, then into `candidates` (a pair
+    # already there, or found in another WAT of this run, is not inserted again).
+    done = [r for r in results if r["status"] == FILE_DONE]
+    rejected = {reason: sum(r["rejected"][reason] for r in done) for reason in REJECT_REASONS}
+    rules = StageStats("rules", sum(r["raw_pairs"] for r in done), rejected)
+    totals["stages"] = chain([rules, StageStats("candidates", rules.kept, {"already_a_candidate": rules.kept - inserted})])
     return totals
 
 

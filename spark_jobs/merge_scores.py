@@ -27,12 +27,12 @@ if __package__ in (None, ""):  # run as a script by spark-submit: make our packa
 
 from altlake.config import Settings
 from altlake.paths import RESULTS_FILE, SUCCESS_FILE, embedding_shard, embedding_shard_number, join
-from altlake.schemas import BATCH_DONE, BATCH_FAILED, BATCH_PLANNED, SCORES, STATUS_OK, WORKER_RESULTS
+from altlake.schemas import BATCH_DONE, BATCH_FAILED, BATCH_PLANNED, SCORES, STATUS_OK, STATUS_OPTED_OUT, WORKER_RESULTS
+from altlake.stats import StageStats, chain
 from spark_jobs.batches import list_lake_files, read_lake_bytes
 from spark_jobs.lake import commit_metrics, read_table, table_path, table_version
 from spark_jobs.takedowns import HASH_COLUMNS, match_takedowns
 
-OPTED_OUT = "opted_out"
 
 # Columns a takedown clears: nothing derived from the image stays in the lake.
 _IMAGE_DERIVED = ("similarity", "punsafe", "pwatermark", "aesthetic", "img_emb", "text_emb")
@@ -119,13 +119,14 @@ def merge_batch(spark, settings: Settings, batch_id: str, output_dir: str | None
         return {"batch_id": batch_id, "status": "failed", "error": str(error)}
 
     source = spark.createDataFrame(rows).select(*SCORES.column_names)
+    n_results = len(rows)
     input_uids = _input_uids(spark, settings, batch_id)
     if input_uids is not None:
         source = source.join(input_uids, "uid", "left_semi")
     hashes = read_table(spark, settings, "takedowns").where(F.col("kind").isin("sha256", "md5"))
     source = _opt_out_listed_hashes(source, hashes).cache()
     n_rows = source.count()
-    per_status = {r["status"]: r["count"] for r in source.groupBy("status").count().collect()}
+    statuses = {r["status"]: r["count"] for r in source.groupBy("status").count().collect()}
     columns = [c for c in SCORES.column_names if c != "attempts"]
     before = table_version(spark, settings, "scores")
     (
@@ -142,15 +143,19 @@ def merge_batch(spark, settings: Settings, batch_id: str, output_dir: str | None
     metrics = commit_metrics(spark, settings, "scores", before)
     source.unpersist()
     _finish_batch(spark, settings, batch_id, BATCH_DONE, None)
+    inserted, updated = metrics.get("numTargetRowsInserted", 0), metrics.get("numTargetRowsUpdated", 0)
+    results = StageStats("results", n_results, {"not_planned_in_this_batch": n_results - n_rows})
+    merged = StageStats("merge", n_rows, {"not_newer_than_scores": n_rows - inserted - updated})
     return {
         "batch_id": batch_id,
         "status": "merged",
         "rows": n_rows,
         "missing_from_results": (input_uids.count() - n_rows) if input_uids is not None else 0,
-        "inserted": metrics.get("numTargetRowsInserted", 0),
-        "updated": metrics.get("numTargetRowsUpdated", 0),
-        "unchanged": n_rows - metrics.get("numTargetRowsInserted", 0) - metrics.get("numTargetRowsUpdated", 0),
-        "per_status": dict(sorted(per_status.items())),
+        "inserted": inserted,
+        "updated": updated,
+        "unchanged": n_rows - inserted - updated,
+        "statuses": dict(sorted(statuses.items())),
+        "stages": chain([results, merged]),
     }
 
 
@@ -162,7 +167,7 @@ def _opt_out_listed_hashes(source, hashes):
     marked = source.join(hit, "uid", "left")
     listed_row = F.col("_listed").isNotNull()
     replaced = {
-        "status": F.when(listed_row, F.lit(OPTED_OUT)).otherwise(F.col("status")),
+        "status": F.when(listed_row, F.lit(STATUS_OPTED_OUT)).otherwise(F.col("status")),
         # "<why>: <detail>", as the worker writes opt-outs, so SQL can count them by the first word
         "error": F.when(listed_row, F.concat(F.lit("takedown: the image's "), F.col("_listed"), F.lit(" is on a takedown list"))).otherwise(F.col("error")),
         **{c: F.when(listed_row, F.lit(None)).otherwise(F.col(c)) for c in _IMAGE_DERIVED},

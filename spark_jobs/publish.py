@@ -9,7 +9,7 @@ Layout of `<release_dir>/<release_id>/` (immutable: publishing refuses an existi
     subsets/<name>.parquet                        a derived subset (aesthetic, high_resolution, research,
                                                   research-safe): LAION-compatible rows of every language
     gx/<suite>/...                                GX Data Docs of the release gates
-    report.html                                   plots and funnel
+    report.html                                   plots and each stage's counts
     manifest.json                                 written last: versions, counts, checksums...
 
 Data files are byte-for-byte reproducible from the same rows: each subset is sharded by uid
@@ -33,8 +33,12 @@ import pyarrow as pa
 from altlake.paths import DERIVED_SUBSETS_DIR, MANIFEST, RELEASE_EMBEDDINGS_DIR, derived_subset_file, embedding_shard, release_parquet_file
 from altlake.schemas import PAIRS, SUBSETS
 
-FORMAT_VERSION = 3  # 2: the aesthetic column; 3: derived subsets (subsets/<name>.parquet, the manifest's derived_subsets)
+FORMAT_VERSION = 4  # 2: the aesthetic column; 3: derived subsets (subsets/<name>.parquet, the manifest's derived_subsets);
+# 4: the manifest's `stages` (altlake.stats) replace its `funnel`, and its extraction counts are a stage
 ROWS_PER_FILE = 1_000_000
+# Rows the driver's JVM collects at once while a shard is written (its heap and spark.driver.maxResultSize
+# bound a collect: a 1M-row shard of 512-d embeddings is ~2.5 GB); the pieces are joined in Python.
+COLLECT_ROWS = 100_000
 UID_SPACE = 16**8  # shards split the range of the uid's first 8 hex digits
 
 # LAION-5B's column names (and LAION-Aesthetics' `aesthetic`) first, then ours.
@@ -79,17 +83,14 @@ def write_release_files(pairs, out_dir: str, rows_per_file: int = ROWS_PER_FILE,
 
     counts = {}
     by_subset = {r["subset"]: r["count"] for r in pairs.groupBy("subset").count().collect()}
-    prefix = F.conv(F.substring("uid", 1, 8), 16, 10).cast("long")
     for subset in SUBSETS:
         n = int(by_subset.get(subset, 0))
         shards = max(1, math.ceil(n / rows_per_file))
         written = 0
         for shard in range(shards):
+            low, high = shard * UID_SPACE // shards, (shard + 1) * UID_SPACE // shards
             rows = pairs.where(F.col("subset") == subset)
-            if shards > 1:
-                low, high = shard * UID_SPACE // shards, (shard + 1) * UID_SPACE // shards
-                rows = rows.where((prefix >= low) & (prefix < high))
-            written += _write_shard(rows.orderBy("uid").toArrow(), out_dir, subset, shard, format_version)
+            written += _write_shard(collect_by_uid(rows, n // shards, low, high), out_dir, subset, shard, format_version)
         if written != n:  # e.g. uids that are not hex fall in no shard: never publish a partial subset
             raise ValueError(f"subset {subset}: wrote {written} of {n} rows; uids must be hex hashes")
         counts[subset] = n
@@ -107,7 +108,6 @@ def write_derived_subsets(pairs, out_dir: str, filters: dict[str, str], rows_per
     from pyspark.sql import functions as F
 
     counts = {}
-    prefix = F.conv(F.substring("uid", 1, 8), 16, 10).cast("long")
     for name, condition in filters.items():
         selected = pairs.where(F.expr(condition))
         n = selected.count()
@@ -116,11 +116,8 @@ def write_derived_subsets(pairs, out_dir: str, filters: dict[str, str], rows_per
         written, writer = 0, None
         try:
             for shard in range(shards):
-                rows = selected
-                if shards > 1:
-                    low, high = shard * UID_SPACE // shards, (shard + 1) * UID_SPACE // shards
-                    rows = rows.where((prefix >= low) & (prefix < high))
-                laion = _laion_table(rows.orderBy("uid").toArrow(), format_version)
+                low, high = shard * UID_SPACE // shards, (shard + 1) * UID_SPACE // shards
+                laion = _laion_table(collect_by_uid(selected, n // shards, low, high), format_version)
                 writer = writer or pq.ParquetWriter(path, laion.schema, **PARQUET_OPTIONS)
                 writer.write_table(laion)
                 written += laion.num_rows
@@ -131,6 +128,22 @@ def write_derived_subsets(pairs, out_dir: str, filters: dict[str, str], rows_per
             raise ValueError(f"derived subset {name}: wrote {written} of {n} rows; uids must be hex hashes")
         counts[name] = n
     return counts
+
+
+def collect_by_uid(rows, expected_rows: int, low: int = 0, high: int = UID_SPACE):
+    """The rows whose uid prefix is in [low, high), sorted by uid, as one contiguous Arrow table: collected
+    in uid sub-ranges of about COLLECT_ROWS rows each, so the driver's JVM never holds more than one piece.
+    The same table (and so the same file bytes) whatever the number of pieces."""
+    import pyarrow as pa
+    from pyspark.sql import functions as F
+
+    prefix = F.conv(F.substring("uid", 1, 8), 16, 10).cast("long")
+    pieces = max(1, math.ceil(expected_rows / COLLECT_ROWS))
+    bounds = [low + i * (high - low) // pieces for i in range(pieces + 1)]
+    if (low, high) == (0, UID_SPACE) and pieces == 1:
+        return rows.orderBy("uid").toArrow()  # the whole range: no filter, so no uid is left out
+    tables = [rows.where((prefix >= a) & (prefix < b)).orderBy("uid").toArrow() for a, b in zip(bounds, bounds[1:])]
+    return pa.concat_tables(tables).combine_chunks() if len(tables) > 1 else tables[0]
 
 
 def _laion_table(table, format_version: int):

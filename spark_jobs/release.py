@@ -1,6 +1,6 @@
 """Release build: candidates + scores -> gated `pairs` table -> an immutable, reproducible release.
 
-Filters, in funnel order (each step counted in the manifest):
+Filters, in stage order (each stage counted in the manifest's `stages`, altlake.stats):
   candidates -> scored -> ok -> similarity >= the threshold of the row's model profile for its
   language group (en / other; Settings.threshold_en / _other, when given, override every profile's)
   -> exact dedup (same url+text, then same image sha256; the winner is the highest similarity,
@@ -40,25 +40,27 @@ if __package__ in (None, ""):  # run as a script by spark-submit: make our packa
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from altlake.config import Settings
-from altlake.paths import EMBEDDING_KINDS, RELEASE_EMBEDDINGS_DIR, RELEASE_GX_DIR, RELEASE_PARQUET_DIR, REPORT, derived_subset_file
+from altlake.paths import EMBEDDING_KINDS, INDEX_DIR, MANIFEST, RELEASE_EMBEDDINGS_DIR, RELEASE_GX_DIR, RELEASE_PARQUET_DIR, REPORT, derived_subset_file
 from altlake.profiles import LAION_THRESHOLD_EN, LAION_THRESHOLD_OTHER, ProfileError, load_profiles
 from altlake.schemas import (
     AESTHETIC_RANGE,
     FILE_DONE,
     FILE_FAILED,
     NO_LANGUAGE,
+    OPT_OUT_SIGNALS,
     PAIRS,
-    REJECT_REASONS,
     RELEASES,
     SCORES,
     STATUS_OK,
+    STATUS_OPTED_OUT,
     DerivedSubset,
 )
+from altlake.stats import StageStats, by_name, chain
 from altlake.urls import canonical_url
 from spark_jobs import publish
 from spark_jobs.lake import lake_paths, read_table, table_path, table_version
 from spark_jobs.quality import SUITES, QualityGateError, validate
-from spark_jobs.report import write_report
+from spark_jobs.report import manifest_stages, write_report
 from spark_jobs.takedowns import HASH_COLUMNS, drop_taken_down, match_takedowns
 
 SOURCE_TABLES = ("candidates", "scores", "takedowns")
@@ -280,7 +282,7 @@ def _profiles_section(settings: Settings, used: list[dict], thresholds: Threshol
 
 
 def compute_pairs(spark, settings: Settings, versions: dict[str, int], thresholds: Thresholds):
-    """(pairs DataFrame in the PAIRS schema, cached; facts: funnel, statuses, models, and for the report the
+    """(pairs DataFrame in the PAIRS schema, cached; facts: stages (altlake.stats), statuses, models, and for the report the
     similarity of every scored row and sample pairs) at `versions`, each row cut at its profile's threshold."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
@@ -295,10 +297,14 @@ def compute_pairs(spark, settings: Settings, versions: dict[str, int], threshold
 
     # A pair scored before a later crawl showed its page opting out never enters a release.
     opted_in = candidates.where(F.col("opt_out").isNull()) if "opt_out" in candidates.columns else candidates
-    scored = opted_in.join(scores.drop("url"), "uid").cache()
+    # The filters and dedup run without the embeddings (two thirds of a row at 512-d): they join back
+    # for the kept rows only, so what is cached and shuffled stays small at millions of rows.
+    embeddings = ("img_emb", "text_emb")
+    has_embeddings = F.col("img_emb").isNotNull() & F.col("text_emb").isNotNull()
+    narrow = scores.drop("url").withColumn("_has_embeddings", has_embeddings).drop(*embeddings)
+    scored = opted_in.join(narrow, "uid").cache()
     ok = scored.where(
-        (F.col("status") == STATUS_OK) & F.col("sha256").isNotNull() & F.col("img_emb").isNotNull()
-        & F.col("text_emb").isNotNull() & F.col("similarity").isNotNull()
+        (F.col("status") == STATUS_OK) & F.col("sha256").isNotNull() & F.col("_has_embeddings") & F.col("similarity").isNotNull()
     ).withColumn("subset", subset_of(F.col("language"))).withColumn("threshold", thresholds.column())  # fmt: skip
     above = ok.where(F.col("similarity") >= F.col("threshold"))
     best_first = [F.col("similarity").desc(), F.col("uid").asc()]
@@ -307,19 +313,22 @@ def compute_pairs(spark, settings: Settings, versions: dict[str, int], threshold
     deduped = by_pair.withColumn("_rank", F.row_number().over(Window.partitionBy("sha256").orderBy(*best_first)))
     deduped = deduped.where("_rank = 1").drop("_rank").cache()
     kept = drop_taken_down(deduped, takedowns, HASH_COLUMNS)
-    marked = mark_near_duplicates(kept, thresholds.near_duplicate_cosine)
+    marked = mark_near_duplicates(kept.join(scores.select("uid", *embeddings), "uid"), thresholds.near_duplicate_cosine)
     pairs = marked.select(*[F.col(c.name).cast(c.type) for c in PAIRS.columns]).cache()
 
-    funnel = {
-        "candidates": candidates.count(),
-        "scored": scored.count(),
-        "ok": ok.count(),
-        "above_threshold": above.count(),
-        "after_exact_dedup": deduped.count(),
-        "after_takedowns": pairs.count(),
-        "near_duplicates_marked": pairs.where(F.col("near_duplicate_of").isNotNull()).count(),
-    }
     statuses = {r["status"]: r["count"] for r in scored.groupBy("status").count().orderBy(F.desc("count"), "status").collect()}
+    n = {"candidates": candidates.count(), "opted_in": opted_in.count(), "scored": scored.count(), "ok": ok.count(),
+         "above": above.count(), "deduped": deduped.count(), "pairs": pairs.count()}  # fmt: skip
+    not_ok = {status: count for status, count in statuses.items() if status != STATUS_OK}
+    not_ok["ok_without_embeddings"] = statuses.get(STATUS_OK, 0) - n["ok"]
+    stages = chain([
+        StageStats("scored", n["candidates"], {"page_opted_out": n["candidates"] - n["opted_in"], "not_scored": n["opted_in"] - n["scored"]}),
+        StageStats("downloaded", n["scored"], not_ok),
+        StageStats("threshold", n["ok"], {"below_threshold": n["ok"] - n["above"]}),
+        StageStats("exact_dedup", n["above"], {"duplicate": n["above"] - n["deduped"]}),
+        StageStats("takedowns", n["deduped"], {"taken_down": n["deduped"] - n["pairs"]}),
+        StageStats("near_dedup", n["pairs"], marked={"near_duplicate": pairs.where(F.col("near_duplicate_of").isNotNull()).count()}),
+    ])  # fmt: skip
     models = {
         column: sorted(r[column] for r in ok.select(column).distinct().collect() if r[column] is not None)
         for column in ("clip_model", "text_model", "nsfw_model", "watermark_model", "aesthetic_model")
@@ -328,7 +337,7 @@ def compute_pairs(spark, settings: Settings, versions: dict[str, int], threshold
     samples = _samples(kept, drop_taken_down(ok, takedowns, HASH_COLUMNS))
     scored.unpersist()
     deduped.unpersist()
-    facts = {"funnel": funnel, "statuses": statuses, "models": models, "scored_similarity": scored_similarity, "samples": samples}
+    facts = {"stages": stages, "statuses": statuses, "models": models, "scored_similarity": scored_similarity, "samples": samples}
     return pairs, facts
 
 
@@ -440,14 +449,15 @@ def write_pairs(spark, settings: Settings, pairs) -> int:
 # --- gates -----------------------------------------------------------------------------------------
 
 
-def gate(spark, settings: Settings, scores, pairs, funnel: dict, docs_dir: str, lowest_threshold: float) -> dict:
+def gate(spark, settings: Settings, scores, pairs, stages: list[dict], docs_dir: str, lowest_threshold: float) -> dict:
     """GX suites for scores and pairs plus the cross-layer counts (pairs <= ok <= candidates, kept
     fraction within bounds). Data Docs go to docs_dir/<table>; any failure raises QualityGateError."""
-    n_ok = funnel["ok"]
+    counted = by_name(stages)
+    n_ok, n_candidates = counted["downloaded"].kept, counted["scored"].taken
     min_pairs = max(1, math.ceil(settings.kept_fraction_min * n_ok))
     max_pairs = min(n_ok, math.floor(settings.kept_fraction_max * n_ok))
     layers = {
-        "scores": [("expect_table_row_count_to_be_between", {"max_value": funnel["candidates"]})],
+        "scores": [("expect_table_row_count_to_be_between", {"max_value": n_candidates})],
         "pairs": [
             ("expect_table_row_count_to_be_between", {"min_value": min_pairs, "max_value": max_pairs}),
             ("expect_column_values_to_be_between", {"column": "similarity", "min_value": lowest_threshold}),
@@ -518,6 +528,28 @@ def _staging_dir(store: publish.ReleaseStore, release_id: str) -> str:
     return path
 
 
+class IndexerMissingError(RuntimeError):
+    """The KNN indexer (explore.index and faiss, optional for the job) is not installed here."""
+
+
+def release_indexer(progress: bool = False) -> Callable[[str, str], dict]:
+    """`(staging_dir, release_id) -> the manifest's index section`, from explore.index. Loaded here, so a
+    Spark driver without faiss (or without explore) stops before any work, with the way out named."""
+    try:
+        from explore.index import build_index, manifest_section
+    except ImportError as error:
+        raise IndexerMissingError(
+            f"the release's KNN index needs {error.name or 'explore.index'}, which is not installed here: install "
+            "faiss-cpu (pinned in requirements.txt), or publish with --no-index and index the release later with "
+            "`altlake index <release folder>`"
+        ) from error
+
+    def index_release(staging_dir: str, release_id: str) -> dict:
+        return manifest_section(build_index(staging_dir, release_id=release_id, progress=progress))
+
+    return index_release
+
+
 def build_release(
     spark,
     settings: Settings,
@@ -525,16 +557,18 @@ def build_release(
     date: str | None = None,
     run_id: str | None = None,
     rows_per_file: int = publish.ROWS_PER_FILE,
-    index_release: Callable[[str, str], dict] | None = None,
+    index: bool = True,
+    progress: bool = False,
 ) -> dict:
     """Build pairs, gate them, publish `<release_dir>/<release_id>/` and record it in `releases`.
 
     Refuses (ReleaseExistsError) when the same inputs were already released that day; raises
     QualityGateError, before touching the pairs table, when a GX expectation fails.
-    `index_release(staging_dir, release_id)` (explore.index.index_staged_release, passed in by the
-    caller: spark_jobs does not depend on explore) indexes the staged files before publishing and
-    returns the manifest's `index` section, whose listed files get their checksums here.
+    With `index` (the default) the KNN indices are built from the staged files before publishing and
+    recorded in the manifest's `index` section, their files checksummed with the rest; a missing
+    indexer (faiss) raises IndexerMissingError before any work. `progress`: the index build's bars.
     """
+    index_release = release_indexer(progress) if index else None
     date = date or datetime.now(timezone.utc).strftime("%Y%m%d")
     versions = current_versions(spark, settings)
     used, thresholds = release_models(spark, settings, versions)
@@ -548,7 +582,7 @@ def build_release(
     pairs, facts = compute_pairs(spark, settings, versions, thresholds)
     docs_dir = lake_paths(settings).gx_docs(run_id or release_id)
     scores = read_table(spark, settings, "scores", versions["scores"])
-    gx_summary = gate(spark, settings, scores, pairs, facts["funnel"], docs_dir, thresholds.lowest())
+    gx_summary = gate(spark, settings, scores, pairs, facts["stages"], docs_dir, thresholds.lowest())
     versions = {**versions, "pairs": write_pairs(spark, settings, pairs)}
     pairs.unpersist()
     published = read_table(spark, settings, "pairs", versions["pairs"])
@@ -566,7 +600,7 @@ def build_release(
             "thresholds": thresholds.section(),
             "profiles": _profiles_section(settings, used, thresholds),
             "near_duplicates": {"method": "random-hyperplane LSH, exact cosine within buckets", "bands": LSH_BANDS, "bits": LSH_BITS, "seed": LSH_SEED},
-            "funnel": facts["funnel"],
+            "stages": facts["stages"],
             "counts": counts,
             "derived_subsets": _derived_section(derived, derived_rows),
             "statuses": facts["statuses"],
@@ -578,6 +612,7 @@ def build_release(
             "scored_similarity": facts["scored_similarity"],
             "samples": facts["samples"],
             "extraction": _extraction(spark, settings),
+            "signals_honoured": _signals_honoured(spark, settings, versions, facts["statuses"]),
             "sizes": _sizes(published),
             "licenses": _licenses(published),
             "previous": _previous(spark, settings, published, counts, facts["statuses"]),
@@ -609,11 +644,78 @@ def build_release(
         "location": location,
         "sources": versions,
         "counts": counts,
-        "funnel": facts["funnel"],
+        "stages": facts["stages"],
         "gx": gx_summary,
         "files": len(manifest["files"]),
         "index": manifest.get("index"),
     }
+
+
+def recorded_release(spark, settings: Settings) -> dict | None:
+    """The newest recorded release cut from the tables' current versions with these thresholds (what a
+    re-run that finds its release already published reports instead of publishing it twice)."""
+    from pyspark.sql import functions as F
+
+    versions = current_versions(spark, settings)
+    wanted = release_models(spark, settings, versions)[1].section()
+    for row in read_table(spark, settings, "releases").orderBy(F.desc("created_at")).collect():
+        manifest = json.loads(row["manifest"])
+        if manifest["thresholds"] == wanted and all(manifest["sources"].get(k) == v for k, v in versions.items()):
+            return {"release_id": row["release_id"], "location": row["location"], "counts": manifest["counts"],
+                    "stages": manifest_stages(manifest), "reused": True}  # fmt: skip
+    return None
+
+
+def index_published_release(settings: Settings, location: str, client=None) -> dict:
+    """The KNN indices of a published release: recorded in its manifest when the build made them
+    (nothing to do), else (a release published without them) written beside its files. On S3 the
+    release is read into a temporary folder and only the new `index/` files are uploaded: the
+    published files, manifest included, stay exactly as released."""
+    store = _store(settings, client)
+    release_id = location.rstrip("/").rsplit("/", 1)[1]
+    manifest = store.read_manifest(release_id)
+    if manifest.get("index"):
+        return {"release_id": release_id, "rows": manifest["index"]["rows"], "skipped": True, "in_manifest": True,
+                "indices": _indices_summary(manifest["index"]["indices"])}  # fmt: skip
+    from explore.index import build_index
+
+    if "://" not in location:
+        return _index_summary(build_index(location))
+    prefix = "/".join(p for p in (store.prefix, release_id) if p) + "/"
+    with tempfile.TemporaryDirectory(prefix=f"altlake-index-{release_id}-") as tmp:
+        local = Path(tmp, release_id)
+        for key in _s3_keys(store.client, store.bucket, prefix):
+            target = local / key[len(prefix):]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            store.client.download_file(store.bucket, key, str(target))
+        manifest_before = (local / MANIFEST).read_bytes()
+        info = build_index(str(local))
+        (local / MANIFEST).write_bytes(manifest_before)  # published manifests are immutable
+        for path in sorted((local / INDEX_DIR).rglob("*")):
+            if path.is_file():
+                store.client.upload_file(str(path), store.bucket, prefix + path.relative_to(local).as_posix())
+    return _index_summary(info)
+
+
+def _s3_keys(client, bucket: str, prefix: str) -> list[str]:
+    keys = []
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        keys += [item["Key"] for item in page.get("Contents", [])]
+    return keys
+
+
+def _index_summary(info: dict) -> dict:
+    return {
+        "release_id": info["release_id"],
+        "rows": info["rows"],
+        "skipped": info.get("skipped", False),
+        "in_manifest": False,
+        "indices": _indices_summary(info["indices"]),
+    }
+
+
+def _indices_summary(indices: dict) -> dict:
+    return {m: {k: v for k, v in i.items() if k in ("file", "factory", "kind", "rows", "recall_at_10")} for m, i in indices.items()}
 
 
 def _record_release(spark, settings: Settings, release_id: str, location: str, manifest: bytes) -> None:
@@ -655,13 +757,39 @@ def _extraction(spark, settings: Settings) -> dict:
     ).first()  # one pass for every total
     per_reason = files.where(is_done).select(F.explode("rejected").alias("reason", "n")).groupBy("reason").agg(F.sum("n").alias("pairs"))
     found = {r["reason"]: int(r["pairs"]) for r in per_reason.collect()}
+    rules = StageStats("rules", int(totals["raw"] or 0), found)
+    if rules.kept != int(totals["kept"] or 0):
+        raise ValueError(f"crawl_files version {version}: kept_pairs {totals['kept']} is not raw_pairs minus the rejected pairs ({rules.kept})")
     return {
         "crawl_files_version": version,
         "files_done": int(totals["n"]),
         "files_failed": int(totals["failed"]),
-        "raw_pairs": int(totals["raw"] or 0),
-        "kept_pairs": int(totals["kept"] or 0),
-        "rejected": {**dict.fromkeys(REJECT_REASONS, 0), **found},
+        "stages": chain([rules]),
+    }
+
+
+def _signals_honoured(spark, settings: Settings, versions: dict[str, int], statuses: dict[str, int]) -> dict:
+    """Every opt-out signal the pipeline honours, with the rows each kept out of this release's inputs
+    (candidates opted out at extraction, scores opted out by the worker or a hash takedown at merge, by
+    the first word of their error), robots.txt refusals and the takedown requests in force by kind."""
+    from pyspark.sql import functions as F
+
+    candidates = read_table(spark, settings, "candidates", versions["candidates"])
+    scores = read_table(spark, settings, "scores", versions["scores"])
+    takedowns = read_table(spark, settings, "takedowns", versions["takedowns"])
+    pages = {}
+    if "opt_out" in candidates.columns:
+        pages = {r["opt_out"]: int(r["count"]) for r in candidates.where(F.col("opt_out").isNotNull()).groupBy("opt_out").count().collect()}
+    signal = F.trim(F.split(F.coalesce(F.col("error"), F.lit("")), ":").getItem(0))
+    worker = {r["signal"]: int(r["count"]) for r in scores.where(F.col("status") == STATUS_OPTED_OUT).groupBy(signal.alias("signal")).count().collect()}
+    return {
+        "signals": {
+            name: {"meaning": meaning, "rows": pages.get(name, 0) + worker.get(name, 0)} for name, meaning in OPT_OUT_SIGNALS.items()
+        },
+        "robots_txt": {"rule": "RFC 9309 (Protego): wildcards, longest match; 5xx and 429 disallow", "rows": statuses.get("robots_disallowed", 0)},
+        "ai_crawler_tokens": [t.strip() for t in settings.ai_crawler_tokens.split(",") if t.strip()],
+        "takedown_hash_matches": worker.get("takedown", 0),
+        "takedown_requests": {kind: int(n) for kind, n in sorted((r["kind"], r["count"]) for r in takedowns.groupBy("kind").count().collect())},
     }
 
 
@@ -810,12 +938,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", help="release store: a directory or s3://bucket/prefix (default: ALTLAKE_RELEASE_STORE)")
     parser.add_argument("--lake", help="lake root (default: ALTLAKE_LAKE_DIR)")
     parser.add_argument("--master", help="Spark master (default: ALTLAKE_SPARK_MASTER)")
+    parser.add_argument("--no-index", action="store_true",
+                        help="publish without the KNN index (where faiss is not installed); `altlake index` builds it later")
     parser.add_argument("--allow-mixed-models", action="store_true",
                         help="release rows scored by different CLIP models together (default: ALTLAKE_ALLOW_MIXED_MODELS, else refused)")
 
 
-def run(args: argparse.Namespace, index_release: Callable[[str, str], dict] | None = None) -> int:
-    """The command; `index_release` as in build_release (spark-submit runs it without one)."""
+def run(args: argparse.Namespace) -> int:
+    """`altlake build-release` and `spark-submit spark_jobs/release.py`: the same release, index included
+    (bars on a terminal, quiet in a pipe)."""
     from spark_jobs.session import get_spark, require_lake
 
     settings = Settings.from_env(
@@ -824,6 +955,12 @@ def run(args: argparse.Namespace, index_release: Callable[[str, str], dict] | No
     if args.rebuild and not args.out:
         print("altlake build-release: --rebuild needs --out", file=sys.stderr)
         return 2
+    if not args.rebuild and not args.no_index:
+        try:  # before Spark starts: a missing indexer is known at once
+            release_indexer()
+        except IndexerMissingError as error:
+            print(f"altlake build-release: {error}", file=sys.stderr)
+            return 1
     require_lake(settings)
     if args.rebuild and not _store(settings).exists(args.rebuild):
         print(f"altlake build-release: no release {args.rebuild!r} in {settings.release_dir}", file=sys.stderr)
@@ -840,7 +977,7 @@ def run(args: argparse.Namespace, index_release: Callable[[str, str], dict] | No
                     file=sys.stderr,
                 )
             return 0 if summary["reproduces_published"] else 1
-        summary = build_release(spark, settings, date=args.date, index_release=index_release)
+        summary = build_release(spark, settings, date=args.date, index=not args.no_index, progress=sys.stderr.isatty())
     except (QualityGateError, publish.ReleaseExistsError, HistoryPurgedError, MixedModelsError, ProfileError) as error:
         print(f"altlake build-release: {error}", file=sys.stderr)
         return 1

@@ -6,19 +6,23 @@ published release is recorded beside it, the way Re-LAION-5B let holders clean t
 requests in force at that version match and that no earlier addendum listed, with the request
 that matched. `amend_releases` runs after every takedown apply; the search service hides listed
 rows on its next reload; `releases` records when each release was last amended and how many rows
-its addenda list.
+its addenda list. `deprecate_release` marks a superseded release the same way: a notice written once
+beside its files (`DEPRECATED.json`) and `releases.deprecated`.
 """
 
 from __future__ import annotations
 
+import argparse
 import io
+import json
+import sys
 from datetime import datetime, timezone
 
 from altlake.config import Settings
-from altlake.paths import REMOVALS_DIR, removals_file
+from altlake.paths import DEPRECATION, REMOVALS_DIR, removals_file
 from altlake.schemas import REMOVALS
 from spark_jobs.lake import read_table, table_path, table_version
-from spark_jobs.publish import ReleaseStore
+from spark_jobs.publish import ReleaseExistsError, ReleaseStore
 from spark_jobs.takedowns import HASH_COLUMNS, match_takedowns
 
 
@@ -111,3 +115,71 @@ def amend_releases(
             .execute()
         )
     return {"takedowns_version": version, "releases": len(updates), "amended": amended}
+
+
+class UnknownReleaseError(ValueError):
+    """The release id is not recorded in `releases`."""
+
+
+def deprecate_release(
+    spark, settings: Settings, release_id: str, reason: str, superseded_by: str | None = None, client=None, now: datetime | None = None
+) -> dict:
+    """Mark a published release superseded: `DEPRECATED.json` beside its immutable files (written once:
+    deprecating again keeps the first notice) and `releases.deprecated`, so holders of a copy, SQL
+    users and the search service all see it. Returns the notice and whether it was already there."""
+    from delta.tables import DeltaTable
+    from pyspark.sql import functions as F
+
+    if not reason.strip():
+        raise ValueError("a deprecation needs a reason (holders read it)")
+    releases = read_table(spark, settings, "releases")
+    wanted = [release_id, superseded_by] if superseded_by else [release_id]
+    found = {r["release_id"]: r["location"] for r in releases.where(F.col("release_id").isin(wanted)).select("release_id", "location").collect()}
+    for name in wanted:
+        if name not in found:
+            raise UnknownReleaseError(f"no release {name!r} is recorded in `releases` (SELECT release_id FROM releases lists them)")
+    if superseded_by == release_id:
+        raise ValueError("a release cannot supersede itself")
+    store, _ = release_store_of(found[release_id], settings, client)
+    notice = {
+        "release_id": release_id,
+        "deprecated_at": (now or datetime.now(timezone.utc)).isoformat(timespec="seconds"),
+        "reason": reason.strip(),
+        "superseded_by": superseded_by,
+        "superseded_by_location": found.get(superseded_by) if superseded_by else None,
+    }
+    already = False
+    try:
+        store.add_file(release_id, DEPRECATION, json.dumps(notice, indent=2, sort_keys=True).encode() + b"\n")
+    except ReleaseExistsError:
+        already, notice = True, json.loads(store.read_file(release_id, DEPRECATION))
+    (
+        DeltaTable.forPath(spark, table_path(settings, "releases"))
+        .update(condition=(F.col("release_id") == release_id) & ~F.coalesce(F.col("deprecated"), F.lit(False)), set={"deprecated": F.lit(True)})
+    )
+    return {**notice, "already_deprecated": already, "location": found[release_id]}
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("release_id", help="the release to mark superseded (see SELECT release_id FROM releases)")
+    parser.add_argument("--reason", required=True, help="what holders should know, e.g. 'rebuilt with the 2025 takedowns'")
+    parser.add_argument("--superseded-by", metavar="RELEASE_ID", help="the release that replaces it")
+    parser.add_argument("--lake", help="lake root (default: ALTLAKE_LAKE_DIR)")
+    parser.add_argument("--master", help="Spark master (default: ALTLAKE_SPARK_MASTER)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """`altlake deprecate-release`: one line for a person, the notice as JSON on stdout."""
+    from spark_jobs.session import get_spark, require_lake
+
+    settings = Settings.from_env(lake_dir=args.lake, spark_master=args.master)
+    require_lake(settings)
+    try:
+        notice = deprecate_release(get_spark(settings, "altlake-deprecate"), settings, args.release_id, args.reason, args.superseded_by)
+    except ValueError as error:
+        print(f"altlake deprecate-release: {error}", file=sys.stderr)
+        return 2
+    state = "was already deprecated (its first notice stands)" if notice["already_deprecated"] else "is now deprecated"
+    print(f"altlake deprecate-release: {args.release_id} {state}: {notice['location']}/{DEPRECATION}", file=sys.stderr)
+    print(json.dumps(notice, indent=2))
+    return 0

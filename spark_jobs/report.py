@@ -1,6 +1,6 @@
 """The release report: one self-contained HTML page (plots as base64 PNG) rendered from the manifest.
 
-Everything it shows comes from the manifest (funnel, counts, histograms, breakdowns, samples), so the
+Everything it shows comes from the manifest (stages, counts, histograms, breakdowns, samples), so the
 report never disagrees with the release it describes and can be re-rendered from any manifest:
 `python -m spark_jobs.report RELEASE/manifest.json OUT.html`. Sections a manifest predates say so.
 Sample images are the one thing not inside the page: a release holds URLs, not image bytes, so
@@ -16,15 +16,9 @@ import json
 import sys
 
 from altlake.paths import MANIFEST, RELEASE_EMBEDDINGS_DIR, RELEASE_GX_DIR, RELEASE_PARQUET_DIR
+from altlake.schemas import STATUS_OK
+from altlake.stats import RELEASE_STAGES, StageStats, chain, parse
 
-FUNNEL_STEPS = (
-    ("candidates", "candidates"),
-    ("scored", "scored"),
-    ("ok", "downloaded and embedded (ok)"),
-    ("above_threshold", "similarity above threshold"),
-    ("after_exact_dedup", "after exact dedup (url+text, sha256)"),
-    ("after_takedowns", "after takedowns = pairs"),
-)
 SAMPLE_KINDS = (
     ("kept", "kept pairs"),
     ("rejected", "rejected by the similarity threshold"),
@@ -177,15 +171,30 @@ def _samples(samples: dict) -> str:
 
 def _extraction(extraction: dict) -> str:
     """Pairs the LAION-5B rules dropped in the WATs, before anything became a candidate."""
+    if "stages" in extraction:
+        rules = StageStats.from_dict(extraction["stages"][0])
+    else:  # a manifest from before format 4
+        rules = StageStats("rules", extraction["raw_pairs"], extraction["rejected"])
     totals = [
         ("WAT files processed", extraction["files_done"]),
         ("WAT files failed", extraction["files_failed"]),
-        ("distinct image + alt-text pairs found", extraction["raw_pairs"]),
-        ("kept as candidates", extraction["kept_pairs"]),
+        ("distinct image + alt-text pairs found", rules.taken),
+        ("kept as candidates", rules.kept),
     ]
-    reasons = sorted(extraction["rejected"].items(), key=lambda item: (-item[1], item[0]))
+    reasons = sorted(((r, n) for r, n in rules.dropped.items() if n), key=lambda item: (-item[1], item[0]))
     note = f"<p>Summed per WAT file over crawl_files version {extraction['crawl_files_version']}: a pair found in two WATs counts in each.</p>"
     return _table(totals, None) + _table(reasons, ("reject reason", "pairs dropped")) + note
+
+
+def _signals(honoured: dict) -> str:
+    """Each opt-out signal with the rows it kept out, robots.txt refusals and the takedowns in force."""
+    rows = [(name, signal["meaning"], signal["rows"]) for name, signal in honoured["signals"].items()]
+    rows.append(("robots.txt", honoured["robots_txt"]["rule"], honoured["robots_txt"]["rows"]))
+    rows.append(("takedown hash lists", "the image's sha256 or md5 is on a takedown list (at merge)", honoured["takedown_hash_matches"]))
+    requests = ", ".join(f"{n} {kind}" for kind, n in honoured["takedown_requests"].items()) or "none"
+    tokens = ", ".join(honoured["ai_crawler_tokens"])
+    note = f"<p>AI-crawler tokens honoured: {html.escape(tokens)}. Takedown requests in force: {html.escape(requests)}.</p>"
+    return _table(rows, ("signal", "what it means", "rows kept out")) + note
 
 
 def _sizes(sizes: dict) -> str:
@@ -227,6 +236,35 @@ def _section(manifest: dict, key: str, render) -> str:
     return render(manifest[key]) if key in manifest else NOT_RECORDED
 
 
+def manifest_stages(manifest: dict) -> list[dict]:
+    """The release's stages (altlake.stats); a manifest from before format 4 has them from its funnel."""
+    if "stages" in manifest:
+        return manifest["stages"]
+    funnel, statuses = manifest["funnel"], manifest["statuses"]
+    not_ok = {status: n for status, n in statuses.items() if status != STATUS_OK}
+    not_ok["ok_without_embeddings"] = statuses.get(STATUS_OK, 0) - funnel["ok"]
+    return chain([
+        StageStats("scored", funnel["candidates"], {"not_scored": funnel["candidates"] - funnel["scored"]}),
+        StageStats("downloaded", funnel["scored"], not_ok),
+        StageStats("threshold", funnel["ok"], {"below_threshold": funnel["ok"] - funnel["above_threshold"]}),
+        StageStats("exact_dedup", funnel["above_threshold"], {"duplicate": funnel["above_threshold"] - funnel["after_exact_dedup"]}),
+        StageStats("takedowns", funnel["after_exact_dedup"], {"taken_down": funnel["after_exact_dedup"] - funnel["after_takedowns"]}),
+        StageStats("near_dedup", funnel["after_takedowns"], marked={"near_duplicate": funnel["near_duplicates_marked"]}),
+    ])  # fmt: skip
+
+
+def _stages(stages: list[StageStats]) -> str:
+    """Rows left after each stage (a table and bars), then every drop and mark by stage and reason."""
+    steps = [("candidates", stages[0].taken)] + [(RELEASE_STAGES.get(s.name, s.name), s.kept) for s in stages]
+    reasons = [(s.name, reason, n) for s in stages for reason, n in sorted(s.dropped.items()) if n]
+    reasons += [(s.name, f"{flag} (marked, kept)", n) for s in stages for flag, n in sorted(s.marked.items()) if n]
+    return (
+        _table(steps, ("after stage", "rows"))
+        + _bars("stages: candidates to pairs", dict(steps[:-1]), horizontal=True)
+        + _table(reasons, ("stage", "dropped or marked, by reason", "rows"))
+    )
+
+
 def render_report(manifest: dict) -> str:
     """The report page for one release manifest."""
     import matplotlib
@@ -234,8 +272,7 @@ def render_report(manifest: dict) -> str:
     from altlake.schemas import STATUS_MEANINGS
 
     matplotlib.use("Agg")
-    funnel = manifest["funnel"]
-    steps = [(label, funnel[key]) for key, label in FUNNEL_STEPS]
+    stages = parse(manifest_stages(manifest))
     statuses = [(f"{status}: {STATUS_MEANINGS.get(status, '')}", n) for status, n in manifest["statuses"].items()]
     if "scored_similarity" in manifest:
         similarity = _scored_similarity(manifest["scored_similarity"])
@@ -244,9 +281,10 @@ def render_report(manifest: dict) -> str:
     sections = [
         f"<h1>altlake release {html.escape(manifest['release_id'])}</h1>",
         _facts(manifest),
-        "<h2>Funnel</h2>",
-        _table(steps + [("near-duplicates marked (kept)", funnel["near_duplicates_marked"])], ("step", "rows")),
-        _bars("funnel: candidates to pairs", dict(steps), horizontal=True),
+        "<h2>Stages: what each kept and dropped</h2>",
+        _stages(stages),
+        "<h2>Opt-out signals honoured</h2>",
+        _section(manifest, "signals_honoured", _signals),
         "<h2>Extraction rejects by reason</h2>",
         _section(manifest, "extraction", _extraction),
         "<h2>Change since the previous release</h2>",

@@ -107,6 +107,72 @@ def read_hash_list(path: str, kind: str) -> list[str]:
     return digests
 
 
+def read_domain_list(path: str, categories: Iterable[str] = ()) -> tuple[list[str], list[str]]:
+    """Canonical domains of a blocklist in UT1's layout (the format datatrove's URL filter reads): a
+    `domains` file (one per line, '#' comments), a category folder holding one, or the list's root folder
+    or .tar.gz with `categories` naming its folders. Returns (domains, skipped lines with why): a
+    third-party list's odd lines (IP addresses, paths) are skipped and reported, not fatal."""
+    import tarfile
+
+    wanted = [c.strip() for c in categories if c.strip()]
+    sources: list[tuple[str, bytes]] = []
+    if path.endswith((".tar.gz", ".tgz", ".tar")):
+        with tarfile.open(path) as archive:
+            members = {m.name: m for m in archive.getmembers() if m.isfile() and m.name.endswith("/domains")}
+            found = {Path(name).parent.name: name for name in members}
+            sources = [(found[c], archive.extractfile(members[found[c]]).read()) for c in _categories(path, wanted, found)]
+    elif Path(path).is_dir():
+        if Path(path, "domains").is_file():
+            sources = [(str(Path(path, "domains")), Path(path, "domains").read_bytes())]
+        else:
+            found = {p.parent.name: str(p) for p in Path(path).glob("*/domains")}
+            sources = [(found[c], Path(found[c]).read_bytes()) for c in _categories(path, wanted, found)]
+    else:
+        sources = [(path, Path(path).read_bytes())]
+    domains, skipped = [], []
+    for name, data in sources:
+        for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
+            entry = line.strip()
+            if not entry or entry.startswith("#"):
+                continue
+            try:
+                domains.append(normalize_value("domain", entry))
+            except ValueError as error:
+                skipped.append(f"{name} line {number}: {error}")
+    if not domains:
+        raise ValueError(f"{path}: no domain in the blocklist" + (f" ({len(skipped)} lines skipped, e.g. {skipped[0]})" if skipped else ""))
+    return sorted(set(domains)), skipped
+
+
+def _categories(path: str, wanted: list[str], found: dict[str, str]) -> list[str]:
+    if not wanted:
+        raise ValueError(f"{path} holds {len(found)} UT1 categories: name the ones to load (e.g. {', '.join(sorted(found)[:5])})")
+    missing = sorted(set(wanted) - set(found))
+    if missing:
+        raise ValueError(f"{path} has no categor{'y' if len(missing) == 1 else 'ies'} {', '.join(missing)} (it has {', '.join(sorted(found))})")
+    return wanted
+
+
+def load_domain_blocklist(spark, settings: Settings) -> dict | None:
+    """Settings.domain_blocklist as domain takedowns, before an extraction: once per file content (its
+    digest is in the reason, so an unchanged list is not merged again), None when none is set."""
+    import hashlib
+
+    from pyspark.sql import functions as F
+
+    if not settings.domain_blocklist:
+        return None
+    categories = [c for c in settings.domain_blocklist_categories.split(",") if c.strip()]
+    domains, skipped = read_domain_list(settings.domain_blocklist, categories)
+    digest = hashlib.sha256("\n".join(domains).encode()).hexdigest()[:12]
+    reason = f"blocklist {Path(settings.domain_blocklist).name}" + (f" [{','.join(categories)}]" if categories else "") + f" sha256:{digest}"
+    if read_table(spark, settings, "takedowns").where(F.col("reason") == reason).limit(1).count():
+        return {"blocklist": settings.domain_blocklist, "domains": len(domains), "skipped_lines": len(skipped), "already_loaded": True}
+    summary = add_takedowns(spark, settings, [TakedownRequest("domain", d, reason) for d in domains])
+    return {"blocklist": settings.domain_blocklist, "domains": len(domains), "skipped_lines": len(skipped), "already_loaded": False,
+            "added": summary["added"]}  # fmt: skip
+
+
 def add_takedowns(
     spark, settings: Settings, requests: Iterable[TakedownRequest], requested_at: datetime | None = None
 ) -> dict:
@@ -527,6 +593,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add.add_argument("--kind", required=True, choices=TAKEDOWN_KINDS)
     add.add_argument("--value", action="append", default=[], help="a URL, domain or hex digest (repeatable)")
     add.add_argument("--hash-list", help="file of sha256/md5 digests, one per line (or .parquet)")
+    add.add_argument("--blocklist", help="domain blocklist in UT1's layout: a domains file, a category folder, the root folder or its .tar.gz")
+    add.add_argument("--category", action="append", default=[], help="UT1 category to load from a root folder or archive (repeatable)")
     add.add_argument("--reason", required=True, help="why, e.g. 'GDPR request 2024-113' or 'CSAM hash list'")
     sub.add_parser("apply", help="delete matching rows from candidates, scores and pairs; add removals addenda to published releases")
     purge = sub.add_parser("purge", help="after the grace period, VACUUM what applies removed out of the tables' history")
@@ -541,9 +609,20 @@ def run(args: argparse.Namespace) -> int:
 
     settings = Settings.from_env(lake_dir=args.lake, spark_master=args.master)
     if args.action == "add":
-        values = list(args.value) + (read_hash_list(args.hash_list, args.kind) if args.hash_list else [])
+        try:
+            values = list(args.value) + (read_hash_list(args.hash_list, args.kind) if args.hash_list else [])
+            if args.blocklist:
+                if args.kind != "domain":
+                    raise ValueError("--blocklist holds domains: use it with --kind domain")
+                listed, skipped = read_domain_list(args.blocklist, args.category)
+                values += listed
+                if skipped:
+                    print(f"altlake takedown add: {len(skipped)} blocklist line(s) skipped, e.g. {skipped[0]}", file=sys.stderr)
+        except (OSError, ValueError) as error:
+            print(f"altlake takedown add: {error}", file=sys.stderr)
+            return 2
         if not values:
-            print("altlake takedown add: give --value or --hash-list", file=sys.stderr)
+            print("altlake takedown add: give --value, --hash-list or --blocklist", file=sys.stderr)
             return 2
         requests = [TakedownRequest(args.kind, v, args.reason) for v in values]
         try:

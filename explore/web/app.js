@@ -281,6 +281,12 @@ async function describeIndex() {
   $("safe").disabled = !info.safe_mode;  // a release without punsafe scores cannot filter: the server refuses safe mode
   if (!info.safe_mode) $("safe").checked = false;
   $("index-info").textContent = `${info.rows} pairs, ${info.dim}-d, ${info.clip_model || "no CLIP model: embedding queries only"}`;
+  const notice = info.deprecated;
+  $("deprecated").hidden = !notice;
+  if (notice) {
+    const successor = notice.superseded_by ? ` Use ${notice.superseded_by} instead.` : "";
+    $("deprecated").textContent = `This release is deprecated (${notice.deprecated_at}): ${notice.reason}.${successor}`;
+  }
 }
 
 $("search-form").addEventListener("submit", (event) => { event.preventDefault(); search(0); });

@@ -45,7 +45,8 @@ def test_demo_succeeds_and_prints_its_steps_tasks_and_summary(demo):
         "  score_candidates.score[0] ✓ ",
         "  build_release.publish ✓ ",
         "altlake demo finished in",
-        "funnel (manifest.json):",
+        "stages (manifest.json): what each kept and dropped",
+        "  near_dedup: ",
         "logs (Airflow, Spark, the worker): lake/demo.log",
     ):
         assert expected in out, expected

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from altlake.config import Settings
+from altlake.stats import by_name
 from altlake.paths import LakePaths
 from altlake_cli.demo import DEMO_CRAWL, write_demo_crawl
 
@@ -159,8 +160,9 @@ def test_chain_publishes_a_release_that_matches_its_tables(chain, spark):
     pairs = spark.read.format("delta").load(LakePaths(settings.lake_dir).table("pairs"))
     n_pairs = pairs.count()
     assert 0 < n_pairs < statuses["ok"]  # the mismatched captions fall below the threshold
-    assert release["n_pairs"] == n_pairs == sum(manifest["counts"].values()) == manifest["funnel"]["after_takedowns"]
-    assert manifest["funnel"]["candidates"] == candidates.count() and manifest["funnel"]["ok"] == statuses["ok"]
+    stages = by_name(manifest["stages"])
+    assert release["n_pairs"] == n_pairs == sum(manifest["counts"].values()) == stages["takedowns"].kept
+    assert stages["scored"].taken == candidates.count() and stages["downloaded"].kept == statuses["ok"]
     assert json.loads(release["manifest"])["release_id"] == manifest["release_id"] == release["release_id"]
     assert manifest["sources"]["takedowns"] >= 0
     # Scored with the profile the form chose, cut at its thresholds, and the manifest says so.

@@ -152,9 +152,12 @@ def test_mixed_batch_every_uid_once_with_its_status_and_aligned_embeddings(tmp_p
     # Summary and marker count the same rows; the read stage reports the collapsed duplicate.
     counts = {s: list(got.values()).count(s) for s in set(got.values())}
     assert summary["statuses"] == counts and summary["skipped"] is False
-    assert summary["stages"]["read"] == {"in": len(rows), "kept": len(expected), "dropped": {"duplicate_uid": 1}}
-    assert summary["stages"]["download"]["dropped"]["http_4xx"] == 1
-    assert summary["stages"]["decode"]["dropped"]["decode_error"] == 1
+    stages = {stage["stage"]: stage for stage in summary["stages"]}
+    assert list(stages) == ["read", "download", "decode", "embed"]
+    assert stages["read"] == {"stage": "read", "in": len(rows), "kept": len(expected), "dropped": {"duplicate_uid": 1}, "marked": {}}
+    assert stages["download"]["dropped"]["http_4xx"] == 1
+    assert stages["decode"]["dropped"]["decode_error"] == 1
+    assert stages["embed"]["kept"] == counts[STATUS_OK]  # what every stage kept is what was scored
     assert json.loads((out / SUCCESS_FILE).read_text())["statuses"] == counts
     # Opted-out rows: the error names the signal first, and the summary counts by it.
     opted_out = [r["error"] for r in results.to_pylist() if r["status"] == "opted_out"]

@@ -64,7 +64,7 @@ def test_a_mistyped_column_fails_its_rows_with_a_reason_and_the_batch_is_written
     assert sorted(rows) == ["u0", "u1", "u2"]
     assert {row["status"] for row in rows.values()} == {"invalid_input"}
     assert all(f"{column} is " in row["error"] and "not a string" in row["error"] for row in rows.values())
-    assert summary["stages"]["read"]["dropped"] == {"invalid_input": 3}
+    assert summary["stages"][0]["stage"] == "read" and summary["stages"][0]["dropped"] == {"invalid_input": 3}
 
 
 def test_one_bad_cell_fails_its_row_only(tmp_path, server):

@@ -92,13 +92,16 @@ def test_takedown_form_reads_lists_and_hash_files_and_needs_a_reason(tmp_path):
 
 
 def test_extract_task_ends_with_a_summary_a_person_can_read():
+    from altlake.stats import StageStats, chain
     from plugins.ingest import extract_summary_line
 
-    rejected = {"text_too_short": 7, "bad_extension": 0}
-    fresh = extract_summary_line("CC-MAIN-2015-18", {"done": 2, "failed": 1, "skipped": 0, "new_candidates": 40, "rejected": rejected})
+    rules = StageStats("rules", 50, {"text_too_short": 7, "bad_extension": 0})
+    stages = chain([rules, StageStats("candidates", rules.kept, {"already_a_candidate": 3})])
+    fresh = extract_summary_line("CC-MAIN-2015-18", {"done": 2, "failed": 1, "skipped": 0, "new_candidates": 40, "stages": stages})
     assert "3 WAT file(s): 2 ingested, 0 skipped" in fresh and "1 failed" in fresh and "40 new candidate" in fresh
-    assert "7 text_too_short" in fresh and "bad_extension" not in fresh and "nothing new" not in fresh
-    again = extract_summary_line("CC-MAIN-2015-18", {"done": 0, "failed": 0, "skipped": 1, "new_candidates": 0, "rejected": {}})
+    assert "rules: 50 in, 43 kept; dropped 7 text_too_short" in fresh and "bad_extension" not in fresh and "nothing new" not in fresh
+    assert "candidates: 43 in, 40 kept; dropped 3 already_a_candidate" in fresh
+    again = extract_summary_line("CC-MAIN-2015-18", {"done": 0, "failed": 0, "skipped": 1, "new_candidates": 0, "stages": chain([])})
     assert "1 skipped (already ingested" in again and again.endswith("nothing new to ingest")
 
 
@@ -115,6 +118,6 @@ def test_scoring_tasks_end_with_summaries_a_person_can_read():
     idle = plan_summary_line({**counts, "unscored": 0, "retryable": 0, "eligible": 0, "new_batches": 0})
     assert idle.endswith("nothing to score")
     merged = merge_summary_line({"merged_batches": 2, "failed_batches": [{"batch_id": "b", "error": "x"}], "rows": 30,
-                                 "inserted": 28, "updated": 2, "per_status": {"blocked_address": 10, "ok": 20}})  # fmt: skip
+                                 "inserted": 28, "updated": 2, "statuses": {"blocked_address": 10, "ok": 20}})  # fmt: skip
     assert "2 batch(es) merged into scores: 30 row(s) (28 new, 2 updated); outcomes: 10 blocked_address, 20 ok" in merged
     assert "1 batch(es) failed" in merged

@@ -1,7 +1,7 @@
 """The last log line of build_release's and apply_takedowns' tasks: what a person reads first.
 
 The release results are those spark_jobs.release.build_release returns for the scenario of
-tests/spark_jobs/test_release.py (its funnel and counts are asserted there); the takedown ones
+tests/spark_jobs/test_release.py (its stages and counts are asserted there); the takedown ones
 come from a real run of the tasks' functions.
 """
 
@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 
 from altlake.config import Settings
+from altlake.stats import StageStats, chain
 
 # build_release's result for test_release's scenario (14 candidates, one unscored, one timeout,
 # one below the threshold, two duplicates, one on a hash list, one near-duplicate pair).
@@ -21,8 +22,14 @@ PUBLISHED = {
     "location": "/lake/releases/20240501-3f2a9c1b",
     "sources": {"candidates": 1, "scores": 1, "takedowns": 1, "pairs": 2},
     "counts": {"en": 6, "multi": 1, "nolang": 1},
-    "funnel": {"candidates": 14, "scored": 13, "ok": 12, "above_threshold": 11, "after_exact_dedup": 9,
-               "after_takedowns": 8, "near_duplicates_marked": 1},
+    "stages": chain([
+        StageStats("scored", 14, {"not_scored": 1}),
+        StageStats("downloaded", 13, {"timeout": 1}),
+        StageStats("threshold", 12, {"below_threshold": 1}),
+        StageStats("exact_dedup", 11, {"duplicate": 2}),
+        StageStats("takedowns", 9, {"taken_down": 1}),
+        StageStats("near_dedup", 8, marked={"near_duplicate": 1}),
+    ]),
     "gx": {"scores": {"success": True, "evaluated": 14, "failed": []}, "pairs": {"success": True, "evaluated": 17, "failed": []}},
     "files": 21,
     "index": {"rows": 8},
@@ -34,14 +41,15 @@ def test_publish_summary_says_what_was_kept_and_why_the_rest_was_dropped():
 
     line = publish_summary_line(PUBLISHED)
     assert line.startswith("Summary: release 20240501-3f2a9c1b published at /lake/releases/20240501-3f2a9c1b: ")
-    assert "8 pair(s) kept (en 6, multi 1, nolang 1) of 13 scored (14 candidates)" in line
-    assert "dropped: 1 not downloaded or scored, 1 below the similarity threshold, 2 duplicates, 1 taken down" in line
-    assert "1 near-duplicate(s) marked, not dropped" in line
+    assert "8 pair(s) kept (en 6, multi 1, nolang 1) of 14 candidates; scored: 14 in, 13 kept; dropped 1 not_scored" in line
+    assert "downloaded: 13 in, 12 kept; dropped 1 timeout | threshold: 12 in, 11 kept; dropped 1 below_threshold" in line
+    assert "exact_dedup: 11 in, 9 kept; dropped 2 duplicate | takedowns: 9 in, 8 kept; dropped 1 taken_down" in line
+    assert "near_dedup: 8 in, 8 kept; marked 1 near_duplicate" in line
     assert line.endswith("GX: scores 14/14 expectations passed, pairs 17/17 expectations passed")
     # recorded_release's shape: the same inputs were released before, and that release is reused
-    reused = {k: PUBLISHED[k] for k in ("release_id", "location", "counts", "funnel")} | {"reused": True}
+    reused = {k: PUBLISHED[k] for k in ("release_id", "location", "counts", "stages")} | {"reused": True}
     again = publish_summary_line({**reused, "counts": {"en": 6, "multi": 0, "nolang": 0}})
-    assert "reused (nothing new" in again and "kept (en 6) of 13" in again and "GX" not in again
+    assert "reused (nothing new" in again and "kept (en 6) of 14 candidates" in again and "GX" not in again
 
 
 def test_index_summary_names_the_indices_and_their_recall():

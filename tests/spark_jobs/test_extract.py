@@ -19,7 +19,8 @@ import pytest
 
 from altlake.config import Settings
 from altlake.paths import LakePaths
-from altlake.schemas import FILE_DONE, FILE_FAILED
+from altlake.schemas import FILE_DONE, FILE_FAILED, REJECT_REASONS
+from altlake.stats import StageStats, parse
 from spark_jobs.extract import resolve_wat_paths, run_extract
 from spark_jobs.wat import process_wat
 from spark_jobs.watgen import generate_wat
@@ -103,6 +104,11 @@ def test_extract_merges_skips_retries_and_dedups_across_crawls(mspark, lake, sam
         paths[0]: (FILE_DONE, 1), paths[1]: (FILE_DONE, 1), missing: (FILE_FAILED, 1)
     }
     assert files[paths[0]]["rejected"]["bad_extension"] == by_path[paths[0]]["rejected"]["bad_extension"] > 0
+    # The ingested files' pairs through the rules (every reject by reason), then into candidates.
+    rules, into = parse(first["totals"]["stages"])
+    done = [by_path[p] for p in paths[:2]]
+    assert rules.to_dict() == StageStats("rules", sum(f["raw_pairs"] for f in done), {r: sum(f["rejected"][r] for f in done) for r in REJECT_REASONS}).to_dict()
+    assert rules.kept == sum(f["kept_pairs"] for f in done) == into.taken and into.kept == len(expected)
 
     # Re-run: done files are skipped, the failed one is retried, nothing else changes.
     again = run_extract(lake, "CC-MAIN-2030-01", paths, spark=mspark)
@@ -140,6 +146,54 @@ def test_takedowns_are_dropped_and_counted(mspark, lake, tmp_path):
     assert summary["files"][0]["rejected"]["taken_down"] == len(kept)
     assert summary["files"][0]["kept_pairs"] == 0
     assert _candidates(mspark, lake, [wat]) == {}
+
+
+def test_a_ut1_blocklist_is_loaded_as_domain_takedowns_before_the_extraction_once(mspark, lake, tmp_path):
+    wat = str(generate_wat(tmp_path / "b.warc.wat.gz", 20, gzip=True, seed=31, image_base="http://img.blocked-by-list.test").path)
+    kept = process_wat(wat).pairs
+    root = tmp_path / "blacklists"
+    (root / "adult").mkdir(parents=True)
+    (root / "adult" / "domains").write_text("# UT1 adult\nBLOCKED-BY-LIST.test\nother.example\n10.0.0.1:80\n")
+    (root / "gambling").mkdir()
+    (root / "gambling" / "domains").write_text("casino.example\n")
+    settings = lake.with_(domain_blocklist=str(root), domain_blocklist_categories="adult")
+
+    summary = run_extract(settings, "CC-MAIN-2030-11", [wat], spark=mspark)
+    assert summary["blocklist"]["domains"] == 2 and summary["blocklist"]["skipped_lines"] == 1
+    assert not summary["blocklist"]["already_loaded"] and summary["blocklist"]["added"] == 2
+    assert summary["files"][0]["rejected"]["taken_down"] == len(kept) > 0 and summary["files"][0]["kept_pairs"] == 0
+    listed = {r["value"]: r["reason"] for r in _table(mspark, lake, "takedowns").where("reason LIKE 'blocklist %'").collect()}
+    assert set(listed) == {"blocked-by-list.test", "other.example"}  # casino.example's category was not chosen
+    assert all(reason.startswith("blocklist blacklists [adult] sha256:") for reason in listed.values())
+
+    again = run_extract(settings, "CC-MAIN-2030-11", [wat], spark=mspark)
+    assert again["blocklist"]["already_loaded"] and again["totals"]["skipped"] == 1
+
+
+def test_ut1_blocklists_read_from_a_file_a_folder_or_an_archive(tmp_path):
+    import tarfile
+
+    from spark_jobs.takedowns import read_domain_list
+
+    root = tmp_path / "blacklists"
+    for category, lines in {"adult": "a.example\n*.B.example.\nhttp://not-a-domain/x\n", "phishing": "p.example\na.example\n"}.items():
+        (root / category).mkdir(parents=True)
+        (root / category / "domains").write_text(lines)
+    assert read_domain_list(str(root / "adult" / "domains"))[0] == ["a.example", "b.example"]
+    domains, skipped = read_domain_list(str(root / "adult"))
+    assert domains == ["a.example", "b.example"] and len(skipped) == 1 and "line 3" in skipped[0]
+    assert read_domain_list(str(root), ["adult", "phishing"])[0] == ["a.example", "b.example", "p.example"]
+    with pytest.raises(ValueError, match="name the ones to load"):
+        read_domain_list(str(root))
+    with pytest.raises(ValueError, match="no category gambling"):
+        read_domain_list(str(root), ["gambling"])
+    archive = tmp_path / "blacklists.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(root, arcname="blacklists")
+    assert read_domain_list(str(archive), ["phishing"])[0] == ["a.example", "p.example"]
+    (tmp_path / "empty").write_text("# nothing\n")
+    with pytest.raises(ValueError, match="no domain"):
+        read_domain_list(str(tmp_path / "empty"))
 
 
 def _cli(lake_dir: Path, *args: str) -> list[str]:

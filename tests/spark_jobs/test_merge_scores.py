@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from altlake.config import Settings
+from altlake.stats import StageStats, chain
 from spark_jobs.batches import plan_batches
 from spark_jobs.lake import read_table
 from spark_jobs.merge_scores import merge_batch, merge_planned_batches
@@ -51,6 +52,8 @@ def test_merge_is_idempotent_newer_wins_and_counts_attempts(lake):
     merged = merge_batch(spark, settings, batch["batch_id"])
     assert merged["status"] == "merged" and merged["inserted"] == len(first)
     assert merged["missing_from_results"] == 1
+    assert merged["statuses"] == {"ok": 2, "opted_out": 1, "timeout": 1}  # the listed image's row is opted out
+    assert merged["stages"] == chain([StageStats("results", len(first)), StageStats("merge", len(first))])
     scores = {r["uid"]: r for r in _scores(spark, settings)}
     assert set(scores) == {r["uid"] for r in first}
     for row in first[1:3]:  # ok rows: embeddings are the npy rows of their uid, float16 little-endian
@@ -69,6 +72,7 @@ def test_merge_is_idempotent_newer_wins_and_counts_attempts(lake):
     snapshot = _scores(spark, settings)
     again = merge_batch(spark, settings, batch["batch_id"])
     assert again["unchanged"] == len(first)
+    assert again["stages"][1] == StageStats("merge", len(first), {"not_newer_than_scores": len(first)}).to_dict()
     assert _scores(spark, settings) == snapshot
     assert read_table(spark, settings, "batches").first()["attempts"] == 1
 
@@ -78,9 +82,11 @@ def test_merge_is_idempotent_newer_wins_and_counts_attempts(lake):
     assert retry["batch_id"] != batch["batch_id"] and plan["planned_rows"] == 2  # the timeout + the lost uid
     newer = [result(flaky["uid"], flaky["url"], "ok", 0.4, scored_at=later(60), batch_id=retry["batch_id"]),
              result(rows[4]["uid"], rows[4]["url"], "http_4xx", scored_at=later(60), batch_id=retry["batch_id"])]  # fmt: skip
-    write_worker_output(retry["output_path"], newer, vectors)
+    stray = result("e" * 32, "https://stray.example.org/x.png", "http_4xx", scored_at=later(60), batch_id=retry["batch_id"])
+    write_worker_output(retry["output_path"], [*newer, stray], vectors)  # a uid this batch was never given
     summary = merge_planned_batches(spark, settings)
     assert summary["totals"] == {"merged": 1}
+    assert summary["batches"][0]["stages"][0] == StageStats("results", 3, {"not_planned_in_this_batch": 1}).to_dict()
     fixed = {r["uid"]: r for r in _scores(spark, settings)}[flaky["uid"]]
     assert (fixed["status"], fixed["attempts"], fixed["batch_id"]) == ("ok", 2, retry["batch_id"])
     assert read_table(spark, settings, "scores").count() == len(rows)  # every candidate has exactly one score

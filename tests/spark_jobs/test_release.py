@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import io
 import json
 import os
+import subprocess
+import sys
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -17,17 +20,19 @@ import pytest
 from delta.tables import DeltaTable
 
 from altlake.config import Settings
-from altlake.paths import derived_subset_file, removals_file
+from altlake.paths import DEPRECATION, derived_subset_file, removals_file
 from altlake.schemas import DERIVED_SUBSETS, STATUS_MEANINGS
+from altlake.stats import RELEASE_STAGES
 from altlake_cli.main import main as altlake_main
-from explore.index import IndexRecordedError, build_index, index_staged_release
+from explore.index import IndexRecordedError, build_index
 from explore.release import open_release
 from explore.search import Explorer, SearchOptions
+from explore.service import create_app
 from spark_jobs.lake import read_table, table_path, table_version
 from spark_jobs.publish import FORMAT_VERSION, LAION_COLUMNS, ReleaseExistsError, file_checksums
 from spark_jobs.quality import QualityGateError
-from spark_jobs.release import HistoryPurgedError, build_release, rebuild_release
-from spark_jobs.removals import amend_releases
+from spark_jobs.release import HistoryPurgedError, build_release, index_published_release, rebuild_release
+from spark_jobs.removals import UnknownReleaseError, amend_releases, deprecate_release
 from spark_jobs.takedowns import TakedownRequest, add_takedowns, apply_takedowns, purge_takedowns
 from tests.spark_jobs.lakegen import (
     add_candidates,
@@ -131,11 +136,14 @@ def test_a_failing_gate_names_the_expectation_and_publishes_nothing(built):
 def test_filters_dedup_takedowns_and_near_duplicates(built):
     spark, settings, rows, _, summary, _, _ = built
     kept = {"en_hi", "de_mid", "nolang_mid", "sha_a", "ut_a", "near_a", "near_b", "far"}
-    assert summary["funnel"] == {
-        "candidates": len(rows), "scored": len(rows) - 1, "ok": len(rows) - 2,
-        "above_threshold": len(rows) - 3, "after_exact_dedup": len(rows) - 5, "after_takedowns": len(kept),
-        "near_duplicates_marked": 1,
-    }  # fmt: skip
+    assert summary["stages"] == [
+        {"stage": "scored", "in": len(rows), "kept": len(rows) - 1, "dropped": {"not_scored": 1}, "marked": {}},
+        {"stage": "downloaded", "in": len(rows) - 1, "kept": len(rows) - 2, "dropped": {"timeout": 1}, "marked": {}},
+        {"stage": "threshold", "in": len(rows) - 2, "kept": len(rows) - 3, "dropped": {"below_threshold": 1}, "marked": {}},
+        {"stage": "exact_dedup", "in": len(rows) - 3, "kept": len(rows) - 5, "dropped": {"duplicate": 2}, "marked": {}},
+        {"stage": "takedowns", "in": len(rows) - 5, "kept": len(kept), "dropped": {"taken_down": 1}, "marked": {}},
+        {"stage": "near_dedup", "in": len(kept), "kept": len(kept), "dropped": {}, "marked": {"near_duplicate": 1}},
+    ]
     assert summary["counts"] == {"en": 6, "multi": 1, "nolang": 1}
     pairs = {r["uid"]: r for r in read_table(spark, settings, "pairs").collect()}
     assert set(pairs) == {rows[k]["uid"] for k in kept}
@@ -181,8 +189,11 @@ def test_release_files_manifest_report_and_releases_row(built):
     report = open(os.path.join(release, "report.html")).read()
     assert report.count("data:image/png;base64,") == 7  # the aesthetic histogram among them
     assert "<td>model: aesthetic_model</td><td>laion-aesthetic-linear</td>" in report
-    for step in ("candidates", "scored", "ok", "above_threshold", "after_exact_dedup", "after_takedowns"):
-        assert f"<td>{manifest['funnel'][step]}</td>" in report
+    assert manifest["stages"] == summary["stages"]
+    for stage in manifest["stages"]:
+        assert f"<td>{RELEASE_STAGES[stage['stage']]}</td><td>{stage['kept']}</td>" in report
+        for reason, n in stage["dropped"].items():
+            assert f"<td>{stage['stage']}</td><td>{reason}</td><td>{n}</td>" in report
     assert f"<td>created</td><td>{manifest['created_at']}</td>" in report
     assert "<td>GX gate on pairs</td><td>passed: " in report and 'href="gx/"' in report and 'href="manifest.json"' in report
     assert "<td>model: clip_model</td><td>ViT-B-32/laion2b</td>" in report
@@ -209,7 +220,7 @@ def test_derived_subsets_hold_exactly_the_rows_each_filter_selects(built):
     _, _, rows, _, summary, _, _ = built
     release = Path(summary["location"])
     manifest = json.loads((release / "manifest.json").read_text())
-    assert manifest["format_version"] == FORMAT_VERSION == 3
+    assert manifest["format_version"] == FORMAT_VERSION == 4
     # The release's rows, read independently from its language groups' parquet.
     published = {r["uid"]: r for path in sorted(release.glob("parquet/*/*.parquet")) for r in pq.read_table(path).to_pylist()}
     expected = {
@@ -301,7 +312,7 @@ def test_rebuild_is_bit_for_bit_after_the_tables_move_on_and_next_release_goes_t
     client = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1")
     client.create_bucket(Bucket="altlake-releases")
     s3_settings = settings.with_(release_store="s3://altlake-releases/laion")
-    second = build_release(spark, s3_settings, client=client, date="20240501", index_release=index_staged_release)
+    second = build_release(spark, s3_settings, client=client, date="20240501")
     assert second["release_id"] != summary["release_id"]
     assert second["location"] == f"s3://altlake-releases/laion/{second['release_id']}"
     body = client.get_object(Bucket="altlake-releases", Key=f"laion/{second['release_id']}/manifest.json")["Body"]
@@ -313,6 +324,35 @@ def test_rebuild_is_bit_for_bit_after_the_tables_move_on_and_next_release_goes_t
     assert manifest["index"]["rows"] == sum(manifest["counts"].values())
     keys = {o["Key"] for o in client.list_objects_v2(Bucket="altlake-releases", Prefix=f"laion/{second['release_id']}/")["Contents"]}
     assert {f"laion/{second['release_id']}/{path}" for path in manifest["index"]["files"]} <= keys
+    assert index_published_release(s3_settings, second["location"], client)["in_manifest"]  # nothing to do
+
+    # Published with --no-index (a driver without faiss), then indexed beside its files by the build_index
+    # task: only `index/` is uploaded, the published manifest stays byte for byte as it was.
+    bare_settings = settings.with_(release_store="s3://altlake-releases/bare")
+    bare = build_release(spark, bare_settings, client=client, date="20240501", index=False)
+    prefix = f"bare/{bare['release_id']}/"
+    published = client.get_object(Bucket="altlake-releases", Key=prefix + "manifest.json")["Body"].read()
+    assert bare["index"] is None and "index" not in json.loads(published)
+    assert not any(o["Key"].startswith(prefix + "index/") for o in client.list_objects_v2(Bucket="altlake-releases", Prefix=prefix)["Contents"])
+    indexed = index_published_release(bare_settings, bare["location"], client)
+    assert not indexed["in_manifest"] and indexed["rows"] == sum(bare["counts"].values()) and set(indexed["indices"]) == {"image", "text"}
+    keys = {o["Key"] for o in client.list_objects_v2(Bucket="altlake-releases", Prefix=prefix + "index/")["Contents"]}
+    assert {prefix + "index/image.index", prefix + "index/text.index", prefix + "index/index_info.json"} <= keys
+    assert client.get_object(Bucket="altlake-releases", Key=prefix + "manifest.json")["Body"].read() == published
+
+
+def test_the_release_script_stops_before_any_work_when_the_indexer_is_missing(tmp_path):
+    """`spark-submit spark_jobs/release.py` builds the index like the DAG; where faiss is missing it says
+    so at once, names the way out, and prints no traceback."""
+    shim = tmp_path / "no-faiss"
+    shim.mkdir()
+    (shim / "faiss.py").write_text("raise ModuleNotFoundError(\"No module named 'faiss'\", name='faiss')\n")
+    env = {**os.environ, "PYTHONPATH": str(shim)}
+    script = Path(__file__).resolve().parents[2] / "spark_jobs" / "release.py"
+    run = subprocess.run([sys.executable, str(script), "--lake", str(tmp_path / "lake")], env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 1, run.stderr
+    assert "the release's KNN index needs faiss" in run.stderr and "--no-index" in run.stderr and "altlake index" in run.stderr
+    assert "Traceback" not in run.stderr and run.stdout == ""
 
 
 def _release_uids(root: str) -> set[str]:
@@ -354,3 +394,36 @@ def test_a_published_release_gets_a_removals_addendum_and_stops_serving_removed_
     assert "candidates" in purge_takedowns(spark, settings, now=later)["purged"]
     with pytest.raises(HistoryPurgedError, match="takedown purge removed"):
         rebuild_release(spark, settings, release_id, str(tmp_path / "after-purge"))
+
+
+def test_a_superseded_release_is_deprecated_beside_its_files_in_releases_and_in_search(built):
+    spark, settings, _, _, summary, _, _ = built
+    release, release_id = summary["location"], summary["release_id"]
+    recorded = {r["release_id"]: r for r in read_table(spark, settings, "releases").collect()}
+    successor = next(name for name in recorded if name != release_id)  # the S3 test's later release
+    checksums = file_checksums(release)
+    with pytest.raises(UnknownReleaseError, match="20990101-00000000"):
+        deprecate_release(spark, settings, release_id, "replaced", superseded_by="20990101-00000000")
+    with pytest.raises(ValueError, match="needs a reason"):
+        deprecate_release(spark, settings, release_id, "  ")
+    assert open_release(release).deprecation() is None and not recorded[release_id]["deprecated"]
+
+    notice = deprecate_release(spark, settings, release_id, "rebuilt with the May takedowns", superseded_by=successor)
+    assert notice["already_deprecated"] is False and notice["superseded_by"] == successor
+    assert notice["superseded_by_location"] == recorded[successor]["location"]
+    written = json.loads(Path(release, DEPRECATION).read_text())
+    assert written == {k: v for k, v in notice.items() if k not in ("already_deprecated", "location")}
+    flags = {r["release_id"]: r["deprecated"] for r in read_table(spark, settings, "releases").collect()}
+    assert flags[release_id] is True and not any(flags[name] for name in flags if name != release_id)
+    # The release's own files are untouched: the notice is one more file beside them.
+    assert {k: v for k, v in file_checksums(release).items() if k != DEPRECATION} == checksums
+
+    again = deprecate_release(spark, settings, release_id, "another reason")
+    assert again["already_deprecated"] and again["reason"] == "rebuilt with the May takedowns"  # the first notice stands
+    assert json.loads(Path(release, DEPRECATION).read_text()) == written
+
+    # The search service names it in the index description the page shows as a banner.
+    assert open_release(release).deprecation() == written
+    app = create_app([Explorer(open_release(release), None, SearchOptions())])
+    details = next(r for r in app.routes if getattr(r, "path", "") == "/indices/{name:path}").endpoint
+    assert asyncio.run(details(release_id))["deprecated"] == written

@@ -1,4 +1,4 @@
-"""The HTML release report: self-contained plots, the manifest's funnel numbers, and what an engineer checks
+"""The HTML release report: self-contained plots, the manifest's stage counts, and what an engineer checks
 first (every scored row against its threshold, samples, extraction rejects, sizes, licenses, the change)."""
 
 from __future__ import annotations
@@ -16,11 +16,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from altlake.config import Settings
-from altlake.schemas import STATUS_MEANINGS
+from altlake.schemas import OPT_OUT_SIGNALS, STATUS_MEANINGS
+from altlake.stats import RELEASE_STAGES, StageStats, by_name, chain
 from spark_jobs.extract import run_extract
 from spark_jobs.lake import read_table
 from spark_jobs.release import build_release
-from spark_jobs.report import FUNNEL_STEPS, main, render_report, scored_similarity_figure
+from spark_jobs.report import main, manifest_stages, render_report, scored_similarity_figure
 from spark_jobs.takedowns import TakedownRequest, add_takedowns
 from spark_jobs.watgen import generate_wat
 from tests.spark_jobs.lakegen import add_candidates, add_scores, candidate, random_unit, result, score_row
@@ -41,16 +42,33 @@ def _manifest() -> dict:
     }  # fmt: skip
 
 
-def test_report_embeds_the_plots_and_the_funnel(tmp_path):
-    manifest = _manifest()
+def _stages_manifest() -> dict:
+    """_manifest in today's format: its funnel as the release's stages (altlake.stats)."""
+    manifest = {k: v for k, v in _manifest().items() if k != "funnel"}
+    return {**manifest, "stages": chain([
+        StageStats("scored", 9137, {"page_opted_out": 26, "not_scored": 1100}),
+        StageStats("downloaded", 8011, {"timeout": 1200, "http_4xx": 608}),
+        StageStats("threshold", 6203, {"below_threshold": 4444}),
+        StageStats("exact_dedup", 1759, {"duplicate": 57}),
+        StageStats("takedowns", 1702, {"taken_down": 14}),
+        StageStats("near_dedup", 1688, marked={"near_duplicate": 41}),
+    ])}  # fmt: skip
+
+
+def test_report_embeds_the_plots_and_each_stages_counts(tmp_path):
+    manifest = _stages_manifest()
     page = render_report(manifest)
     images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', page)
-    # funnel, three histograms, languages, statuses
+    # stages, three histograms, languages, statuses
     assert len(images) == 6
     assert all(base64.b64decode(i).startswith(b"\x89PNG") for i in images)
-    for key, label in FUNNEL_STEPS:
-        assert f"<td>{label}</td><td>{manifest['funnel'][key]}</td>" in page
-    assert f"<td>{manifest['funnel']['near_duplicates_marked']}</td>" in page
+    assert "<td>candidates</td><td>9137</td>" in page
+    for stage in manifest["stages"]:
+        assert f"<td>{RELEASE_STAGES[stage['stage']]}</td><td>{stage['kept']}</td>" in page
+        for reason, n in stage["dropped"].items():  # every drop by stage and reason
+            assert f"<tr><td>{stage['stage']}</td><td>{reason}</td><td>{n}</td></tr>" in page
+    assert "<tr><td>scored</td><td>page_opted_out</td><td>26</td></tr>" in page
+    assert "<tr><td>near_dedup</td><td>near_duplicate (marked, kept)</td><td>41</td></tr>" in page
     assert f"<td>timeout: {STATUS_MEANINGS['timeout']}</td><td>1200</td>" in page  # each status says what it means
     assert "<td>en</td><td>0.280</td>" in page and "<td>pairs</td><td>1688</td>" in page
 
@@ -58,6 +76,17 @@ def test_report_embeds_the_plots_and_the_funnel(tmp_path):
     path.write_text(json.dumps(manifest))
     assert main([str(path), str(tmp_path / "report.html")]) == 0
     assert (tmp_path / "report.html").read_text() == page  # deterministic: same manifest, same page
+
+
+def test_a_manifest_from_before_format_4_renders_its_funnel_as_stages():
+    old = _manifest()  # a funnel and statuses, no stages
+    stages = manifest_stages(old)
+    assert [s["stage"] for s in stages] == list(RELEASE_STAGES)
+    assert [s["kept"] for s in stages] == [8011, 6203, 1759, 1702, 1688, 1688]
+    assert stages[1]["dropped"] == {"http_4xx": 608, "timeout": 1200} and stages[-1]["marked"] == {"near_duplicate": 41}
+    page = render_report(old)
+    assert f"<td>{RELEASE_STAGES['threshold']}</td><td>1759</td>" in page
+    assert "<tr><td>exact_dedup</td><td>duplicate</td><td>57</td></tr>" in page
 
 
 def _full_manifest() -> dict:
@@ -78,6 +107,11 @@ def _full_manifest() -> dict:
         "extraction": {"crawl_files_version": 3, "files_done": 2, "files_failed": 1, "raw_pairs": 50, "kept_pairs": 30,
                        "rejected": {"not_http": 4, "text_too_short": 16, "taken_down": 0}},
         "sizes": {"edges": [0, 128, 256], "width": [1, 2, 3], "height": [4, 5, 6]},
+        "signals_honoured": {
+            "signals": {"meta_robots": {"meaning": "the page says noai", "rows": 12}, "x_robots_tag": {"meaning": "the header says noai", "rows": 5}},
+            "robots_txt": {"rule": "RFC 9309 (Protego)", "rows": 31}, "ai_crawler_tokens": ["CCBot", "GPTBot"],
+            "takedown_hash_matches": 2, "takedown_requests": {"domain": 3, "sha256": 40},
+        },
         "licenses": [[None, 7], ["https://creativecommons.org/licenses/by/4.0/", 2]],
         "previous": {"release_id": "20240401-0000000000", "created_at": "2024-04-01T00:00:00+00:00", "pairs": [1600, 1688],
                      "added": 120, "removed": 32, "subsets": {"en": [950, 1001], "multi": [575, 612], "nolang": [75, 75]},
@@ -125,6 +159,9 @@ def test_samples_extraction_sizes_licenses_and_change_are_rendered():
     assert "<td>WAT files failed</td><td>1</td>" in page and "crawl_files version 3" in page
     assert "<tr><td>0-127</td><td>1</td><td>4</td></tr><tr><td>128-255</td><td>2</td><td>5</td></tr><tr><td>&gt;= 256</td><td>3</td><td>6</td></tr>" in page
     assert "<td>none: no Creative Commons link on the page</td><td>7</td>" in page
+    assert "<tr><td>meta_robots</td><td>the page says noai</td><td>12</td></tr>" in page
+    assert "<tr><td>robots.txt</td><td>RFC 9309 (Protego)</td><td>31</td></tr>" in page
+    assert "AI-crawler tokens honoured: CCBot, GPTBot. Takedown requests in force: 3 domain, 40 sha256." in page
     assert "<td>pairs added</td><td>120</td>" in page and "<td>pairs removed</td><td>32</td>" in page
     assert "<tr><td>pairs</td><td>1600</td><td>1688</td><td>+88</td></tr>" in page
     assert "<tr><td>status timeout</td><td>1300</td><td>1200</td><td>-100</td></tr>" in page
@@ -144,7 +181,7 @@ def test_samples_extraction_sizes_licenses_and_change_are_rendered():
 
 def test_a_manifest_from_before_the_new_sections_still_renders():
     page = render_report(_manifest())
-    assert page.count("Not recorded in this manifest") == 6  # extraction, change, samples, sizes, licenses, derived subsets
+    assert page.count("Not recorded in this manifest") == 7  # signals, extraction, change, samples, sizes, licenses, derived subsets
     assert page.count("data:image/png;base64,") == 6  # the kept similarity histogram stands in
 
 
@@ -179,9 +216,11 @@ def two_releases(tmp_path_factory):
     rng = np.random.default_rng(3)
     scores = []
     for i, c in enumerate(candidates):
-        status = "timeout" if i % 9 == 0 else "ok"
+        status = "timeout" if i % 9 == 0 else "opted_out" if i % 9 == 4 else "ok"
         # 0.105 ... 0.465: never exactly on a threshold, where float32 storage would decide the side
         res = result(c["uid"], c["url"], status, round(0.105 + (i % 10) * 0.04, 3), seed=i)
+        if status == "opted_out":  # as the worker writes it: the signal, then its detail
+            res["error"] = "x_robots_tag: noai"
         scores.append(score_row(res, random_unit(rng), random_unit(rng)) if status == "ok" else score_row(res, None, None))
     add_scores(spark, settings, scores)
     first = build_release(spark, settings, date="20240501")
@@ -216,8 +255,9 @@ def test_release_report_counts_every_scored_row_against_its_threshold(two_releas
     groups = manifest["scored_similarity"]["groups"]
     assert {name: [sum(g["below"]), sum(g["above"])] for name, g in groups.items()} == expected
     assert expected["en"][0] > 0 and expected["other"][0] > 0  # rejected rows are in the histogram
-    assert sum(map(sum, expected.values())) == manifest["funnel"]["ok"]
-    assert sum(e[1] for e in expected.values()) == manifest["funnel"]["above_threshold"]
+    stages = by_name(manifest["stages"])
+    assert sum(map(sum, expected.values())) == stages["downloaded"].kept
+    assert sum(e[1] for e in expected.values()) == stages["threshold"].kept
     assert (groups["en"]["threshold"], groups["other"]["threshold"]) == (0.28, 0.26)
     for name, (below, above) in expected.items():
         threshold = "0.280" if name == "en" else "0.260"
@@ -235,11 +275,11 @@ def test_release_report_shows_samples_extraction_rejects_sizes_and_licenses(two_
     for sample in samples["kept"] + samples["rejected"] + samples["near_threshold"]:
         assert f'<img src="{html.escape(sample["url"])}" alt="{html.escape(sample["text"])}"' in report
 
-    rejected = extracted["totals"]["rejected"]
-    assert manifest["extraction"]["rejected"] == rejected and sum(rejected.values()) > 0
-    for reason, n in rejected.items():
+    rules = extracted["totals"]["stages"][0]
+    assert rules["stage"] == "rules" and manifest["extraction"]["stages"] == [rules] and sum(rules["dropped"].values()) > 0
+    for reason, n in rules["dropped"].items():
         assert f"<tr><td>{reason}</td><td>{n}</td></tr>" in report
-    assert manifest["extraction"]["raw_pairs"] == extracted["totals"]["raw_pairs"]
+    assert rules["in"] == extracted["totals"]["raw_pairs"] and rules["kept"] == extracted["totals"]["kept_pairs"]
     assert f"<td>kept as candidates</td><td>{extracted['totals']['kept_pairs']}</td>" in report
 
     n = sum(manifest["counts"].values())
@@ -254,6 +294,14 @@ def test_release_report_shows_samples_extraction_rejects_sizes_and_licenses(two_
     for license, count in licenses.items():
         assert f"<tr><td>{html.escape(license or 'none: no Creative Commons link on the page')}</td><td>{count}</td></tr>" in report
     assert "First release: the registry holds no earlier release." in report
+
+    # Every opt-out signal with the rows it kept out (the worker's by the first word of its error).
+    honoured = manifest["signals_honoured"]
+    opted = sum(s["status"] == "opted_out" for s in scores)
+    assert opted > 0 and honoured["signals"]["x_robots_tag"]["rows"] == opted
+    assert set(honoured["signals"]) == set(OPT_OUT_SIGNALS) and sum(v["rows"] for v in honoured["signals"].values()) == opted
+    assert honoured["takedown_requests"] == {} and honoured["robots_txt"]["rows"] == 0
+    assert f"<tr><td>x_robots_tag</td><td>{html.escape(OPT_OUT_SIGNALS['x_robots_tag'])}</td><td>{opted}</td></tr>" in report
 
 
 def test_the_next_release_reports_what_changed(two_releases):
@@ -270,3 +318,4 @@ def test_the_next_release_reports_what_changed(two_releases):
     shown = {s["uid"] for kind in second["samples"].values() for s in kind}
     assert gone[1]["uid"] in {s["uid"] for s in first["samples"]["rejected"]}  # the first release showed it...
     assert not shown & {s["uid"] for s in gone}  # ...taken down, it is never shown again
+    assert second["signals_honoured"]["takedown_requests"] == {"sha256": 2}  # the two hash requests in force
