@@ -170,16 +170,19 @@ def plan_batches(
     )
     now = datetime.now(timezone.utc)
     rows = []
+    # One join for every batch, cached: each batch's file is then a scan of memory, not another read
+    # of `candidates` and a shuffle join (that made planning grow with rows x batches).
+    members = candidates.join(capped.select("uid", "batch_no"), "uid").select(*CANDIDATES.column_names, "batch_no").cache()
     for row in ids:
         batch_id = row["h"][:BATCH_ID_CHARS]
-        members = numbered.where(F.col("batch_no") == row["batch_no"]).select("uid")
-        batch = candidates.join(members, "uid").select(*CANDIDATES.column_names).orderBy("uid").toArrow()
+        batch = members.where(F.col("batch_no") == row["batch_no"]).select(*CANDIDATES.column_names).orderBy("uid").toArrow()
         write_lake_bytes(settings, lake.batch_input(batch_id), _parquet_bytes(batch.cast(CANDIDATES.to_arrow())))
         rows.append(
             (batch_id, crawl, int(row["n_rows"]), lake.batch_input(batch_id), lake.batch_output(batch_id),
              BATCH_PLANNED, 0, None, now, now)
         )  # fmt: skip
     _record_batches(spark, settings, rows)
+    members.unpersist()
     numbered.unpersist()
     todo.unpersist()
     planned_rows = sum(r[2] for r in rows)
