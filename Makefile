@@ -29,6 +29,7 @@ bench: setup
 	$(VENV)/python -m bench.download
 	$(VENV)/python -m bench.clip
 	$(VENV)/python -m bench.search
+	$(VENV)/python -m bench.pipeline
 
 clean:
 	rm -rf lake airflow_home .pytest_cache

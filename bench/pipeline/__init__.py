@@ -1,0 +1,1 @@
+"""Pipeline benchmark: each Spark stage at growing lake sizes against its physical floor (README.md)."""

@@ -1,0 +1,134 @@
+"""The benchmark's arithmetic and presentation: growth exponents, the disk a size needs, the printed
+table and the plot. Pure functions (matplotlib only inside `plot`), so the tests cover them."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+STAGES = ("extract", "plan", "merge", "release", "takedowns", "sql")
+
+# Disk one candidate costs at its peak, measured on --dim 512 and 768 runs (bench/pipeline/README.md):
+# WAT shards, candidates, the batch inputs and outputs, scores, pairs, the release (parquet,
+# embeddings, subsets, index), the Delta versions a takedown leaves behind and the largest floor's
+# scratch. Embedding bytes grow with the dimension, the rest does not.
+BYTES_PER_CANDIDATE = 3_000
+BYTES_PER_CANDIDATE_PER_DIM = 16
+WAT_BYTES_PER_CANDIDATE = 480  # gzipped WAT per candidate (watgen, ~4.9 KB per page, ~10 candidates per page)
+SAFETY = 1.5  # the estimate is a floor-to-ceiling guess: never start a size that might fill the disk
+RESERVE_BYTES = 2 * 2**30  # left free for everything else on the machine
+
+
+def growth_exponent(n1: float, t1: float, n2: float, t2: float) -> float | None:
+    """k in t ~ n^k between two sizes: 1 is linear, 2 quadratic, near 0 a fixed cost dominating."""
+    if min(n1, n2, t1, t2) <= 0 or n1 == n2:
+        return None
+    return math.log(t2 / t1) / math.log(n2 / n1)
+
+
+def exponents(points: list[tuple[float, float]]) -> dict[str, float | None]:
+    """Growth exponents between consecutive sizes of (rows, seconds) points, keyed "n1->n2"."""
+    ordered = sorted(points)
+    return {
+        f"{int(a)}->{int(b)}": None if (e := growth_exponent(a, ta, b, tb)) is None else round(e, 3)
+        for (a, ta), (b, tb) in zip(ordered, ordered[1:])
+    }
+
+
+def disk_estimate(candidates: int, dim: int, wat_cached: bool = False) -> int:
+    """Bytes of disk a size needs at its peak (with a safety margin); WAT shards only when not cached."""
+    per = BYTES_PER_CANDIDATE + BYTES_PER_CANDIDATE_PER_DIM * dim + (0 if wat_cached else WAT_BYTES_PER_CANDIDATE)
+    return int(candidates * per * SAFETY)
+
+
+def disk_verdict(candidates: int, dim: int, free_bytes: int, wat_cached: bool = False) -> str | None:
+    """Why a size cannot run on this disk, or None when it fits."""
+    need = disk_estimate(candidates, dim, wat_cached)
+    if need + RESERVE_BYTES <= free_bytes:
+        return None
+    return (f"needs ~{need / 1e9:.1f} GB of disk (estimate with a {SAFETY}x margin, dim {dim}) plus {RESERVE_BYTES / 2**30:.0f} GiB reserve; "
+            f"{free_bytes / 1e9:.1f} GB free")  # fmt: skip
+
+
+def rate(rows: int | None, seconds: float | None) -> float | None:
+    return round(rows / seconds, 1) if rows and seconds else None
+
+
+def _cell(value, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def table(report: dict) -> str:
+    """Stage x size: wall, CPU, peak RSS, multiple of the floor, rows/s; then the growth exponents."""
+    lines = [f"{'stage':<10} {'size':>9} {'rows':>9} {'wall s':>8} {'CPU s':>8} {'peak MB':>8} {'floor s':>8} {'x floor':>8} {'rows/s':>9}"]
+    lines.append("-" * len(lines[0]))
+    for stage in STAGES:
+        for size, run in report["sizes"].items():
+            if "skipped" in run and "stages" not in run:
+                continue
+            fig = run.get("stages", {}).get(stage)
+            if fig is None:
+                continue
+            if "wall_s" not in fig or "failed" in fig or "skipped" in fig:
+                why = fig.get("failed") or fig.get("skipped") or "no figure"
+                lines.append(f"{stage:<10} {size:>9} {'':>9} {'FAILED' if 'failed' in fig else 'skipped'}: {why[:110]}")
+                continue
+            floor = fig.get("floor") or {}
+            lines.append(
+                f"{stage:<10} {size:>9} {_cell(fig.get('rows'), 'd'):>9} {fig['wall_s']:>8.1f} {fig['cpu_s']:>8.1f} {fig['peak_rss_mb']:>8.0f} "
+                f"{_cell(floor.get('wall_s'), '.1f'):>8} {_cell(fig.get('x_floor'), '.2f'):>8} {_cell(fig.get('rows_per_s'), '.0f'):>9}"
+            )
+    skipped = [f"{size}: {run['skipped']}" for size, run in report["sizes"].items() if "skipped" in run]
+    if skipped:
+        lines.append("skipped sizes: " + "; ".join(skipped))
+    for key, what in (("exponents", "wall time"), ("cpu_exponents", "CPU seconds")):
+        if not report.get(key):
+            continue
+        lines.append(f"growth exponents of {what} (t ~ rows^k between consecutive sizes; floors in brackets):")
+        floor_key = key.replace("exponents", "floor_exponents")
+        for stage, pairs in report[key].items():
+            floors = report.get(floor_key, {}).get(stage, {})
+            cells = [f"{span}: {_cell(k, '.2f')}" + (f" [{_cell(floors.get(span), '.2f')}]" if span in floors else "") for span, k in pairs.items()]
+            lines.append(f"  {stage:<10} " + ("  ".join(cells) if cells else "-"))
+    return "\n".join(lines)
+
+
+def plot(report: dict, path: Path) -> None:
+    """Log-log wall time against candidates, one colour per stage, its floor dashed in the same colour."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, stage in enumerate(STAGES):
+        points, floors = [], []
+        for run in report["sizes"].values():
+            fig_ = run.get("stages", {}).get(stage) or {}
+            n = run.get("candidates")
+            if n and "wall_s" in fig_ and "failed" not in fig_:
+                points.append((n, fig_["wall_s"]))
+                floor = fig_.get("floor") or {}
+                if "wall_s" in floor and "failed" not in floor:
+                    floors.append((n, floor["wall_s"]))
+        color = colors[i % len(colors)]
+        if points:
+            xs, ys = zip(*sorted(points))
+            ax.plot(xs, ys, "o-", color=color, label=stage)
+        if floors:
+            xs, ys = zip(*sorted(floors))
+            ax.plot(xs, ys, "s--", color=color, alpha=0.7, label=f"{stage} floor")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("candidates")
+    ax.set_ylabel("wall seconds")
+    settings = report.get("settings", {})
+    ax.set_title(f"altlake pipeline stages vs size (dim {settings.get('dim')}, {report.get('machine', {}).get('cores')} cores)")
+    ax.grid(True, which="both", alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
