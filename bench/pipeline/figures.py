@@ -60,7 +60,7 @@ def _cell(value, fmt: str) -> str:
 
 def table(report: dict) -> str:
     """Stage x size: wall, CPU, peak RSS, multiple of the floor, rows/s; then the growth exponents."""
-    lines = [f"{'stage':<10} {'size':>9} {'rows':>9} {'wall s':>8} {'CPU s':>8} {'peak MB':>8} {'floor s':>8} {'x floor':>8} {'rows/s':>9}"]
+    lines = [f"{'stage':<10} {'size':>9} {'rows':>9} {'wall s':>8} {'CPU s':>8} {'peak MB':>8} {'floor s':>8} {'x floor':>8} {'x fl CPU':>8} {'rows/s':>9}"]
     lines.append("-" * len(lines[0]))
     for stage in STAGES:
         for size, run in report["sizes"].items():
@@ -76,7 +76,8 @@ def table(report: dict) -> str:
             floor = fig.get("floor") or {}
             lines.append(
                 f"{stage:<10} {size:>9} {_cell(fig.get('rows'), 'd'):>9} {fig['wall_s']:>8.1f} {fig['cpu_s']:>8.1f} {fig['peak_rss_mb']:>8.0f} "
-                f"{_cell(floor.get('wall_s'), '.1f'):>8} {_cell(fig.get('x_floor'), '.2f'):>8} {_cell(fig.get('rows_per_s'), '.0f'):>9}"
+                f"{_cell(floor.get('wall_s'), '.1f'):>8} {_cell(fig.get('x_floor'), '.2f'):>8} {_cell(fig.get('x_floor_cpu'), '.2f'):>8} "
+                f"{_cell(fig.get('rows_per_s'), '.0f'):>9}"
             )
     skipped = [f"{size}: {run['skipped']}" for size, run in report["sizes"].items() if "skipped" in run]
     if skipped:
@@ -94,41 +95,41 @@ def table(report: dict) -> str:
 
 
 def plot(report: dict, path: Path) -> None:
-    """Log-log wall time against candidates, one colour per stage, its floor dashed in the same colour."""
+    """Log-log time against candidates, one colour per stage, its floor dashed in the same colour:
+    wall seconds on the left, CPU seconds of the process tree (steadier on a shared machine) on the right."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 5.5))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for i, stage in enumerate(STAGES):
-        points, floors = [], []
-        for run in report["sizes"].values():
-            fig_ = run.get("stages", {}).get(stage) or {}
-            n = run.get("candidates")
-            if n and "wall_s" in fig_ and "failed" not in fig_:
-                points.append((n, fig_["wall_s"]))
-                floor = fig_.get("floor") or {}
-                if "wall_s" in floor and "failed" not in floor:
-                    floors.append((n, floor["wall_s"]))
-        color = colors[i % len(colors)]
-        if points:
-            xs, ys = zip(*sorted(points))
-            ax.plot(xs, ys, "o-", color=color, label=stage)
-        if floors:
-            xs, ys = zip(*sorted(floors))
-            ax.plot(xs, ys, "s--", color=color, alpha=0.7, label=f"{stage} floor")
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("candidates")
-    ax.set_ylabel("wall seconds")
+    for ax, measure, label in zip(axes, ("wall_s", "cpu_s"), ("wall seconds", "CPU seconds (process tree)")):
+        for i, stage in enumerate(STAGES):
+            points, floors = [], []
+            for run in report["sizes"].values():
+                figure = run.get("stages", {}).get(stage) or {}
+                n = run.get("candidates")
+                if n and figure.get(measure) and "failed" not in figure:
+                    points.append((n, figure[measure]))
+                    floor = figure.get("floor") or {}
+                    if floor.get(measure) and "failed" not in floor:
+                        floors.append((n, floor[measure]))
+            color = colors[i % len(colors)]
+            if points:
+                ax.plot(*zip(*sorted(points)), "o-", color=color, label=stage)
+            if floors:
+                ax.plot(*zip(*sorted(floors)), "s--", color=color, alpha=0.7, label=f"{stage} floor")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("candidates")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", alpha=0.3)
+    if axes[0].get_legend_handles_labels()[0]:
+        axes[0].legend(fontsize=8, ncol=2)
     settings = report.get("settings", {})
-    ax.set_title(f"altlake pipeline stages vs size (dim {settings.get('dim')}, {report.get('machine', {}).get('cores')} cores)")
-    ax.grid(True, which="both", alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8, ncol=2)
+    fig.suptitle(f"altlake pipeline stages vs size (dim {settings.get('dim')}, {report.get('machine', {}).get('cores')} cores; floors dashed)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)

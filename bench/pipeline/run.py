@@ -285,6 +285,8 @@ def _finish(run: SizeRun, stage: str, figure: dict, rows: int, floor: dict | Non
         figure["floor"] = floor
         ok = "failed" not in figure and "failed" not in floor and floor.get("wall_s")
         figure["x_floor"] = round(figure["wall_s"] / floor["wall_s"], 2) if ok else None
+        # CPU seconds move less than wall time when other work shares the machine
+        figure["x_floor_cpu"] = round(figure["cpu_s"] / floor["cpu_s"], 2) if ok and floor.get("cpu_s") else None
     return figure
 
 
