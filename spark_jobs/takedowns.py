@@ -112,23 +112,29 @@ def read_domain_list(path: str, categories: Iterable[str] = ()) -> tuple[list[st
     `domains` file (one per line, '#' comments), a category folder holding one, or the list's root folder
     or .tar.gz with `categories` naming its folders. Returns (domains, skipped lines with why): a
     third-party list's odd lines (IP addresses, paths) are skipped and reported, not fatal."""
+    return parse_domain_list(path, domain_list_sources(path, categories))
+
+
+def domain_list_sources(path: str, categories: Iterable[str] = ()) -> list[tuple[str, bytes]]:
+    """(name, bytes) of each `domains` file the blocklist at `path` holds for `categories`."""
     import tarfile
 
     wanted = [c.strip() for c in categories if c.strip()]
-    sources: list[tuple[str, bytes]] = []
     if path.endswith((".tar.gz", ".tgz", ".tar")):
         with tarfile.open(path) as archive:
             members = {m.name: m for m in archive.getmembers() if m.isfile() and m.name.endswith("/domains")}
             found = {Path(name).parent.name: name for name in members}
-            sources = [(found[c], archive.extractfile(members[found[c]]).read()) for c in _categories(path, wanted, found)]
-    elif Path(path).is_dir():
+            return [(found[c], archive.extractfile(members[found[c]]).read()) for c in _categories(path, wanted, found)]
+    if Path(path).is_dir():
         if Path(path, "domains").is_file():
-            sources = [(str(Path(path, "domains")), Path(path, "domains").read_bytes())]
-        else:
-            found = {p.parent.name: str(p) for p in Path(path).glob("*/domains")}
-            sources = [(found[c], Path(found[c]).read_bytes()) for c in _categories(path, wanted, found)]
-    else:
-        sources = [(path, Path(path).read_bytes())]
+            return [(str(Path(path, "domains")), Path(path, "domains").read_bytes())]
+        found = {p.parent.name: str(p) for p in Path(path).glob("*/domains")}
+        return [(found[c], Path(found[c]).read_bytes()) for c in _categories(path, wanted, found)]
+    return [(path, Path(path).read_bytes())]
+
+
+def parse_domain_list(path: str, sources: list[tuple[str, bytes]]) -> tuple[list[str], list[str]]:
+    """The canonical domains of a blocklist's files, and the lines skipped with why."""
     domains, skipped = [], []
     for name, data in sources:
         for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), 1):
@@ -154,8 +160,9 @@ def _categories(path: str, wanted: list[str], found: dict[str, str]) -> list[str
 
 
 def load_domain_blocklist(spark, settings: Settings) -> dict | None:
-    """Settings.domain_blocklist as domain takedowns, before an extraction: once per file content (its
-    digest is in the reason, so an unchanged list is not merged again), None when none is set."""
+    """Settings.domain_blocklist as domain takedowns, before an extraction: once per file content (the
+    files' digest is in the reason, so an unchanged list is neither parsed nor merged again), None when
+    none is set."""
     import hashlib
 
     from pyspark.sql import functions as F
@@ -163,11 +170,13 @@ def load_domain_blocklist(spark, settings: Settings) -> dict | None:
     if not settings.domain_blocklist:
         return None
     categories = [c for c in settings.domain_blocklist_categories.split(",") if c.strip()]
-    domains, skipped = read_domain_list(settings.domain_blocklist, categories)
-    digest = hashlib.sha256("\n".join(domains).encode()).hexdigest()[:12]
+    sources = domain_list_sources(settings.domain_blocklist, categories)
+    digest = hashlib.sha256(b"".join(hashlib.sha256(data).digest() for _, data in sources)).hexdigest()[:12]
     reason = f"blocklist {Path(settings.domain_blocklist).name}" + (f" [{','.join(categories)}]" if categories else "") + f" sha256:{digest}"
     if read_table(spark, settings, "takedowns").where(F.col("reason") == reason).limit(1).count():
-        return {"blocklist": settings.domain_blocklist, "domains": len(domains), "skipped_lines": len(skipped), "already_loaded": True}
+        # Loaded before: the file is not parsed again (millions of lines on every extraction otherwise).
+        return {"blocklist": settings.domain_blocklist, "already_loaded": True}
+    domains, skipped = parse_domain_list(settings.domain_blocklist, sources)
     summary = add_takedowns(spark, settings, [TakedownRequest("domain", d, reason) for d in domains])
     return {"blocklist": settings.domain_blocklist, "domains": len(domains), "skipped_lines": len(skipped), "already_loaded": False,
             "added": summary["added"]}  # fmt: skip
