@@ -42,6 +42,7 @@ from PIL import Image
 from torch import nn
 from torchvision import transforms as T
 
+from altlake import storage
 from altlake.config import Settings
 from altlake.names import DEMO_MODEL
 
@@ -89,7 +90,7 @@ class ModelSpec:
     device: str = "cpu"  # cpu | cuda
     # Where pretrained tags are looked up and s3:// files cached (default: <Settings.cache_dir>/models).
     cache_dir: str | None = None
-    # S3-compatible endpoint for s3:// weights (default: Settings.s3_endpoint, then AWS_ENDPOINT_URL).
+    # S3-compatible endpoint for s3:// weights (default: Settings.s3_endpoint, then altlake.storage's).
     s3_endpoint: str | None = None
     # The model profile (altlake.profiles) these fields come from, recorded in every row it scores;
     # None when the models were chosen flag by flag.
@@ -474,7 +475,7 @@ def load_models(spec: ModelSpec) -> Models:
         raise RuntimeError("device 'cuda' requested but torch sees no CUDA device; use --device cpu")
     settings = Settings.from_env()
     cache_dir = Path(spec.cache_dir or Path(settings.cache_dir) / "models")
-    fetch = _Fetcher(cache_dir, spec.s3_endpoint or settings.s3_endpoint or os.environ.get("AWS_ENDPOINT_URL") or None)
+    fetch = _Fetcher(cache_dir, spec.s3_endpoint or settings.s3_endpoint)
 
     clip, transform, tokenizer, clip_id, thresholds = _load_clip(spec, cache_dir, fetch, device)
     cfg = open_clip.get_model_config(spec.clip_model)
@@ -569,7 +570,7 @@ def _cached_pretrained(name: str, tag: str, cache_dir: Path) -> tuple[Path, dict
 def _load_text_tower(source: str, fetch: "_Fetcher", device: torch.device, clip_dim: int):
     """A multilingual text encoder: a local M-CLIP directory, or a file holding an open_clip
     TextTransformer trained into CLIP's embedding space."""
-    if source != DEMO and not source.startswith(("s3://", "s3a://")) and Path(source).is_dir():
+    if source != DEMO and not storage.is_object_store(source) and Path(source).is_dir():
         from gpu_workers.multilingual import load_mclip  # imports transformers: only runs that use M-CLIP pay for it
 
         tower, tokenizer, name, weights = load_mclip(source, device, clip_dim)
@@ -659,35 +660,16 @@ def _digest(path: Path) -> str:
 
 
 class _Fetcher:
-    """Resolves a weights location to a local file: local paths as they are, s3:// into the cache."""
+    """Resolves a weights location to a local file: local paths as they are, s3:// into the cache
+    (altlake.storage: once per object version, atomically, so concurrent workers never read half a file)."""
 
-    def __init__(self, cache_dir: Path, endpoint: str | None):
-        self.cache_dir, self.endpoint = cache_dir, endpoint
+    def __init__(self, cache_dir: Path, endpoint: str):
+        self.cache_dir, self.options = cache_dir, storage.S3Options(endpoint=endpoint)
 
     def __call__(self, location: str) -> Path:
-        if location.startswith(("s3://", "s3a://")):
-            return self._from_s3(location)
+        if storage.is_object_store(location):
+            return storage.fetch(location, self.cache_dir, self.options)
         path = Path(location)
         if not path.is_file():
             raise FileNotFoundError(f"weights file not found: {location}")
         return path
-
-    def _from_s3(self, url: str) -> Path:
-        """Download once per object version (ETag), atomically, so concurrent workers never read a half file."""
-        import boto3
-
-        bucket, _, key = url.split("://", 1)[1].partition("/")
-        if not bucket or not key:
-            raise ValueError(f"not an s3://bucket/key URL: {url}")
-        client = boto3.client("s3", endpoint_url=self.endpoint)
-        etag = client.head_object(Bucket=bucket, Key=key)["ETag"].strip('"')
-        local = self.cache_dir / "s3" / bucket / key
-        stamp = local.with_name(local.name + ".etag")
-        if local.is_file() and stamp.is_file() and stamp.read_text() == etag:
-            return local
-        local.parent.mkdir(parents=True, exist_ok=True)
-        partial = local.with_name(f"{local.name}.{os.getpid()}.part")
-        client.download_file(bucket, key, str(partial))
-        partial.replace(local)
-        stamp.write_text(etag)
-        return local

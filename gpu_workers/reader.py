@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from altlake import storage
 from altlake.schemas import CANDIDATES, NO_LANGUAGE
-from gpu_workers.writer import read_url
 
 # The CANDIDATES columns the worker needs; every other column of the batch is ignored.
 REQUIRED_COLUMNS = ("uid", "url", "text", "language")
@@ -56,7 +56,7 @@ def default_batch_id(input_path: str) -> str:
 def read_batch(input_path: str, s3_endpoint: str = "", batch_id: str | None = None) -> Batch:
     """Read and validate a batch parquet (local path or s3:// URL)."""
     try:
-        data = read_url(input_path, s3_endpoint)
+        data = storage.read_bytes(input_path, storage.S3Options(endpoint=s3_endpoint))
     except FileNotFoundError as exc:
         raise BatchInputError(f"batch input not found: {input_path}") from exc
     except (IsADirectoryError, NotADirectoryError, PermissionError) as exc:

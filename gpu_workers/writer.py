@@ -9,10 +9,10 @@ Layout of one batch's output directory (the names other tools already read):
     00000.tar, 00001.tar, ...     optional webdataset shards (<key>.jpg/.txt/.json, like img2dataset)
     _SUCCESS                      JSON summary with counters per status, written last
 
-A file is either absent or complete: locally it is written to a temp name and renamed; on S3 it
-is one PUT or a multipart upload that only becomes visible once completed (and is aborted on
-failure). So a worker killed at any point leaves no torn file, and `_SUCCESS` (written last)
-tells a finished batch from one to redo.
+A file is either absent or complete (altlake.storage): locally it is written to a temp name and
+renamed; on S3 an object only becomes visible once its upload completes, and a failed upload is
+removed. So a worker killed at any point leaves no torn file, and `_SUCCESS` (written last) tells
+a finished batch from one to redo.
 """
 
 from __future__ import annotations
@@ -20,10 +20,8 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import tarfile
 import tempfile
-import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -31,12 +29,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from altlake import storage
 from altlake.paths import EMBEDDING_KINDS, SUCCESS_FILE, embedding_shard
 from altlake.schemas import SCORE_STATUSES, WORKER_RESULTS
 
 # One shard per batch, in the contracts' layout.
 IMG_EMB_FILE, TEXT_EMB_FILE, METADATA_FILE = (embedding_shard(kind, 0) for kind in EMBEDDING_KINDS)
-TEMP_MARK = ".tmp-"  # local temp files carry this in their name; stale ones are swept on re-run
+TEMP_MARK = storage.TEMP_MARK  # local temp files carry this in their name; stale ones are swept on re-run
 SAMPLES_PER_SHARD = 10_000
 
 # Columns that change between two runs of the same batch; everything else is deterministic.
@@ -52,85 +51,33 @@ _METADATA_FROM_RESULTS = (
 # --- where the files go ---------------------------------------------------------------------------
 
 
-def is_s3(url: str) -> bool:
-    return url.startswith(("s3://", "s3a://"))
-
-
-def split_s3_url(url: str) -> tuple[str, str]:
-    """s3://bucket/some/key -> ("bucket", "some/key")."""
-    rest = url.split("://", 1)[1]
-    bucket, _, key = rest.partition("/")
-    if not bucket:
-        raise ValueError(f"no bucket in S3 URL {url!r}")
-    return bucket, key
-
-
-def s3_client(endpoint: str = ""):
-    """A boto3 S3 client; with no endpoint boto3 itself honours AWS_ENDPOINT_URL (or uses AWS)."""
-    import boto3
-
-    return boto3.client("s3", endpoint_url=endpoint or None)
-
-
-def read_url(url: str, s3_endpoint: str = "") -> bytes:
-    """The bytes of a local file or an S3 object; FileNotFoundError when it does not exist."""
-    if not is_s3(url):
-        with open(url, "rb") as f:
-            return f.read()
-    client = s3_client(s3_endpoint)
-    bucket, key = split_s3_url(url)
-    try:
-        return client.get_object(Bucket=bucket, Key=key)["Body"].read()
-    except client.exceptions.NoSuchKey as exc:
-        raise FileNotFoundError(url) from exc
-
-
 class OutputDir:
-    """A batch's output directory: a local folder or an s3:// prefix, written one atomic file at a time."""
+    """A batch's output directory: a local folder or an s3:// prefix, written one atomic file at a
+    time through altlake.storage."""
 
     def __init__(self, url: str, s3_endpoint: str = ""):
         self.url = url.rstrip("/")
-        self.s3 = is_s3(url)
-        self._client = s3_client(s3_endpoint) if self.s3 else None
+        self.s3 = storage.is_object_store(url)
+        self._options = storage.S3Options(endpoint=s3_endpoint)
 
     def path(self, name: str) -> str:
         return f"{self.url}/{name}"
 
     def write_bytes(self, name: str, data: bytes) -> None:
-        if self.s3:
-            self._upload(io.BytesIO(data), name)
-            return
-        target = self._local_target(name)
-        temp = f"{target}{TEMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        with open(temp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, target)
+        storage.write_bytes(self.path(name), data, self._options)
 
     def write_file(self, name: str, local_path: str) -> None:
         """Move a finished local file (e.g. a tar shard built on scratch disk) into place."""
-        if self.s3:
-            with open(local_path, "rb") as f:
-                self._upload(f, name)
-            os.remove(local_path)
-            return
-        target = self._local_target(name)
-        temp = f"{target}{TEMP_MARK}{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        shutil.move(local_path, temp)
-        os.replace(temp, target)
+        storage.move_file(local_path, self.path(name), self._options)
 
     def read_bytes(self, name: str) -> bytes | None:
         try:
-            if self.s3:
-                return self._get(name)
-            with open(self.path(name), "rb") as f:
-                return f.read()
+            return storage.read_bytes(self.path(name), self._options)
         except FileNotFoundError:
             return None
 
     def remove_stale_temps(self) -> int:
-        """Delete temp files a killed run left behind (S3 has none: uploads are all-or-nothing)."""
+        """Delete temp files a killed run left behind (S3 has none: an upload is whole or invisible)."""
         if self.s3 or not os.path.isdir(self.url):
             return 0
         removed = 0
@@ -140,24 +87,6 @@ class OutputDir:
                     os.remove(os.path.join(folder, name))
                     removed += 1
         return removed
-
-    def _local_target(self, name: str) -> str:
-        target = os.path.join(self.url, *name.split("/"))
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        return target
-
-    def _upload(self, fileobj, name: str) -> None:
-        # upload_fileobj switches to multipart for large files; S3 shows the object only after
-        # CompleteMultipartUpload, and s3transfer aborts the upload when a part fails.
-        bucket, key = split_s3_url(self.path(name))
-        self._client.upload_fileobj(fileobj, bucket, key)
-
-    def _get(self, name: str) -> bytes:
-        bucket, key = split_s3_url(self.path(name))
-        try:
-            return self._client.get_object(Bucket=bucket, Key=key)["Body"].read()
-        except self._client.exceptions.NoSuchKey as exc:
-            raise FileNotFoundError(self.path(name)) from exc
 
 
 # --- results, embeddings, metadata --------------------------------------------------------------

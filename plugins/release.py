@@ -3,19 +3,23 @@
 validate_candidates -> publish (`build_release`: pairs, the scores/pairs gates, the release files,
 their KNN index, the manifest and the `releases` row, the same job `spark-submit spark_jobs/release.py`
 and `altlake build-release` run) -> build_index (confirms the manifest's index; indexes older
-releases beside their files). What stays here: the run's form (store, thresholds), the S3 client from
-an Airflow connection, refusals as Airflow outcomes, and each task's summary line.
+releases beside their files). What stays here: the run's form (store, thresholds), the S3 endpoint and keys
+from an Airflow connection, refusals as Airflow outcomes, and each task's summary line.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from altlake import stats
 from altlake.config import Settings
 from plugins.spark import start_jvm, task_spark
+
+if TYPE_CHECKING:
+    from altlake import storage
 
 log = logging.getLogger(__name__)
 
@@ -34,13 +38,25 @@ def run_settings(params: dict) -> Settings:
     return Settings.from_env(release_store=params.get("release_store") or None, **values)
 
 
-def s3_client(settings: Settings, aws_conn_id: str):
-    """A boto3 S3 client from the Airflow connection when the store is on S3 (None otherwise)."""
-    if not settings.release_dir.startswith(("s3://", "s3a://")):
+def store_options(settings: Settings, aws_conn_id: str) -> storage.S3Options | None:
+    """The release store's S3 endpoint and keys from the Airflow connection (its endpoint_url extra,
+    else Settings.s3_endpoint) when the store is on S3; None otherwise (the settings' own)."""
+    from altlake import storage  # pyarrow: only tasks pay for it, not DAG parsing
+
+    if not storage.is_object_store(settings.release_dir):
         return None
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-    return S3Hook(aws_conn_id=aws_conn_id or DEFAULT_AWS_CONN_ID).get_conn()
+    hook = S3Hook(aws_conn_id=aws_conn_id or DEFAULT_AWS_CONN_ID)
+    credentials = None  # a connection without keys that boto3 finds elsewhere: storage's own chain
+    if hook.get_session().get_credentials() is not None:
+        keys = hook.get_credentials()  # also masks the secret in task logs
+        credentials = storage.Credentials(keys.access_key, keys.secret_key, keys.token)
+    return storage.S3Options(
+        endpoint=hook.conn_config.get_service_endpoint_url("s3") or settings.s3_endpoint,
+        credentials=credentials,
+        region=hook.conn_config.region_name or "",
+    )
 
 
 def validate_candidates(settings: Settings, run_id: str) -> dict:
@@ -69,7 +85,7 @@ def publish(settings: Settings, run_id: str, aws_conn_id: str = DEFAULT_AWS_CONN
 
     spark = task_spark(settings, "altlake-release")
     try:
-        summary = build_release(spark, settings, client=s3_client(settings, aws_conn_id), run_id=run_id)
+        summary = build_release(spark, settings, store_options=store_options(settings, aws_conn_id), run_id=run_id)
     except QualityGateError as error:
         raise AirflowFailException(f"release stopped by a quality gate: {error}") from error
     except (MixedModelsError, ProfileError, IndexerMissingError) as error:
@@ -109,7 +125,7 @@ def build_index(settings: Settings, location: str, aws_conn_id: str = DEFAULT_AW
     else (a release published before that, or with --no-index) written beside its files."""
     from spark_jobs.release import index_published_release
 
-    summary = index_published_release(settings, location, s3_client(settings, aws_conn_id))
+    summary = index_published_release(settings, location, store_options(settings, aws_conn_id))
     log.info("%s", index_summary_line(summary))
     return summary
 

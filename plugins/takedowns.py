@@ -62,10 +62,10 @@ def apply(settings: Settings, added: dict) -> dict:
 
 def amend(settings: Settings, applied: dict, aws_conn_id: str = "") -> dict:
     """Add a removals addendum beside every published release the takedowns now reach further."""
-    from plugins.release import s3_client
+    from plugins.release import store_options
     from spark_jobs.removals import amend_releases
 
-    result = amend_releases(task_spark(settings, "altlake-takedowns"), settings, client=s3_client(settings, aws_conn_id))
+    result = amend_releases(task_spark(settings, "altlake-takedowns"), settings, store_options=store_options(settings, aws_conn_id))
     log.info("%s", amend_summary_line(result))
     return result
 

@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from altlake import storage
 from altlake.paths import DERIVED_SUBSETS_DIR, MANIFEST, RELEASE_EMBEDDINGS_DIR, derived_subset_file, embedding_shard, release_parquet_file
 from altlake.schemas import PAIRS, SUBSETS
 
@@ -215,77 +216,42 @@ def manifest_bytes(manifest: dict) -> bytes:
 
 
 class ReleaseStore:
-    """Where releases live. S3 goes through a boto3 client (Airflow passes S3Hook(...).get_conn())."""
+    """Where releases live, through altlake.storage (`s3`: the endpoint and keys of an S3 store;
+    Airflow passes its connection's)."""
 
-    def __init__(self, location: str, client=None, s3_endpoint: str = ""):
+    def __init__(self, location: str, s3: storage.S3Options | None = None):
         self.location = location.rstrip("/")
-        self.is_s3 = self.location.startswith(("s3://", "s3a://"))
-        if self.is_s3:
-            import boto3
-
-            self.client = client or boto3.client("s3", endpoint_url=s3_endpoint or None)
-            self.bucket, _, self.prefix = self.location.split("://", 1)[1].partition("/")
+        self.is_s3 = storage.is_object_store(self.location)
+        self.s3 = s3
 
     def url(self, release_id: str) -> str:
         return f"{self.location}/{release_id}"
 
-    def _key(self, release_id: str, name: str) -> str:
-        return "/".join(p for p in (self.prefix, release_id, name) if p)
+    def file_url(self, release_id: str, name: str) -> str:
+        return storage.join(self.url(release_id), name)
 
     def exists(self, release_id: str) -> bool:
         """Published = its manifest exists (files without one are leftovers of a crashed publish)."""
-        if not self.is_s3:
-            return os.path.exists(os.path.join(self.location, release_id, MANIFEST))
-        from botocore.exceptions import ClientError
-
-        try:
-            self.client.head_object(Bucket=self.bucket, Key=self._key(release_id, MANIFEST))
-            return True
-        except ClientError as error:
-            if error.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
-                return False
-            raise
+        return storage.exists(self.file_url(release_id, MANIFEST), self.s3)
 
     def read_manifest(self, release_id: str) -> dict:
-        if not self.is_s3:
-            return json.loads(Path(self.location, release_id, MANIFEST).read_bytes())
-        body = self.client.get_object(Bucket=self.bucket, Key=self._key(release_id, MANIFEST))["Body"].read()
-        return json.loads(body)
+        return json.loads(storage.read_bytes(self.file_url(release_id, MANIFEST), self.s3))
 
     def add_file(self, release_id: str, name: str, data: bytes) -> str:
         """Add a file beside a published release (a removals addendum); files are never overwritten."""
-        if not self.is_s3:
-            path = Path(self.location, release_id, name)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            staged = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-            staged.write_bytes(data)
-            try:
-                os.link(staged, path)  # fails if it exists: never replaces an addendum
-            except FileExistsError:
-                raise ReleaseExistsError(f"{path} already exists; release files are never rewritten") from None
-            finally:
-                staged.unlink()
-            return str(path)
-        key = self._key(release_id, name)
-        if self.list_files(release_id, name):
-            raise ReleaseExistsError(f"s3://{self.bucket}/{key} already exists; release files are never rewritten")
-        self.client.put_object(Bucket=self.bucket, Key=key, Body=data)
-        return f"s3://{self.bucket}/{key}"
+        url = self.file_url(release_id, name)
+        try:
+            storage.write_bytes(url, data, self.s3, exclusive=True)
+        except storage.ObjectExistsError:
+            raise ReleaseExistsError(f"{url} already exists; release files are never rewritten") from None
+        return url
 
     def list_files(self, release_id: str, prefix: str) -> list[str]:
         """Names (relative to the release) under `prefix`, sorted."""
-        if not self.is_s3:
-            root = Path(self.location, release_id)
-            names = (p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
-            return sorted(name for name in names if name.startswith(prefix))
-        start = self._key(release_id, "") + "/"
-        pages = self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=start + prefix)
-        return sorted(o["Key"][len(start):] for page in pages for o in page.get("Contents", []))
+        return [name for name in storage.list_files(self.url(release_id), self.s3, recursive=True) if name.startswith(prefix)]
 
     def read_file(self, release_id: str, name: str) -> bytes:
-        if not self.is_s3:
-            return Path(self.location, release_id, name).read_bytes()
-        return self.client.get_object(Bucket=self.bucket, Key=self._key(release_id, name))["Body"].read()
+        return storage.read_bytes(self.file_url(release_id, name), self.s3)
 
     def publish(self, staging_dir: str, release_id: str, manifest: bytes) -> str:
         """Copy a staged release in, manifest last, refusing an existing release id."""
@@ -303,7 +269,7 @@ class ReleaseStore:
             return target
         files = sorted(p for p in Path(staging_dir).rglob("*") if p.is_file() and p.name != MANIFEST)
         for path in [*files, Path(staging_dir, MANIFEST)]:
-            self.client.upload_file(str(path), self.bucket, self._key(release_id, path.relative_to(staging_dir).as_posix()))
+            storage.upload_file(path, self.file_url(release_id, path.relative_to(staging_dir).as_posix()), self.s3)
         return self.url(release_id)
 
 

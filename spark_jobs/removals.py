@@ -18,6 +18,7 @@ import json
 import sys
 from datetime import datetime, timezone
 
+from altlake import storage
 from altlake.config import Settings
 from altlake.paths import DEPRECATION, REMOVALS_DIR, removals_file
 from altlake.schemas import REMOVALS
@@ -26,10 +27,10 @@ from spark_jobs.publish import ReleaseExistsError, ReleaseStore
 from spark_jobs.takedowns import HASH_COLUMNS, match_takedowns
 
 
-def release_store_of(location: str, settings: Settings, client=None) -> tuple[ReleaseStore, str]:
+def release_store_of(location: str, settings: Settings, store_options: storage.S3Options | None = None) -> tuple[ReleaseStore, str]:
     """(the store holding a published release, its id) from the location `releases` recorded."""
     root, _, release_id = location.rstrip("/").rpartition("/")
-    return ReleaseStore(root, client=client, s3_endpoint=settings.s3_endpoint), release_id
+    return ReleaseStore(root, store_options or storage.S3Options.of(settings)), release_id
 
 
 def release_rows(spark, location: str):
@@ -38,8 +39,7 @@ def release_rows(spark, location: str):
 
     from altlake.urls import canonical_url
 
-    path = location.replace("s3://", "s3a://", 1) if location.startswith("s3://") else location
-    rows = spark.read.parquet(f"{path}/parquet/*/*.parquet")
+    rows = spark.read.parquet(f"{storage.hadoop_url(location)}/parquet/*/*.parquet")
     return rows.select(
         "uid",
         F.col("URL").alias("url"),
@@ -60,7 +60,11 @@ def listed_removals(store: ReleaseStore, release_id: str) -> list[dict]:
 
 
 def amend_releases(
-    spark, settings: Settings, client=None, now: datetime | None = None, release_ids: list[str] | None = None
+    spark,
+    settings: Settings,
+    store_options: storage.S3Options | None = None,
+    now: datetime | None = None,
+    release_ids: list[str] | None = None,
 ) -> dict:
     """Add a removals addendum to every published release that the current takedowns reach further.
 
@@ -81,7 +85,7 @@ def amend_releases(
     if release_ids is not None:
         releases = releases.where(releases["release_id"].isin(release_ids))
     for release in releases.collect():
-        store, release_id = release_store_of(release["location"], settings, client)
+        store, release_id = release_store_of(release["location"], settings, store_options)
         listed = listed_removals(store, release_id)
         seen = {row["uid"] for row in listed}
         rows = release_rows(spark, release["location"])
@@ -122,7 +126,13 @@ class UnknownReleaseError(ValueError):
 
 
 def deprecate_release(
-    spark, settings: Settings, release_id: str, reason: str, superseded_by: str | None = None, client=None, now: datetime | None = None
+    spark,
+    settings: Settings,
+    release_id: str,
+    reason: str,
+    superseded_by: str | None = None,
+    store_options: storage.S3Options | None = None,
+    now: datetime | None = None,
 ) -> dict:
     """Mark a published release superseded: `DEPRECATED.json` beside its immutable files (written once:
     deprecating again keeps the first notice) and `releases.deprecated`, so holders of a copy, SQL
@@ -140,7 +150,7 @@ def deprecate_release(
             raise UnknownReleaseError(f"no release {name!r} is recorded in `releases` (SELECT release_id FROM releases lists them)")
     if superseded_by == release_id:
         raise ValueError("a release cannot supersede itself")
-    store, _ = release_store_of(found[release_id], settings, client)
+    store, _ = release_store_of(found[release_id], settings, store_options)
     notice = {
         "release_id": release_id,
         "deprecated_at": (now or datetime.now(timezone.utc)).isoformat(timespec="seconds"),

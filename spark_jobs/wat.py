@@ -39,6 +39,7 @@ import simdjson
 from fastwarc.warc import ArchiveIterator, WarcRecordType
 from isal import igzip, isal_zlib
 
+from altlake import storage
 from altlake.config import Settings
 from altlake.names import MIN_TEXT_CHARS, pair_uid  # pair_uid stays importable from here
 from altlake.schemas import FILE_DONE, FILE_FAILED, NO_LANGUAGE, REJECT_REASONS
@@ -101,25 +102,15 @@ class WatError(Exception):
 
 def open_wat(path: str, s3_endpoint: str = "") -> BinaryIO:
     """A binary stream of the file's raw bytes, wherever it lives."""
-    if path.startswith(("s3a://", "s3://", "s3n://")):
-        bucket, _, key = path.split("://", 1)[1].partition("/")
-        return _s3_client(s3_endpoint).get_object(Bucket=bucket, Key=key)["Body"]
     if path.startswith(("http://", "https://")):
         from urllib.request import urlopen
 
         return urlopen(path, timeout=60)  # noqa: S310 - scheme checked above
-    return open(path.removeprefix("file://"), "rb")
-
-
-@lru_cache(maxsize=4)
-def _s3_client(endpoint: str):
-    import boto3
-
-    return boto3.client("s3", endpoint_url=endpoint or None)
+    return storage.open_input_stream(path, storage.S3Options(endpoint=s3_endpoint))
 
 
 class _Source(io.RawIOBase):
-    """Any stream with read() (a file, botocore's StreamingBody, an HTTP response) as a raw stream
+    """Any stream with read() (a file, a pyarrow input stream, an HTTP response) as a raw stream
     with readinto(), which the gzip reader needs, with the first bytes peeked back in front."""
 
     def __init__(self, raw: BinaryIO, peeked: bytes):

@@ -11,6 +11,7 @@ import pytest
 
 from altlake.config import Settings
 from altlake.schemas import PAIRS
+from altlake.storage import S3Options
 from spark_jobs.publish import (
     MANIFEST,
     ReleaseExistsError,
@@ -65,7 +66,7 @@ def test_local_store_publishes_atomically_and_refuses_overwrite(tmp_path):
 def test_s3_store_uploads_every_file_and_refuses_overwrite(tmp_path, moto_server):
     client = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1")
     client.create_bucket(Bucket="releases")
-    store = ReleaseStore("s3://releases/laion-like", client=client)
+    store = ReleaseStore("s3://releases/laion-like", S3Options(endpoint=moto_server))
     assert not store.exists("r1")
     # Files of a publish that crashed before its manifest do not make a release.
     client.put_object(Bucket="releases", Key="laion-like/r1/parquet/en/part-00000.parquet", Body=b"torn")
@@ -82,6 +83,25 @@ def test_s3_store_uploads_every_file_and_refuses_overwrite(tmp_path, moto_server
     assert store.read_manifest("r1")["files"] == json.loads(json.dumps(expected))
     with pytest.raises(ReleaseExistsError):
         store.publish(_stage(tmp_path / "s2"), "r1", manifest_bytes({"release_id": "r1"}))
+
+
+@pytest.mark.parametrize("kind", ["local", "s3"])
+def test_files_added_beside_a_release_are_never_rewritten(tmp_path, kind, request):
+    """Removals addenda and deprecation notices: written once, listed and read back, on either store."""
+    if kind == "s3":
+        endpoint = request.getfixturevalue("moto_server")
+        boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1").create_bucket(Bucket="addenda")
+        store = ReleaseStore("s3a://addenda/releases", S3Options(endpoint=endpoint))
+    else:
+        store = ReleaseStore(str(tmp_path / "releases"))
+    location = store.add_file("r1", "removals/removals-00001.parquet", b"first")
+    assert location == store.file_url("r1", "removals/removals-00001.parquet")
+    with pytest.raises(ReleaseExistsError, match="removals-00001.parquet already exists; release files are never rewritten"):
+        store.add_file("r1", "removals/removals-00001.parquet", b"second")
+    store.add_file("r1", "DEPRECATED.json", b"{}")
+    assert store.list_files("r1", "removals/") == ["removals/removals-00001.parquet"]
+    assert store.read_file("r1", "removals/removals-00001.parquet") == b"first"
+    assert not store.exists("r1")  # files without a manifest are no release
 
 
 def test_a_shard_collected_in_uid_pieces_writes_the_same_bytes(tmp_path, monkeypatch):

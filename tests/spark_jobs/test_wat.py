@@ -357,7 +357,7 @@ def test_s3a_wat_and_listing_through_an_s3_server(sample_wat, monkeypatch):
         result = process_wat(paths[0], s3_endpoint=endpoint)
         assert result.status == FILE_DONE and (result.raw_links, result.raw_pairs) == (88, 33)
         missing = process_wat("s3a://commoncrawl/nope.warc.wat.gz", s3_endpoint=endpoint)
-        assert missing.status == FILE_FAILED and "NoSuchKey" in missing.error
+        assert missing.status == FILE_FAILED and "No such file: 's3a://commoncrawl/nope.warc.wat.gz'" in missing.error
     finally:
         server.stop()
 
