@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
+from altlake.config import WORKER_DECODES
 from gpu_workers.images import (
     DecodedImage,
     Header,
@@ -35,7 +36,7 @@ from gpu_workers.images import (
 )
 from gpu_workers.stage_clock import NO_CLOCK, StageClock
 
-DECODE_CHOICES = ("auto", "cpu", "gpu")
+DECODE_CHOICES = WORKER_DECODES
 # Decoded pixels per decode_jpeg call: bounds device memory whatever the batch holds (a batch of
 # LAION's largest allowed images would otherwise need tens of GB).
 MAX_BATCH_PIXELS = 256 * 1024 * 1024

@@ -33,7 +33,7 @@ from collections.abc import Iterable
 from dataclasses import fields
 from pathlib import Path
 
-from altlake.config import Settings
+from altlake.config import SPARK_BACKENDS, Settings
 from plugins.emr import start_job_operator
 from plugins.jobs import REPO, SparkJob, extract_job, quality_job
 from spark_jobs.quality import GATE_FAILED_EXIT
@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 # Spark's own console output (log4j, the JVM, Python workers), relayed line by line: see SparkOutput.
 output_log = logging.getLogger(f"{__name__}.output")
 
-BACKENDS = ("local", "submit", "emr_serverless")
+BACKENDS = SPARK_BACKENDS
 
 
 class SparkJobError(RuntimeError):

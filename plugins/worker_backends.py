@@ -42,9 +42,9 @@ from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperato
 from airflow.sdk import BaseOperator
 from kubernetes.client import models as k8s
 
-from altlake.config import Settings
+from altlake.config import WORKER_BACKENDS, Settings
 
-BACKENDS = ("local", "aws_batch", "kubernetes")
+BACKENDS = WORKER_BACKENDS
 
 # The worker image's ENTRYPOINT is the altlake CLI (infra/docker/worker.Dockerfile), so containers
 # get only the arguments: AWS Batch's command override and a pod's args both replace the image's CMD.

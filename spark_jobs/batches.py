@@ -21,74 +21,41 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import sys
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script by spark-submit: make our packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from altlake.config import Settings
+from altlake import storage
+from altlake.config import Settings, exit_status, parse_retry_limits
 from altlake.names import check_crawl_id
-from altlake.schemas import BATCH_FAILED, BATCH_PLANNED, BATCHES, CANDIDATES, RETRYABLE_STATUSES
+from altlake.schemas import BATCH_FAILED, BATCH_PLANNED, BATCHES, CANDIDATES
 from spark_jobs.lake import lake_paths, read_table, table_path
-from spark_jobs.session import lake_fs
 
-DEFAULT_RETRY_LIMIT = 3
 BATCH_ID_CHARS = 20
-
-
-def parse_retry_limits(spec: str) -> dict[str, int]:
-    """"dns=2,timeout=3" -> max attempts per retryable class; unnamed classes get DEFAULT_RETRY_LIMIT."""
-    limits = dict.fromkeys(RETRYABLE_STATUSES, DEFAULT_RETRY_LIMIT)
-    for item in filter(None, (part.strip() for part in spec.split(","))):
-        name, sep, value = item.partition("=")
-        name = name.strip()
-        if not sep or name not in RETRYABLE_STATUSES or not value.strip().isdigit():
-            raise ValueError(
-                f"bad retry limit {item!r}: expected CLASS=N with CLASS one of {', '.join(RETRYABLE_STATUSES)}"
-            )
-        limits[name] = int(value)
-    return limits
 
 
 # --- lake files (local or s3a://), written atomically -------------------------------------------------
 
 
 def write_lake_bytes(settings: Settings, url: str, data: bytes) -> None:
-    """Write a whole file or nothing: temp + rename locally, one PUT on S3."""
-    filesystem, path = lake_fs(settings, url)
-    if "://" in url:
-        with filesystem.open_output_stream(path) as out:
-            out.write(data)
-        return
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".tmp-")
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-    os.replace(tmp, path)
+    """Write a whole file or nothing (altlake.storage: temp + rename locally, one PUT on S3)."""
+    storage.write_bytes(url, data, storage.S3Options.of(settings))
 
 
 def read_lake_bytes(settings: Settings, url: str) -> bytes | None:
     """The file's bytes, or None when it does not exist."""
-    from pyarrow import fs
-
-    filesystem, path = lake_fs(settings, url)
-    if filesystem.get_file_info(path).type != fs.FileType.File:
+    try:
+        return storage.read_bytes(url, storage.S3Options.of(settings))
+    except (FileNotFoundError, IsADirectoryError):
         return None
-    with filesystem.open_input_stream(path) as f:
-        return f.read()
 
 
 def list_lake_files(settings: Settings, url: str) -> list[str]:
     """Names of the files directly under a lake directory (sorted; empty when it is missing)."""
-    from pyarrow import fs
-
-    filesystem, path = lake_fs(settings, url)
-    infos = filesystem.get_file_info(fs.FileSelector(path, allow_not_found=True))
-    return sorted(i.base_name for i in infos if i.type == fs.FileType.File)
+    return storage.list_files(url, storage.S3Options.of(settings))
 
 
 def _parquet_bytes(table) -> bytes:
@@ -209,7 +176,9 @@ def _record_batches(spark, settings: Settings, rows: list[tuple]) -> None:
 
     if not rows:
         return
-    source = spark.createDataFrame(rows, BATCHES.spark_ddl())
+    # The planner fills the planning columns; the worker's throughput record comes at merge.
+    width = len(BATCHES.columns)
+    source = spark.createDataFrame([(*row, *[None] * (width - len(row))) for row in rows], BATCHES.spark_ddl())
     (
         DeltaTable.forPath(spark, table_path(settings, "batches"))
         .alias("t")
@@ -254,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="batches", description="plan scoring batches")
     configure(parser)
-    return run(parser.parse_args(argv))
+    return exit_status(parser.prog, lambda: run(parser.parse_args(argv)))
 
 
 if __name__ == "__main__":

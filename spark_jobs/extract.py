@@ -31,7 +31,7 @@ from datetime import datetime, timezone
 
 import orjson
 
-from altlake.config import Settings
+from altlake.config import Settings, exit_status
 from altlake.names import COMMONCRAWL_S3, check_crawl_id
 from altlake.paths import LakePaths
 from altlake.schemas import CANDIDATES, CRAWL_FILES, FILE_DONE, FILE_FAILED, REJECT_REASONS
@@ -357,7 +357,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="extract.py", description="extract image/alt-text pairs from WAT files")
     configure(parser)
-    return run(parser.parse_args(argv))
+    return exit_status(parser.prog, lambda: run(parser.parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script by spark-submit / EMR: make our packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from altlake.config import Settings
+from altlake.config import Settings, SettingsError
 from altlake.paths import DATABASE, LakePaths
 from altlake.names import MIN_TEXT_CHARS, check_crawl_id
 from altlake.schemas import CANDIDATES, NO_LANGUAGE, PAIRS, SCORE_STATUSES, SCORES, SUBSETS, Table
@@ -263,7 +263,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"quality: {error}", file=sys.stderr)
             return 2
 
-    settings = Settings.from_env(lake_dir=args.lake)
+    try:
+        settings = Settings.from_env(lake_dir=args.lake)
+    except SettingsError as error:
+        print(error.report("quality"), file=sys.stderr)
+        return 2
     report = validate_table(settings, args.table, args.run_id, crawl=args.crawl)
     print(json.dumps(report.to_dict(), default=str))
     try:

@@ -39,7 +39,8 @@ import pandas as pd
 if __package__ in (None, ""):  # run as a script by spark-submit: make our packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from altlake.config import Settings
+from altlake import storage
+from altlake.config import Settings, exit_status
 from altlake.paths import EMBEDDING_KINDS, INDEX_DIR, MANIFEST, RELEASE_EMBEDDINGS_DIR, RELEASE_GX_DIR, RELEASE_PARQUET_DIR, REPORT, derived_subset_file
 from altlake.profiles import LAION_THRESHOLD_EN, LAION_THRESHOLD_OTHER, ProfileError, load_profiles
 from altlake.schemas import (
@@ -456,6 +457,12 @@ def gate(spark, settings: Settings, scores, pairs, stages: list[dict], docs_dir:
     n_ok, n_candidates = counted["downloaded"].kept, counted["scored"].taken
     min_pairs = max(1, math.ceil(settings.kept_fraction_min * n_ok))
     max_pairs = min(n_ok, math.floor(settings.kept_fraction_max * n_ok))
+    if min_pairs > max_pairs:  # no pairs table could pass: say why, in the gate's words, before GX would refuse the bounds
+        raise QualityGateError(
+            f"the release gate cannot pass: {n_ok} ok score(s) allow at most {max_pairs} pair(s) "
+            f"(ALTLAKE_KEPT_FRACTION_MAX={settings.kept_fraction_max}) and a release needs at least {min_pairs}; "
+            "score more candidates first"
+        )
     layers = {
         "scores": [("expect_table_row_count_to_be_between", {"max_value": n_candidates})],
         "pairs": [
@@ -515,8 +522,8 @@ def _derived_section(derived: tuple[DerivedSubset, ...], rows: dict[str, int]) -
     return {d.name: {"filter": d.filter, **d.parameters, "rows": rows[d.name], "file": derived_subset_file(d.name)} for d in derived}
 
 
-def _store(settings: Settings, client=None) -> publish.ReleaseStore:
-    return publish.ReleaseStore(settings.release_dir, client=client, s3_endpoint=settings.s3_endpoint)
+def _store(settings: Settings, store_options: storage.S3Options | None = None) -> publish.ReleaseStore:
+    return publish.ReleaseStore(settings.release_dir, store_options or storage.S3Options.of(settings))
 
 
 def _staging_dir(store: publish.ReleaseStore, release_id: str) -> str:
@@ -553,7 +560,7 @@ def release_indexer(progress: bool = False) -> Callable[[str, str], dict]:
 def build_release(
     spark,
     settings: Settings,
-    client=None,
+    store_options: storage.S3Options | None = None,
     date: str | None = None,
     run_id: str | None = None,
     rows_per_file: int = publish.ROWS_PER_FILE,
@@ -574,7 +581,7 @@ def build_release(
     used, thresholds = release_models(spark, settings, versions)
     derived = settings.derived_subsets
     release_id = publish.release_id_for(date, _release_inputs(versions, thresholds, derived))
-    store = _store(settings, client)
+    store = _store(settings, store_options)
     if store.exists(release_id):
         _record_release(spark, settings, release_id, store.url(release_id), publish.manifest_bytes(store.read_manifest(release_id)))
         raise publish.ReleaseExistsError(f"release {release_id} already exists at {store.url(release_id)}; releases are immutable")
@@ -666,12 +673,12 @@ def recorded_release(spark, settings: Settings) -> dict | None:
     return None
 
 
-def index_published_release(settings: Settings, location: str, client=None) -> dict:
+def index_published_release(settings: Settings, location: str, store_options: storage.S3Options | None = None) -> dict:
     """The KNN indices of a published release: recorded in its manifest when the build made them
     (nothing to do), else (a release published without them) written beside its files. On S3 the
     release is read into a temporary folder and only the new `index/` files are uploaded: the
     published files, manifest included, stay exactly as released."""
-    store = _store(settings, client)
+    store = _store(settings, store_options)
     release_id = location.rstrip("/").rsplit("/", 1)[1]
     manifest = store.read_manifest(release_id)
     if manifest.get("index"):
@@ -681,27 +688,20 @@ def index_published_release(settings: Settings, location: str, client=None) -> d
 
     if "://" not in location:
         return _index_summary(build_index(location))
-    prefix = "/".join(p for p in (store.prefix, release_id) if p) + "/"
     with tempfile.TemporaryDirectory(prefix=f"altlake-index-{release_id}-") as tmp:
         local = Path(tmp, release_id)
-        for key in _s3_keys(store.client, store.bucket, prefix):
-            target = local / key[len(prefix):]
+        for name in storage.list_files(store.url(release_id), store.s3, recursive=True):
+            target = local / name
             target.parent.mkdir(parents=True, exist_ok=True)
-            store.client.download_file(store.bucket, key, str(target))
+            with storage.open_input_stream(store.file_url(release_id, name), store.s3) as source, open(target, "wb") as out:
+                shutil.copyfileobj(source, out, 8 << 20)
         manifest_before = (local / MANIFEST).read_bytes()
         info = build_index(str(local))
         (local / MANIFEST).write_bytes(manifest_before)  # published manifests are immutable
         for path in sorted((local / INDEX_DIR).rglob("*")):
             if path.is_file():
-                store.client.upload_file(str(path), store.bucket, prefix + path.relative_to(local).as_posix())
+                storage.upload_file(path, store.file_url(release_id, path.relative_to(local).as_posix()), store.s3)
     return _index_summary(info)
-
-
-def _s3_keys(client, bucket: str, prefix: str) -> list[str]:
-    keys = []
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        keys += [item["Key"] for item in page.get("Contents", [])]
-    return keys
 
 
 def _index_summary(info: dict) -> dict:
@@ -850,7 +850,9 @@ def _previous(spark, settings: Settings, pairs, counts: dict[str, int], statuses
     }
 
 
-def rebuild_release(spark, settings: Settings, release_id: str, out_dir: str, client=None) -> dict:
+def rebuild_release(
+    spark, settings: Settings, release_id: str, out_dir: str, store_options: storage.S3Options | None = None
+) -> dict:
     """Recompute a release's data files from the Delta versions in its manifest, minus the rows the
     takedowns in force now withhold, and compare checksums.
 
@@ -859,7 +861,7 @@ def rebuild_release(spark, settings: Settings, release_id: str, out_dir: str, cl
     the manifest: then `out_dir` is exactly the release minus the withheld rows, each listed with
     the request that withholds it.
     """
-    manifest = _store(settings, client).read_manifest(release_id)
+    manifest = _store(settings, store_options).read_manifest(release_id)
     _check_history(spark, settings, release_id, manifest["sources"])
     pairs, _ = compute_pairs(spark, settings, manifest["sources"], Thresholds.from_section(manifest["thresholds"]))
     takedowns_version = table_version(spark, settings, "takedowns")
@@ -988,7 +990,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="release", description="build, gate and publish a release")
     configure(parser)
-    return run(parser.parse_args(argv))
+    return exit_status(parser.prog, lambda: run(parser.parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script by spark-submit: make our packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from altlake.config import Settings
+from altlake.config import Settings, exit_status
 from altlake.schemas import PURGES, TABLES, TAKEDOWN_KINDS, TAKEDOWNS
 from altlake.urls import CANONICAL_HOST_PATTERN, canonical_host, canonical_url
 from spark_jobs.lake import commit_metrics, read_table, table_path, table_version
@@ -663,7 +663,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="takedowns", description="record and apply takedown requests")
     configure(parser)
-    return run(parser.parse_args(argv))
+    return exit_status(parser.prog, lambda: run(parser.parse_args(argv)))
 
 
 if __name__ == "__main__":

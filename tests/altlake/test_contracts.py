@@ -160,11 +160,11 @@ def test_derived_subset_settings_take_presets_or_numbers_and_refuse_the_rest():
 @pytest.mark.parametrize(
     "env, message",
     [
-        ({"ALTLAKE_AESTHETIC_MIN": "pretty"}, r"ALTLAKE_AESTHETIC_MIN must be a LAION-Aesthetics V2 preset \(4.5plus, .*6.5plus\) or a number from 1 to 10"),
-        ({"ALTLAKE_AESTHETIC_MIN": "11"}, "ALTLAKE_AESTHETIC_MIN must be"),
-        ({"ALTLAKE_AESTHETIC_MIN": "nan"}, "ALTLAKE_AESTHETIC_MIN must be"),
-        ({"ALTLAKE_HIGH_RESOLUTION_MIN_SIDE": "0"}, "ALTLAKE_HIGH_RESOLUTION_MIN_SIDE must be a side length of at least 1 pixel, not 0"),
-        ({"ALTLAKE_RESEARCH_SAFE_MAX_PUNSAFE": "1.5"}, "ALTLAKE_RESEARCH_SAFE_MAX_PUNSAFE must be a probability from 0 to 1, not 1.5"),
+        ({"ALTLAKE_AESTHETIC_MIN": "pretty"}, r"ALTLAKE_AESTHETIC_MIN='pretty': must be a LAION-Aesthetics V2 preset \(4.5plus, .*6.5plus\) or a number from 1 to 10"),
+        ({"ALTLAKE_AESTHETIC_MIN": "11"}, "ALTLAKE_AESTHETIC_MIN='11': must be"),
+        ({"ALTLAKE_AESTHETIC_MIN": "nan"}, "ALTLAKE_AESTHETIC_MIN='nan': must be"),
+        ({"ALTLAKE_HIGH_RESOLUTION_MIN_SIDE": "0"}, "ALTLAKE_HIGH_RESOLUTION_MIN_SIDE=0: must be a side length in pixels of at least 1"),
+        ({"ALTLAKE_RESEARCH_SAFE_MAX_PUNSAFE": "1.5"}, r"ALTLAKE_RESEARCH_SAFE_MAX_PUNSAFE=1.5: must be a probability from 0.0 to 1.0"),
     ],
 )
 def test_bad_derived_subset_settings_are_refused_with_a_clear_error(env, message):

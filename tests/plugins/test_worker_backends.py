@@ -89,8 +89,8 @@ def test_misconfigured_backends_fail_at_parse_time_with_the_setting_to_fix():
         wb.score_operator_kwargs(Settings.from_env(worker_backend="aws_batch"), pool="scoring")
     with pytest.raises(ValueError, match="ALTLAKE_WORKER_IMAGE"):
         wb.score_operator_kwargs(Settings.from_env(worker_backend="kubernetes"), pool="scoring")
-    with pytest.raises(ValueError, match="unknown worker_backend 'slurm'"):
-        wb.score_operator_kwargs(Settings.from_env(worker_backend="slurm"), pool="scoring")
+    with pytest.raises(ValueError, match="ALTLAKE_WORKER_BACKEND='slurm': must be one of local, aws_batch, kubernetes"):
+        Settings.from_env(worker_backend="slurm")  # refused with the settings, before any operator is made
 
 
 def test_the_mapped_task_serializes_for_every_backend():
