@@ -3,7 +3,7 @@
 #   - a project virtualenv in .venv with the pinned requirements (uv, reusing its cache) and the
 #     C WAT readers of native/watread (gunzip with the vendored libdeflate, the IMG link reader),
 #   - the Delta / hadoop-aws jars resolved from Maven Central into a cache outside the checkout,
-#   - the Debian chromium used by the browser tests, when missing.
+#   - the Debian chromium and docker-compose the tests use, when missing.
 # A stamp keyed on everything that shapes the result lets a second run return at once.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,10 +12,15 @@ CACHE_DIR="${ALTLAKE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/altlake}"
 JAR_DIR="$CACHE_DIR/jars"
 PY="${PYTHON:-python3}"
 STAMP=.venv/.altlake-setup
-KEY=$(cat requirements.txt pyproject.toml infra/spark/jars-pom.xml scripts/setup.sh native/watread/{pyproject.toml,setup.py} \
+KEY=$(cat requirements.txt pyproject.toml infra/spark/jars-pom.xml infra/spark/logstore/*.java scripts/setup.sh native/watread/{pyproject.toml,setup.py} \
   $(find native/watread -name '*.[ch]' -not -path '*/build/*' | LC_ALL=C sort) | sha256sum | cut -c1-16)
 
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$KEY" ] && [ -f "$JAR_DIR/.complete" ]; then
+# The jar cache records the pom it was resolved from: a changed pom (a new driver, a new version)
+# resolves again, from an emptied folder so no superseded jar stays on the class path.
+JAR_KEY=$(sha256sum infra/spark/jars-pom.xml | cut -c1-16)
+jars_current() { [ "$(cat "$JAR_DIR/.complete" 2>/dev/null)" = "$JAR_KEY" ]; }
+
+if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$KEY" ] && jars_current; then
   exit 0
 fi
 
@@ -34,20 +39,40 @@ VIRTUAL_ENV="$PWD/.venv" "$UV" pip install --quiet --no-deps -e .
 # The extraction's C readers, compiled here (needs a C compiler, as the other native packages' sdists would).
 VIRTUAL_ENV="$PWD/.venv" "$UV" pip install --quiet ./native/watread
 
-if [ ! -f "$JAR_DIR/.complete" ]; then
+if ! jars_current; then
   echo "==> resolving Spark jars from Maven Central into $JAR_DIR"
   mkdir -p "$JAR_DIR"
+  rm -f "$JAR_DIR"/*.jar "$JAR_DIR/.complete"
   mvn -q -f infra/spark/jars-pom.xml dependency:copy-dependencies \
       -DincludeScope=runtime -DexcludeArtifactIds=scala-library,antlr4-runtime \
       -DoutputDirectory="$JAR_DIR"
-  touch "$JAR_DIR/.complete"
+  echo "$JAR_KEY" > "$JAR_DIR/.complete"
 fi
 
-if ! command -v chromium >/dev/null 2>&1; then
-  echo "==> installing Debian chromium for the browser tests"
+# Our Delta log store for several writers on S3 (infra/spark/logstore), compiled against the cached jars
+# and pyspark's Hadoop; the source hash in the jar's name replaces a stale build.
+LOGSTORE_JAR="$JAR_DIR/altlake-logstore-$(cat infra/spark/logstore/*.java | sha256sum | cut -c1-12).jar"
+if [ ! -f "$LOGSTORE_JAR" ]; then
+  echo "==> compiling the DynamoDB log store into $LOGSTORE_JAR"
+  SPARK_JARS="$(.venv/bin/python -c 'import os, pyspark; print(os.path.join(os.path.dirname(pyspark.__file__), "jars"))')"
+  BUILD=$(mktemp -d)
+  javac --release 17 -nowarn -d "$BUILD" -cp "$SPARK_JARS/*:$JAR_DIR/*" infra/spark/logstore/*.java
+  rm -f "$JAR_DIR"/altlake-logstore-*.jar
+  jar cf "$LOGSTORE_JAR.part" -C "$BUILD" . && mv "$LOGSTORE_JAR.part" "$LOGSTORE_JAR"
+  rm -rf "$BUILD"
+fi
+
+# Debian tools the tests use: chromium (the browser tests) and docker-compose (`config` validates
+# infra/compose.yaml; no Docker engine needed).
+MISSING=""
+command -v chromium >/dev/null 2>&1 || MISSING="$MISSING chromium"
+command -v docker-compose >/dev/null 2>&1 || MISSING="$MISSING docker-compose"
+if [ -n "$MISSING" ]; then
+  echo "==> installing Debian$MISSING for the tests"
   if [ "$(id -u)" = 0 ]; then APT=apt-get; else APT="sudo apt-get"; fi
-  $APT update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive $APT install -y -qq chromium >/dev/null \
-    || echo "   (chromium not installed: the browser test will fail with a clear message)"
+  # shellcheck disable=SC2086
+  $APT update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive $APT install -y -qq $MISSING >/dev/null \
+    || echo "   (not installed:$MISSING; the browser test fails with a clear message, the compose check runs on the schema alone)"
 fi
 
 echo "$KEY" > "$STAMP"

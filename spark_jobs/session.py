@@ -13,6 +13,7 @@ import os
 import sys
 from pathlib import Path
 
+from altlake import storage
 from altlake.config import Settings
 from altlake.paths import DATABASE, LakePaths
 from altlake.schemas import TABLES, Table
@@ -30,13 +31,8 @@ def spark_jars(settings: Settings) -> list[str]:
 
 
 def lake_fs(settings: Settings, url: str):
-    """(pyarrow filesystem, path) for a lake URL; S3 honours Settings.s3_endpoint."""
-    from pyarrow import fs
-
-    if url.startswith(("s3://", "s3a://")):
-        bucket_key = url.split("://", 1)[1]
-        return fs.S3FileSystem(endpoint_override=settings.s3_endpoint or None), bucket_key
-    return fs.LocalFileSystem(), url
+    """(pyarrow filesystem, path) for a lake URL, through altlake.storage (S3 at Settings.s3_endpoint)."""
+    return storage.resolve(url, storage.S3Options.of(settings))
 
 
 class NoLake(ValueError):
@@ -70,10 +66,9 @@ def metastore_dir(settings: Settings) -> Path:
 
 
 def metastore_url(settings: Settings) -> str:
-    """JDBC URL of the catalog: embedded Derby (metastore_dir) unless ALTLAKE_METASTORE_URL is set."""
-    explicit = os.environ.get("ALTLAKE_METASTORE_URL")
-    if explicit:
-        return explicit
+    """JDBC URL of the catalog: embedded Derby (metastore_dir) unless Settings.metastore_url names one."""
+    if settings.metastore_url:
+        return settings.metastore_url
     return f"jdbc:derby:;databaseName={metastore_dir(settings) / 'metastore_db'};create=true"
 
 
@@ -100,8 +95,7 @@ def spark_conf(settings: Settings, app_name: str) -> dict[str, str]:
         conf.update(
             {
                 **_jar_conf(settings),
-                "spark.hadoop.javax.jdo.option.ConnectionURL": metastore_url(settings),
-                "spark.driver.extraJavaOptions": f"-Dderby.system.home={metastore_dir(settings)}",
+                **_metastore_conf(settings),
             }
         )
     if settings.s3_endpoint:
@@ -112,7 +106,54 @@ def spark_conf(settings: Settings, app_name: str) -> dict[str, str]:
                 "spark.hadoop.fs.s3a.connection.ssl.enabled": str(settings.s3_endpoint.startswith("https")).lower(),
             }
         )
+    if settings.dynamodb_log_table and settings.lake_dir.startswith("s3a://"):
+        conf.update(_log_store_conf(settings))
     return conf
+
+
+# Our log store (infra/spark/logstore, built by scripts/setup.sh): Delta's own S3DynamoDBLogStore
+# artifact is not available from the registry this project resolves from.
+LOG_STORE_CLASS = "dev.altlake.delta.DynamoDBLogStore"
+
+
+def _log_store_conf(settings: Settings) -> dict[str, str]:
+    """Delta commits on the s3a lake go through a DynamoDB conditional put, so two jobs committing
+    the same version of one table cannot both win (S3 alone would keep the last and lose the other)."""
+    if not settings.spark_provided and not any("altlake-logstore" in j for j in spark_jars(settings)):
+        raise RuntimeError(f"ALTLAKE_DYNAMODB_LOG_TABLE is set but the log store jar is missing from {settings.jar_dir}: {_JAR_HINT}")
+    conf = {
+        "spark.delta.logStore.s3a.impl": LOG_STORE_CLASS,
+        "spark.hadoop.altlake.dynamodb.table": settings.dynamodb_log_table,
+        "spark.hadoop.altlake.dynamodb.region": settings.dynamodb_region,
+    }
+    if settings.dynamodb_endpoint:
+        conf["spark.hadoop.altlake.dynamodb.endpoint"] = settings.dynamodb_endpoint
+    return conf
+
+
+def _metastore_conf(settings: Settings) -> dict[str, str]:
+    """Where Spark's built-in Hive 2.3 client keeps the catalog. Embedded Derby admits one JVM; a
+    Postgres metastore is shared by every job and the Thrift server (`altlake sql-server`). Hive's
+    schematool and its SQL scripts do not ship with pyspark, so sessions create the schema's tables as
+    they first need them (DataNucleus autoCreateTables) and the version check that would refuse a schema
+    without a VERSION row is off. Without foreign keys: DataNucleus adds them from a second connection
+    while the first holds row locks on the referenced tables, and on Postgres that waits forever.
+    Credentials ride in the URL (?user=...&password=..., read by the pgjdbc driver)."""
+    url = metastore_url(settings)
+    if not url.startswith("jdbc:postgresql:"):
+        return {
+            "spark.hadoop.javax.jdo.option.ConnectionURL": url,
+            "spark.driver.extraJavaOptions": f"-Dderby.system.home={metastore_dir(settings)}",
+        }
+    return {
+        "spark.hadoop.javax.jdo.option.ConnectionURL": url,
+        "spark.hadoop.javax.jdo.option.ConnectionDriverName": "org.postgresql.Driver",
+        "spark.hadoop.datanucleus.schema.autoCreateAll": "false",  # true would imply constraints too
+        "spark.hadoop.datanucleus.schema.autoCreateTables": "true",
+        "spark.hadoop.datanucleus.schema.autoCreateColumns": "true",
+        "spark.hadoop.datanucleus.schema.autoCreateConstraints": "false",
+        "spark.hadoop.hive.metastore.schema.verification": "false",
+    }
 
 
 def _jar_conf(settings: Settings) -> dict[str, str]:

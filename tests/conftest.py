@@ -56,6 +56,31 @@ def moto_server():
     server.stop()
 
 
+@pytest.fixture
+def s3a_spark(spark, moto_server):
+    """The run's Spark session, its S3A pointed at the moto server too (the session may predate the
+    server): for reading back what a job in another process wrote to an s3a:// lake."""
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    values = {"fs.s3a.endpoint": moto_server, "fs.s3a.path.style.access": "true", "fs.s3a.connection.ssl.enabled": "false"}
+    values |= {"fs.s3a.access.key": os.environ["AWS_ACCESS_KEY_ID"], "fs.s3a.secret.key": os.environ["AWS_SECRET_ACCESS_KEY"]}
+    for key, value in values.items():
+        conf.set(key, value)
+    return spark
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """A real Postgres server on 127.0.0.1 for the run (tests/postgres.py); skips where none is installed."""
+    from tests.postgres import Postgres, find_postgres_bin
+
+    bin_dir = find_postgres_bin()
+    if bin_dir is None:
+        pytest.skip("Postgres binaries (initdb, pg_ctl) not found; set ALTLAKE_PG_BIN")
+    server = Postgres(bin_dir).start()
+    yield server
+    server.stop()
+
+
 os.environ.setdefault("PYSPARK_PYTHON", os.sys.executable)
 # Airflow reads its configuration on first import: the test run gets a private home (never the
 # developer's ~/airflow or ./airflow_home) with this repo's DAGs and no examples.

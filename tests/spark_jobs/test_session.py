@@ -80,3 +80,13 @@ def test_the_embedded_catalog_of_a_lake_on_object_storage_lives_on_local_disk(tm
     other = s3.with_(lake_dir="s3a://bucket/other")
     assert metastore_dir(s3).parent == tmp_path / "cache" / "metastores" and metastore_dir(s3) != metastore_dir(other)
     assert metastore_url(s3) == f"jdbc:derby:;databaseName={metastore_dir(s3) / 'metastore_db'};create=true"
+
+
+def test_the_metastore_url_is_a_setting_not_a_raw_variable(monkeypatch):
+    from altlake.config import Settings
+    from spark_jobs.session import metastore_url
+
+    shared = "jdbc:postgresql://metastore:5432/hive?user=hive&password=hive"
+    assert metastore_url(Settings.from_env({"ALTLAKE_METASTORE_URL": shared})) == shared
+    monkeypatch.setenv("ALTLAKE_METASTORE_URL", shared)  # settings made without it do not see it
+    assert metastore_url(Settings(lake_dir="/data/lake")).startswith("jdbc:derby:;databaseName=/data/lake/metastore/")

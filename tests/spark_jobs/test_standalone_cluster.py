@@ -95,3 +95,43 @@ def test_spark_submit_to_a_standalone_cluster_equals_local_mode(cluster, spark, 
     assert local["totals"]["new_candidates"] == summary["totals"]["new_candidates"]
     for table in ("candidates", "crawl_files"):
         assert _rows(spark, cluster_lake, table) == _rows(spark, settings.lake_dir, table)
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(1800)
+def test_extraction_to_an_s3a_lake_through_the_cluster_equals_a_local_disk_run(moto_server, cluster, s3a_spark, settings, sample_wat, tmp_path):
+    """The lake on object storage (moto's S3), written by the cluster's executors, its commits claimed
+    in DynamoDB (moto's too): the candidates equal those of a local-mode run on local disk."""
+    import boto3
+
+    master, env = cluster
+    bucket, log_table = "cluster-lake", "altlake_cluster_delta_log"
+    boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1").create_bucket(Bucket=bucket)
+    lake = f"s3a://{bucket}/lake"
+    credentials = {name: os.environ[name] for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
+    submit_env = {
+        **env, **credentials,
+        "ALTLAKE_S3_ENDPOINT": moto_server, "ALTLAKE_DYNAMODB_LOG_TABLE": log_table, "ALTLAKE_DYNAMODB_ENDPOINT": moto_server,
+        "ALTLAKE_METASTORE_URL": f"jdbc:derby:;databaseName={tmp_path / 'metastore_db'};create=true",
+    }
+    executor_env = [arg for name, value in credentials.items() for arg in ("--conf", f"spark.executorEnv.{name}={value}")]
+    submit = [
+        str(SPARK_HOME / "bin" / "spark-submit"), "--master", master, "--jars", ",".join(spark_jars(settings)),
+        "--conf", "spark.executor.memory=1g", *executor_env, str(REPO / "spark_jobs" / "extract.py"),
+        "--crawl", "CC-MAIN-2031-01", "--lake", lake, "--wat", str(sample_wat),
+    ]
+    done = subprocess.run(submit, env=submit_env, cwd=tmp_path, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = orjson.loads(done.stdout)
+    assert summary["totals"]["done"] == 1 and summary["totals"]["new_candidates"] > 0
+
+    local = run_extract(settings, "CC-MAIN-2031-01", [str(sample_wat)], spark=s3a_spark)
+    assert local["totals"]["new_candidates"] == summary["totals"]["new_candidates"]
+    on_s3 = _rows(s3a_spark, lake, "candidates")
+    assert len(on_s3) == summary["totals"]["new_candidates"]
+    assert on_s3 == _rows(s3a_spark, settings.lake_dir, "candidates")
+
+    claims = boto3.client("dynamodb", endpoint_url=moto_server, region_name="us-east-1").query(
+        TableName=log_table, KeyConditionExpression="tablePath = :t", ExpressionAttributeValues={":t": {"S": f"{lake}/tables/candidates"}}
+    )["Items"]
+    assert claims and all(item["complete"]["S"] == "true" for item in claims)
