@@ -85,4 +85,5 @@ def test_a_laptop_airflow_has_no_time_based_runs_but_keeps_the_asset_chain(monke
     line = next((line for line in done.stdout.splitlines() if line.startswith("SCHEDULES ")), "")
     schedules = dict(item.split("=", 1) for item in line.split()[1:])
     assert schedules["cc_ingest"] == "None" and schedules["apply_takedowns"] == "None", done.stderr[-2000:]
+    assert schedules["maintain_lake"] == "None", done.stderr[-2000:]
     assert "candidates" in schedules["score_candidates"] and "scores" in schedules["build_release"]

@@ -33,6 +33,8 @@ def test_time_based_schedules_read_as_their_preset_with_a_human_description(serv
     ingest, takedowns = served["cc_ingest"].timetable, served["apply_takedowns"].timetable
     assert (ingest.summary, ingest.description) == ("@monthly", "At 00:00, on day 1 of the month")
     assert (takedowns.summary, takedowns.description) == ("@daily", "At 00:00")
+    maintenance = served["maintain_lake"].timetable
+    assert (maintenance.summary, maintenance.description) == ("@weekly", "At 00:00, only on Sunday")
 
 
 def test_the_preset_schedule_runs_as_airflow_s_own_cron_trigger(served):
