@@ -291,6 +291,16 @@ BATCHES = Table(
         C("error", "string"),
         C("created_at", "timestamp", False),
         C("updated_at", "timestamp", False),
+        # The worker's own throughput record (its _SUCCESS), copied in when the batch is merged: SQL
+        # answers "how fast did last night's scoring run" without opening a file.
+        C("host", "string", doc="the machine that scored the batch"),
+        C("started_at", "timestamp", doc="when the worker started the batch"),
+        C("finished_at", "timestamp", doc="when the worker finished writing its outputs"),
+        C("wall_s", "double", doc="the worker's seconds for the batch, model loading included"),
+        C("images_per_s", "double", doc="ok images per second of scoring (downloads to embeddings, model loading excluded)"),
+        C("rows_per_s", "double", doc="rows per second of scoring, failures included"),
+        C("bytes_downloaded", "bigint", doc="image bytes the worker received"),
+        C("rows_ok", "bigint", doc="rows scored ok"),
     ),
 )
 
@@ -439,6 +449,34 @@ PURGES = Table(
     ),
 )
 
+MAINTENANCE = Table(
+    name="maintenance",
+    doc="One row per table and `altlake maintain` run: what compaction, statistics, VACUUM and the log checkpoint did, and how long each took.",
+    key=("run_id", "table_name"),
+    columns=(
+        C("run_id", "string", False, "one maintenance run (all its tables share it)"),
+        C("table_name", "string", False, "the lake table maintained"),
+        C("started_at", "timestamp", False),
+        C("finished_at", "timestamp"),
+        C("version_before", "bigint", doc="the table's Delta version before the run"),
+        C("version_after", "bigint", doc="its Delta version after the run (OPTIMIZE and VACUUM commit; a checkpoint does not)"),
+        C("files_before", "bigint", doc="data files in the current snapshot before (DESCRIBE DETAIL numFiles)"),
+        C("files_after", "bigint", doc="data files in the current snapshot after"),
+        C("bytes_before", "bigint", doc="bytes of those files before (DESCRIBE DETAIL sizeInBytes)"),
+        C("bytes_after", "bigint"),
+        C("files_compacted", "bigint", doc="small files OPTIMIZE replaced by larger ones (they stay on storage until VACUUM)"),
+        C("files_without_stats", "bigint", doc="data files that had no Delta statistics for data skipping (recomputed)"),
+        C("vacuumed_files", "bigint", doc="files VACUUM deleted from storage: unreferenced for longer than retention_hours"),
+        C("retention_hours", "int", doc="the VACUUM retention (ALTLAKE_HISTORY_RETENTION_HOURS)"),
+        C("checkpointed", "boolean", doc="a Delta log checkpoint was written at the end"),
+        C("optimize_s", "double"),
+        C("stats_s", "double"),
+        C("vacuum_s", "double"),
+        C("checkpoint_s", "double"),
+        C("error", "string", doc="why maintaining this table failed (the other tables were still maintained)"),
+    ),
+)
+
 TABLES: dict[str, Table] = {
-    t.name: t for t in (CRAWL_FILES, CANDIDATES, BATCHES, SCORES, PAIRS, RELEASES, TAKEDOWNS, PURGES)
+    t.name: t for t in (CRAWL_FILES, CANDIDATES, BATCHES, SCORES, PAIRS, RELEASES, TAKEDOWNS, PURGES, MAINTENANCE)
 }

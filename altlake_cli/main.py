@@ -6,7 +6,8 @@ Each command lives in its own module with two functions, `configure(parser)` and
 
 No command prints a traceback to its user. Bad input (ValueError, OSError: a missing release, a
 malformed hash list, a file where a folder belongs) is one line and exit status 2; anything else
-is one line naming a log file that holds the traceback, and exit status 1. ALTLAKE_DEBUG=1 lets
+is one line naming a log file that holds the traceback, and exit status 1. Bad ALTLAKE_* settings
+are one line per bad value, all of them at once, and exit status 2. ALTLAKE_DEBUG=1 lets
 exceptions through, for developers.
 """
 
@@ -20,13 +21,16 @@ import time
 import traceback
 from pathlib import Path
 
+from altlake.config import Settings, SettingsError, exit_status
+
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "extract": ("spark_jobs.extract", "extract image/alt-text pairs from WAT files into Delta"),
     "sql": ("spark_jobs.sql", "run Spark SQL on the lake's Delta tables"),
+    "sql-server": ("spark_jobs.sql_server", "serve the lake's tables over JDBC/ODBC (Spark Thrift server, HiveServer2 protocol)"),
     "score": ("gpu_workers.worker", "download, embed and tag one batch of candidates"),
     "demo": ("altlake_cli.demo", "run the whole pipeline on a generated crawl, end to end"),
-    "airflow": ("altlake_cli.airflow_cmd", "start `airflow standalone` with altlake's DAGs"),
+    "airflow": ("altlake_cli.airflow_cmd", "start Airflow with altlake's DAGs: standalone, or a team's components on Postgres (--database)"),
     "index": ("explore.index", "build the KNN indices of a release (exact or tuned OPQ+IVF+PQ)"),
     "serve": ("altlake_cli.serve", "serve a release: clip-retrieval compatible search API and web page"),
     "subset": ("explore.subset", "write an img2dataset-ready parquet of the pairs nearest to queries"),
@@ -35,7 +39,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "build-release": ("spark_jobs.release", "build, gate, index and publish a release (or --rebuild one and verify it)"),
     "deprecate-release": ("spark_jobs.removals", "mark a published release superseded (a notice beside its files, releases.deprecated)"),
     "takedown": ("spark_jobs.takedowns", "record takedown requests (url, domain, hash list) and apply them"),
+    "maintain": ("spark_jobs.maintain", "compact, vacuum and checkpoint the lake's Delta tables (recorded in `maintenance`)"),
     "convert-nsfw": ("gpu_workers.keras_nsfw", "convert LAION's Keras NSFW detector (clip_autokeras_*.zip) to the worker's torch head"),
+    "config": ("altlake_cli.config_cmd", "check, show or document the ALTLAKE_* settings (config check: every bad value, one line each)"),
     "image-server": ("altlake_cli.image_server", "serve real, generated and hostile images on 127.0.0.1 (tests, demo, benches)"),
 }
 
@@ -53,8 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(rest)  # a usage error is argparse's one line and exit status 2
     if os.environ.get("ALTLAKE_DEBUG"):
         return int(module.run(args) or 0)
-    try:
-        return int(module.run(args) or 0)
+    try:  # bad settings: one line per bad value, exit status 2
+        return int(exit_status(f"altlake {name}", lambda: module.run(args)) or 0)
     except KeyboardInterrupt:
         print(f"altlake {name}: interrupted", file=sys.stderr)
         return 130
@@ -73,9 +79,11 @@ def one_line(exc: BaseException) -> str:
 
 
 def _save_traceback(command: str) -> str:
-    from altlake.config import Settings
-
-    folder = Path(Settings.from_env().cache_dir) / "logs"
+    try:
+        cache_dir = Settings.from_env().cache_dir
+    except SettingsError:  # the traceback is kept all the same, under the default cache
+        cache_dir = Settings().cache_dir
+    folder = Path(cache_dir) / "logs"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"altlake-{command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
     path.write_text(traceback.format_exc())

@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import socket
 import sys
 import time
 from collections import Counter, deque
@@ -107,8 +108,10 @@ def score_rows(
     pipeline: PipelineConfig,
     batch_id: str,
     clock: StageClock = NO_CLOCK,
+    traffic: Counter | None = None,
 ) -> Iterator[Scored]:
-    """Score rows lazily; yields one Scored per input row, in completion order.
+    """Score rows lazily; yields one Scored per input row, in completion order. `traffic` counts
+    the image bytes received ("bytes_downloaded"), for the batch's throughput record.
 
     At any time at most max_in_flight + decode_window + 3 * batch_size rows have been pulled from
     `rows` without being yielded, however long `rows` is (up to two batches decoded and waiting
@@ -140,6 +143,8 @@ def score_rows(
             if fetch.status != STATUS_OK:
                 yield Scored(_failure(row, batch_id, fetch, fetch.status, fetch.error), "download")
                 continue
+            if traffic is not None:
+                traffic["bytes_downloaded"] += len(fetch.body or b"")
             yield from stages.feed(row, fetch)
         yield from refused()
         yield from stages.finish()
@@ -408,12 +413,13 @@ def score_batch(
 
     results: list[dict] = []
     finished: Counter[tuple[str, str]] = Counter()  # (stage, status) -> rows
+    traffic: Counter[str] = Counter()
     embeddings: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     spool = ImageSpool() if pipeline.webdataset else None
     bar = tqdm(total=len(batch.rows), desc=f"score {batch.batch_id}", unit="row", file=sys.stderr, disable=not progress)
     main_thread = time.thread_time()  # the loop below: handing rows between the stages, collecting results
     try:
-        for scored in score_rows(batch.rows, models, download, images, pipeline, batch.batch_id, clock):
+        for scored in score_rows(batch.rows, models, download, images, pipeline, batch.batch_id, clock, traffic):
             results.append({**scored.row, "profile": spec.profile})
             finished[scored.stage, scored.row["status"]] += 1
             if scored.row["status"] == STATUS_OK:
@@ -456,6 +462,9 @@ def score_batch(
         "webdataset_shards": shards,
         "stale_temp_files_removed": swept,
         "started_at": started_at.isoformat(),
+        "finished_at": datetime.now(UTC).isoformat(),
+        "host": socket.gethostname(),  # which machine scored it, for "which worker is slow" in SQL
+        "bytes_downloaded": traffic["bytes_downloaded"],
         "seconds": {
             "load": round(loaded - started, 3),
             "score": round(scored_s, 3),

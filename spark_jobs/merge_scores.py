@@ -25,7 +25,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script by spark-submit: make our packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from altlake.config import Settings
+from altlake.config import Settings, exit_status
 from altlake.paths import RESULTS_FILE, SUCCESS_FILE, embedding_shard, embedding_shard_number, join
 from altlake.schemas import BATCH_DONE, BATCH_FAILED, BATCH_PLANNED, SCORES, STATUS_OK, STATUS_OPTED_OUT, WORKER_RESULTS
 from altlake.stats import StageStats, chain
@@ -142,7 +142,7 @@ def merge_batch(spark, settings: Settings, batch_id: str, output_dir: str | None
     )
     metrics = commit_metrics(spark, settings, "scores", before)
     source.unpersist()
-    _finish_batch(spark, settings, batch_id, BATCH_DONE, None)
+    _finish_batch(spark, settings, batch_id, BATCH_DONE, None, worker_record(settings, output_dir))
     inserted, updated = metrics.get("numTargetRowsInserted", 0), metrics.get("numTargetRowsUpdated", 0)
     results = StageStats("results", n_results, {"not_planned_in_this_batch": n_results - n_rows})
     merged = StageStats("merge", n_rows, {"not_newer_than_scores": n_rows - inserted - updated})
@@ -190,21 +190,45 @@ def _batch_row(spark, settings: Settings, batch_id: str, required: bool = True):
     return rows[0] if rows else None
 
 
-def _finish_batch(spark, settings: Settings, batch_id: str, status: str, error: str | None) -> None:
-    """done: once (a re-merge leaves the row alone); failed: with the reason. Both count an attempt."""
+# The batches columns a worker's _SUCCESS fills (its summary's key of the same name).
+WORKER_RECORD = {
+    "host": "string", "started_at": "timestamp", "finished_at": "timestamp", "wall_s": "double",
+    "images_per_s": "double", "rows_per_s": "double", "bytes_downloaded": "bigint", "rows_ok": "bigint",
+}  # fmt: skip
+
+
+def worker_record(settings: Settings, output_dir: str) -> dict:
+    """The worker's throughput record from its _SUCCESS, as batches columns (None where an older
+    worker did not write a value)."""
+    summary = json.loads(read_lake_bytes(settings, join(output_dir, SUCCESS_FILE)) or b"{}")
+    record = {name: summary.get(name) for name in WORKER_RECORD}
+    record["rows_ok"] = summary["statuses"].get(STATUS_OK, 0) if "statuses" in summary else None
+    for name, kind in WORKER_RECORD.items():
+        if record[name] is not None and kind == "timestamp":
+            record[name] = datetime.fromisoformat(record[name])
+        elif record[name] is not None and kind == "double":
+            record[name] = float(record[name])
+    return record
+
+
+def _finish_batch(spark, settings: Settings, batch_id: str, status: str, error: str | None, record: dict | None = None) -> None:
+    """done: once (a re-merge leaves the row alone), with the worker's throughput record; failed:
+    with the reason. Both count an attempt."""
     from delta.tables import DeltaTable
 
+    record = record or dict.fromkeys(WORKER_RECORD)
     source = spark.createDataFrame(
-        [(batch_id, status, error, datetime.now(timezone.utc))],
-        "batch_id string, status string, error string, updated_at timestamp",
+        [(batch_id, status, error, datetime.now(timezone.utc), *[record[name] for name in WORKER_RECORD])],
+        "batch_id string, status string, error string, updated_at timestamp, " + ", ".join(f"{n} {t}" for n, t in WORKER_RECORD.items()),
     )
+    filled = {name: f"s.{name}" for name in WORKER_RECORD} if status == BATCH_DONE else {}
     (
         DeltaTable.forPath(spark, table_path(settings, "batches"))
         .alias("t")
         .merge(source.alias("s"), "t.batch_id = s.batch_id")
         .whenMatchedUpdate(
             condition=f"t.status <> '{BATCH_DONE}'",
-            set={"status": "s.status", "error": "s.error", "attempts": "t.attempts + 1", "updated_at": "s.updated_at"},
+            set={"status": "s.status", "error": "s.error", "attempts": "t.attempts + 1", "updated_at": "s.updated_at", **filled},
         )
         .execute()
     )
@@ -258,7 +282,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="merge_scores", description="merge worker outputs into scores")
     configure(parser)
-    return run(parser.parse_args(argv))
+    return exit_status(parser.prog, lambda: run(parser.parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -17,11 +17,8 @@ import json
 import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -30,6 +27,7 @@ import pytest
 from playwright.sync_api import expect, sync_playwright
 
 from altlake.paths import LakePaths
+from tests.airflow_api import Api, free_port, stop, tail, wait, wait_finished
 
 REPO = Path(__file__).resolve().parent.parent
 CRAWL = "CC-MAIN-2015-18"
@@ -37,68 +35,6 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ALTLAKE_DAGS = ("cc_ingest", "score_candidates", "build_release", "apply_takedowns")
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(2400)]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-class Api:
-    def __init__(self, port: int):
-        self.base = f"http://127.0.0.1:{port}"
-        self.token: str | None = None
-
-    def call(self, method: str, path: str, body: dict | None = None) -> tuple[int, dict]:
-        headers = {"Content-Type": "application/json"}
-        if self.token:
-            headers["Authorization"] = f"Bearer {self.token}"
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(self.base + path, data=data, headers=headers, method=method)
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return response.status, json.loads(response.read() or b"{}")
-        except urllib.error.HTTPError as error:
-            return error.code, {"detail": error.read().decode(errors="replace")}
-        except (OSError, ValueError) as error:
-            return 0, {"detail": str(error)}
-
-
-def _wait(what: str, check, timeout_s: float, process: subprocess.Popen, log: Path, every_s: float = 3.0):
-    """Poll `check` until it returns a truthy value; fail with the log's tail when time is up."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"altlake airflow exited ({process.returncode}) while waiting for {what}:\n{_tail(log)}")
-        result = check()
-        if result:
-            return result
-        time.sleep(every_s)
-    pytest.fail(f"timed out after {timeout_s:.0f}s waiting for {what}:\n{_tail(log)}")
-
-
-def _tail(log: Path, chars: int = 6000) -> str:
-    return log.read_text(errors="replace")[-chars:] if log.exists() else "(no log)"
-
-
-def _stop(process: subprocess.Popen) -> None:
-    """SIGINT is standalone's own shutdown; whatever of our process group outlives it is killed."""
-    for sig, grace_s in ((signal.SIGINT, 90), (signal.SIGKILL, 30)):
-        try:
-            os.killpg(process.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            continue
-
-
-def _runs(api: Api, dag_id: str) -> list[dict]:
-    status, body = api.call("GET", f"/api/v2/dags/{dag_id}/dagRuns?limit=100")
-    assert status == 200, body
-    return body["dag_runs"]
 
 
 def _trigger_from_form(page, base: str, dag_id: str, fields: dict[str, str], shots: Path) -> None:
@@ -117,7 +53,7 @@ def _trigger_from_form(page, base: str, dag_id: str, fields: dict[str, str], sho
 
 
 def test_standalone_trigger_forms_in_a_browser_and_the_asset_chain(tmp_path, sample_wat):
-    port, home, lake = _free_port(), tmp_path / "airflow_home", tmp_path / "lake"
+    port, home, lake = free_port(), tmp_path / "airflow_home", tmp_path / "lake"
     env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
     env.update(
         ALTLAKE_LAKE_DIR=str(lake),
@@ -137,18 +73,18 @@ def test_standalone_trigger_forms_in_a_browser_and_the_asset_chain(tmp_path, sam
         )
     api = Api(port)
     try:
-        _wait("the API server", lambda: api.call("GET", "/api/v2/monitor/health")[0] == 200, 900, process, log)
+        wait("the API server", lambda: api.call("GET", "/api/v2/monitor/health")[0] == 200, 900, process, log)
         passwords = home / "simple_auth_manager_passwords.json.generated"
-        password = _wait("the admin password", lambda: passwords.exists() and json.loads(passwords.read_text()).get("admin"), 120, process, log)
-        assert str(passwords) in _tail(log, 100_000), "the start says where the password is"
+        password = wait("the admin password", lambda: passwords.exists() and json.loads(passwords.read_text()).get("admin"), 120, process, log)
+        assert str(passwords) in tail(log, 100_000), "the start says where the password is"
         assert _listening_addresses(port) == {"127.0.0.1"}, "a laptop's UI is not on the network"
         status, body = api.call("POST", "/auth/token", {"username": "admin", "password": password})
         assert status == 201, body
         api.token = body["access_token"]
         for dag_id in ALTLAKE_DAGS:
-            _wait(f"{dag_id} to be parsed", lambda d=dag_id: api.call("GET", f"/api/v2/dags/{d}")[0] == 200, 600, process, log)
+            wait(f"{dag_id} to be parsed", lambda d=dag_id: api.call("GET", f"/api/v2/dags/{d}")[0] == 200, 600, process, log)
             assert api.call("GET", f"/api/v2/dags/{dag_id}")[1]["is_paused"] is False, f"{dag_id} starts paused"
-        assert _runs(api, "cc_ingest") == [], "no run the user did not ask for"
+        assert api.runs("cc_ingest") == [], "no run the user did not ask for"
 
         base = f"http://127.0.0.1:{port}"
         with sync_playwright() as playwright:
@@ -169,7 +105,7 @@ def test_standalone_trigger_forms_in_a_browser_and_the_asset_chain(tmp_path, sam
                 ("apply_takedowns", {"url": "http://images.example.org/taken-down.jpg", "reason": "browser test"}),
             ):
                 _trigger_from_form(page, base, dag_id, fields, shots)
-                runs = _wait(f"the {dag_id} run", lambda d=dag_id: _runs(api, d), 120, process, log, every_s=1)
+                runs = wait(f"the {dag_id} run", lambda d=dag_id: api.runs(d), 120, process, log, every_s=1)
                 assert [r["run_type"] for r in runs] == ["manual"]
                 if dag_id == "apply_takedowns":
                     assert runs[0]["conf"]["url"] == [fields["url"]] and runs[0]["conf"]["hash_list"] is None
@@ -190,13 +126,13 @@ def test_standalone_trigger_forms_in_a_browser_and_the_asset_chain(tmp_path, sam
 
             # The chain goes on by itself: scoring on the candidates asset, the release on the scores asset.
             for dag_id, asset in (("score_candidates", "candidates"), ("build_release", "scores")):
-                chained = _wait(
+                chained = wait(
                     f"{dag_id} to follow on the {asset} asset",
-                    lambda d=dag_id: [r for r in _runs(api, d) if r["run_type"] == "asset_triggered"], 900, process, log,
+                    lambda d=dag_id: [r for r in api.runs(d) if r["run_type"] == "asset_triggered"], 900, process, log,
                 )  # fmt: skip
                 assert len(chained) == 1
                 if dag_id == "score_candidates":
-                    _wait_finished(api, dag_id, chained[0]["dag_run_id"], process, log)
+                    wait_finished(api, dag_id, chained[0]["dag_run_id"], process, log)
                     page.goto(f"{base}/dags/{dag_id}/runs/{chained[0]['dag_run_id']}")
                     page.wait_for_load_state("networkidle")
                     page.screenshot(path=shots / "chain-score-candidates.png")
@@ -209,7 +145,7 @@ def test_standalone_trigger_forms_in_a_browser_and_the_asset_chain(tmp_path, sam
             assert {"altlake_candidates", "altlake_scores"} <= set(scoring) and "plan" in scoring
             browser.close()
     finally:
-        _stop(process)
+        stop(process)
     assert process.poll() is not None, "airflow standalone is still running"
 
 
@@ -229,21 +165,6 @@ def _graph_nodes(page, base: str, dag_id: str, shots: Path) -> list[str]:
     return [text.split("\n")[0] for text in nodes.all_inner_texts() if text.strip()]
 
 
-def _wait_finished(api: Api, dag_id: str, run_id: str, process: subprocess.Popen, log: Path) -> dict:
-    """Wait for a run to end; it must succeed (a failure names its task states and the log's end)."""
-    run_path = f"/api/v2/dags/{dag_id}/dagRuns/{run_id}"
-
-    def finished():
-        status, body = api.call("GET", run_path)
-        return body if status == 200 and body["state"] in ("success", "failed") else None
-
-    final = _wait(f"the {dag_id} run to finish", finished, 1500, process, log, every_s=10)
-    _, tis = api.call("GET", f"{run_path}/taskInstances")
-    states = {ti["task_id"]: ti["state"] for ti in tis["task_instances"]}
-    assert final["state"] == "success", f"{dag_id}: {states}\n{_tail(log)}"
-    return states
-
-
 def _status(url: str) -> int:
     try:
         with urllib.request.urlopen(url, timeout=30) as response:
@@ -256,10 +177,10 @@ def _check_cc_ingest_run(api: Api, process: subprocess.Popen, log: Path, lake: P
     """The run the form started: its conf, its success, and what it wrote."""
     from deltalake import DeltaTable
 
-    run = _wait("the cc_ingest run", lambda: _runs(api, "cc_ingest"), 120, process, log, every_s=1)[0]
+    run = wait("the cc_ingest run", lambda: api.runs("cc_ingest"), 120, process, log, every_s=1)[0]
     assert run["conf"]["crawl"] == CRAWL and run["conf"]["wat_paths"] == [str(sample_wat)]
     run_path = f"/api/v2/dags/cc_ingest/dagRuns/{run['dag_run_id']}"
-    states = _wait_finished(api, "cc_ingest", run["dag_run_id"], process, log)
+    states = wait_finished(api, "cc_ingest", run["dag_run_id"], process, log)
     assert states == {"resolve_inputs": "success", "extract": "success", "validate_candidates": "success"}
 
     status, xcom = api.call("GET", f"{run_path}/taskInstances/extract/xcomEntries/return_value")

@@ -15,6 +15,7 @@ import os
 import random
 import re
 import signal
+import socket
 import subprocess
 import sys
 import tarfile
@@ -167,6 +168,9 @@ def test_mixed_batch_every_uid_once_with_its_status_and_aligned_embeddings(tmp_p
     # The batch records how it treated hosts, for merge_scores and SQL.
     politeness = {"user_agent": _download().user_agent, "per_host_concurrency": 8, "per_host_rate": 0.0, "max_retry_after_s": 30.0, "host_refusal_limit": 5}
     assert summary["politeness"] == json.loads((out / SUCCESS_FILE).read_text())["politeness"] == politeness
+    # Its throughput record (copied into the batches table at merge): which machine, when, how many bytes.
+    assert summary["host"] == socket.gethostname() and summary["started_at"] < summary["finished_at"]
+    assert summary["bytes_downloaded"] > 100 * counts[STATUS_OK]  # every ok image's body, at least a JPEG's headers each
     # Where the CPU went, per ok image: every stage the batch went through took some, none more than the process.
     cpu = summary["cpu_ms_per_image"]
     assert set(cpu) == {*STAGES, "other", "total"}

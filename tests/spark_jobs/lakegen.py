@@ -74,9 +74,10 @@ def result(uid: str, url: str, status: str = "ok", similarity: float | None = 0.
 
 
 def write_worker_output(out_dir: str, rows: list[dict], embeddings: dict[str, tuple[np.ndarray, np.ndarray]],
-                        success: bool = True) -> None:  # fmt: skip
+                        success: bool = True, record: dict | None = None) -> None:  # fmt: skip
     """A batch's output dir written by the worker's own writer: results, the ok rows' aligned
-    embeddings and metadata, and `_SUCCESS` last (left out to stand for a worker that died)."""
+    embeddings and metadata, and `_SUCCESS` last (left out to stand for a worker that died), with
+    `record` (the worker's throughput keys) in it when given."""
     out = OutputDir(out_dir)
     results = results_table(rows)
     out.write_bytes(RESULTS_FILE, parquet_bytes(results))
@@ -87,7 +88,7 @@ def write_worker_output(out_dir: str, rows: list[dict], embeddings: dict[str, tu
     write_embeddings(out, np.stack(img).astype(np.float16) if uids else empty, np.stack(text).astype(np.float16) if uids else empty,
                      metadata_table(ok, ["c"] * len(uids), ["en"] * len(uids)))  # fmt: skip
     if success:
-        write_success(out, {"rows": results.num_rows, "statuses": dict(Counter(r["status"] for r in rows))})
+        write_success(out, {"rows": results.num_rows, "statuses": dict(Counter(r["status"] for r in rows)), **(record or {})})
 
 
 def score_row(res: dict, img: np.ndarray | None, text: np.ndarray | None, attempts: int = 1) -> dict:

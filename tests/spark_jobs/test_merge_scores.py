@@ -48,7 +48,9 @@ def test_merge_is_idempotent_newer_wins_and_counts_attempts(lake):
     assert read_table(spark, settings, "batches").first()["status"] == "planned"
 
     add_takedowns(spark, settings, [TakedownRequest("sha256", first[0]["sha256"], "hash list 2024-05")])
-    write_worker_output(batch["output_path"], first, vectors, success=True)
+    record = {"host": "gpu-7", "started_at": "2026-12-05T01:00:00+00:00", "finished_at": "2026-12-05T01:02:30+00:00",
+              "wall_s": 150.5, "images_per_s": 12, "rows_per_s": 20.25, "bytes_downloaded": 123_456}  # fmt: skip
+    write_worker_output(batch["output_path"], first, vectors, success=True, record=record)
     merged = merge_batch(spark, settings, batch["batch_id"])
     assert merged["status"] == "merged" and merged["inserted"] == len(first)
     assert merged["missing_from_results"] == 1
@@ -67,6 +69,10 @@ def test_merge_is_idempotent_newer_wins_and_counts_attempts(lake):
     assert all(r["attempts"] == 1 for r in scores.values())
     done = read_table(spark, settings, "batches").first()
     assert (done["status"], done["attempts"]) == ("done", 1)
+    # The worker's throughput record is the batch's, for SQL (ok rows as the worker counted them).
+    assert (done["host"], done["wall_s"], done["images_per_s"], done["rows_per_s"], done["bytes_downloaded"], done["rows_ok"]) == (
+        "gpu-7", 150.5, 12.0, 20.25, 123_456, 3)
+    assert (done["finished_at"] - done["started_at"]).total_seconds() == 150
 
     # Delivered twice: nothing changes, not even the batch's attempts.
     snapshot = _scores(spark, settings)

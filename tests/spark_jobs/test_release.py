@@ -23,6 +23,7 @@ from altlake.config import Settings
 from altlake.paths import DEPRECATION, derived_subset_file, removals_file
 from altlake.schemas import DERIVED_SUBSETS, STATUS_MEANINGS
 from altlake.stats import RELEASE_STAGES
+from altlake.storage import Credentials, S3Options
 from altlake_cli.main import main as altlake_main
 from explore.index import IndexRecordedError, build_index
 from explore.release import open_release
@@ -49,6 +50,10 @@ LISTED_SHA = hashlib.sha256(b"on a hash list").hexdigest()
 # and unknown (every other ok row: 640x480, punsafe 0.1).
 SIZES = {"en_hi": (2048, 1536), "de_mid": (1024, 4000), "sha_a": (4000, 1023)}
 PUNSAFE = {"near_a": 0.9, "nolang_mid": 0.5, "far": None}
+
+# One built lake and release shared by every test: ten minutes and more on a 2-core machine, so the
+# release tests run in the integration target (`make test-integration`, which .ci/run runs too).
+pytestmark = pytest.mark.integration
 
 
 def _aesthetic(uid: str) -> float:
@@ -312,7 +317,9 @@ def test_rebuild_is_bit_for_bit_after_the_tables_move_on_and_next_release_goes_t
     client = boto3.client("s3", endpoint_url=moto_server, region_name="us-east-1")
     client.create_bucket(Bucket="altlake-releases")
     s3_settings = settings.with_(release_store="s3://altlake-releases/laion")
-    second = build_release(spark, s3_settings, client=client, date="20240501")
+    # The store's endpoint and keys as the Airflow plugin passes them (from its connection).
+    store_options = S3Options(endpoint=moto_server, credentials=Credentials("testing", "testing"))
+    second = build_release(spark, s3_settings, store_options=store_options, date="20240501")
     assert second["release_id"] != summary["release_id"]
     assert second["location"] == f"s3://altlake-releases/laion/{second['release_id']}"
     body = client.get_object(Bucket="altlake-releases", Key=f"laion/{second['release_id']}/manifest.json")["Body"]
@@ -324,17 +331,17 @@ def test_rebuild_is_bit_for_bit_after_the_tables_move_on_and_next_release_goes_t
     assert manifest["index"]["rows"] == sum(manifest["counts"].values())
     keys = {o["Key"] for o in client.list_objects_v2(Bucket="altlake-releases", Prefix=f"laion/{second['release_id']}/")["Contents"]}
     assert {f"laion/{second['release_id']}/{path}" for path in manifest["index"]["files"]} <= keys
-    assert index_published_release(s3_settings, second["location"], client)["in_manifest"]  # nothing to do
+    assert index_published_release(s3_settings, second["location"], store_options)["in_manifest"]  # nothing to do
 
     # Published with --no-index (a driver without faiss), then indexed beside its files by the build_index
     # task: only `index/` is uploaded, the published manifest stays byte for byte as it was.
     bare_settings = settings.with_(release_store="s3://altlake-releases/bare")
-    bare = build_release(spark, bare_settings, client=client, date="20240501", index=False)
+    bare = build_release(spark, bare_settings, store_options=store_options, date="20240501", index=False)
     prefix = f"bare/{bare['release_id']}/"
     published = client.get_object(Bucket="altlake-releases", Key=prefix + "manifest.json")["Body"].read()
     assert bare["index"] is None and "index" not in json.loads(published)
     assert not any(o["Key"].startswith(prefix + "index/") for o in client.list_objects_v2(Bucket="altlake-releases", Prefix=prefix)["Contents"])
-    indexed = index_published_release(bare_settings, bare["location"], client)
+    indexed = index_published_release(bare_settings, bare["location"], store_options)
     assert not indexed["in_manifest"] and indexed["rows"] == sum(bare["counts"].values()) and set(indexed["indices"]) == {"image", "text"}
     keys = {o["Key"] for o in client.list_objects_v2(Bucket="altlake-releases", Prefix=prefix + "index/")["Contents"]}
     assert {prefix + "index/image.index", prefix + "index/text.index", prefix + "index/index_info.json"} <= keys
