@@ -16,12 +16,14 @@ import os
 import re
 import shlex
 import sys
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from altlake import logs
 from altlake.profiles import PROFILE_NAME
 from altlake.schemas import (
     AESTHETIC_PRESETS,
@@ -39,7 +41,7 @@ ENV_PREFIX = "ALTLAKE_"
 # ALTLAKE_* variables the code reads that are no setting (not reported as unknown): tracebacks for
 # developers (altlake_cli.main), the search service's worker processes, and the tests' screenshots
 # folder and Postgres binaries.
-OTHER_VARIABLES = ("ALTLAKE_DEBUG", "ALTLAKE_SERVE_ARGS", "ALTLAKE_SCREENSHOTS", "ALTLAKE_PG_BIN")
+OTHER_VARIABLES = ("ALTLAKE_DEBUG", "ALTLAKE_SERVE_ARGS", "ALTLAKE_SCREENSHOTS", "ALTLAKE_PG_BIN", "ALTLAKE_LOG_FORMAT", "ALTLAKE_RUN_ID")
 # The values of the enumerated settings, also what the code that dispatches on them accepts.
 WORKER_BACKENDS = ("local", "aws_batch", "kubernetes")
 SPARK_BACKENDS = ("local", "submit", "emr_serverless")
@@ -281,11 +283,16 @@ class Settings:
 def exit_status(prog: str, entry: Callable[[], int]) -> int:
     """`entry()`'s exit status, for a script's main(): bad settings end it with their lines on stderr
     and status 2, argparse's status for bad input, instead of a traceback."""
+    logs.configure(prog)
+    started = time.monotonic()
     try:
-        return entry()
+        status = entry()
     except SettingsError as exc:
         print(exc.report(prog), file=sys.stderr)
         return 2
+    # With ALTLAKE_LOG_FORMAT set, one line per job says how it ended and how long it took.
+    logging.getLogger("altlake").info("finished", extra={"exit_status": int(status or 0), "seconds": round(time.monotonic() - started, 3)})
+    return status
 
 
 def env_name(name: str) -> str:

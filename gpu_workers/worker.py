@@ -34,6 +34,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from altlake import logs
 from altlake.config import Settings
 from altlake.paths import RESULTS_FILE
 from altlake.profiles import MODEL_FLAGS, ProfileError, load_profiles, select_profile
@@ -44,7 +45,7 @@ from gpu_workers.downloader import DownloadConfig, FetchResult, download
 from gpu_workers.images import DecodedImage, ImageConfig, ImageRejected, decode
 from gpu_workers.models import DEMO, Models, ModelSpec, similarity
 from gpu_workers.profiles import ModelLoadError, load_checked, model_spec
-from gpu_workers.reader import BatchInputError, InputRow, read_batch
+from gpu_workers.reader import BatchInputError, InputRow, default_batch_id, read_batch
 from gpu_workers.stage_clock import NO_CLOCK, StageClock
 from gpu_workers.writer import (
     TIMING_COLUMNS,
@@ -653,27 +654,30 @@ def run(args: argparse.Namespace) -> int:
     if decode_on not in DECODE_CHOICES or (decode_on == "gpu" and not spec.device.startswith("cuda")):
         print(f"altlake score: decode must be auto, cpu, or gpu with --device cuda, not {decode_on!r} on {spec.device}", file=sys.stderr)
         return 2
-    try:
-        summary = score_batch(
-            args.input,
-            args.output,
-            spec,
-            download_config(args, settings),
-            ImageConfig(min_side=args.min_side, max_aspect_ratio=args.max_aspect_ratio),
-            PipelineConfig(
-                batch_size=args.batch_size,
-                max_in_flight=args.max_in_flight,
-                decode_workers=args.decode_workers,
-                decode=decode_on,
-                webdataset=args.webdataset,
-            ),
-            batch_id=args.batch_id,
-            s3_endpoint=settings.s3_endpoint,
-            progress=sys.stderr.isatty(),  # a bar on a terminal, nothing in a pipe or a log
-        )
-    except (BatchInputError, ModelLoadError) as exc:
-        print(f"altlake score: {exc}", file=sys.stderr)
-        return 2
+    with logs.batch(args.batch_id or default_batch_id(args.input)):
+        try:
+            summary = score_batch(
+                args.input,
+                args.output,
+                spec,
+                download_config(args, settings),
+                ImageConfig(min_side=args.min_side, max_aspect_ratio=args.max_aspect_ratio),
+                PipelineConfig(
+                    batch_size=args.batch_size,
+                    max_in_flight=args.max_in_flight,
+                    decode_workers=args.decode_workers,
+                    decode=decode_on,
+                    webdataset=args.webdataset,
+                ),
+                batch_id=args.batch_id,
+                s3_endpoint=settings.s3_endpoint,
+                progress=sys.stderr.isatty(),  # a bar on a terminal, nothing in a pipe or a log
+            )
+        except (BatchInputError, ModelLoadError) as exc:
+            print(f"altlake score: {exc}", file=sys.stderr)
+            return 2
+        # The batch's throughput in one structured line (ALTLAKE_LOG_FORMAT), beside the JSON summary on stdout.
+        log.info("batch scored", extra={k: summary.get(k) for k in ("rows", "statuses", "wall_s", "images_per_s", "bytes_downloaded", "skipped")})
     print(json.dumps(summary, sort_keys=True))
     return 0
 

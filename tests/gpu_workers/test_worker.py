@@ -40,7 +40,7 @@ from gpu_workers.downloader import DownloadConfig
 from gpu_workers.images import ImageConfig
 from gpu_workers.models import ModelSpec, load_models
 from gpu_workers.profiles import model_spec
-from gpu_workers.reader import InputRow
+from gpu_workers.reader import InputRow, default_batch_id
 from gpu_workers.stage_clock import STAGES
 from gpu_workers.worker import PipelineConfig, configure, download_config, opted_out_by_signal, score_batch, score_rows, spec_from_args
 from altlake.paths import RESULTS_FILE, SUCCESS_FILE
@@ -332,10 +332,17 @@ def test_worker_killed_mid_batch_then_rerun_writes_identical_files(tmp_path, ser
     worker.wait()
     assert not (out / SUCCESS_FILE).exists()
 
-    rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, timeout=300)
+    # The rerun as a deployment runs it: structured log lines, tagged with the run and the batch.
+    rerun_env = {**env, "ALTLAKE_LOG_FORMAT": "json", "ALTLAKE_RUN_ID": "rerun-1"}
+    rerun = subprocess.run(command, cwd=REPO, env=rerun_env, capture_output=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr.decode()[-3000:]
     summary = json.loads(rerun.stdout.decode().strip().splitlines()[-1])
     assert summary["statuses"] == {"ok": len(rows)} and summary["skipped"] is False
+    lines = [json.loads(line) for line in rerun.stderr.decode().splitlines() if line.startswith("{")]
+    (scored,) = [line for line in lines if line["message"] == "batch scored"]
+    assert (scored["run_id"], scored["job"], scored["batch_id"]) == ("rerun-1", "altlake score", default_batch_id(input_path))
+    assert scored["statuses"] == summary["statuses"] and scored["bytes_downloaded"] == summary["bytes_downloaded"] > 0
+    assert [line["exit_status"] for line in lines if line["message"] == "finished"] == [0]
 
     # The same batch scored without interruption, in-process, with the configuration the CLI builds
     # (no model flags: the default profile, `demo`, which every row records).
