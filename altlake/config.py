@@ -281,8 +281,11 @@ class Settings:
 
 
 def exit_status(prog: str, entry: Callable[[], int]) -> int:
-    """`entry()`'s exit status, for a script's main(): bad settings end it with their lines on stderr
-    and status 2, argparse's status for bad input, instead of a traceback."""
+    """`entry()`'s exit status, for the CLI and every script's main(): no user ever sees a traceback.
+    Bad settings are their lines and status 2; bad input (ValueError, OSError: a missing file, a
+    malformed list) one line and status 2, argparse's status for bad input; anything else (a bug) one
+    line naming a file under the cache that holds the traceback, and status 1. ALTLAKE_DEBUG=1 lets
+    exceptions through, for developers."""
     logs.configure(prog)
     started = time.monotonic()
     try:
@@ -290,9 +293,40 @@ def exit_status(prog: str, entry: Callable[[], int]) -> int:
     except SettingsError as exc:
         print(exc.report(prog), file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError) as exc:
+        if os.environ.get("ALTLAKE_DEBUG"):
+            raise
+        print(f"{prog}: {one_line(exc)}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - a bug: one line for the user, the traceback in a file
+        if os.environ.get("ALTLAKE_DEBUG"):
+            raise
+        print(f"{prog}: failed: {type(exc).__name__}: {one_line(exc)} (traceback: {_save_traceback(prog)})", file=sys.stderr)
+        return 1
     # With ALTLAKE_LOG_FORMAT set, one line per job says how it ended and how long it took.
     logging.getLogger("altlake").info("finished", extra={"exit_status": int(status or 0), "seconds": round(time.monotonic() - started, 3)})
     return status
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of an exception's message (Java errors carry whole stack traces)."""
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0][:1000]
+
+
+def _save_traceback(prog: str) -> str:
+    """The current exception's traceback in <cache>/logs/, for the bug report; returns the path."""
+    import traceback
+
+    folder = os.path.join(os.environ.get(env_name("cache_dir")) or _default_cache_dir(), "logs")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"{prog.replace(' ', '-')}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log")
+    with open(path, "w") as out:
+        out.write(traceback.format_exc())
+    return path
 
 
 def env_name(name: str) -> str:

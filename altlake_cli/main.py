@@ -17,11 +17,8 @@ import argparse
 import importlib
 import os
 import sys
-import time
-import traceback
-from pathlib import Path
 
-from altlake.config import Settings, SettingsError, exit_status
+from altlake.config import exit_status
 
 # command -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -59,35 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(rest)  # a usage error is argparse's one line and exit status 2
     if os.environ.get("ALTLAKE_DEBUG"):
         return int(module.run(args) or 0)
-    try:  # bad settings: one line per bad value, exit status 2
-        return int(exit_status(f"altlake {name}", lambda: module.run(args)) or 0)
-    except KeyboardInterrupt:
-        print(f"altlake {name}: interrupted", file=sys.stderr)
-        return 130
-    except (ValueError, OSError) as exc:
-        print(f"altlake {name}: {one_line(exc)}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # noqa: BLE001 - a bug: one line for the user, the traceback in a file
-        print(f"altlake {name}: failed: {type(exc).__name__}: {one_line(exc)} (traceback: {_save_traceback(name)})", file=sys.stderr)
-        return 1
-
-
-def one_line(exc: BaseException) -> str:
-    """The first line of an exception's message (Java errors carry whole stack traces)."""
-    text = str(exc).strip() or type(exc).__name__
-    return text.splitlines()[0][:1000]
-
-
-def _save_traceback(command: str) -> str:
-    try:
-        cache_dir = Settings.from_env().cache_dir
-    except SettingsError:  # the traceback is kept all the same, under the default cache
-        cache_dir = Settings().cache_dir
-    folder = Path(cache_dir) / "logs"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"altlake-{command}-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
-    path.write_text(traceback.format_exc())
-    return str(path)
+    # Bad settings, bad input, bugs and Ctrl-C: one line each, never a traceback (altlake.config.exit_status).
+    return int(exit_status(f"altlake {name}", lambda: module.run(args)) or 0)
 
 
 def _print_usage(unknown: str | None) -> None:

@@ -14,13 +14,16 @@ import argparse
 import json
 import logging
 import re
+import shutil
 import sys
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script by spark-submit / EMR: make our packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from altlake import storage
 from altlake.config import Settings, SettingsError
 from altlake.paths import DATABASE, LakePaths
 from altlake.names import MIN_TEXT_CHARS, check_crawl_id
@@ -139,10 +142,13 @@ def validate(
     df=None,
     suite: list[Expectation] | None = None,
     docs_dir: str | None = None,
+    store: storage.S3Options | None = None,
 ) -> ValidationReport:
     """Validate `df` (default: the whole catalog table) against `suite` (default: SUITES[table_name]).
 
-    With `docs_dir`, the GX Data Docs of this validation are written there as a static HTML site.
+    With `docs_dir`, the GX Data Docs of this validation are written there as a static HTML site: GX
+    renders them on local disk, and a docs_dir on object storage (a lake on S3) gets the site's files
+    through altlake.storage (`store`: its endpoint and keys), as every other file does.
     """
     _quiet_gx()
     import great_expectations as gx
@@ -166,8 +172,9 @@ def validate(
         gx.ValidationDefinition(name=f"{table_name}_validation", data=batch_definition, suite=gx_suite)
     )
     actions = []
-    if docs_dir:
-        context.add_data_docs_site(site_name="altlake", site_config=_docs_site_config(docs_dir))
+    site_dir = tempfile.mkdtemp(prefix="altlake-gx-docs-") if docs_dir and storage.is_object_store(docs_dir) else docs_dir
+    if site_dir:
+        context.add_data_docs_site(site_name="altlake", site_config=_docs_site_config(site_dir))
         actions.append(gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["altlake"]))
     checkpoint = context.checkpoints.add(
         gx.Checkpoint(name=f"{table_name}_gate", validation_definitions=[definition], actions=actions)
@@ -176,8 +183,12 @@ def validate(
     try:
         result = checkpoint.run(batch_parameters={"dataframe": df})
         n_rows = df.count()
+        if site_dir != docs_dir:
+            _upload_site(Path(site_dir), docs_dir, store)
     finally:
         df.unpersist()
+        if site_dir != docs_dir:
+            shutil.rmtree(site_dir, ignore_errors=True)
     (validation,) = result.run_results.values()
     outcomes = tuple(
         Outcome(
@@ -211,21 +222,24 @@ def validate_table(
     if crawl is not None:
         df = df.where(F.col(CRAWL_COLUMNS[table_name]) == F.lit(crawl))
     docs_dir = LakePaths(_absolute(settings.lake_dir)).gx_docs(_safe_run_id(run_id))
-    return validate(spark, table_name, df, docs_dir=docs_dir)
+    return validate(spark, table_name, df, docs_dir=docs_dir, store=storage.S3Options.of(settings))
 
 
 def _docs_site_config(docs_dir: str) -> dict:
-    """A static Data Docs site on the local disk or in S3, beside the lake."""
-    if re.match(r"^s3a?://", docs_dir):
-        bucket, _, prefix = re.sub(r"^s3a?://", "", docs_dir).partition("/")
-        backend = {"class_name": "TupleS3StoreBackend", "bucket": bucket, "prefix": prefix}
-    else:
-        backend = {"class_name": "TupleFilesystemStoreBackend", "base_directory": docs_dir}
+    """A static Data Docs site in a local folder."""
     return {
         "class_name": "SiteBuilder",
-        "store_backend": backend,
+        "store_backend": {"class_name": "TupleFilesystemStoreBackend", "base_directory": docs_dir},
         "site_index_builder": {"class_name": "DefaultSiteIndexBuilder"},
     }
+
+
+def _upload_site(site: Path, docs_dir: str, store: storage.S3Options | None) -> None:
+    """Every file of a rendered Data Docs site to its place on object storage, the index last (a
+    reader who finds the index finds what it links to)."""
+    files = sorted((p for p in site.rglob("*") if p.is_file()), key=lambda p: (p.name == "index.html" and p.parent == site, str(p)))
+    for path in files:
+        storage.upload_file(path, storage.join(docs_dir, *path.relative_to(site).parts), store)
 
 
 def _summary(result: dict) -> dict:

@@ -450,6 +450,14 @@ def write_pairs(spark, settings: Settings, pairs) -> int:
 # --- gates -----------------------------------------------------------------------------------------
 
 
+def _copy_docs(docs_dir: str, target: str, options: storage.S3Options) -> None:
+    """The gate's Data Docs (beside the lake, local or on S3) into the release's staging folder."""
+    for name in storage.list_files(docs_dir, options, recursive=True):
+        destination = Path(target, *name.split("/"))
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        destination.write_bytes(storage.read_bytes(storage.join(docs_dir, name), options))
+
+
 def gate(spark, settings: Settings, scores, pairs, stages: list[dict], docs_dir: str, lowest_threshold: float) -> dict:
     """GX suites for scores and pairs plus the cross-layer counts (pairs <= ok <= candidates, kept
     fraction within bounds). Data Docs go to docs_dir/<table>; any failure raises QualityGateError."""
@@ -471,7 +479,7 @@ def gate(spark, settings: Settings, scores, pairs, stages: list[dict], docs_dir:
         ],
     }  # fmt: skip
     reports = {
-        name: validate(spark, name, df, SUITES[name] + layers[name], docs_dir=os.path.join(docs_dir, name))
+        name: validate(spark, name, df, SUITES[name] + layers[name], docs_dir=storage.join(docs_dir, name), store=storage.S3Options.of(settings))
         for name, df in (("scores", scores), ("pairs", pairs))
     }
     summary = {
@@ -598,7 +606,7 @@ def build_release(
     try:
         counts = publish.write_release_files(published, staging, rows_per_file)
         derived_rows = publish.write_derived_subsets(published, staging, {d.name: d.filter for d in derived}, rows_per_file)
-        shutil.copytree(docs_dir, os.path.join(staging, RELEASE_GX_DIR))
+        _copy_docs(docs_dir, os.path.join(staging, RELEASE_GX_DIR), storage.S3Options.of(settings))
         manifest = {
             "release_id": release_id,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
