@@ -52,8 +52,9 @@ SIZES = {"en_hi": (2048, 1536), "de_mid": (1024, 4000), "sha_a": (4000, 1023)}
 PUNSAFE = {"near_a": 0.9, "nolang_mid": 0.5, "far": None}
 
 # One built lake and release shared by every test: ten minutes and more on a 2-core machine, so the
-# release tests run in the integration target (`make test-integration`, which .ci/run runs too).
-pytestmark = pytest.mark.integration
+# release tests run in the integration target (`make test-integration`, which .ci/run runs too). The
+# rebuild test cuts three releases and a rebuild: on a busy machine more than the default 15 minutes.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(2400)]
 
 
 def _aesthetic(uid: str) -> float:
