@@ -286,7 +286,7 @@ def exit_status(prog: str, entry: Callable[[], int]) -> int:
     malformed list) one line and status 2, argparse's status for bad input; anything else (a bug) one
     line naming a file under the cache that holds the traceback, and status 1. ALTLAKE_DEBUG=1 lets
     exceptions through, for developers."""
-    logs.configure(prog)
+    structured = logs.configure(prog)
     started = time.monotonic()
     try:
         status = entry()
@@ -306,8 +306,10 @@ def exit_status(prog: str, entry: Callable[[], int]) -> int:
             raise
         print(f"{prog}: failed: {type(exc).__name__}: {one_line(exc)} (traceback: {_save_traceback(prog)})", file=sys.stderr)
         return 1
-    # With ALTLAKE_LOG_FORMAT set, one line per job says how it ended and how long it took.
-    logging.getLogger("altlake").info("finished", extra={"exit_status": int(status or 0), "seconds": round(time.monotonic() - started, 3)})
+    # With ALTLAKE_LOG_FORMAT set, one line per job says how it ended and how long it took. Unset, nothing:
+    # a process whose root logger prints INFO (the demo's in-process Airflow) would show it to a person.
+    if structured:
+        logging.getLogger("altlake").info("finished", extra={"exit_status": int(status or 0), "seconds": round(time.monotonic() - started, 3)})
     return status
 
 

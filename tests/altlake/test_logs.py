@@ -75,3 +75,21 @@ def test_an_unknown_format_logs_as_text_and_says_so(monkeypatch, restored_logger
     first, second = stream.getvalue().splitlines()
     assert "ALTLAKE_LOG_FORMAT='xml' is not one of text, json: logging as text" in first
     assert second.endswith("INFO spark_jobs.extract [job=altlake extract] extracted")
+
+
+def test_without_a_log_format_a_root_logger_that_prints_info_shows_no_finished_line(monkeypatch, restored_loggers):
+    """The demo runs Airflow in-process, whose root logger prints INFO to the person's terminal."""
+    from altlake.config import exit_status
+
+    monkeypatch.delenv(logs.FORMAT_VARIABLE, raising=False)
+    stream = io.StringIO()
+    root = logging.getLogger()
+    handler = logging.StreamHandler(stream)
+    root.addHandler(handler)
+    level, root.level = root.level, logging.INFO
+    try:
+        assert exit_status("altlake demo", lambda: 0) == 0
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    assert "finished" not in stream.getvalue()
