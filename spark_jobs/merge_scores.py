@@ -27,7 +27,7 @@ if __package__ in (None, ""):  # run as a script by spark-submit: make our packa
 
 from altlake.config import Settings, exit_status
 from altlake.paths import RESULTS_FILE, SUCCESS_FILE, embedding_shard, embedding_shard_number, join
-from altlake.schemas import BATCH_DONE, BATCH_FAILED, BATCH_PLANNED, SCORES, STATUS_OK, STATUS_OPTED_OUT, WORKER_RESULTS
+from altlake.schemas import BATCH_DONE, BATCH_FAILED, BATCH_PLANNED, BATCHES, SCORES, STATUS_OK, STATUS_OPTED_OUT, WORKER_RESULTS
 from altlake.stats import StageStats, chain
 from spark_jobs.batches import list_lake_files, read_lake_bytes
 from spark_jobs.lake import commit_metrics, read_table, table_path, table_version
@@ -190,11 +190,9 @@ def _batch_row(spark, settings: Settings, batch_id: str, required: bool = True):
     return rows[0] if rows else None
 
 
-# The batches columns a worker's _SUCCESS fills (its summary's key of the same name).
-WORKER_RECORD = {
-    "host": "string", "started_at": "timestamp", "finished_at": "timestamp", "wall_s": "double",
-    "images_per_s": "double", "rows_per_s": "double", "bytes_downloaded": "bigint", "rows_ok": "bigint",
-}  # fmt: skip
+# The batches columns a worker's _SUCCESS fills (its summary's key of the same name), typed as BATCHES declares them.
+_WORKER_RECORD_COLUMNS = ("host", "started_at", "finished_at", "wall_s", "images_per_s", "rows_per_s", "bytes_downloaded", "rows_ok")
+WORKER_RECORD = {c.name: c.type for c in BATCHES.columns if c.name in _WORKER_RECORD_COLUMNS}
 
 
 def worker_record(settings: Settings, output_dir: str) -> dict:

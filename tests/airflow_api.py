@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from altlake_cli.airflow_cmd import PASSWORDS_FILE
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -100,3 +102,23 @@ def stop(process: subprocess.Popen) -> None:
             process.wait(timeout=grace_s)
         except subprocess.TimeoutExpired:
             continue
+
+
+def airflow_test_env(lake: Path, **settings: str) -> dict[str, str]:
+    """This process's environment without its AIRFLOW_* variables, with a small local lake on local Spark
+    and Spark backend, plus `settings` (more ALTLAKE_* variables)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
+    env.update(
+        ALTLAKE_LAKE_DIR=str(lake),
+        ALTLAKE_SPARK_BACKEND="local",
+        ALTLAKE_SPARK_MASTER="local[2]",
+        ALTLAKE_SPARK_SHUFFLE_PARTITIONS="2",
+        **settings,
+    )
+    return env
+
+
+def admin_password(home: Path) -> str | None:
+    """The admin's password once the API server has written it under AIRFLOW_HOME."""
+    passwords = home / PASSWORDS_FILE
+    return passwords.exists() and json.loads(passwords.read_text()).get("admin")

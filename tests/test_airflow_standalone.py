@@ -27,7 +27,8 @@ import pytest
 from playwright.sync_api import expect, sync_playwright
 
 from altlake.paths import LakePaths
-from tests.airflow_api import Api, free_port, stop, tail, wait, wait_finished
+from altlake_cli.airflow_cmd import PASSWORDS_FILE
+from tests.airflow_api import Api, admin_password, airflow_test_env, free_port, stop, tail, wait, wait_finished
 
 REPO = Path(__file__).resolve().parent.parent
 CRAWL = "CC-MAIN-2015-18"
@@ -54,15 +55,8 @@ def _trigger_from_form(page, base: str, dag_id: str, fields: dict[str, str], sho
 
 def test_standalone_trigger_forms_in_a_browser_and_the_asset_chain(tmp_path, sample_wat):
     port, home, lake = free_port(), tmp_path / "airflow_home", tmp_path / "lake"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
-    env.update(
-        ALTLAKE_LAKE_DIR=str(lake),
-        ALTLAKE_SPARK_BACKEND="local",
-        ALTLAKE_SPARK_MASTER="local[2]",
-        ALTLAKE_SPARK_SHUFFLE_PARTITIONS="2",
-        # The worker never looks a name up: the sample's internet URLs are refused at once.
-        ALTLAKE_WORKER_ARGS="--allow-listed-only --decode-workers 1",
-    )
+    # The worker never looks a name up: the sample's internet URLs are refused at once.
+    env = airflow_test_env(lake, ALTLAKE_WORKER_ARGS="--allow-listed-only --decode-workers 1")
     log = tmp_path / "standalone.log"
     shots = Path(os.environ.get("ALTLAKE_SCREENSHOTS") or tmp_path / "screenshots")
     shots.mkdir(parents=True, exist_ok=True)
@@ -74,9 +68,8 @@ def test_standalone_trigger_forms_in_a_browser_and_the_asset_chain(tmp_path, sam
     api = Api(port)
     try:
         wait("the API server", lambda: api.call("GET", "/api/v2/monitor/health")[0] == 200, 900, process, log)
-        passwords = home / "simple_auth_manager_passwords.json.generated"
-        password = wait("the admin password", lambda: passwords.exists() and json.loads(passwords.read_text()).get("admin"), 120, process, log)
-        assert str(passwords) in tail(log, 100_000), "the start says where the password is"
+        password = wait("the admin password", lambda: admin_password(home), 120, process, log)
+        assert str(home / PASSWORDS_FILE) in tail(log, 100_000), "the start says where the password is"
         assert _listening_addresses(port) == {"127.0.0.1"}, "a laptop's UI is not on the network"
         status, body = api.call("POST", "/auth/token", {"username": "admin", "password": password})
         assert status == 201, body

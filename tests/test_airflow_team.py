@@ -10,8 +10,6 @@ so every wait is generous but bounded, and everything started is shut down at th
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
 import sys
 import time
@@ -24,7 +22,7 @@ import pytest
 from altlake.paths import LakePaths
 from altlake_cli.airflow_cmd import COMPONENT_LOGS, COMPONENTS
 from altlake_cli.demo import DEMO_CRAWL, write_demo_crawl
-from tests.airflow_api import Api, free_port, stop, task_instances, tail, wait, wait_finished
+from tests.airflow_api import Api, admin_password, airflow_test_env, free_port, stop, task_instances, tail, wait, wait_finished
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(3000)]
 
@@ -69,12 +67,8 @@ def test_team_airflow_on_postgres_runs_the_chain_through_the_rest_api(postgres, 
 
     database = postgres.sqlalchemy_url(postgres.create_database("airflow_team"))
     port, home, lake = free_port(), tmp_path / "airflow_home", tmp_path / "lake"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW")}
-    env.update(
-        ALTLAKE_LAKE_DIR=str(lake),
-        ALTLAKE_SPARK_BACKEND="local",
-        ALTLAKE_SPARK_MASTER="local[2]",
-        ALTLAKE_SPARK_SHUFFLE_PARTITIONS="2",
+    env = airflow_test_env(
+        lake,
         ALTLAKE_BATCH_SIZE=str(BATCH_SIZE),
         ALTLAKE_WORKER_ARGS="--allow-host 127.0.0.1 --allow-listed-only --decode-workers 1",
         ALTLAKE_WORKER_RETRIES="0",
@@ -108,7 +102,7 @@ def test_team_airflow_on_postgres_runs_the_chain_through_the_rest_api(postgres, 
             )  # fmt: skip
             assert health["metadatabase"]["status"] == "healthy"
 
-            password = wait("the admin password", lambda: _password(home), 120, process, log)
+            password = wait("the admin password", lambda: admin_password(home), 120, process, log)
             status, body = api.call("POST", "/auth/token", {"username": "admin", "password": password})
             assert status == 201, body
             api.token = body["access_token"]
@@ -148,11 +142,6 @@ def test_team_airflow_on_postgres_runs_the_chain_through_the_rest_api(postgres, 
     still = [c.pid for c in components if c.is_running() and c.status() != psutil.STATUS_ZOMBIE]
     assert not still, f"components outlived the launcher: {still}"
     assert all((home / COMPONENT_LOGS / f"{name}.log").stat().st_size > 0 for name in COMPONENTS), tail(log)
-
-
-def _password(home: Path) -> str | None:
-    passwords = home / "simple_auth_manager_passwords.json.generated"
-    return passwords.exists() and json.loads(passwords.read_text()).get("admin")
 
 
 def _trigger(api: Api, dag_id: str, conf: dict, process, log: Path) -> list[dict]:
