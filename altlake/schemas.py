@@ -166,7 +166,7 @@ def derived_subsets(aesthetic_min: float, min_side: int, max_punsafe: float) -> 
         DerivedSubset("research-safe", f"punsafe IS NOT NULL AND punsafe <= {float(max_punsafe)!r}", {"max_punsafe": float(max_punsafe)}),
     )
 
-TAKEDOWN_KINDS = ("url", "domain", "sha256", "md5")
+TAKEDOWN_KINDS = ("url", "domain", "sha256", "md5", "pdq")
 
 
 # --- column / table declarations ---------------------------------------------------------------
@@ -323,6 +323,8 @@ SCORES = Table(
         C("height", "int"),
         C("sha256", "string"),
         C("md5", "string"),
+        C("pdq", "string", doc="PDQ perceptual hash of the picture, 64 hex digits (altlake.perceptual; null: scored before PDQ)"),
+        C("pdq_quality", "int", doc="PDQ's quality, 0-100: under 50 is a flat image whose hash matches too easily"),
         C("similarity", "float", doc="cosine similarity of CLIP image and text embeddings"),
         C("punsafe", "float"),
         C("pwatermark", "float"),
@@ -372,6 +374,7 @@ PAIRS = Table(
         C("aesthetic", "float", doc="as in scores: LAION-Aesthetics' predicted rating, 1-10 scale"),
         C("sha256", "string", False),
         C("md5", "string"),
+        C("pdq", "string", doc="as in scores: what pdq takedowns match"),
         C("license", "string"),
         C("first_seen_crawl", "string", False),
         C("near_duplicate_of", "string", doc="uid of a kept image whose embedding is within the threshold"),
@@ -407,7 +410,8 @@ REMOVALS = Table(
         C("url", "string"),
         C("sha256", "string"),
         C("md5", "string"),
-        C("kind", "string", False, "the matching request's kind: url | domain | sha256 | md5"),
+        C("pdq", "string"),
+        C("kind", "string", False, "the matching request's kind: url | domain | sha256 | md5 | pdq"),
         C("value", "string", False, "the matching request's value (canonical)"),
         C("takedowns_version", "bigint", False, "the takedowns table version the addendum honours"),
         C("removed_at", "timestamp", False),
@@ -416,14 +420,15 @@ REMOVALS = Table(
 
 TAKEDOWNS = Table(
     name="takedowns",
-    doc="Opt-out and takedown requests: by url, domain or image hash.",
+    doc="Opt-out and takedown requests: by url, domain, image digest or perceptual hash.",
     key=("kind", "value"),
     columns=(
-        C("kind", "string", False, "url | domain | sha256 | md5"),
+        C("kind", "string", False, "url | domain | sha256 | md5 | pdq"),
         C("value", "string", False),
         C("reason", "string", False),
         C("requested_at", "timestamp", False),
         C("matched", "map<string,bigint>", doc="rows the request matched per table when it was added"),
+        C("max_distance", "int", doc="pdq requests: the largest Hamming distance (of 256 bits) that matches"),
     ),
 )
 

@@ -3,8 +3,9 @@
 
 Daily (re-applies every recorded request to rows that arrived since; off where
 `ALTLAKE_SCHEDULES=false`), or **Trigger DAG** with the
-form: lists of URLs, domains (subdomains included), sha256 / md5 digests, or a hash-list file
-(Re-LAION-5B style: one hex digest per line, or a parquet column), and the reason. Tasks:
+form: lists of URLs, domains (subdomains included), sha256 / md5 digests, PDQ perceptual hashes
+(with the Hamming distance that still matches), or a hash-list file (Re-LAION-5B style: one hex
+digest per line, or a parquet column), and the reason. Tasks:
 
 1. **add**: every request is checked first (a bad entry fails the run and writes nothing), then
    MERGEd into `takedowns` on (kind, value): sending a request twice changes nothing.
@@ -26,6 +27,8 @@ from datetime import datetime
 from airflow.sdk import Param, dag, task
 
 from altlake.config import Settings
+from altlake.perceptual import DEFAULT_MAX_DISTANCE as PDQ_DEFAULT
+from altlake.perceptual import MAX_DISTANCE_LIMIT as PDQ_LIMIT
 from plugins import takedowns
 from plugins.defaults import DEFAULT_ARGS, SPARK_POOL
 from plugins.schedules import schedule
@@ -40,8 +43,13 @@ PARAMS = {
     "domain": _list("Domains", "host names; their subdomains are covered too"),
     "sha256": _list("SHA-256 digests", "hex digests of image bytes"),
     "md5": _list("MD5 digests", "hex digests of image bytes"),
+    "pdq": _list("PDQ hashes", "perceptual hashes (64 hex digits): resized, re-encoded and slightly cropped copies match too"),
+    "pdq_max_distance": Param(
+        PDQ_DEFAULT, type="integer", minimum=0, maximum=PDQ_LIMIT, title="PDQ maximum distance",
+        description=f"differing bits (of 256) that still match; {PDQ_DEFAULT} is ThreatExchange's recommendation",
+    ),  # fmt: skip
     "hash_list": Param(None, type=["null", "string"], title="Hash-list file", description="path of a file of digests (one per line, or .parquet)"),
-    "hash_list_kind": Param("sha256", type="string", enum=["sha256", "md5"], title="Hash-list kind"),
+    "hash_list_kind": Param("sha256", type="string", enum=["sha256", "md5", "pdq"], title="Hash-list kind"),
     "reason": Param(None, type=["null", "string"], title="Reason", description="required with any request, e.g. 'GDPR request 2024-113'"),
 }
 

@@ -25,6 +25,7 @@ import numpy as np
 import simplejpeg
 from PIL import Image, UnidentifiedImageError
 
+from altlake.perceptual import pdq_hash
 from gpu_workers.stage_clock import NO_CLOCK, StageClock
 
 LAION_MAX_PIXELS = 89_478_484
@@ -101,6 +102,8 @@ class DecodedImage:
     height: int
     sha256: str  # of the original bytes, as downloaded
     md5: str
+    pdq: str  # PDQ perceptual hash of the picture (altlake.perceptual), without any border
+    pdq_quality: int
     stored_bytes: bytes | None  # `image` encoded per ImageConfig.encode_format, for shards
 
 
@@ -122,7 +125,8 @@ def decode(body: bytes, config: ImageConfig, clock: StageClock = NO_CLOCK) -> De
 
 
 def finish(body: bytes, header: Header, image: Image.Image, config: ImageConfig) -> DecodedImage:
-    """The result for an RGB image already at storage size: hashes of the body, bytes for shards."""
+    """The result for an RGB image already at storage size: hashes of the body and the picture, bytes for shards."""
+    pdq, pdq_quality = pdq_hash(picture(image, header, config))
     return DecodedImage(
         image=image,
         original_width=header.width,
@@ -131,8 +135,20 @@ def finish(body: bytes, header: Header, image: Image.Image, config: ImageConfig)
         height=image.height,
         sha256=hashlib.sha256(body).hexdigest(),
         md5=hashlib.md5(body, usedforsecurity=False).hexdigest(),
+        pdq=pdq,
+        pdq_quality=pdq_quality,
         stored_bytes=encode(image, config.encode_format, config.encode_quality) if config.encode_format else None,
     )
+
+
+def picture(image: Image.Image, header: Header, config: ImageConfig) -> Image.Image:
+    """The stored image without the white frame border mode adds: what the perceptual hash sees,
+    so the same picture hashes alike whatever its aspect ratio or resize mode."""
+    if config.size is None or config.resize_mode != "border":
+        return image
+    width, height = scaled_size((header.width, header.height), config.size, "border")
+    left, top = border_offsets((width, height), config.size, "border")
+    return image.crop((left, top, left + width, top + height))
 
 
 def read_header(body: bytes, config: ImageConfig) -> Header:

@@ -321,6 +321,8 @@ class _Stages:
                 height=decoded.height,
                 sha256=decoded.sha256,
                 md5=decoded.md5,
+                pdq=decoded.pdq,
+                pdq_quality=decoded.pdq_quality,
                 similarity=float(sims[i]),
                 punsafe=None if punsafe is None else float(punsafe[i]),
                 pwatermark=None if pwatermark is None else float(pwatermark[i]),

@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 
 
 def requests_from_params(params: dict) -> list:
-    """TakedownRequests from the form: a list per kind plus an optional sha256/md5 hash-list file."""
+    """TakedownRequests from the form: a list per kind plus an optional sha256/md5/pdq hash-list file;
+    pdq requests carry the form's maximum distance."""
     from spark_jobs.takedowns import TakedownRequest, read_hash_list
 
     values = {kind: list(params.get(kind) or []) for kind in TAKEDOWN_KINDS}
@@ -29,7 +30,12 @@ def requests_from_params(params: dict) -> list:
             values[kind] += read_hash_list(params["hash_list"], kind)
         except (OSError, ValueError) as error:
             raise AirflowFailException(f"hash list {params['hash_list']!r} cannot be used: {error}") from error
-    requested = [TakedownRequest(kind, value, params.get("reason") or "") for kind in TAKEDOWN_KINDS for value in values[kind]]
+    distance = params.get("pdq_max_distance")
+    requested = [
+        TakedownRequest(kind, value, params.get("reason") or "", distance if kind == "pdq" else None)
+        for kind in TAKEDOWN_KINDS
+        for value in values[kind]
+    ]
     if requested and not (params.get("reason") or "").strip():
         raise AirflowFailException("takedown requests need a reason (e.g. 'GDPR request 2024-113')")
     return requested

@@ -123,7 +123,7 @@ def merge_batch(spark, settings: Settings, batch_id: str, output_dir: str | None
     input_uids = _input_uids(spark, settings, batch_id)
     if input_uids is not None:
         source = source.join(input_uids, "uid", "left_semi")
-    hashes = read_table(spark, settings, "takedowns").where(F.col("kind").isin("sha256", "md5"))
+    hashes = read_table(spark, settings, "takedowns").where(F.col("kind").isin(*HASH_COLUMNS))
     source = _opt_out_listed_hashes(source, hashes).cache()
     n_rows = source.count()
     statuses = {r["status"]: r["count"] for r in source.groupBy("status").count().collect()}
@@ -160,7 +160,7 @@ def merge_batch(spark, settings: Settings, batch_id: str, output_dir: str | None
 
 
 def _opt_out_listed_hashes(source, hashes):
-    """Rows whose image is on a sha256/md5 takedown list become `opted_out`, scores cleared."""
+    """Rows whose image is on a takedown list (sha256, md5, or within a pdq request's distance) become `opted_out`, scores cleared."""
     from pyspark.sql import functions as F
 
     hit = match_takedowns(source, hashes, HASH_COLUMNS).groupBy("uid").agg(F.min("kind").alias("_listed"))

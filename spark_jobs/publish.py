@@ -34,8 +34,9 @@ from altlake import storage
 from altlake.paths import DERIVED_SUBSETS_DIR, MANIFEST, RELEASE_EMBEDDINGS_DIR, derived_subset_file, embedding_shard, release_parquet_file
 from altlake.schemas import PAIRS, SUBSETS
 
-FORMAT_VERSION = 4  # 2: the aesthetic column; 3: derived subsets (subsets/<name>.parquet, the manifest's derived_subsets);
-# 4: the manifest's `stages` (altlake.stats) replace its `funnel`, and its extraction counts are a stage
+FORMAT_VERSION = 5  # 2: the aesthetic column; 3: derived subsets (subsets/<name>.parquet, the manifest's derived_subsets);
+# 4: the manifest's `stages` (altlake.stats) replace its `funnel`, and its extraction counts are a stage;
+# 5: the `pdq` column (perceptual hash), so holders can match perceptual takedowns against their copy
 ROWS_PER_FILE = 1_000_000
 # Rows the driver's JVM collects at once while a shard is written (its heap and spark.driver.maxResultSize
 # bound a collect: a 1M-row shard of 512-d embeddings is ~2.5 GB); the pieces are joined in Python.
@@ -46,16 +47,16 @@ UID_SPACE = 16**8  # shards split the range of the uid's first 8 hex digits
 LAION_COLUMNS = {
     "URL": "url", "TEXT": "text", "WIDTH": "original_width", "HEIGHT": "original_height",
     "similarity": "similarity", "punsafe": "punsafe", "pwatermark": "pwatermark", "aesthetic": "aesthetic",
-    "LANGUAGE": "language", "hash": "md5", "sha256": "sha256", "uid": "uid", "license": "license",
+    "LANGUAGE": "language", "hash": "md5", "sha256": "sha256", "pdq": "pdq", "uid": "uid", "license": "license",
     "first_seen_crawl": "first_seen_crawl", "near_duplicate_of": "near_duplicate_of",
 }  # fmt: skip
 METADATA_COLUMNS = {
     "uid": "uid", "url": "url", "caption": "text", "similarity": "similarity", "punsafe": "punsafe",
-    "pwatermark": "pwatermark", "aesthetic": "aesthetic", "sha256": "sha256", "md5": "md5", "width": "width",
+    "pwatermark": "pwatermark", "aesthetic": "aesthetic", "sha256": "sha256", "md5": "md5", "pdq": "pdq", "width": "width",
     "height": "height", "language": "language", "near_duplicate_of": "near_duplicate_of",
 }  # fmt: skip
 # Columns a later format added: a release of an older format is rebuilt without them, byte for byte.
-COLUMNS_SINCE = {"aesthetic": 2}
+COLUMNS_SINCE = {"aesthetic": 2, "pdq": 5}
 _ARROW_SCHEMA = pa.schema([f.with_nullable(True) for f in PAIRS.to_arrow()])
 PARQUET_OPTIONS = {"compression": "zstd", "compression_level": 3, "use_dictionary": True, "version": "2.6"}
 

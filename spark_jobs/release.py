@@ -4,7 +4,7 @@ Filters, in stage order (each stage counted in the manifest's `stages`, altlake.
   candidates -> scored -> ok -> similarity >= the threshold of the row's model profile for its
   language group (en / other; Settings.threshold_en / _other, when given, override every profile's)
   -> exact dedup (same url+text, then same image sha256; the winner is the highest similarity,
-  then the smallest uid) -> takedowns (url, domain, sha256, md5).
+  then the smallest uid) -> takedowns (url, domain, sha256, md5, pdq).
 Rows scored by different CLIP weights are refused together unless Settings.allow_mixed_models.
 Near-duplicate images are marked, not dropped: random-hyperplane LSH puts similar image
 embeddings in the same bucket (inside Spark), and the exact cosine is computed only within

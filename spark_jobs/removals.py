@@ -34,7 +34,8 @@ def release_store_of(location: str, settings: Settings, store_options: storage.S
 
 
 def release_rows(spark, location: str):
-    """A published release's rows as its parquet files hold them: uid, url, url_canonical, hashes."""
+    """A published release's rows as its parquet files hold them: uid, url, url_canonical, hashes
+    (pdq from format 5 on; an older release's rows have none, so perceptual requests skip them)."""
     from pyspark.sql import functions as F
 
     from altlake.urls import canonical_url
@@ -46,6 +47,7 @@ def release_rows(spark, location: str):
         F.udf(canonical_url, "string")(F.col("URL")).alias("url_canonical"),
         "sha256",
         F.col("hash").alias("md5"),
+        *(["pdq"] if "pdq" in rows.columns else []),
     )
 
 
@@ -94,7 +96,7 @@ def amend_releases(
         for row in matched.orderBy("uid", "kind", "value").collect():
             first.setdefault(row["uid"], row)
         new = [
-            {"uid": r["uid"], "url": r["url"], "sha256": r["sha256"], "md5": r["md5"], "kind": r["kind"],
+            {"uid": r["uid"], "url": r["url"], "sha256": r["sha256"], "md5": r["md5"], "pdq": r["pdq"] if "pdq" in r else None, "kind": r["kind"],
              "value": r["value"], "takedowns_version": version, "removed_at": now}
             for uid, r in sorted(first.items()) if uid not in seen
         ]  # fmt: skip
@@ -151,23 +153,32 @@ def deprecate_release(
     if superseded_by == release_id:
         raise ValueError("a release cannot supersede itself")
     store, _ = release_store_of(found[release_id], settings, store_options)
-    notice = {
-        "release_id": release_id,
-        "deprecated_at": (now or datetime.now(timezone.utc)).isoformat(timespec="seconds"),
-        "reason": reason.strip(),
-        "superseded_by": superseded_by,
-        "superseded_by_location": found.get(superseded_by) if superseded_by else None,
-    }
-    already = False
-    try:
-        store.add_file(release_id, DEPRECATION, json.dumps(notice, indent=2, sort_keys=True).encode() + b"\n")
-    except ReleaseExistsError:
-        already, notice = True, json.loads(store.read_file(release_id, DEPRECATION))
+    successor = (superseded_by, found[superseded_by]) if superseded_by else None
+    notice, already = write_deprecation(store, release_id, reason, successor, now)
     (
         DeltaTable.forPath(spark, table_path(settings, "releases"))
         .update(condition=(F.col("release_id") == release_id) & ~F.coalesce(F.col("deprecated"), F.lit(False)), set={"deprecated": F.lit(True)})
     )
     return {**notice, "already_deprecated": already, "location": found[release_id]}
+
+
+def write_deprecation(
+    store: ReleaseStore, release_id: str, reason: str, successor: tuple[str, str] | None = None, now: datetime | None = None
+) -> tuple[dict, bool]:
+    """`DEPRECATED.json` beside the release's immutable files, written once; `successor` is (release id,
+    location). Returns the notice in force and whether it was already there (the first one stands)."""
+    notice = {
+        "release_id": release_id,
+        "deprecated_at": (now or datetime.now(timezone.utc)).isoformat(timespec="seconds"),
+        "reason": reason.strip(),
+        "superseded_by": successor[0] if successor else None,
+        "superseded_by_location": successor[1] if successor else None,
+    }
+    try:
+        store.add_file(release_id, DEPRECATION, json.dumps(notice, indent=2, sort_keys=True).encode() + b"\n")
+    except ReleaseExistsError:
+        return json.loads(store.read_file(release_id, DEPRECATION)), True
+    return notice, False
 
 
 def configure(parser: argparse.ArgumentParser) -> None:

@@ -190,7 +190,7 @@ def _signals(honoured: dict) -> str:
     """Each opt-out signal with the rows it kept out, robots.txt refusals and the takedowns in force."""
     rows = [(name, signal["meaning"], signal["rows"]) for name, signal in honoured["signals"].items()]
     rows.append(("robots.txt", honoured["robots_txt"]["rule"], honoured["robots_txt"]["rows"]))
-    rows.append(("takedown hash lists", "the image's sha256 or md5 is on a takedown list (at merge)", honoured["takedown_hash_matches"]))
+    rows.append(("takedown hash lists", "the image's sha256 or md5 is on a takedown list, or its PDQ hash is within a request's distance (at merge)", honoured["takedown_hash_matches"]))
     requests = ", ".join(f"{n} {kind}" for kind, n in honoured["takedown_requests"].items()) or "none"
     tokens = ", ".join(honoured["ai_crawler_tokens"])
     note = f"<p>AI-crawler tokens honoured: {html.escape(tokens)}. Takedown requests in force: {html.escape(requests)}.</p>"

@@ -1,4 +1,4 @@
-"""Takedowns: opt-out requests by URL, domain or image hash, and their removal from the lake.
+"""Takedowns: opt-out requests by URL, domain, image digest or perceptual hash, and their removal from the lake.
 
 Requests land in the `takedowns` Delta table (MERGE on (kind, value): sending a request twice
 changes nothing). `apply_takedowns` deletes every matching row from candidates, scores and pairs.
@@ -11,6 +11,8 @@ passed: VACUUM deletes the data files that still held the removed rows for time 
 `purges` table records every apply and its purge.
 
 Hash lists follow Re-LAION-5B: plain files of hex digests, one per line (or a parquet/CSV column).
+A `pdq` request matches every image whose PDQ perceptual hash (altlake.perceptual) is within its
+recorded Hamming distance, so resized, re-encoded and slightly cropped copies go too.
 """
 
 from __future__ import annotations
@@ -27,13 +29,14 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script by spark-submit: make our packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from altlake import perceptual
 from altlake.config import Settings, exit_status
 from altlake.schemas import PURGES, TABLES, TAKEDOWN_KINDS, TAKEDOWNS
 from altlake.urls import CANONICAL_HOST_PATTERN, canonical_host, canonical_url
 from spark_jobs.lake import commit_metrics, read_table, table_path, table_version
 
-HASH_LENGTHS = {"sha256": 64, "md5": 32}
-HASH_COLUMNS = tuple(HASH_LENGTHS)  # the scores / pairs columns hash requests match
+HASH_LENGTHS = {"sha256": 64, "md5": 32, "pdq": perceptual.HASH_HEX}
+HASH_COLUMNS = tuple(HASH_LENGTHS)  # the scores / pairs columns hash requests match (pdq: by distance)
 _DOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?(\.[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?)+$")
 
 
@@ -45,6 +48,19 @@ class TakedownRequest:
     kind: str
     value: str
     reason: str
+    max_distance: int | None = None  # pdq only: None takes perceptual.DEFAULT_MAX_DISTANCE
+
+
+def max_distance_of(request: TakedownRequest) -> int | None:
+    """The Hamming distance a pdq request matches within (recorded with it); None for other kinds."""
+    if request.kind != "pdq":
+        if request.max_distance is not None:
+            raise ValueError(f"takedown {request.kind} {request.value!r}: a maximum distance only applies to pdq requests")
+        return None
+    distance = perceptual.DEFAULT_MAX_DISTANCE if request.max_distance is None else request.max_distance
+    if not 0 <= distance <= perceptual.MAX_DISTANCE_LIMIT:
+        raise ValueError(f"takedown pdq {request.value!r}: maximum distance {distance} is not between 0 and {perceptual.MAX_DISTANCE_LIMIT} bits")
+    return distance
 
 
 def normalize_value(kind: str, value: str) -> str:
@@ -76,7 +92,7 @@ def read_hash_list(path: str, kind: str) -> list[str]:
     Every bad line is reported at once (with its line number) so a list is fixed in one pass.
     """
     if kind not in HASH_LENGTHS:
-        raise ValueError(f"hash lists hold sha256 or md5 digests, not {kind!r}")
+        raise ValueError(f"hash lists hold sha256, md5 or pdq hashes, not {kind!r}")
     if path.endswith(".parquet"):
         import pyarrow.parquet as pq
 
@@ -105,6 +121,27 @@ def read_hash_list(path: str, kind: str) -> list[str]:
     if not digests:
         raise ValueError(f"{path}: no {kind} digest in the file")
     return digests
+
+
+def hashes_of_images(paths: Iterable[str], kind: str) -> list[str]:
+    """The request values for image files a takedown request came with: their sha256 / md5 digest,
+    or their PDQ hash. A flat image (PDQ quality under 50) is refused for pdq: its hash would match
+    unrelated flat images, so its exact digest is the request to send."""
+    import hashlib
+
+    if kind not in HASH_LENGTHS:
+        raise ValueError(f"--image makes sha256, md5 or pdq requests, not {kind}")
+    values = []
+    for path in paths:
+        if kind != "pdq":
+            with open(path, "rb") as f:
+                values.append(hashlib.new(kind, f.read()).hexdigest())
+            continue
+        value, quality = perceptual.pdq_of_file(path)
+        if quality < perceptual.MIN_QUALITY:
+            raise ValueError(f"{path}: PDQ quality {quality} < {perceptual.MIN_QUALITY} (a flat image would match unrelated ones): take it down by --kind sha256")
+        values.append(value)
+    return values
 
 
 def read_domain_list(path: str, categories: Iterable[str] = ()) -> tuple[list[str], list[str]]:
@@ -196,13 +233,14 @@ def add_takedowns(
     for request in requests:
         try:
             value = normalize_value(request.kind, request.value)
+            max_distance = max_distance_of(request)
         except ValueError as error:
             errors.append(str(error))
             continue
         if not (request.reason or "").strip():
             errors.append(f"takedown {request.kind} {request.value!r} has no reason")
             continue
-        rows.setdefault((request.kind, value), (request.kind, value, request.reason.strip(), requested_at, None))
+        rows.setdefault((request.kind, value), (request.kind, value, request.reason.strip(), requested_at, None, max_distance))
     if errors:
         raise ValueError(f"{len(errors)} invalid takedown requests:\n  " + "\n  ".join(errors[:20]))
     if not rows:
@@ -281,14 +319,15 @@ def canonical_requests(takedowns):
     as_url, as_host = F.udf(canonical_url, "string"), F.udf(canonical_host, "string")
     urls = takedowns.where("kind = 'url'").select("kind", as_url("value").alias("value"))
     domains = takedowns.where("kind = 'domain'").select("kind", as_host("value").alias("value"))
-    hashes = takedowns.where(~F.col("kind").isin("url", "domain")).select("kind", "value")
+    hashes = takedowns.where(~F.col("kind").isin("url", "domain", "pdq")).select("kind", "value")
     return urls.unionByName(domains).unionByName(hashes).where(F.col("value").isNotNull())
 
 
 def match_takedowns(df, takedowns, hash_columns: tuple[str, ...] = ()):
     """(uid, kind, value) for every row of `df` and request that matches it: url and domain
     requests against `url_canonical` when `df` has it (candidates, and what is built from them),
-    hash requests against the given hash columns."""
+    hash requests against the given hash columns: sha256 / md5 by equality, pdq by Hamming distance
+    (rows hashed before PDQ existed, such as an older table version, have no pdq to match)."""
     from functools import reduce
 
     from pyspark.sql import functions as F
@@ -301,11 +340,37 @@ def match_takedowns(df, takedowns, hash_columns: tuple[str, ...] = ()):
         hosts = df.select("uid", F.explode(host_suffixes()).alias("value"))
         matched.append(hosts.join(requests.where("kind = 'domain'"), "value").select("uid", "kind", "value"))
     for column in hash_columns:
+        if column == "pdq":
+            if "pdq" in df.columns:
+                matched.append(_pdq_matches(df, takedowns))
+            continue
         hashed = df.select("uid", F.lower(F.col(column)).alias("value")).where(F.col("value").isNotNull())
         matched.append(hashed.join(requests.where(F.col("kind") == column), "value").select("uid", "kind", "value"))
     if not matched:
         raise ValueError(f"nothing to match takedowns on: no url_canonical and no hash column in {df.columns}")
     return reduce(lambda a, b: a.unionByName(b), matched).distinct()
+
+
+def pdq_distance(a, b):
+    """Spark expression: the Hamming distance of two PDQ hex columns (eight 32-bit words, so
+    every word fits a signed bigint); the same as altlake.perceptual.distance."""
+    from pyspark.sql import functions as F
+
+    word = lambda column, i: F.conv(F.substring(column, 8 * i + 1, 8), 16, 10).cast("bigint")  # noqa: E731
+    return sum(F.bit_count(word(a, i).bitwiseXOR(word(b, i))) for i in range(perceptual.HASH_HEX // 8))
+
+
+def _pdq_matches(df, takedowns):
+    """(uid, kind, value) for rows whose pdq is within a pdq request's distance: requests are few,
+    so they are broadcast to every partition of the rows."""
+    from pyspark.sql import functions as F
+
+    requests = takedowns.where("kind = 'pdq'").select(
+        F.lower("value").alias("value"), F.coalesce("max_distance", F.lit(perceptual.DEFAULT_MAX_DISTANCE)).alias("_max")
+    )
+    hashed = df.select("uid", F.lower("pdq").alias("_pdq")).where(F.col("_pdq").rlike(f"^[0-9a-f]{{{perceptual.HASH_HEX}}}$"))
+    near = hashed.join(F.broadcast(requests), pdq_distance(F.col("_pdq"), F.col("value")) <= F.col("_max"))
+    return near.select("uid", F.lit("pdq").alias("kind"), "value")
 
 
 def drop_taken_down(df, takedowns, hash_columns: tuple[str, ...] = ()):
@@ -601,7 +666,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add = sub.add_parser("add", help="record takedown requests (idempotent)")
     add.add_argument("--kind", required=True, choices=TAKEDOWN_KINDS)
     add.add_argument("--value", action="append", default=[], help="a URL, domain or hex digest (repeatable)")
-    add.add_argument("--hash-list", help="file of sha256/md5 digests, one per line (or .parquet)")
+    add.add_argument("--hash-list", help="file of sha256 / md5 digests or PDQ hashes, one per line (or .parquet)")
+    add.add_argument("--image", action="append", default=[], help="an image file to take down: its sha256 / md5 digest, or with --kind pdq its perceptual hash (repeatable)")
+    add.add_argument(
+        "--max-distance", type=int,
+        help=f"pdq: the largest Hamming distance of 256 bits that still matches (default {perceptual.DEFAULT_MAX_DISTANCE}, recorded with each request)",
+    )  # fmt: skip
     add.add_argument("--blocklist", help="domain blocklist in UT1's layout: a domains file, a category folder, the root folder or its .tar.gz")
     add.add_argument("--category", action="append", default=[], help="UT1 category to load from a root folder or archive (repeatable)")
     add.add_argument("--reason", required=True, help="why, e.g. 'GDPR request 2024-113' or 'CSAM hash list'")
@@ -620,6 +690,7 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "add":
         try:
             values = list(args.value) + (read_hash_list(args.hash_list, args.kind) if args.hash_list else [])
+            values += hashes_of_images(args.image, args.kind) if args.image else []
             if args.blocklist:
                 if args.kind != "domain":
                     raise ValueError("--blocklist holds domains: use it with --kind domain")
@@ -631,9 +702,16 @@ def run(args: argparse.Namespace) -> int:
             print(f"altlake takedown add: {error}", file=sys.stderr)
             return 2
         if not values:
-            print("altlake takedown add: give --value, --hash-list or --blocklist", file=sys.stderr)
+            print("altlake takedown add: give --value, --hash-list, --image or --blocklist", file=sys.stderr)
             return 2
-        requests = [TakedownRequest(args.kind, v, args.reason) for v in values]
+        requests = [TakedownRequest(args.kind, v, args.reason, args.max_distance) for v in values]
+        try:
+            for request in requests:  # before Spark starts: a typo costs a second, not a session
+                normalize_value(request.kind, request.value)
+                max_distance_of(request)
+        except ValueError as error:
+            print(f"altlake takedown add: {error}", file=sys.stderr)
+            return 2
         try:
             summary = add_takedowns(get_spark(settings, "altlake-takedown"), settings, requests)
         except ValueError as error:

@@ -53,7 +53,7 @@ def test_build_release_and_apply_takedowns_shapes(dagbag):
     takedowns = dagbag.dags["apply_takedowns"]
     assert takedowns.timetable.summary == "@daily" and takedowns.timetable._expression == "0 0 * * *"
     assert [t.task_id for t in takedowns.topological_sort()] == ["add", "apply", "amend_releases", "purge"]
-    assert set(takedowns.params) >= {"url", "domain", "sha256", "md5", "hash_list", "reason"}
+    assert set(takedowns.params) >= {"url", "domain", "sha256", "md5", "pdq", "pdq_max_distance", "hash_list", "reason"}
 
 
 def test_forms_reject_bad_values(dagbag):

@@ -175,3 +175,32 @@ def test_safe_mode_is_off_and_disabled_where_the_release_has_no_punsafe(page, un
     expect(other.locator("#safe")).not_to_be_checked()
     assert shown_ids(other) == api_ids(unscored_site, text="a red circle")
     other.close()
+
+
+def test_a_deprecated_release_shows_its_notice_as_a_banner(page, site, model_release, tmp_path):
+    """The notice `altlake deprecate-release` writes (through its own writer) reaches the page of a
+    running service without a restart; a current release shows no banner."""
+    from spark_jobs.publish import ReleaseStore
+    from spark_jobs.removals import write_deprecation
+
+    page.goto(site)
+    expect(page.locator("#index-info")).to_contain_text("pairs")
+    expect(page.locator("#deprecated")).to_be_hidden()
+
+    root = tmp_path / "releases"
+    shutil.copytree(model_release, root / model_release.name)
+    config = ServiceConfig(allow_hosts=("127.0.0.1",))
+    with uvicorn_server(create_app(load_explorers([str(root / model_release.name)], config, Settings.from_env()), config)) as base:
+        other = page.context.new_page()
+        other.goto(base)
+        expect(other.locator("#index-info")).to_contain_text("pairs")
+        expect(other.locator("#deprecated")).to_be_hidden()
+        write_deprecation(ReleaseStore(str(root)), model_release.name, "rebuilt with the 2026-12 takedowns", ("20261201-0b7c2d4e19", "s3://releases/x"))
+        other.reload()
+        banner = other.locator("#deprecated")
+        expect(banner).to_be_visible()
+        expect(banner).to_contain_text("This release is deprecated")
+        expect(banner).to_contain_text("rebuilt with the 2026-12 takedowns")
+        expect(banner).to_contain_text("Use 20261201-0b7c2d4e19 instead.")
+        assert banner.get_attribute("role") == "alert"  # read out by screen readers
+        other.close()

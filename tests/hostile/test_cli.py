@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from PIL import Image
 
 from altlake_cli.main import main
 
@@ -17,6 +19,7 @@ def files(tmp_path: Path) -> Path:
     (tmp_path / "a-file").write_text("not a folder")
     (tmp_path / "garbage.txt").write_text("zzz\nnot a digest either\n")
     (tmp_path / "binary.txt").write_bytes(b"\xff\xfe\x00garbage")
+    Image.fromarray(np.full((64, 64, 3), 200, np.uint8)).save(tmp_path / "flat.png")  # no picture to recognise
     pq.write_table(pa.table({"uid": ["a"], "url": ["http://x.example/a.jpg"], "text": ["t"], "language": ["en"]}), tmp_path / "batch.parquet")
     return tmp_path
 
@@ -28,6 +31,10 @@ CASES = {  # name -> (argv with {tmp} for the test's folder, words of the one-li
     "a missing hash list": (["takedown", "add", "--kind", "sha256", "--hash-list", "{tmp}/none.txt", "--reason", "r", "--lake", "{tmp}/lake"], "No such file"),
     "a hash list of garbage": (["takedown", "add", "--kind", "sha256", "--hash-list", "{tmp}/garbage.txt", "--reason", "r", "--lake", "{tmp}/lake"], "invalid entries"),
     "a binary hash list": (["takedown", "add", "--kind", "md5", "--hash-list", "{tmp}/binary.txt", "--reason", "r", "--lake", "{tmp}/lake"], "can't decode"),
+    "a takedown image that is no image": (["takedown", "add", "--kind", "pdq", "--image", "{tmp}/garbage.txt", "--reason", "r", "--lake", "{tmp}/lake"], "not an image"),
+    "a flat takedown image for pdq": (["takedown", "add", "--kind", "pdq", "--image", "{tmp}/flat.png", "--reason", "r", "--lake", "{tmp}/lake"], "take it down by --kind sha256"),
+    "a pdq distance out of range": (["takedown", "add", "--kind", "pdq", "--value", "a" * 64, "--max-distance", "300", "--reason", "r", "--lake", "{tmp}/lake"], "not between 0 and 128"),
+    "a distance on a sha256 request": (["takedown", "add", "--kind", "sha256", "--value", "a" * 64, "--max-distance", "3", "--reason", "r", "--lake", "{tmp}/lake"], "only applies to pdq"),
     "rebuild an unknown release": (["build-release", "--rebuild", "nosuch", "--out", "{tmp}/o", "--lake", "{tmp}/lake"], "no lake at"),
     "score a folder": (["score", "--input", "{tmp}", "--output", "{tmp}/out"], "not a readable file"),
     "score into a file": (["score", "--input", "{tmp}/batch.parquet", "--output", "{tmp}/a-file/out"], "Not a directory"),

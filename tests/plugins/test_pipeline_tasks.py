@@ -84,6 +84,9 @@ def test_takedown_form_reads_lists_and_hash_files_and_needs_a_reason(tmp_path):
         ("domain", "b.example", "GDPR 1"), ("sha256", digest, "GDPR 1"), ("url", "https://a.example/x.jpg", "GDPR 1"),
     ]  # fmt: skip
     assert requests_from_params({"reason": ""}) == []  # the daily run: nothing new to record
+    # pdq requests carry the form's distance; the other kinds carry none
+    both = requests_from_params({"pdq": ["cd" * 32], "md5": ["ef" * 16], "pdq_max_distance": 12, "reason": "hash-sharing list"})
+    assert sorted((r.kind, r.max_distance) for r in both) == [("md5", None), ("pdq", 12)]
     with pytest.raises(AirflowFailException, match="reason"):
         requests_from_params({"url": ["https://a.example/x.jpg"], "reason": " "})
     hashes.write_text("not-a-digest\n" * 2)

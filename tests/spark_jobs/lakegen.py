@@ -56,8 +56,9 @@ def f16_bytes(vector: np.ndarray) -> bytes:
 
 
 def result(uid: str, url: str, status: str = "ok", similarity: float | None = 0.3, seed: int = 0,
-           scored_at: datetime = T0, batch_id: str = "b", sha256: str | None = None, aesthetic: float | None = 5.5) -> dict:  # fmt: skip
-    """One worker result row; ok rows get hashes and scores, failures an error."""
+           scored_at: datetime = T0, batch_id: str = "b", sha256: str | None = None, aesthetic: float | None = 5.5,
+           pdq: str | None = None) -> dict:  # fmt: skip
+    """One worker result row; ok rows get hashes and scores (a perceptual hash when given), failures an error."""
     ok = status == "ok"
     digest = sha256 or hashlib.sha256(f"image-{uid}-{seed}".encode()).hexdigest()
     return {
@@ -65,6 +66,7 @@ def result(uid: str, url: str, status: str = "ok", similarity: float | None = 0.
         "http_status": 200 if ok else None, "original_width": 640 if ok else None, "original_height": 480 if ok else None,
         "width": 256 if ok else None, "height": 192 if ok else None,
         "sha256": digest if ok else None, "md5": hashlib.md5(digest.encode()).hexdigest() if ok else None,
+        "pdq": pdq if ok else None, "pdq_quality": 100 if ok and pdq else None,
         "similarity": similarity if ok else None, "punsafe": 0.1 if ok else None, "pwatermark": 0.2 if ok else None, "profile": None,
         "aesthetic": aesthetic if ok else None, "aesthetic_model": "laion-aesthetic-linear" if ok and aesthetic is not None else None,
         "clip_model": "ViT-B-32/laion2b" if ok else None, "text_model": "ViT-B-32/laion2b" if ok else None,

@@ -31,7 +31,7 @@ def test_maintenance_compacts_keeps_rows_vacuums_after_the_retention_and_records
         add_candidates(spark, settings, [candidate(f"https://img.example.org/{batch}/{i}.jpg", f"picture {batch} {i}") for i in range(3)])
     spark.conf.set("spark.databricks.delta.stats.collect", "false")  # a file as another writer might leave it
     try:
-        request = ("domain", "example.com", "test", datetime.now(timezone.utc), None)
+        request = ("domain", "example.com", "test", datetime.now(timezone.utc), None, None)
         spark.createDataFrame([request], TAKEDOWNS.spark_ddl()).coalesce(1).write.format("delta").mode("append").save(table_path(settings, "takedowns"))
     finally:
         spark.conf.unset("spark.databricks.delta.stats.collect")
@@ -97,7 +97,7 @@ def test_an_unknown_table_is_one_line_before_spark_starts(tmp_path, capsys):
 def test_a_table_that_fails_is_recorded_with_its_error_and_the_others_are_still_maintained(spark, settings):
     path = table_path(settings, "takedowns")
     for value in ("a.example.com", "b.example.com"):  # two small files, so OPTIMIZE reads both
-        request = ("domain", value, "test", datetime.now(timezone.utc), None)
+        request = ("domain", value, "test", datetime.now(timezone.utc), None, None)
         spark.createDataFrame([request], TAKEDOWNS.spark_ddl()).coalesce(1).write.format("delta").mode("append").save(path)
     next(p for p in Path(path).glob("*.parquet")).unlink()  # storage lost a file the log still references
 

@@ -118,7 +118,7 @@ def test_a_shard_collected_in_uid_pieces_writes_the_same_bytes(tmp_path, monkeyp
         uid = hashlib.sha256(f"pair-{i}".encode()).hexdigest()[:32]
         vector = rng.standard_normal(8).astype("<f2").tobytes()
         rows.append((uid, f"https://a.org/{i}.jpg", f"https://a.org/{i}.jpg", f"caption {i}", ("en", "multi")[i % 2], ("en", "de")[i % 2],
-                     256, 192, 640, 480, 0.3, 0.1, 0.2, 5.5, uid * 2, uid, None, "CC-MAIN-2024-10", None, vector, vector))  # fmt: skip
+                     256, 192, 640, 480, 0.3, 0.1, 0.2, 5.5, uid * 2, uid, uid * 2, None, "CC-MAIN-2024-10", None, vector, vector))  # fmt: skip
     pairs = spark.createDataFrame(rows, PAIRS.spark_ddl()).repartition(3)
 
     whole = publish.write_release_files(pairs, str(tmp_path / "whole"))

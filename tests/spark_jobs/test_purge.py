@@ -48,7 +48,7 @@ def fill(spark, settings, rows: list[dict]) -> None:
     add_scores(spark, settings, scores)
     pairs = [
         {**r, "subset": "en", "width": 1, "height": 1, "original_width": 1, "original_height": 1,
-         "similarity": 0.3, "punsafe": 0.0, "pwatermark": 0.0, "aesthetic": 5.0, "sha256": s["sha256"], "md5": s["md5"],
+         "similarity": 0.3, "punsafe": 0.0, "pwatermark": 0.0, "aesthetic": 5.0, "sha256": s["sha256"], "md5": s["md5"], "pdq": s["pdq"],
          "near_duplicate_of": None, "img_emb": f16_bytes([1.0]), "text_emb": f16_bytes([1.0])}
         for r, s in zip(rows, scores)
     ]  # fmt: skip

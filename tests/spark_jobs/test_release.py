@@ -226,7 +226,7 @@ def test_derived_subsets_hold_exactly_the_rows_each_filter_selects(built):
     _, _, rows, _, summary, _, _ = built
     release = Path(summary["location"])
     manifest = json.loads((release / "manifest.json").read_text())
-    assert manifest["format_version"] == FORMAT_VERSION == 4
+    assert manifest["format_version"] == FORMAT_VERSION == 5
     # The release's rows, read independently from its language groups' parquet.
     published = {r["uid"]: r for path in sorted(release.glob("parquet/*/*.parquet")) for r in pq.read_table(path).to_pylist()}
     expected = {

@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import hashlib
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from altlake import perceptual
 from altlake.config import Settings
 from altlake.schemas import CANDIDATES, PAIRS, TAKEDOWNS
 from spark_jobs.lake import read_table
-from spark_jobs.takedowns import TakedownRequest, add_takedowns, apply_takedowns, match_takedowns, normalize_value, read_hash_list
+from spark_jobs.takedowns import (
+    TakedownRequest,
+    add_takedowns,
+    apply_takedowns,
+    hashes_of_images,
+    match_takedowns,
+    normalize_value,
+    pdq_distance,
+    read_hash_list,
+)
 from tests.altlake.test_urls import CASES
 from tests.spark_jobs.lakegen import T0, add_candidates, add_scores, append_rows, candidate, f16_bytes, result, score_row
 
@@ -63,7 +74,7 @@ def test_the_tables_match_every_case_as_extraction_does(lake, stored):
     rows = [candidate(url, f"case {i}") for i, (_, _, url, _) in enumerate(CASES)]
     candidates = spark.createDataFrame([tuple(r[c] for c in CANDIDATES.column_names) for r in rows], CANDIDATES.spark_ddl())
     requests = sorted({(k, normalize_value(k, v) if stored == "canonical" else v) for k, v, _, _ in CASES})
-    takedowns = spark.createDataFrame([(k, v, "case", T0, None) for k, v in requests], TAKEDOWNS.spark_ddl())
+    takedowns = spark.createDataFrame([(k, v, "case", T0, None, None) for k, v in requests], TAKEDOWNS.spark_ddl())
     found = {(r["uid"], r["kind"], r["value"]) for r in match_takedowns(candidates, takedowns).collect()}
     got = [(row["uid"], kind, normalize_value(kind, value)) in found for row, (kind, value, _, _) in zip(rows, CASES)]
     assert got == [expected for _, _, _, expected in CASES]
@@ -85,7 +96,7 @@ def test_takedowns_are_idempotent_and_remove_matches_from_every_layer(lake):
     add_scores(spark, settings, scores)
     pairs = [
         {**r, "subset": "en", "width": 1, "height": 1, "original_width": 1, "original_height": 1,
-         "similarity": 0.3, "punsafe": 0.0, "pwatermark": 0.0, "aesthetic": 5.0, "sha256": s["sha256"], "md5": s["md5"],
+         "similarity": 0.3, "punsafe": 0.0, "pwatermark": 0.0, "aesthetic": 5.0, "sha256": s["sha256"], "md5": s["md5"], "pdq": s["pdq"],
          "near_duplicate_of": None, "img_emb": f16_bytes([1.0]), "text_emb": f16_bytes([1.0])}
         for r, s in zip(rows.values(), scores)
     ]  # fmt: skip
@@ -117,3 +128,41 @@ def test_takedowns_are_idempotent_and_remove_matches_from_every_layer(lake):
 
     again = apply_takedowns(spark, settings)
     assert again["matched_uids"] == 0 and again["deleted"] == {"candidates": 0, "scores": 0, "pairs": 0}
+
+
+# --- perceptual hashes -----------------------------------------------------------------------------
+
+
+def test_pdq_distance_in_spark_is_the_python_distance(lake):
+    from pyspark.sql import functions as F
+
+    spark, _ = lake
+    rng = np.random.default_rng(5)
+    pairs = [(bytes(rng.integers(0, 256, 32, dtype=np.uint8)).hex(), bytes(rng.integers(0, 256, 32, dtype=np.uint8)).hex()) for _ in range(50)]
+    pairs += [("f" * 64, "0" * 64), ("8" + "0" * 63, "0" * 64), (pairs[0][0], pairs[0][0])]
+    df = spark.createDataFrame(pairs, "a string, b string")
+    got = [r["d"] for r in df.select(pdq_distance(F.col("a"), F.col("b")).alias("d")).collect()]
+    assert got == [perceptual.distance(a, b) for a, b in pairs]
+
+
+def test_a_maximum_distance_belongs_to_pdq_requests_only_and_is_bounded(lake):
+    spark, settings = lake
+    for request, message in [
+        (TakedownRequest("sha256", SHA, "r", max_distance=4), "only applies to pdq"),
+        (TakedownRequest("pdq", "a" * 64, "r", max_distance=200), "not between 0 and 128"),
+        (TakedownRequest("pdq", "a" * 63, "r"), "not 64 hex digits"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            add_takedowns(spark, settings, [request])
+
+
+def test_an_image_file_becomes_its_digest_or_its_perceptual_hash(tmp_path):
+    from tests.altlake.test_perceptual import _photo
+
+    path = tmp_path / "complaint.png"
+    _photo("astronaut").save(path)
+    assert hashes_of_images([str(path)], "sha256") == [hashlib.sha256(path.read_bytes()).hexdigest()]
+    assert hashes_of_images([str(path)], "md5") == [hashlib.md5(path.read_bytes()).hexdigest()]
+    assert hashes_of_images([str(path)], "pdq") == [perceptual.pdq_hash(_photo("astronaut"))[0]]
+    with pytest.raises(ValueError, match="not url"):
+        hashes_of_images([str(path)], "url")

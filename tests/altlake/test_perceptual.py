@@ -1,0 +1,71 @@
+"""PDQ perceptual hashes on real photos: copies stay within the match distance, other photos do not."""
+
+from __future__ import annotations
+
+import io
+import itertools
+
+import numpy as np
+import pytest
+from PIL import Image
+from skimage import data
+
+from altlake import perceptual
+
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "hubble_deep_field", "immunohistochemistry", "retina")  # (skimage.data.cat is chelsea)
+
+
+def _photo(name: str) -> Image.Image:
+    return Image.fromarray(getattr(data, name)()).convert("RGB")
+
+
+def _jpeg(image: Image.Image, quality: int) -> Image.Image:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=quality)
+    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")
+
+
+def copies(image: Image.Image) -> dict[str, Image.Image]:
+    """What a re-host does to a picture: resize, re-encode, trim a little."""
+    w, h = image.size
+    return {
+        "half size": image.resize((w // 2, h // 2), Image.Resampling.LANCZOS),
+        "double size": image.resize((w * 2, h * 2), Image.Resampling.BICUBIC),
+        "jpeg quality 30": _jpeg(image, 30),
+        "1% cropped off each side": image.crop((w // 100, h // 100, w - w // 100, h - h // 100)),
+        "2% cropped off one side": image.crop((0, 0, w - w // 50, h)),
+        "thumbnail, re-encoded": _jpeg(image.resize((150, 150 * h // w)), 70),
+    }
+
+
+@pytest.mark.parametrize("name", ["astronaut", "coffee", "chelsea"])
+def test_copies_of_a_photo_stay_within_the_match_distance(name):
+    original, quality = perceptual.pdq_hash(_photo(name))
+    assert perceptual.is_pdq(original) and quality >= perceptual.MIN_QUALITY
+    distances = {kind: perceptual.distance(original, perceptual.pdq_hash(copy)[0]) for kind, copy in copies(_photo(name)).items()}
+    assert all(d <= perceptual.DEFAULT_MAX_DISTANCE for d in distances.values()), distances
+
+
+def test_different_photos_are_far_apart():
+    hashes = {name: perceptual.pdq_hash(_photo(name))[0] for name in PHOTOS}
+    closest = min(perceptual.distance(hashes[a], hashes[b]) for a, b in itertools.combinations(PHOTOS, 2))
+    assert closest > 2 * perceptual.DEFAULT_MAX_DISTANCE
+
+
+def test_distance_counts_differing_bits():
+    zero, ones = "0" * 64, "f" * 64
+    assert perceptual.distance(zero, ones) == 256
+    assert perceptual.distance(zero, "0" * 63 + "7") == 3
+    assert perceptual.distance("8" + "0" * 63, zero) == 1  # the top bit counts too
+
+
+def test_a_flat_image_has_low_quality_and_a_file_that_is_no_image_is_refused(tmp_path):
+    flat = Image.fromarray(np.full((200, 300, 3), 128, np.uint8))
+    assert perceptual.pdq_hash(flat)[1] < perceptual.MIN_QUALITY
+    path = tmp_path / "not-an-image.jpg"
+    path.write_bytes(b"<html>hello</html>")
+    with pytest.raises(ValueError, match="not-an-image.jpg: not an image"):
+        perceptual.pdq_of_file(str(path))
+    photo = tmp_path / "astronaut.png"
+    _photo("astronaut").save(photo)
+    assert perceptual.pdq_of_file(str(photo)) == perceptual.pdq_hash(_photo("astronaut"))
