@@ -36,10 +36,13 @@ class LakePaths:
         return join(self.root, "checkpoints")
 
     def batch_input(self, batch_id: str) -> str:
-        return join(self.root, "batches", batch_id, "input.parquet")
+        return join(self.root, "batches", batch_id, BATCH_INPUT_FILE)
 
     def batch_output(self, batch_id: str) -> str:
         return join(self.root, "batches", batch_id, "output")
+
+    def batch_withdrawn(self, batch_id: str) -> str:
+        return join(self.root, "batches", batch_id, WITHDRAWN_FILE)
 
     def gx_docs(self, run_id: str) -> str:
         return join(self.root, "gx", run_id)
@@ -84,9 +87,14 @@ def derived_subset_file(name: str) -> str:
     return f"{DERIVED_SUBSETS_DIR}/{name}.parquet"
 
 
-# --- a scoring batch's output folder: gpu_workers.writer writes it, spark_jobs.merge_scores reads it.
+# --- a scoring batch's input (spark_jobs.batches writes it, gpu_workers.reader reads it) and output
+# folder (gpu_workers.writer writes it, spark_jobs.merge_scores reads it).
+BATCH_INPUT_FILE = "input.parquet"
 RESULTS_FILE = "results.parquet"  # one row per input uid, every status
 SUCCESS_FILE = "_SUCCESS"  # written last, holding the batch's summary: the output is complete
+# Beside a batch's input: uids whose page opted out after the batch was planned (uid, opt_out), which
+# the worker records as opted_out without a download. The planner and the extraction write it.
+WITHDRAWN_FILE = "withdrawn.parquet"
 
 # --- clip-retrieval's embedding layout: a batch's output folder, and each subset of a release under
 # embeddings/<subset>/. Row i of metadata_N describes row i of img_emb_N and text_emb_N.

@@ -10,6 +10,7 @@ which the worker records as that row's failure: one bad cell never costs the res
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import posixpath
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from altlake import storage
+from altlake.paths import BATCH_INPUT_FILE, WITHDRAWN_FILE
 from altlake.schemas import CANDIDATES, NO_LANGUAGE
 
 # The CANDIDATES columns the worker needs; every other column of the batch is ignored.
@@ -35,6 +37,7 @@ class InputRow:
     text: str
     language: str
     problem: str | None = None  # why the row cannot be scored as given (a mistyped cell), if so
+    withdrawn: str | None = None  # the opt-out signal of a page that opted out after planning: never downloaded
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,7 @@ class Batch:
 def default_batch_id(input_path: str) -> str:
     """The lake writes batches as .../batches/<batch_id>/input.parquet; elsewhere use the file stem."""
     name = posixpath.basename(input_path.rstrip("/"))
-    if name == "input.parquet":
+    if name == BATCH_INPUT_FILE:
         return posixpath.basename(posixpath.dirname(input_path.rstrip("/"))) or "batch"
     return name.removesuffix(".parquet") or "batch"
 
@@ -73,7 +76,26 @@ def read_batch(input_path: str, s3_endpoint: str = "", batch_id: str | None = No
             f"(found {present}; expected the columns of {CANDIDATES.name})"
         )
     table = parquet.read(columns=list(REQUIRED_COLUMNS))
-    return rows_to_batch(table.to_pylist(), batch_id or default_batch_id(input_path), input_path)
+    batch = rows_to_batch(table.to_pylist(), batch_id or default_batch_id(input_path), input_path)
+    withdrawn = read_withdrawn(input_path, s3_endpoint)
+    if not withdrawn:
+        return batch
+    rows = [dataclasses.replace(row, withdrawn=withdrawn[row.uid]) if row.uid in withdrawn else row for row in batch.rows]
+    return dataclasses.replace(batch, rows=rows)
+
+
+def read_withdrawn(input_path: str, s3_endpoint: str = "") -> dict[str, str]:
+    """uid -> opt-out signal from the `withdrawn.parquet` beside a batch input (none: {})."""
+    path = posixpath.join(posixpath.dirname(input_path.rstrip("/")), WITHDRAWN_FILE)
+    try:
+        data = storage.read_bytes(path, storage.S3Options(endpoint=s3_endpoint))
+    except FileNotFoundError:
+        return {}
+    try:
+        table = pq.read_table(io.BytesIO(data), columns=["uid", "opt_out"])
+    except (pa.ArrowInvalid, KeyError) as exc:
+        raise BatchInputError(f"{path} is not a list of withdrawn uids (uid, opt_out): {exc}") from exc
+    return dict(zip(table.column("uid").to_pylist(), table.column("opt_out").to_pylist()))
 
 
 def rows_to_batch(records: list[dict], batch_id: str, source: str = "batch") -> Batch:

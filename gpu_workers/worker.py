@@ -120,11 +120,11 @@ def score_rows(
     2 * batch_size instead of decode_window).
     """
     waiting: dict[str, InputRow] = {}  # pulled by the downloader, not yet yielded
-    unusable: list[InputRow] = []  # rows with a mistyped cell: recorded, never downloaded
+    unusable: list[InputRow] = []  # rows with a mistyped cell or a withdrawn uid: recorded, never downloaded
 
     def items() -> Iterator[tuple[str, str]]:
         for row in rows:
-            if row.problem:
+            if row.problem or row.withdrawn:
                 unusable.append(row)
                 continue
             waiting[row.uid] = row
@@ -133,6 +133,11 @@ def score_rows(
     def refused() -> Iterator[Scored]:
         while unusable:
             row = unusable.pop()
+            if row.withdrawn:  # "<signal>: <detail>", as every opt-out's error reads
+                fetch = FetchResult(key=row.uid, url=row.url, status=STATUS_OPTED_OUT)
+                error = f"{row.withdrawn}: the page opted out after the batch was planned"
+                yield Scored(_failure(row, batch_id, fetch, STATUS_OPTED_OUT, error), "read")
+                continue
             fetch = FetchResult(key=row.uid, url=row.url, status="invalid_input")
             yield Scored(_failure(row, batch_id, fetch, "invalid_input", row.problem), "read")
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import re
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -31,6 +32,7 @@ if __package__ in (None, ""):  # run as a script by spark-submit: make our packa
 from altlake import storage
 from altlake.config import Settings, exit_status, parse_retry_limits
 from altlake.names import check_crawl_id
+from altlake.paths import BATCH_INPUT_FILE
 from altlake.schemas import BATCH_FAILED, BATCH_PLANNED, BATCHES, CANDIDATES
 from spark_jobs.lake import lake_paths, read_table, table_path
 
@@ -86,6 +88,7 @@ def plan_batches(
         raise ValueError("batch_size and max_batches must be at least 1")
     limits = parse_retry_limits(settings.retry_limits)
     lake = lake_paths(settings)
+    withdrawn = withdraw_opted_out(spark, settings)  # pages that opted out since earlier batches were planned
 
     all_candidates = read_table(spark, settings, "candidates")
     if crawl:
@@ -155,10 +158,42 @@ def plan_batches(
     planned_rows = sum(r[2] for r in rows)
     return {
         **counts,
+        "withdrawn_from_planned": withdrawn["uids"],
         "planned_rows": planned_rows,
         "left_for_later": counts["eligible"] - planned_rows,
         "batches": [{"batch_id": r[0], "n_rows": r[2], "input_path": r[3], "output_path": r[4]} for r in rows],
     }
+
+
+def withdraw_opted_out(spark, settings: Settings) -> dict:
+    """Tell the worker about uids of planned batches whose page opted out after planning (a later
+    crawl saw the page say noai): each such batch gets `withdrawn.parquet` beside its input, listing
+    all of its opted-out uids, so the worker records them opted_out and never downloads them.
+
+    Idempotent and cheap when nothing changed; the planner calls it before planning, the extraction
+    after an update marked known pairs opted out. A worker that already started reads the file at
+    its next run of the batch; the release excludes opted-out pairs whatever the worker did.
+    """
+    import pyarrow as pa
+    from pyspark.sql import functions as F
+
+    paths = [r["input_path"] for r in read_table(spark, settings, "batches").where(f"status = '{BATCH_PLANNED}'").select("input_path").collect()]
+    if not paths:
+        return {"batches": 0, "uids": 0}
+    opted = read_table(spark, settings, "candidates").where(F.col("opt_out").isNotNull()).select("uid", "opt_out")
+    batch_of_file = F.regexp_extract(F.input_file_name(), rf"([^/]+)/{re.escape(BATCH_INPUT_FILE)}$", 1)
+    members = spark.read.parquet(*paths).select("uid", batch_of_file.alias("batch_id"))
+    withdrawn: dict[str, list[tuple[str, str]]] = {}
+    for row in members.join(opted, "uid").collect():
+        withdrawn.setdefault(row["batch_id"], []).append((row["uid"], row["opt_out"]))
+    lake = lake_paths(settings)
+    for batch_id, rows in withdrawn.items():
+        rows.sort()
+        table = pa.table({"uid": [u for u, _ in rows], "opt_out": [o for _, o in rows]})
+        data = _parquet_bytes(table)
+        if read_lake_bytes(settings, lake.batch_withdrawn(batch_id)) != data:
+            write_lake_bytes(settings, lake.batch_withdrawn(batch_id), data)
+    return {"batches": len(withdrawn), "uids": sum(len(rows) for rows in withdrawn.values())}
 
 
 def _planned_uids(spark, settings: Settings):

@@ -37,6 +37,7 @@ from altlake.paths import LakePaths
 from altlake.schemas import CANDIDATES, CRAWL_FILES, FILE_DONE, FILE_FAILED, REJECT_REASONS
 from altlake.stats import StageStats, chain
 from altlake.urls import canonical_host, canonical_url
+from spark_jobs.batches import withdraw_opted_out
 from spark_jobs.takedowns import load_domain_blocklist
 
 DEFAULT_WAT_PREFIX = COMMONCRAWL_S3  # the command line runs where Spark reads S3 (altlake.names)
@@ -102,7 +103,9 @@ def run_extract(settings: Settings, crawl: str, wat_paths: list[str], spark=None
             now = datetime.now(timezone.utc)
             done_paths = {r["path"] for r in results if r["status"] == FILE_DONE}
             if done_paths:
-                inserted = _merge_candidates(spark, lake, crawl, extracted, done_paths, now)
+                inserted, updated = _merge_candidates(spark, lake, crawl, extracted, done_paths, now)
+                if updated:  # known pairs seen again, some perhaps now opted out: planned batches must not fetch them
+                    withdraw_opted_out(spark, settings)
             _merge_crawl_files(spark, lake, crawl, results, now)
         finally:
             extracted.unpersist()
@@ -167,8 +170,9 @@ def _extract(spark, settings: Settings, lake: LakePaths, paths: list[str]):
     return extracted
 
 
-def _merge_candidates(spark, lake: LakePaths, crawl: str, extracted, done_paths: set[str], now: datetime) -> int:
-    """Insert new pairs of the done files; known pairs only get their seen-crawl range widened."""
+def _merge_candidates(spark, lake: LakePaths, crawl: str, extracted, done_paths: set[str], now: datetime) -> tuple[int, int]:
+    """Insert new pairs of the done files; known pairs only get their seen-crawl range widened (and an
+    opt-out when a page now has one). Returns (inserted, updated) rows."""
     from delta.tables import DeltaTable
     from pyspark.sql import Window
     from pyspark.sql import functions as F
@@ -215,7 +219,7 @@ def _merge_candidates(spark, lake: LakePaths, crawl: str, extracted, done_paths:
         .execute()
     )
     metrics = table.history(1).select("operationMetrics").first()[0] or {}
-    return int(metrics.get("numTargetRowsInserted", 0))
+    return int(metrics.get("numTargetRowsInserted", 0)), int(metrics.get("numTargetRowsUpdated", 0))
 
 
 def _merge_crawl_files(spark, lake: LakePaths, crawl: str, results: list[dict], now: datetime) -> None:

@@ -85,3 +85,13 @@ def test_not_a_parquet_and_missing_file_get_clear_errors(tmp_path):
 def test_batch_id_follows_the_lake_layout():
     assert default_batch_id(LakePaths("s3://bucket/lake").batch_input("b-0007")) == "b-0007"
     assert default_batch_id("/data/part-3.parquet") == "part-3"
+
+
+def test_a_damaged_withdrawn_list_stops_the_batch_with_its_path(tmp_path):
+    """withdrawn.parquet (spark_jobs.batches.withdraw_opted_out writes it; the extraction test reads
+    it back through this reader) must be readable: guessing would download opted-out images."""
+    path = _write(tmp_path / "batches/b1/input.parquet", [{"uid": "u1", "url": "http://x.example/a.jpg", "text": "t", "language": "en"}])
+    assert read_batch(path).rows[0].withdrawn is None  # no list: nothing withdrawn
+    (tmp_path / "batches/b1/withdrawn.parquet").write_bytes(b"half a parquet")
+    with pytest.raises(BatchInputError, match="withdrawn.parquet is not a list of withdrawn uids"):
+        read_batch(path)

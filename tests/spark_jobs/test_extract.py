@@ -21,6 +21,12 @@ from altlake.config import Settings
 from altlake.paths import LakePaths
 from altlake.schemas import FILE_DONE, FILE_FAILED, REJECT_REASONS
 from altlake.stats import StageStats, parse
+from gpu_workers.downloader import DownloadConfig
+from gpu_workers.images import ImageConfig
+from gpu_workers.models import ModelSpec
+from gpu_workers.reader import read_batch
+from gpu_workers.worker import score_batch
+from spark_jobs.batches import plan_batches
 from spark_jobs.extract import resolve_wat_paths, run_extract
 from spark_jobs.wat import process_wat
 from spark_jobs.watgen import generate_wat
@@ -267,10 +273,21 @@ def test_opted_out_pairs_are_kept_marked_counted_and_never_un_opted(mspark, lake
     assert (files[a]["opted_out"], files[b]["opted_out"]) == (0, 2)
     assert (files[b]["kept_pairs"], files[b]["rejected"]["taken_down"]) == (2, 0)  # kept, not rejected
 
+    # The one pair free to fetch is planned; its batch waits for a worker.
+    (batch,) = plan_batches(mspark, lake, crawl="CC-MAIN-2030-21", batch_size=10)["batches"]
+    assert batch["n_rows"] == 1 and read_batch(batch["input_path"]).rows[0].withdrawn is None
+
     # A known pair seen again on a page that opts out becomes opted out...
     run_extract(lake, "CC-MAIN-2030-22", [c], spark=mspark)
     assert opt_outs()["plain.jpg"] == (META_ROBOTS, a, "CC-MAIN-2030-22")
     assert _files(mspark, lake, "CC-MAIN-2030-22")[c]["opted_out"] == 1
+    # ... is withdrawn from the batch planned before, and the worker records it without a download
+    # (a fetch of img-optout.test would end in a dns / blocked status, not opted_out).
+    (row,) = read_batch(batch["input_path"]).rows
+    assert row.withdrawn == META_ROBOTS
+    summary = score_batch(batch["input_path"], batch["output_path"], ModelSpec(), DownloadConfig(retries=0, timeout_s=2.0), ImageConfig())
+    assert summary["statuses"] == {"opted_out": 1} and summary["opted_out_by_signal"] == {META_ROBOTS: 1}
+    assert plan_batches(mspark, lake, crawl="CC-MAIN-2030-21", batch_size=10)["withdrawn_from_planned"] == 1  # idempotent
     # ... and seeing pairs again without one never takes an opt-out back.
     run_extract(lake, "CC-MAIN-2030-23", [d], spark=mspark)
     assert {k: v[0] for k, v in opt_outs().items()} == dict.fromkeys(("shared.jpg", "plain.jpg", "noai.jpg"), META_ROBOTS)
