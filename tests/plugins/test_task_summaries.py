@@ -117,7 +117,7 @@ def test_takedown_tasks_say_what_matched_and_what_matched_nothing(tmp_path, line
     applied = apply(settings, added)
     assert lines.last == (
         'Summary: takedown "GDPR request 2024-113" (2 request(s) in the form, 2 on record in all): matched 1 image-text '
-        "pair(s) (by url 1, domain 0, sha256 0, md5 0); rows deleted from candidates 1, scores 0, pairs 0; "
+        "pair(s) (by url 1, domain 0, sha256 0, md5 0, pdq 0); rows deleted from candidates 1, scores 0, pairs 0; "
         "this run's domain request(s) matched nothing"
     )
     amend(settings, applied)
