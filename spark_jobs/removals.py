@@ -96,7 +96,7 @@ def amend_releases(
         for row in matched.orderBy("uid", "kind", "value").collect():
             first.setdefault(row["uid"], row)
         new = [
-            {"uid": r["uid"], "url": r["url"], "sha256": r["sha256"], "md5": r["md5"], "pdq": r["pdq"] if "pdq" in r else None, "kind": r["kind"],
+            {"uid": r["uid"], "url": r["url"], "sha256": r["sha256"], "md5": r["md5"], "pdq": r.asDict().get("pdq"), "kind": r["kind"],
              "value": r["value"], "takedowns_version": version, "removed_at": now}
             for uid, r in sorted(first.items()) if uid not in seen
         ]  # fmt: skip

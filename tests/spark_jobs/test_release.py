@@ -50,6 +50,7 @@ LISTED_SHA = hashlib.sha256(b"on a hash list").hexdigest()
 # and unknown (every other ok row: 640x480, punsafe 0.1).
 SIZES = {"en_hi": (2048, 1536), "de_mid": (1024, 4000), "sha_a": (4000, 1023)}
 PUNSAFE = {"near_a": 0.9, "nolang_mid": 0.5, "far": None}
+FAR_PDQ = "c3" * 32  # the worker's perceptual hash of "far": it travels to the release and its removals addendum
 
 # One built lake and release shared by every test: ten minutes and more on a 2-core machine, so the
 # release tests run in the integration target (`make test-integration`, which .ci/run runs too). The
@@ -90,7 +91,7 @@ def _scenario(rng):
         if name == "unscored":
             continue
         status = "timeout" if name == "failed" else "ok"
-        res = result(row["uid"], row["url"], status, similarity.get(name), seed=i, aesthetic=_aesthetic(row["uid"]))
+        res = result(row["uid"], row["url"], status, similarity.get(name), seed=i, aesthetic=_aesthetic(row["uid"]), pdq=FAR_PDQ if name == "far" else None)
         if name in SIZES:
             res["original_width"], res["original_height"] = SIZES[name]
         if name in PUNSAFE:
@@ -385,6 +386,7 @@ def test_a_published_release_gets_a_removals_addendum_and_stops_serving_removed_
     assert [(r["uid"], r["url"], r["kind"], r["value"], r["takedowns_version"]) for r in addendum] == [
         (far["uid"], far["url"], "domain", "h.org", version)
     ]
+    assert addendum[0]["pdq"] == FAR_PDQ  # holders can also match copies of the removed image
     assert {k: v for k, v in file_checksums(release).items() if not k.startswith("removals/")} == checksums  # immutable
     recorded = read_table(spark, settings, "releases").where(f"release_id = '{release_id}'").first()
     assert recorded["removed"] == 1 and recorded["amended_at"] is not None
