@@ -55,7 +55,7 @@ FAR_PDQ = "c3" * 32  # the worker's perceptual hash of "far": it travels to the 
 # One built lake and release shared by every test: ten minutes and more on a 2-core machine, so the
 # release tests run in the integration target (`make test-integration`, which .ci/run runs too). The
 # rebuild test cuts three releases and a rebuild: on a busy machine more than the default 15 minutes.
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(2400)]
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(3600)]
 
 
 def _aesthetic(uid: str) -> float:
