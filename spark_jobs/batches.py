@@ -88,7 +88,8 @@ def plan_batches(
         raise ValueError("batch_size and max_batches must be at least 1")
     limits = parse_retry_limits(settings.retry_limits)
     lake = lake_paths(settings)
-    withdrawn = withdraw_opted_out(spark, settings)  # pages that opted out since earlier batches were planned
+    in_flight_members = _planned_members(spark, settings)  # read once: withdrawn from, and never planned again
+    withdrawn = _withdraw(spark, settings, in_flight_members)  # pages that opted out since earlier batches were planned
 
     all_candidates = read_table(spark, settings, "candidates")
     if crawl:
@@ -108,7 +109,7 @@ def plan_batches(
     if rescore_profile is not None:
         rescore = scored.where((F.col("status") == "ok") & ~F.col("profile").eqNullSafe(rescore_profile)).select("uid", "attempts")
         todo = todo.unionByName(candidates.join(rescore, "uid"))
-    in_flight = _planned_uids(spark, settings)
+    in_flight = in_flight_members.select("uid").distinct() if in_flight_members is not None else spark.createDataFrame([], "uid string")
     todo = todo.join(in_flight, "uid", "left_anti").cache()
     counts = {
         "candidates": all_candidates.count(),
@@ -174,15 +175,17 @@ def withdraw_opted_out(spark, settings: Settings) -> dict:
     after an update marked known pairs opted out. A worker that already started reads the file at
     its next run of the batch; the release excludes opted-out pairs whatever the worker did.
     """
+    return _withdraw(spark, settings, _planned_members(spark, settings))
+
+
+def _withdraw(spark, settings: Settings, members) -> dict:
+    """withdraw_opted_out for the planned batches' (uid, batch_id) rows (None: no planned batch)."""
     import pyarrow as pa
     from pyspark.sql import functions as F
 
-    paths = [r["input_path"] for r in read_table(spark, settings, "batches").where(f"status = '{BATCH_PLANNED}'").select("input_path").collect()]
-    if not paths:
+    if members is None:
         return {"batches": 0, "uids": 0}
     opted = read_table(spark, settings, "candidates").where(F.col("opt_out").isNotNull()).select("uid", "opt_out")
-    batch_of_file = F.regexp_extract(F.input_file_name(), rf"([^/]+)/{re.escape(BATCH_INPUT_FILE)}$", 1)
-    members = spark.read.parquet(*paths).select("uid", batch_of_file.alias("batch_id"))
     withdrawn: dict[str, list[tuple[str, str]]] = {}
     for row in members.join(opted, "uid").collect():
         withdrawn.setdefault(row["batch_id"], []).append((row["uid"], row["opt_out"]))
@@ -196,13 +199,17 @@ def withdraw_opted_out(spark, settings: Settings) -> dict:
     return {"batches": len(withdrawn), "uids": sum(len(rows) for rows in withdrawn.values())}
 
 
-def _planned_uids(spark, settings: Settings):
-    """uids handed to a batch that is planned but not merged yet (read from the batches' inputs)."""
+def _planned_members(spark, settings: Settings):
+    """(uid, batch_id) handed to batches that are planned but not merged yet, read from their inputs;
+    None when no batch is planned."""
+    from pyspark.sql import functions as F
+
     planned = read_table(spark, settings, "batches").where(f"status = '{BATCH_PLANNED}'").select("input_path")
     paths = [r["input_path"] for r in planned.collect()]
     if not paths:
-        return spark.createDataFrame([], "uid string")
-    return spark.read.parquet(*paths).select("uid").distinct()
+        return None
+    batch_of_file = F.regexp_extract(F.input_file_name(), rf"([^/]+)/{re.escape(BATCH_INPUT_FILE)}$", 1)
+    return spark.read.parquet(*paths).select("uid", batch_of_file.alias("batch_id"))
 
 
 def _record_batches(spark, settings: Settings, rows: list[tuple]) -> None:
