@@ -42,13 +42,10 @@ def sample_wat(tmp_path: Path) -> Path:
 def moto_server():
     """An S3-compatible moto server on 127.0.0.1 for the run; yields its endpoint URL.
 
-    Fake credentials are set for the run (moto accepts any); buckets per test keep tests apart.
+    The run's fake credentials (set at import, below) are what it accepts; buckets per test keep tests apart.
     """
     from moto.server import ThreadedMotoServer
 
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        os.environ.setdefault(name, "testing")
-    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -82,6 +79,12 @@ def postgres():
 
 
 os.environ.setdefault("PYSPARK_PYTHON", os.sys.executable)
+# Fake AWS credentials for the whole run, set before any JVM starts: a JVM keeps the environment it was
+# launched with, so credentials set later (when the first moto test runs) never reach the run's Spark
+# session, and its DynamoDB client found none. Never the developer's real ones.
+os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+for _name in ("AWS_SESSION_TOKEN", "AWS_PROFILE"):
+    os.environ.pop(_name, None)
 # Airflow reads its configuration on first import: the test run gets a private home (never the
 # developer's ~/airflow or ./airflow_home) with this repo's DAGs and no examples.
 os.environ["AIRFLOW_HOME"] = tempfile.mkdtemp(prefix="altlake-airflow-")
