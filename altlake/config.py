@@ -168,6 +168,10 @@ class Settings:
     host_refusal_limit: int = 5
     # Candidates per scoring batch.
     batch_size: int = 10_000
+    # Finished batches are merged into `scores` together, up to this many result rows per MERGE: each
+    # MERGE has a fixed cost (jobs, a commit, a scan of the uids in `scores`); the rows of one group
+    # pass through the driver, about 2.3 KB each with 512-d embeddings.
+    merge_rows: int = 100_000
     # Where Airflow runs `altlake score` per batch: `local` (a subprocess), `aws_batch` or `kubernetes`
     # (GPU containers built from infra/docker/worker.Dockerfile).
     worker_backend: str = "local"
@@ -489,6 +493,7 @@ _CHECKS: dict[str, Check] = {
     "max_retry_after_s": _at_least(0, "a number of seconds"),
     "host_refusal_limit": _at_least(0, "an answer count"),
     "batch_size": _at_least(1, "a candidate count"),
+    "merge_rows": _at_least(1, "a row count"),
     "worker_backend": _one_of(*WORKER_BACKENDS),
     "worker_image": _matches(r"\S*", "a container image reference without spaces"),
     "worker_args": _shell_words,

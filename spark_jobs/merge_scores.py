@@ -18,6 +18,7 @@ import io
 import json
 import sys
 from datetime import datetime, timezone
+from functools import reduce
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,7 @@ from altlake.paths import RESULTS_FILE, SUCCESS_FILE, embedding_shard, embedding
 from altlake.schemas import BATCH_DONE, BATCH_FAILED, BATCH_PLANNED, BATCHES, SCORES, STATUS_OK, STATUS_OPTED_OUT, WORKER_RESULTS
 from altlake.stats import StageStats, chain
 from spark_jobs.batches import list_lake_files, read_lake_bytes
-from spark_jobs.lake import commit_metrics, read_table, table_path, table_version
+from spark_jobs.lake import read_table, table_path
 from spark_jobs.takedowns import HASH_COLUMNS, match_takedowns
 
 
@@ -106,57 +107,143 @@ def merge_batch(spark, settings: Settings, batch_id: str, output_dir: str | None
     Returns {"batch_id", "status": merged | incomplete | failed, counts...}; a failed read marks the
     batch failed with the reason, so the planner hands its uids out again.
     """
+    planned = _batch_rows(spark, settings, [batch_id]).get(batch_id)
+    if planned is None and output_dir is None:
+        raise ValueError(f"batch {batch_id!r} is not in the batches table; pass its output dir explicitly")
+    return merge_outputs(spark, settings, [(batch_id, output_dir or planned["output_path"], planned)])[0]
+
+
+def merge_planned_batches(spark, settings: Settings, batch_ids: list[str] | None = None) -> dict:
+    """Merge every planned batch whose output is complete (or the given ones); report each outcome.
+
+    Complete outputs are merged together, up to `merge_rows` result rows per MERGE: a MERGE costs
+    seconds whatever its size, so one per batch made merging hundreds of batches the slowest stage.
+    """
+    if batch_ids is None:
+        rows = _batch_rows(spark, settings, None)
+        batch_ids = sorted(b for b, row in rows.items() if row["status"] == BATCH_PLANNED)
+    else:
+        batch_ids = list(dict.fromkeys(batch_ids))
+        rows = _batch_rows(spark, settings, batch_ids)
+    unknown = [b for b in batch_ids if b not in rows]
+    if unknown:
+        raise ValueError(f"batch {unknown[0]!r} is not in the batches table; pass its output dir explicitly")
+    outcomes = merge_outputs(spark, settings, [(b, rows[b]["output_path"], rows[b]) for b in batch_ids])
+    totals: dict[str, int] = {}
+    for outcome in outcomes:
+        totals[outcome["status"]] = totals.get(outcome["status"], 0) + 1
+    return {"batches": outcomes, "totals": totals}
+
+
+def merge_outputs(spark, settings: Settings, outputs: list[tuple]) -> list[dict]:
+    """(batch_id, output_dir, its batches row or None for a worker run by hand) -> one outcome each, in
+    order. Outputs are read one at a time and merged in groups of about `merge_rows` rows, so the
+    driver holds one group."""
+    outcomes: dict[str, dict] = {}
+    group: list[tuple] = []
+    group_rows = 0
+    for batch_id, output_dir, planned in outputs:
+        try:
+            rows = read_batch_output(settings, output_dir)
+        except IncompleteBatch as error:
+            outcomes[batch_id] = {"batch_id": batch_id, "status": "incomplete", "error": str(error)}
+            continue
+        except (ValueError, OSError) as error:
+            mark_batch_failed(spark, settings, batch_id, f"unreadable worker output: {error}")
+            outcomes[batch_id] = {"batch_id": batch_id, "status": "failed", "error": str(error)}
+            continue
+        group.append((batch_id, output_dir, planned, rows))
+        group_rows += rows.num_rows
+        if group_rows >= settings.merge_rows:
+            outcomes.update(_merge_group(spark, settings, group))
+            group, group_rows = [], 0
+    if group:
+        outcomes.update(_merge_group(spark, settings, group))
+    return [outcomes[batch_id] for batch_id, _, _ in outputs]
+
+
+# Working columns of a merge group: the batch a row came from, its rank among the group's rows of its
+# uid (1 = newest), and what the MERGE does with it.
+_BATCH, _RANK, _OUTCOME = "_merged_batch", "_rank", "_outcome"
+
+
+def _merge_group(spark, settings: Settings, group: list[tuple]) -> dict[str, dict]:
+    """One MERGE of several batches' rows into `scores`, their batches marked done in one more.
+
+    Each row is classified against `scores` as read just before (new, newer, or not newer, as the
+    MERGE's condition decides it), which gives every batch its own counts. A uid in two batches of
+    the group (a batch delivered late after its uids were planned again) keeps the newer row.
+    """
     from delta.tables import DeltaTable
+    from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    output_dir = output_dir or _batch_row(spark, settings, batch_id)["output_path"]
-    try:
-        rows = read_batch_output(settings, output_dir)
-    except IncompleteBatch as error:
-        return {"batch_id": batch_id, "status": "incomplete", "error": str(error)}
-    except (ValueError, OSError) as error:
-        mark_batch_failed(spark, settings, batch_id, f"unreadable worker output: {error}")
-        return {"batch_id": batch_id, "status": "failed", "error": str(error)}
-
-    source = spark.createDataFrame(rows).select(*SCORES.column_names)
-    n_results = len(rows)
-    input_uids = _input_uids(spark, settings, batch_id)
-    if input_uids is not None:
-        source = source.join(input_uids, "uid", "left_semi")
+    parts, planned_parts = [], []
+    for batch_id, _, planned, rows in group:
+        part = spark.createDataFrame(rows).select(*SCORES.column_names).withColumn(_BATCH, F.lit(batch_id))
+        inputs = _input_uids(spark, settings, planned)
+        if inputs is not None:
+            part = part.join(inputs, "uid", "left_semi")
+            planned_parts.append(inputs.withColumn(_BATCH, F.lit(batch_id)))
+        parts.append(part)
+    source = reduce(lambda a, b: a.unionByName(b), parts)
+    uids = [uid for *_, rows in group for uid in rows.column("uid").to_pylist()]
+    if len(set(uids)) < len(uids):  # rare: ranking needs a shuffle of the group's rows
+        newest = Window.partitionBy("uid").orderBy(F.col("scored_at").desc(), F.col(_BATCH).desc())
+        source = source.withColumn(_RANK, F.row_number().over(newest))
+    else:
+        source = source.withColumn(_RANK, F.lit(1))
     hashes = read_table(spark, settings, "takedowns").where(F.col("kind").isin(*HASH_COLUMNS))
-    source = _opt_out_listed_hashes(source, hashes).cache()
-    n_rows = source.count()
-    statuses = {r["status"]: r["count"] for r in source.groupBy("status").count().collect()}
-    columns = [c for c in SCORES.column_names if c != "attempts"]
-    before = table_version(spark, settings, "scores")
-    (
-        DeltaTable.forPath(spark, table_path(settings, "scores"))
-        .alias("t")
-        .merge(source.alias("s"), "t.uid = s.uid")
-        .whenMatchedUpdate(
-            condition="s.scored_at > t.scored_at",
-            set={**{c: f"s.`{c}`" for c in columns}, "attempts": "t.attempts + 1"},
-        )
-        .whenNotMatchedInsert(values={**{c: f"s.`{c}`" for c in columns}, "attempts": "1"})
-        .execute()
+    source = _opt_out_listed_hashes(source, hashes)
+    target = read_table(spark, settings, "scores").select("uid", F.col("scored_at").alias("_scores_at"))
+    outcome = (
+        F.when(F.col(_RANK) > 1, "unchanged")
+        .when(F.col("_scores_at").isNull(), "inserted")
+        .when(F.col("scored_at") > F.col("_scores_at"), "updated")
+        .otherwise("unchanged")
     )
-    metrics = commit_metrics(spark, settings, "scores", before)
+    source = source.join(target, "uid", "left").withColumn(_OUTCOME, outcome).drop("_scores_at").cache()
+    counts = source.groupBy(_BATCH, "status", _OUTCOME).count().collect()
+    planned_counts = {}
+    if planned_parts:
+        planned_counts = {r[_BATCH]: r["count"] for r in reduce(lambda a, b: a.unionByName(b), planned_parts).groupBy(_BATCH).count().collect()}
+
+    columns = [c for c in SCORES.column_names if c != "attempts"]
+    if any(r[_OUTCOME] != "unchanged" for r in counts):  # a group delivered again commits nothing
+        (
+            DeltaTable.forPath(spark, table_path(settings, "scores"))
+            .alias("t")
+            .merge(source.where(F.col(_RANK) == 1).select(*SCORES.column_names).alias("s"), "t.uid = s.uid")
+            .whenMatchedUpdate(
+                condition="s.scored_at > t.scored_at",
+                set={**{c: f"s.`{c}`" for c in columns}, "attempts": "t.attempts + 1"},
+            )
+            .whenNotMatchedInsert(values={**{c: f"s.`{c}`" for c in columns}, "attempts": "1"})
+            .execute()
+        )
     source.unpersist()
-    _finish_batch(spark, settings, batch_id, BATCH_DONE, None, worker_record(settings, output_dir))
-    inserted, updated = metrics.get("numTargetRowsInserted", 0), metrics.get("numTargetRowsUpdated", 0)
-    results = StageStats("results", n_results, {"not_planned_in_this_batch": n_results - n_rows})
-    merged = StageStats("merge", n_rows, {"not_newer_than_scores": n_rows - inserted - updated})
-    return {
-        "batch_id": batch_id,
-        "status": "merged",
-        "rows": n_rows,
-        "missing_from_results": (input_uids.count() - n_rows) if input_uids is not None else 0,
-        "inserted": inserted,
-        "updated": updated,
-        "unchanged": n_rows - inserted - updated,
-        "statuses": dict(sorted(statuses.items())),
-        "stages": chain([results, merged]),
-    }
+    _finish_batches(spark, settings, [(batch_id, BATCH_DONE, None, worker_record(settings, output_dir)) for batch_id, output_dir, _, _ in group])
+
+    outcomes = {}
+    for batch_id, _, planned, rows in group:
+        mine = [r for r in counts if r[_BATCH] == batch_id]
+        n_rows = sum(r["count"] for r in mine)
+        by = {kind: sum(r["count"] for r in mine if r[_OUTCOME] == kind) for kind in ("inserted", "updated", "unchanged")}
+        statuses: dict[str, int] = {}
+        for r in mine:
+            statuses[r["status"]] = statuses.get(r["status"], 0) + r["count"]
+        results = StageStats("results", rows.num_rows, {"not_planned_in_this_batch": rows.num_rows - n_rows})
+        merged = StageStats("merge", n_rows, {"not_newer_than_scores": by["unchanged"]})
+        outcomes[batch_id] = {
+            "batch_id": batch_id,
+            "status": "merged",
+            "rows": n_rows,
+            "missing_from_results": planned_counts.get(batch_id, n_rows) - n_rows,
+            **by,
+            "statuses": dict(sorted(statuses.items())),
+            "stages": chain([results, merged]),
+        }
+    return outcomes
 
 
 def _opt_out_listed_hashes(source, hashes):
@@ -172,22 +259,25 @@ def _opt_out_listed_hashes(source, hashes):
         "error": F.when(listed_row, F.concat(F.lit("takedown: the image's "), F.col("_listed"), F.lit(" is on a takedown list"))).otherwise(F.col("error")),
         **{c: F.when(listed_row, F.lit(None)).otherwise(F.col(c)) for c in _IMAGE_DERIVED},
     }
-    return marked.select(*[replaced[c].alias(c) if c in replaced else F.col(c) for c in SCORES.column_names])
+    extra = [c for c in source.columns if c not in SCORES.column_names]  # a merge group's working columns
+    return marked.select(*[replaced[c].alias(c) if c in replaced else F.col(c) for c in SCORES.column_names], *extra)
 
 
-def _input_uids(spark, settings: Settings, batch_id: str):
+def _input_uids(spark, settings: Settings, planned):
     """The batch's planned uids (None when the batch was not planned here, e.g. a hand-run worker)."""
-    row = _batch_row(spark, settings, batch_id, required=False)
-    if row is None or read_lake_bytes(settings, row["input_path"]) is None:
+    if planned is None or read_lake_bytes(settings, planned["input_path"]) is None:
         return None
-    return spark.read.parquet(row["input_path"]).select("uid").distinct().cache()
+    return spark.read.parquet(planned["input_path"]).select("uid").distinct()
 
 
-def _batch_row(spark, settings: Settings, batch_id: str, required: bool = True):
-    rows = read_table(spark, settings, "batches").where(f"batch_id = '{batch_id}'").collect()
-    if not rows and required:
-        raise ValueError(f"batch {batch_id!r} is not in the batches table; pass its output dir explicitly")
-    return rows[0] if rows else None
+def _batch_rows(spark, settings: Settings, batch_ids: list[str] | None) -> dict:
+    """batch_id -> its batches row, read once (every batch when batch_ids is None)."""
+    from pyspark.sql import functions as F
+
+    table = read_table(spark, settings, "batches")
+    if batch_ids is not None:
+        table = table.where(F.col("batch_id").isin(*batch_ids))
+    return {r["batch_id"]: r for r in table.collect()}
 
 
 # The batches columns a worker's _SUCCESS fills (its summary's key of the same name), typed as BATCHES declares them.
@@ -209,17 +299,21 @@ def worker_record(settings: Settings, output_dir: str) -> dict:
     return record
 
 
-def _finish_batch(spark, settings: Settings, batch_id: str, status: str, error: str | None, record: dict | None = None) -> None:
-    """done: once (a re-merge leaves the row alone), with the worker's throughput record; failed:
-    with the reason. Both count an attempt."""
+def _finish_batches(spark, settings: Settings, finished: list[tuple]) -> None:
+    """(batch_id, status, error, worker record or None) each, in one MERGE. done: once (a re-merge
+    leaves the row alone), with the worker's throughput record; failed: with the reason. Both count
+    an attempt."""
     from delta.tables import DeltaTable
 
-    record = record or dict.fromkeys(WORKER_RECORD)
+    rows = []
+    for batch_id, status, error, record in finished:
+        record = record if status == BATCH_DONE and record else dict.fromkeys(WORKER_RECORD)
+        rows.append((batch_id, status, error, datetime.now(timezone.utc), *[record[name] for name in WORKER_RECORD]))
     source = spark.createDataFrame(
-        [(batch_id, status, error, datetime.now(timezone.utc), *[record[name] for name in WORKER_RECORD])],
-        "batch_id string, status string, error string, updated_at timestamp, " + ", ".join(f"{n} {t}" for n, t in WORKER_RECORD.items()),
+        rows, "batch_id string, status string, error string, updated_at timestamp, " + ", ".join(f"{n} {t}" for n, t in WORKER_RECORD.items())
     )
-    filled = {name: f"s.{name}" for name in WORKER_RECORD} if status == BATCH_DONE else {}
+    # A failed batch has no record (nulls): its columns keep what they held.
+    filled = {name: f"coalesce(s.{name}, t.{name})" for name in WORKER_RECORD}
     (
         DeltaTable.forPath(spark, table_path(settings, "batches"))
         .alias("t")
@@ -236,19 +330,7 @@ def mark_batch_failed(spark, settings: Settings, batch_id: str, error: str) -> N
     """Record why a batch failed (worker crash, unreadable output); the planner re-plans its uids."""
     if not error:
         raise ValueError("a failed batch needs a reason")
-    _finish_batch(spark, settings, batch_id, BATCH_FAILED, error)
-
-
-def merge_planned_batches(spark, settings: Settings, batch_ids: list[str] | None = None) -> dict:
-    """Merge every planned batch whose output is complete (or the given ones); report each outcome."""
-    if batch_ids is None:
-        planned = read_table(spark, settings, "batches").where(f"status = '{BATCH_PLANNED}'")
-        batch_ids = sorted(r["batch_id"] for r in planned.select("batch_id").collect())
-    outcomes = [merge_batch(spark, settings, batch_id) for batch_id in batch_ids]
-    totals: dict[str, int] = {}
-    for outcome in outcomes:
-        totals[outcome["status"]] = totals.get(outcome["status"], 0) + 1
-    return {"batches": outcomes, "totals": totals}
+    _finish_batches(spark, settings, [(batch_id, BATCH_FAILED, error, None)])
 
 
 # --- CLI ------------------------------------------------------------------------------------------------

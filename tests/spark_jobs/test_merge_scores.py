@@ -10,7 +10,7 @@ import pytest
 from altlake.config import Settings
 from altlake.stats import StageStats, chain
 from spark_jobs.batches import plan_batches
-from spark_jobs.lake import read_table
+from spark_jobs.lake import read_table, table_path
 from spark_jobs.merge_scores import merge_batch, merge_planned_batches
 from spark_jobs.takedowns import TakedownRequest, add_takedowns
 from tests.spark_jobs.lakegen import add_candidates, candidate, later, random_unit, result, write_worker_output
@@ -20,9 +20,7 @@ from tests.spark_jobs.lakegen import add_candidates, candidate, later, random_un
 def lake(tmp_path_factory):
     from spark_jobs.session import get_spark
 
-    settings = Settings.from_env(
-        lake_dir=str(tmp_path_factory.mktemp("merge") / "lake"), spark_master="local[2]", spark_shuffle_partitions=2
-    )
+    settings = Settings.from_env(lake_dir=str(tmp_path_factory.mktemp("merge") / "lake"), spark_master="local[2]", spark_shuffle_partitions=2)
     return get_spark(settings, app_name="altlake-tests"), settings
 
 
@@ -71,7 +69,13 @@ def test_merge_is_idempotent_newer_wins_and_counts_attempts(lake):
     assert (done["status"], done["attempts"]) == ("done", 1)
     # The worker's throughput record is the batch's, for SQL (ok rows as the worker counted them).
     assert (done["host"], done["wall_s"], done["images_per_s"], done["rows_per_s"], done["bytes_downloaded"], done["rows_ok"]) == (
-        "gpu-7", 150.5, 12.0, 20.25, 123_456, 3)
+        "gpu-7",
+        150.5,
+        12.0,
+        20.25,
+        123_456,
+        3,
+    )
     assert (done["finished_at"] - done["started_at"]).total_seconds() == 150
 
     # Delivered twice: nothing changes, not even the batch's attempts.
@@ -151,3 +155,71 @@ def test_aesthetic_reaches_scores_and_an_older_workers_output_still_merges(lake,
     assert scores[listed["uid"]]["status"] == "opted_out" and scores[listed["uid"]]["aesthetic"] is None
     assert scores[failed["uid"]]["aesthetic"] is None and scores[failed["uid"]]["aesthetic_model"] is None
     assert scores[old["uid"]]["status"] == "ok" and scores[old["uid"]]["aesthetic"] is None and scores[old["uid"]]["img_emb"]
+
+
+def _commits(spark, settings) -> int:
+    from delta.tables import DeltaTable
+
+    return DeltaTable.forPath(spark, table_path(settings, "scores")).history().count()
+
+
+def test_finished_batches_merge_together_each_with_its_own_counts(lake, tmp_path):
+    """Batches are merged in groups of about `merge_rows` rows, one `scores` commit per group; each
+    batch keeps its own counts, and a uid delivered by two outputs of a group keeps the newer row."""
+    from spark_jobs.merge_scores import merge_outputs
+    from spark_jobs.session import ensure_tables
+
+    spark, shared = lake
+    settings = shared.with_(lake_dir=str(tmp_path / "lake"), merge_rows=5)
+    ensure_tables(spark, settings)
+    rng = np.random.default_rng(33)
+    rows = [candidate(f"https://cdn.example.org/group-{i}.png", f"grouped image {i}") for i in range(9)]
+    add_candidates(spark, settings, rows)
+    batches = plan_batches(spark, settings, batch_size=3)["batches"]
+    vectors = {r["uid"]: (random_unit(rng), random_unit(rng)) for r in rows}
+    url = {r["uid"]: r["url"] for r in rows}
+    planned = [sorted(r["uid"] for r in spark.read.parquet(b["input_path"]).select("uid").collect()) for b in batches]
+    order = [b["batch_id"] for b in batches]
+    outputs = [
+        [result(u, url[u], "ok", 0.3, batch_id=order[0]) for u in planned[0]],
+        # a row for a uid the second batch was never given is not merged from it
+        [result(u, url[u], "timeout", batch_id=order[1]) for u in planned[1] + planned[2][:1]],
+        [result(u, url[u], "ok", 0.3, batch_id=order[2]) for u in planned[2][:2]],  # one row lost
+    ]
+    for batch, output in zip(batches, outputs):
+        write_worker_output(batch["output_path"], output, vectors)
+    commits = _commits(spark, settings)
+
+    summary = merge_planned_batches(spark, settings)
+
+    assert summary["totals"] == {"merged": 3}
+    got = summary["batches"]
+    assert [o["batch_id"] for o in got] == sorted(order)
+    got = sorted(got, key=lambda o: order.index(o["batch_id"]))
+    assert [(o["rows"], o["inserted"], o["updated"], o["unchanged"]) for o in got] == [(3, 3, 0, 0), (3, 3, 0, 0), (2, 2, 0, 0)]
+    assert [o["statuses"] for o in got] == [{"ok": 3}, {"timeout": 3}, {"ok": 2}]
+    assert got[1]["stages"][0] == StageStats("results", 4, {"not_planned_in_this_batch": 1}).to_dict()
+    assert [o["missing_from_results"] for o in got] == [0, 0, 1]
+    scores = _scores(spark, settings)
+    assert len(scores) == 8 and {r["batch_id"] for r in scores} == set(order)
+    # 6 result rows reach merge_rows=5 after two batches: the three batches took two scores commits
+    assert _commits(spark, settings) - commits == 2
+    done = read_table(spark, settings, "batches").collect()
+    assert {(r["status"], r["attempts"]) for r in done} == {("done", 1)}
+
+    # Delivered again, all in one group this time: nothing changes, and each batch says so.
+    again = merge_planned_batches(spark, settings.with_(merge_rows=100), order)
+    assert [o["unchanged"] for o in again["batches"]] == [3, 3, 2]
+    assert _scores(spark, settings) == scores and _commits(spark, settings) - commits == 2  # not even a commit
+
+    # Two outputs of one group with the same uid (workers run by hand): one MERGE, the newer row wins.
+    uid = planned[0][0]
+    older = [result(uid, url[uid], "ok", 0.35, scored_at=later(5), batch_id="hand-old")]
+    newer = [result(uid, url[uid], "http_4xx", scored_at=later(10), batch_id="hand-new")]
+    write_worker_output(str(tmp_path / "old"), older, vectors)
+    write_worker_output(str(tmp_path / "new"), newer, vectors)
+    hand = merge_outputs(spark, settings, [("hand-new", str(tmp_path / "new"), None), ("hand-old", str(tmp_path / "old"), None)])
+    assert [(o["batch_id"], o["updated"], o["unchanged"]) for o in hand] == [("hand-new", 1, 0), ("hand-old", 0, 1)]
+    row = {r["uid"]: r for r in _scores(spark, settings)}[uid]
+    assert (row["status"], row["batch_id"], row["attempts"]) == ("http_4xx", "hand-new", 2)
+    assert _commits(spark, settings) - commits == 3
