@@ -26,6 +26,7 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script by spark-submit: make our packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from altlake import storage
 from altlake.config import Settings, exit_status
 from altlake.paths import RESULTS_FILE, SUCCESS_FILE, embedding_shard, embedding_shard_number, join
 from altlake.schemas import BATCH_DONE, BATCH_FAILED, BATCH_PLANNED, BATCHES, SCORES, STATUS_OK, STATUS_OPTED_OUT, WORKER_RESULTS
@@ -178,13 +179,13 @@ def _merge_group(spark, settings: Settings, group: list[tuple]) -> dict[str, dic
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    parts, planned_parts = [], []
+    parts, planned_counts = [], {}
     for batch_id, _, planned, rows in group:
         part = spark.createDataFrame(rows).select(*SCORES.column_names).withColumn(_BATCH, F.lit(batch_id))
         inputs = _input_uids(spark, settings, planned)
         if inputs is not None:
             part = part.join(inputs, "uid", "left_semi")
-            planned_parts.append(inputs.withColumn(_BATCH, F.lit(batch_id)))
+            planned_counts[batch_id] = planned["n_rows"]  # the uids its input holds, as the planner counted them
         parts.append(part)
     source = reduce(lambda a, b: a.unionByName(b), parts)
     uids = [uid for *_, rows in group for uid in rows.column("uid").to_pylist()]
@@ -204,9 +205,6 @@ def _merge_group(spark, settings: Settings, group: list[tuple]) -> dict[str, dic
     )
     source = source.join(target, "uid", "left").withColumn(_OUTCOME, outcome).drop("_scores_at").cache()
     counts = source.groupBy(_BATCH, "status", _OUTCOME).count().collect()
-    planned_counts = {}
-    if planned_parts:
-        planned_counts = {r[_BATCH]: r["count"] for r in reduce(lambda a, b: a.unionByName(b), planned_parts).groupBy(_BATCH).count().collect()}
 
     columns = [c for c in SCORES.column_names if c != "attempts"]
     if any(r[_OUTCOME] != "unchanged" for r in counts):  # a group delivered again commits nothing
@@ -265,7 +263,7 @@ def _opt_out_listed_hashes(source, hashes):
 
 def _input_uids(spark, settings: Settings, planned):
     """The batch's planned uids (None when the batch was not planned here, e.g. a hand-run worker)."""
-    if planned is None or read_lake_bytes(settings, planned["input_path"]) is None:
+    if planned is None or not storage.exists(planned["input_path"], storage.S3Options.of(settings)):
         return None
     return spark.read.parquet(planned["input_path"]).select("uid").distinct()
 
