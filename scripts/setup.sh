@@ -38,6 +38,10 @@ VIRTUAL_ENV="$PWD/.venv" "$UV" pip install --quiet -r requirements.txt
 VIRTUAL_ENV="$PWD/.venv" "$UV" pip install --quiet --no-deps -e .
 # The extraction's C readers, compiled here (needs a C compiler, as the other native packages' sdists would).
 VIRTUAL_ENV="$PWD/.venv" "$UV" pip install --quiet ./native/watread
+# pyspark is published as an sdist only, and uv keeps a fresh build of it (about 1 GB) on every install into a
+# new venv; pruning drops the builds no environment uses any more, so repeated setups (CI clones) do not
+# fill the disk.
+"$UV" cache prune --quiet
 
 if ! jars_current; then
   echo "==> resolving Spark jars from Maven Central into $JAR_DIR"
