@@ -30,6 +30,7 @@ bench: setup
 	$(VENV)/python -m bench.clip
 	$(VENV)/python -m bench.search
 	$(VENV)/python -m bench.pipeline
+	$(VENV)/python -m bench.near_duplicates
 
 clean:
 	rm -rf lake airflow_home .pytest_cache

@@ -65,11 +65,24 @@ from spark_jobs.report import manifest_stages, write_report
 from spark_jobs.takedowns import HASH_COLUMNS, drop_taken_down, match_takedowns
 
 SOURCE_TABLES = ("candidates", "scores", "takedowns")
-# Near-duplicate blocking: 16 bands of 16 hyperplanes finds a pair at cosine 0.96 with ~98%
-# probability (per band (1 - 16.3/180)^16 = 0.22) while random pairs share a bucket at 2^-16.
-LSH_BANDS = 16
-LSH_BITS = 16
+# Near-duplicate blocking: random-hyperplane LSH, exact cosine within buckets. With a fixed 16 bits
+# a band, random pairs sharing a bucket grew with the square of the rows (n^2/8,192 on isotropic
+# vectors, far more on CLIP's clustered ones). Each release now picks its bits a band from a sample
+# of its rows, so random pairs stay about LSH_PAIRS_PER_ROW per row and band, then as many bands as
+# the recall at the near-duplicate cosine needs (16 x 16 for small releases, as before).
 LSH_SEED = 20_240_501
+LSH_SAMPLE = 2_000  # rows whose pairwise angles estimate how often random pairs collide
+LSH_PAIRS_PER_ROW = 1.0
+LSH_RECALL = 0.98  # chance that a pair at the near-duplicate cosine shares at least one bucket
+LSH_MIN_BITS, LSH_MAX_BITS = 16, 56  # a bucket key is band << LSH_MAX_BITS | signature
+LSH_MAX_BANDS = 64
+# A bucket this large (near-identical images by the thousand: placeholders, logos) compares its
+# members with its leader (highest similarity, then smallest uid) instead of with each other.
+LSH_MAX_BUCKET = 1_000
+# Each row's 256 signs against other random hyperplanes (32 bytes) travel with its bucket keys: a
+# bucket pair whose signs differ in too many places for the cosine (5 sd past what the cosine gives)
+# is dropped there, so only likely pairs join the 1-2 KB embeddings for the exact cosine.
+LSH_SKETCH_BITS = 256
 HISTOGRAM_BINS = 20
 # LAION-Aesthetics' 1-10 rating scale (altlake.schemas.AESTHETIC_RANGE) in half points.
 AESTHETIC_BINS = 18
@@ -282,9 +295,11 @@ def _profiles_section(settings: Settings, used: list[dict], thresholds: Threshol
 # --- pairs -----------------------------------------------------------------------------------------
 
 
-def compute_pairs(spark, settings: Settings, versions: dict[str, int], thresholds: Thresholds):
-    """(pairs DataFrame in the PAIRS schema, cached; facts: stages (altlake.stats), statuses, models, and for the report the
-    similarity of every scored row and sample pairs) at `versions`, each row cut at its profile's threshold."""
+def compute_pairs(spark, settings: Settings, versions: dict[str, int], thresholds: Thresholds, lsh: Lsh | None = None):
+    """(pairs DataFrame in the PAIRS schema, cached; facts: stages (altlake.stats), statuses, models, the
+    near-duplicate blocking, and for the report the similarity of every scored row and sample pairs) at
+    `versions`, each row cut at its profile's threshold. `lsh`: a rebuild's recorded blocking (None:
+    picked from the rows)."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
@@ -314,7 +329,10 @@ def compute_pairs(spark, settings: Settings, versions: dict[str, int], threshold
     deduped = by_pair.withColumn("_rank", F.row_number().over(Window.partitionBy("sha256").orderBy(*best_first)))
     deduped = deduped.where("_rank = 1").drop("_rank").cache()
     kept = drop_taken_down(deduped, takedowns, HASH_COLUMNS)
-    marked = mark_near_duplicates(kept.join(scores.select("uid", *embeddings), "uid"), thresholds.near_duplicate_cosine)
+    with_embeddings = kept.join(scores.select("uid", *embeddings), "uid")
+    n_kept = kept.count()
+    lsh = lsh or pick_lsh(with_embeddings, n_kept, thresholds.near_duplicate_cosine)
+    marked = mark_near_duplicates(with_embeddings, thresholds.near_duplicate_cosine, lsh, n_kept)
     pairs = marked.select(*[F.col(c.name).cast(c.type) for c in PAIRS.columns]).cache()
 
     statuses = {r["status"]: r["count"] for r in scored.groupBy("status").count().orderBy(F.desc("count"), "status").collect()}
@@ -338,7 +356,8 @@ def compute_pairs(spark, settings: Settings, versions: dict[str, int], threshold
     samples = _samples(kept, drop_taken_down(ok, takedowns, HASH_COLUMNS))
     scored.unpersist()
     deduped.unpersist()
-    facts = {"stages": stages, "statuses": statuses, "models": models, "scored_similarity": scored_similarity, "samples": samples}
+    facts = {"stages": stages, "statuses": statuses, "models": models, "scored_similarity": scored_similarity, "samples": samples,
+             "near_duplicates": {**lsh.section(), "recall": round(lsh.recall(thresholds.near_duplicate_cosine), 4)}}  # fmt: skip
     return pairs, facts
 
 
@@ -383,14 +402,81 @@ def _samples(kept, visible_ok, n: int = SAMPLES) -> dict[str, list[dict]]:
     }
 
 
-def lsh_planes(dim: int, bands: int = LSH_BANDS, bits: int = LSH_BITS, seed: int = LSH_SEED) -> np.ndarray:
+@dataclass(frozen=True)
+class Lsh:
+    """One release's near-duplicate blocking, recorded in its manifest so a rebuild blocks alike."""
+
+    bands: int
+    bits: int
+    seed: int = LSH_SEED
+    max_bucket: int | None = LSH_MAX_BUCKET  # None: every pair of every bucket (releases before it existed)
+    sketch_bits: int | None = LSH_SKETCH_BITS  # None: every bucket pair gets the exact cosine
+
+    def section(self) -> dict:
+        return {"bands": self.bands, "bits": self.bits, "seed": self.seed, "max_bucket": self.max_bucket, "sketch_bits": self.sketch_bits}
+
+    def sketch_limit(self, cosine: float) -> int:
+        """The most differing signs of the sketch a pair at this cosine is let through with: the
+        expected count plus 5 standard deviations (a pair at the cosine is lost once in ~3.5 million)."""
+        differ = math.acos(min(1.0, max(-1.0, cosine))) / math.pi
+        return math.ceil(self.sketch_bits * differ + 5 * math.sqrt(self.sketch_bits * differ * (1 - differ)))
+
+    def recall(self, cosine: float) -> float:
+        """The chance that two rows at this cosine share a bucket in at least one band."""
+        together = (1 - math.acos(min(1.0, max(-1.0, cosine))) / math.pi) ** self.bits
+        return 1 - (1 - together) ** self.bands
+
+    @classmethod
+    def from_section(cls, section: dict | None) -> Lsh:
+        """From a manifest; one from before the choice was made per release had 16 x 16, all pairs."""
+        section = section or {"bands": 16, "bits": 16, "seed": LSH_SEED}
+        return cls(section["bands"], section["bits"], section["seed"], section.get("max_bucket"), section.get("sketch_bits"))
+
+
+def lsh_policy() -> dict:
+    """What a release id hashes for the blocking: the rule that picks it (the pick follows from the rows)."""
+    return {"seed": LSH_SEED, "sample": LSH_SAMPLE, "pairs_per_row": LSH_PAIRS_PER_ROW, "recall": LSH_RECALL,
+            "bits": [LSH_MIN_BITS, LSH_MAX_BITS], "max_bands": LSH_MAX_BANDS, "max_bucket": LSH_MAX_BUCKET,
+            "sketch_bits": LSH_SKETCH_BITS}  # fmt: skip
+
+
+def choose_lsh(sample: np.ndarray, n_rows: int, min_cosine: float) -> Lsh:
+    """The fewest bits a band that keep random pairs per band under LSH_PAIRS_PER_ROW x n_rows, as
+    estimated from the sample's pairwise angles (pairs at or above min_cosine are the ones to find,
+    not a cost), then the bands that reach LSH_RECALL at min_cosine."""
+    bits = LSH_MIN_BITS
+    if len(sample) > 1 and n_rows > 1:
+        unit = sample / np.maximum(np.linalg.norm(sample, axis=1, keepdims=True), 1e-12)
+        cosines = (unit @ unit.T)[np.triu_indices(len(unit), 1)]
+        cosines = cosines[cosines < min_cosine]
+        p = 1 - np.arccos(np.clip(cosines, -1, 1)) / np.pi  # a random hyperplane keeps the pair together
+        pairs = n_rows * (n_rows - 1) / 2
+        while bits < LSH_MAX_BITS and len(p) and pairs * float(np.mean(p**bits)) > LSH_PAIRS_PER_ROW * n_rows:
+            bits += 1
+    together = (1 - math.acos(min(1.0, max(-1.0, min_cosine))) / math.pi) ** bits
+    bands = math.ceil(math.log(1 - LSH_RECALL) / math.log(1 - together)) if together < 1 else 1
+    return Lsh(max(1, min(LSH_MAX_BANDS, bands)), bits)
+
+
+def lsh_planes(dim: int, bands: int, bits: int, seed: int = LSH_SEED) -> np.ndarray:
     """The fixed random hyperplanes (seeded: the same buckets on every build and rebuild)."""
     return np.random.default_rng(seed).standard_normal((bands * bits, dim)).astype(np.float32)
 
 
-def mark_near_duplicates(df, min_cosine: float, bands: int = LSH_BANDS, bits: int = LSH_BITS):
+def pick_lsh(df, n_rows: int, min_cosine: float) -> Lsh:
+    """choose_lsh for the n_rows rows of df (uid, img_emb), sampled by uid (a hash: arbitrary, reproducible)."""
+    sample = [r["img_emb"] for r in df.orderBy("uid").select("img_emb").limit(LSH_SAMPLE).collect()]
+    if not sample:
+        return choose_lsh(np.zeros((0, 1), np.float32), 0, min_cosine)
+    vectors = np.frombuffer(b"".join(sample), dtype="<f2").reshape(len(sample), -1).astype(np.float32)
+    return choose_lsh(vectors, n_rows, min_cosine)
+
+
+def mark_near_duplicates(df, min_cosine: float, lsh: Lsh, n_rows: int | None = None):
     """`df` plus near_duplicate_of: the best (highest similarity, then smallest uid) other row whose
-    image embedding has cosine >= min_cosine, found by LSH blocking + exact cosine per bucket."""
+    image embedding has cosine >= min_cosine, found by LSH blocking + exact cosine per bucket.
+    `n_rows`, the rows of df where known: no more than lsh.max_bucket rows cannot crowd a bucket, so
+    small releases skip counting bucket sizes (same result, one shuffle less)."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
     from pyspark.sql.functions import pandas_udf
@@ -398,15 +484,16 @@ def mark_near_duplicates(df, min_cosine: float, bands: int = LSH_BANDS, bits: in
     first = df.select(F.length("img_emb").alias("n")).first()
     if first is None:
         return df.withColumn("near_duplicate_of", F.lit(None).cast("string"))
-    planes = lsh_planes(first["n"] // 2, bands, bits)
-    weights = (1 << np.arange(bits, dtype=np.int64))
+    bands, bits = lsh.bands, lsh.bits
+    planes = lsh_planes(first["n"] // 2, bands, bits, lsh.seed)
+    weights = 1 << np.arange(bits, dtype=np.int64)
+    band_keys = np.arange(bands, dtype=np.int64) << LSH_MAX_BITS
 
     @pandas_udf("array<bigint>")
     def bucket_keys(embeddings: pd.Series) -> pd.Series:
         vectors = np.frombuffer(b"".join(embeddings), dtype="<f2").reshape(len(embeddings), -1).astype(np.float32)
         signs = (vectors @ planes.T > 0).reshape(len(embeddings), bands, bits)
-        keys = (signs * weights).sum(axis=2) + np.arange(bands, dtype=np.int64) * (1 << bits)
-        return pd.Series(list(keys))
+        return pd.Series(list((signs * weights).sum(axis=2) + band_keys))
 
     @pandas_udf("float")
     def cosine(a: pd.Series, b: pd.Series) -> pd.Series:
@@ -414,13 +501,35 @@ def mark_near_duplicates(df, min_cosine: float, bands: int = LSH_BANDS, bits: in
         right = np.frombuffer(b"".join(b), dtype="<f2").reshape(len(b), -1).astype(np.float32)
         return pd.Series((left * right).sum(axis=1))
 
-    keyed = df.select("uid", F.explode(bucket_keys("img_emb")).alias("bucket"))
-    candidates = (
-        keyed.alias("a")
-        .join(keyed.alias("b"), (F.col("a.bucket") == F.col("b.bucket")) & (F.col("a.uid") < F.col("b.uid")))
-        .select(F.col("a.uid").alias("uid_a"), F.col("b.uid").alias("uid_b"))
-        .distinct()
-    )
+    sketch_planes = np.random.default_rng([lsh.seed, 1]).standard_normal((lsh.sketch_bits or 0, planes.shape[1])).astype(np.float32)
+
+    @pandas_udf("binary")
+    def sketch(embeddings: pd.Series) -> pd.Series:
+        vectors = np.frombuffer(b"".join(embeddings), dtype="<f2").reshape(len(embeddings), -1).astype(np.float32)
+        return pd.Series([row.tobytes() for row in np.packbits(vectors @ sketch_planes.T > 0, axis=1)])
+
+    @pandas_udf("int")
+    def differing(a: pd.Series, b: pd.Series) -> pd.Series:
+        left = np.frombuffer(b"".join(a), dtype=np.uint8).reshape(len(a), -1)
+        right = np.frombuffer(b"".join(b), dtype=np.uint8).reshape(len(b), -1)
+        return pd.Series(np.unpackbits(left ^ right, axis=1).sum(axis=1, dtype=np.int32))
+
+    signs = [sketch("img_emb").alias("_sketch")] if lsh.sketch_bits else []
+    keyed = df.select("uid", "similarity", *signs, F.explode(bucket_keys("img_emb")).alias("bucket"))
+    crowdable = lsh.max_bucket is not None and (n_rows is None or n_rows > lsh.max_bucket)
+    if crowdable:
+        keyed = keyed.join(keyed.groupBy("bucket").agg(F.count("*").alias("_size")), "bucket")
+        crowded = keyed.where(F.col("_size") > lsh.max_bucket)
+        leader = F.min(F.struct((-F.col("similarity")).alias("s"), F.col("uid").alias("u")))["u"]
+        leaders = crowded.groupBy("bucket").agg(leader.alias("_leader"))
+        with_leader = crowded.join(leaders, "bucket").where(F.col("uid") != F.col("_leader"))
+        to_leader = with_leader.select(F.least("uid", "_leader").alias("uid_a"), F.greatest("uid", "_leader").alias("uid_b"))
+        keyed = keyed.where(F.col("_size") <= lsh.max_bucket)
+    in_bucket = keyed.alias("a").join(keyed.alias("b"), (F.col("a.bucket") == F.col("b.bucket")) & (F.col("a.uid") < F.col("b.uid")))
+    if lsh.sketch_bits:
+        in_bucket = in_bucket.where(differing(F.col("a._sketch"), F.col("b._sketch")) <= F.lit(lsh.sketch_limit(min_cosine)))
+    in_bucket = in_bucket.select(F.col("a.uid").alias("uid_a"), F.col("b.uid").alias("uid_b"))
+    candidates = (in_bucket.unionByName(to_leader) if crowdable else in_bucket).distinct()
     side = lambda name: df.select(  # noqa: E731
         F.col("uid").alias(f"uid_{name}"), F.col("img_emb").alias(f"emb_{name}"), F.col("similarity").alias(f"sim_{name}")
     )
@@ -519,7 +628,7 @@ def _release_inputs(versions: dict[str, int], thresholds: Thresholds, derived: t
     return {
         "sources": {k: versions[k] for k in SOURCE_TABLES},
         "thresholds": thresholds.section(),
-        "near_duplicates": {"bands": LSH_BANDS, "bits": LSH_BITS, "seed": LSH_SEED},
+        "near_duplicates": lsh_policy(),
         "derived_subsets": {d.name: d.filter for d in derived},
     }
 
@@ -614,7 +723,7 @@ def build_release(
             "sources": versions,
             "thresholds": thresholds.section(),
             "profiles": _profiles_section(settings, used, thresholds),
-            "near_duplicates": {"method": "random-hyperplane LSH, exact cosine within buckets", "bands": LSH_BANDS, "bits": LSH_BITS, "seed": LSH_SEED},
+            "near_duplicates": {"method": "random-hyperplane LSH, exact cosine within buckets", **facts["near_duplicates"]},
             "stages": facts["stages"],
             "counts": counts,
             "derived_subsets": _derived_section(derived, derived_rows),
@@ -871,7 +980,8 @@ def rebuild_release(
     """
     manifest = _store(settings, store_options).read_manifest(release_id)
     _check_history(spark, settings, release_id, manifest["sources"])
-    pairs, _ = compute_pairs(spark, settings, manifest["sources"], Thresholds.from_section(manifest["thresholds"]))
+    lsh = Lsh.from_section(manifest.get("near_duplicates"))
+    pairs, _ = compute_pairs(spark, settings, manifest["sources"], Thresholds.from_section(manifest["thresholds"]), lsh)
     takedowns_version = table_version(spark, settings, "takedowns")
     takedowns = read_table(spark, settings, "takedowns", takedowns_version)
     matched = match_takedowns(pairs, takedowns, HASH_COLUMNS).join(pairs.select("uid", "url"), "uid")

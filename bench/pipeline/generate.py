@@ -55,6 +55,12 @@ STATUS_MIX: dict[str, float] = {
 EXACT_DUPLICATES = 0.02  # of ok rows: same sha256 as another ok row of the batch (the same image at another URL)
 NEAR_DUPLICATES = 0.02  # of ok rows: image embedding = another's + tiny noise (cosine ~0.99, above 0.96)
 NEAR_NOISE = 0.01  # squared norm of the noise relative to the unit vector: cosine = 1/sqrt(1.01) ~ 0.995
+# Image embeddings: `isotropic` (uniform on the sphere: random pairs near cosine 0) or `clustered`,
+# CLIP-like: a direction every image shares, one of CLUSTER_TOPICS topics, and noise (mean pairwise
+# cosine ~0.35), the distribution that near-duplicate blocking finds hardest.
+EMBEDDINGS = ("isotropic", "clustered")
+CLUSTER_TOPICS = 50
+CLUSTER_WEIGHTS = (0.55, 0.45, 0.6)  # shared direction, topic, noise
 SIMILARITY_MEAN, SIMILARITY_SD = 0.275, 0.04  # ~45% of English rows at or above 0.28, more for others (0.26)
 TAKEDOWN_DOMAIN_SHARE = 0.001
 
@@ -166,7 +172,20 @@ def texts_at(rng: np.random.Generator, img: np.ndarray, similarity: np.ndarray) 
     return s * img + np.sqrt(1 - s * s) * other
 
 
-def write_batch_output(input_path: str, output_dir: str, batch_id: str, dim: int, seed: int) -> BatchOutput:
+def image_embeddings(rng: np.random.Generator, n: int, dim: int, seed: int, kind: str = "isotropic") -> np.ndarray:
+    """n unit image embeddings; a clustered lake's shared direction and topics come from the run's seed
+    alone, so every batch draws from the same clusters."""
+    if kind == "isotropic":
+        return _unit(rng.standard_normal((n, dim)))
+    if kind != "clustered":
+        raise ValueError(f"embeddings must be one of {EMBEDDINGS}, not {kind!r}")
+    shared = np.random.default_rng([seed, dim])
+    common, topics = _unit(shared.standard_normal((1, dim))), _unit(shared.standard_normal((CLUSTER_TOPICS, dim)))
+    w_common, w_topic, w_noise = CLUSTER_WEIGHTS
+    return _unit(w_common * common + w_topic * topics[rng.integers(0, CLUSTER_TOPICS, n)] + w_noise * _unit(rng.standard_normal((n, dim))))
+
+
+def write_batch_output(input_path: str, output_dir: str, batch_id: str, dim: int, seed: int, embeddings: str = "isotropic") -> BatchOutput:
     """One batch's worker output for its input parquet, through the worker's own writer: results,
     the ok rows' aligned embeddings and metadata, and `_SUCCESS` last."""
     batch = pq.read_table(input_path, columns=["uid", "url", "text", "language"])
@@ -176,7 +195,7 @@ def write_batch_output(input_path: str, output_dir: str, batch_id: str, dim: int
     ok_index = [i for i, s in enumerate(statuses) if s == "ok"]
     n_ok = len(ok_index)
     similarity = np.clip(rng.normal(SIMILARITY_MEAN, SIMILARITY_SD, n_ok), -0.2, 0.6)
-    img = _unit(rng.standard_normal((n_ok, dim)))
+    img = image_embeddings(rng, n_ok, dim, seed, embeddings)
     sha = [hashlib.sha256(f"{batch_id}-{i}-{seed}".encode()).hexdigest() for i in range(n_ok)]
     picks = rng.permutation(n_ok)
     n_exact = int(round(EXACT_DUPLICATES * n_ok)) if n_ok > 1 else 0
@@ -230,12 +249,12 @@ def write_batch_output(input_path: str, output_dir: str, batch_id: str, dim: int
     return BatchOutput(n, counts, n_exact, n_near)
 
 
-def write_worker_outputs(batches: list[dict], dim: int, seed: int) -> dict:
+def write_worker_outputs(batches: list[dict], dim: int, seed: int, embeddings: str = "isotropic") -> dict:
     """Every planned batch's output folder (batches: rows of the `batches` table); totals per status."""
     totals: Counter = Counter()
     exact = near = rows = 0
     for batch in batches:
-        written = write_batch_output(batch["input_path"], batch["output_path"], batch["batch_id"], dim, seed)
+        written = write_batch_output(batch["input_path"], batch["output_path"], batch["batch_id"], dim, seed, embeddings)
         totals.update(written.statuses)
         exact, near, rows = exact + written.exact_duplicates, near + written.near_duplicates, rows + written.rows
     return {"batches": len(batches), "rows": rows, "statuses": dict(sorted(totals.items())), "exact_duplicates": exact, "near_duplicates": near}

@@ -225,7 +225,7 @@ def combine(steps: dict[str, dict]) -> dict:
 
 def run_size(size: int, args: argparse.Namespace, work: Path) -> dict:
     """Make one size's lake through production code, measuring each stage and its floor."""
-    root = work / f"{size}-{args.dim}"
+    root = work / (f"{size}-{args.dim}" + ("" if args.embeddings == "isotropic" else f"-{args.embeddings}"))
     shutil.rmtree(root, ignore_errors=True)
     wat_cached = all(p.exists() for p in _planned_shards(work, size, args.seed))
     why = figures.disk_verdict(size, args.dim, shutil.disk_usage(work).free, wat_cached)
@@ -311,7 +311,7 @@ def run_merge(run: SizeRun, args, summary: dict, wats) -> dict:
     planned = [b for b in batches if b["status"] == "planned"]
     print(f"==> [{run.size}] writing {len(planned)} batch outputs through gpu_workers.writer", file=sys.stderr)
     started = time.perf_counter()
-    summary["worker_outputs"] = {**generate.write_worker_outputs(planned, args.dim, args.seed), "wall_s": round(time.perf_counter() - started, 1)}
+    summary["worker_outputs"] = {**generate.write_worker_outputs(planned, args.dim, args.seed, args.embeddings), "wall_s": round(time.perf_counter() - started, 1)}
     floor = run.floor("merge")
     outputs = folder_bytes(*(Path(b["output_path"]) for b in planned))
     figure = run.stage("merge", [("merge-scores", run.altlake("merge-scores", "--lake", str(run.lake)))], extra_read=outputs)
@@ -381,7 +381,7 @@ def build_report(args: argparse.Namespace, sizes: dict[str, dict], settings: Set
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {"cores": len(os.sched_getaffinity(0)), "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
                     "python": platform.python_version()},  # fmt: skip
-        "settings": {"dim": args.dim, "batch_size": args.batch_size, "seed": args.seed, "stages": args.stages,
+        "settings": {"dim": args.dim, "embeddings": args.embeddings, "batch_size": args.batch_size, "seed": args.seed, "stages": args.stages,
                      "spark_master": settings.spark_master, "driver_memory": args.driver_memory or settings.spark_driver_memory,
                      "shuffle_partitions": settings.spark_shuffle_partitions, "crawl": CRAWL,
                      "peak_rss_mb": "largest single process of the stage (local mode: the JVM, driver and executor in one)"},  # fmt: skip
@@ -399,6 +399,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", type=parse_sizes, default=parse_sizes("10000,100000"),
                         help="comma-separated candidate counts (10000,100000,1000000,10000000); each is skipped when the disk is short")
     parser.add_argument("--dim", type=int, choices=(512, 768), default=512, help="embedding dimension of the release model")
+    parser.add_argument("--embeddings", choices=generate.EMBEDDINGS, default="isotropic",
+                        help="image embeddings: isotropic, or clustered like CLIP's (mean cosine ~0.35; hardest for near-duplicate blocking)")
     parser.add_argument("--batch-size", type=int, default=10_000, help="candidates per scoring batch (plan-batches --batch-size)")
     parser.add_argument("--seed", type=int, default=2024)
     parser.add_argument("--stages", type=parse_stages, default=list(STAGES),

@@ -83,6 +83,22 @@ def test_the_same_seed_writes_the_same_rows(tmp_path):
     assert a.equals(b)
 
 
+def test_clustered_embeddings_share_their_topics_across_batches_as_clip_does():
+    """Clustered image embeddings sit near CLIP's mean pairwise cosine (~0.35), across batches too;
+    isotropic ones near 0."""
+
+    def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
+        return float((a @ b.T).mean())
+
+    first, second = (generate.image_embeddings(np.random.default_rng(i), 400, 512, seed=7, kind="clustered") for i in (1, 2))
+    assert np.allclose(np.linalg.norm(first, axis=1), 1)
+    assert 0.25 < mean_cosine(first, second) < 0.45  # two batches, one set of topics
+    isotropic = generate.image_embeddings(np.random.default_rng(1), 400, 512, seed=7)
+    assert abs(mean_cosine(isotropic, isotropic[::-1])) < 0.05
+    with pytest.raises(ValueError, match="embeddings must be one of"):
+        generate.image_embeddings(np.random.default_rng(1), 4, 512, seed=7, kind="gaussian")
+
+
 def test_shards_are_whole_then_one_partial():
     assert generate.shard_plan(100, 10.0, shard_pages=4) == [4, 4, 2]
     assert generate.shard_plan(80, 10.0, shard_pages=4) == [4, 4]
@@ -135,7 +151,7 @@ def _stage(wall: float, floor: float | None = None) -> dict:
 
 
 def test_the_report_has_exponents_per_stage_and_keeps_skipped_sizes(tmp_path):
-    args = type("Args", (), {"dim": 512, "batch_size": 10_000, "seed": 1, "stages": ["extract", "plan"], "driver_memory": None})()
+    args = type("Args", (), {"dim": 512, "embeddings": "clustered", "batch_size": 10_000, "seed": 1, "stages": ["extract", "plan"], "driver_memory": None})()
     sizes = {
         "10000": {"candidates": 10_000, "stages": {"extract": _stage(10.0), "plan": _stage(20.0, 10.0)}},
         "100000": {"candidates": 100_000, "stages": {"extract": _stage(100.0), "plan": {"failed": "java.lang.OutOfMemoryError", "log": "x"}}},
@@ -143,6 +159,7 @@ def test_the_report_has_exponents_per_stage_and_keeps_skipped_sizes(tmp_path):
     }
     report = build_report(args, sizes, Settings.from_env())
     json.dumps(report)
+    assert report["settings"]["embeddings"] == "clustered"
     assert report["exponents"] == {"extract": {"10000->100000": pytest.approx(1.0)}}  # a failed size gives no exponent
     assert report["sizes"]["10000000"] == {"target": 10_000_000, "skipped": "needs ~170 GB of disk"}
     text = figures.table(report)
