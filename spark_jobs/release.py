@@ -337,7 +337,7 @@ def compute_pairs(spark, settings: Settings, versions: dict[str, int], threshold
 
     statuses = {r["status"]: r["count"] for r in scored.groupBy("status").count().orderBy(F.desc("count"), "status").collect()}
     n = {"candidates": candidates.count(), "opted_in": opted_in.count(), "scored": scored.count(), "ok": ok.count(),
-         "above": above.count(), "deduped": deduped.count(), "pairs": pairs.count()}  # fmt: skip
+         "above": above.count(), "deduped": deduped.count(), "pairs": n_kept}  # fmt: skip
     not_ok = {status: count for status, count in statuses.items() if status != STATUS_OK}
     not_ok["ok_without_embeddings"] = statuses.get(STATUS_OK, 0) - n["ok"]
     stages = chain([
@@ -468,7 +468,7 @@ def pick_lsh(df, n_rows: int, min_cosine: float) -> Lsh:
     sample = [r["img_emb"] for r in df.orderBy("uid").select("img_emb").limit(LSH_SAMPLE).collect()]
     if not sample:
         return choose_lsh(np.zeros((0, 1), np.float32), 0, min_cosine)
-    vectors = np.frombuffer(b"".join(sample), dtype="<f2").reshape(len(sample), -1).astype(np.float32)
+    vectors = publish.embeddings_array(sample).astype(np.float32)
     return choose_lsh(vectors, n_rows, min_cosine)
 
 
@@ -491,21 +491,21 @@ def mark_near_duplicates(df, min_cosine: float, lsh: Lsh, n_rows: int | None = N
 
     @pandas_udf("array<bigint>")
     def bucket_keys(embeddings: pd.Series) -> pd.Series:
-        vectors = np.frombuffer(b"".join(embeddings), dtype="<f2").reshape(len(embeddings), -1).astype(np.float32)
+        vectors = publish.embeddings_array(embeddings).astype(np.float32)
         signs = (vectors @ planes.T > 0).reshape(len(embeddings), bands, bits)
         return pd.Series(list((signs * weights).sum(axis=2) + band_keys))
 
     @pandas_udf("float")
     def cosine(a: pd.Series, b: pd.Series) -> pd.Series:
-        left = np.frombuffer(b"".join(a), dtype="<f2").reshape(len(a), -1).astype(np.float32)
-        right = np.frombuffer(b"".join(b), dtype="<f2").reshape(len(b), -1).astype(np.float32)
+        left = publish.embeddings_array(a).astype(np.float32)
+        right = publish.embeddings_array(b).astype(np.float32)
         return pd.Series((left * right).sum(axis=1))
 
     sketch_planes = np.random.default_rng([lsh.seed, 1]).standard_normal((lsh.sketch_bits or 0, planes.shape[1])).astype(np.float32)
 
     @pandas_udf("binary")
     def sketch(embeddings: pd.Series) -> pd.Series:
-        vectors = np.frombuffer(b"".join(embeddings), dtype="<f2").reshape(len(embeddings), -1).astype(np.float32)
+        vectors = publish.embeddings_array(embeddings).astype(np.float32)
         return pd.Series([row.tobytes() for row in np.packbits(vectors @ sketch_planes.T > 0, axis=1)])
 
     @pandas_udf("int")
