@@ -108,3 +108,20 @@ def test_a_table_that_fails_is_recorded_with_its_error_and_the_others_are_still_
     assert set(recorded) == {"takedowns", "batches"}
     assert recorded["takedowns"]["error"] == summary["errors"]["takedowns"] and recorded["takedowns"]["files_before"] == 2
     assert recorded["takedowns"]["files_after"] is None and recorded["batches"]["error"] is None
+
+
+def test_vacuum_lists_a_table_in_as_many_tasks_as_the_lake_has_partitions(spark, settings):
+    """Spark's default listing parallelism (10,000 tasks) made every VACUUM cost 23-35 s on two cores,
+    even of a table with one file: the session sets it to the shuffle partitions."""
+    add_candidates(spark, settings, [candidate("https://img.example.org/v.jpg", "one picture")])
+    tracker = spark.sparkContext.statusTracker()
+    spark.sparkContext.setJobGroup("vacuum-listing", "VACUUM of candidates")
+    try:
+        maintain_lake(spark, settings, ["candidates"])
+    finally:
+        spark.sparkContext.setLocalProperty("spark.jobGroup.id", None)
+    stages = [tracker.getStageInfo(s) for j in tracker.getJobIdsForGroup("vacuum-listing") for s in tracker.getJobInfo(j).stageIds]
+    tasks = [s.numTasks for s in stages if s is not None]
+    assert tasks, "the maintenance ran no Spark jobs in its group"
+    # Delta reads its log in 50 tasks (spark.databricks.delta.snapshotPartitions); the listing was 10,000
+    assert max(tasks) <= max(50, settings.spark_shuffle_partitions), sorted(set(tasks))
