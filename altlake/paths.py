@@ -44,6 +44,10 @@ class LakePaths:
     def batch_withdrawn(self, batch_id: str) -> str:
         return join(self.root, "batches", batch_id, WITHDRAWN_FILE)
 
+    def merge_scratch(self, run_id: str) -> str:
+        """Where merge-scores stages a group's rows for Spark to read, removed after the group."""
+        return join(self.root, "scratch", "merge", run_id)
+
     def gx_docs(self, run_id: str) -> str:
         return join(self.root, "gx", run_id)
 

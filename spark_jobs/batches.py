@@ -60,7 +60,7 @@ def list_lake_files(settings: Settings, url: str) -> list[str]:
     return storage.list_files(url, storage.S3Options.of(settings))
 
 
-def _parquet_bytes(table) -> bytes:
+def parquet_bytes(table) -> bytes:
     import pyarrow.parquet as pq
 
     buffer = io.BytesIO()
@@ -147,7 +147,7 @@ def plan_batches(
     for row in ids:
         batch_id = row["h"][:BATCH_ID_CHARS]
         batch = members.where(F.col("batch_no") == row["batch_no"]).select(*CANDIDATES.column_names).orderBy("uid").toArrow()
-        write_lake_bytes(settings, lake.batch_input(batch_id), _parquet_bytes(batch.cast(CANDIDATES.to_arrow())))
+        write_lake_bytes(settings, lake.batch_input(batch_id), parquet_bytes(batch.cast(CANDIDATES.to_arrow())))
         rows.append(
             (batch_id, crawl, int(row["n_rows"]), lake.batch_input(batch_id), lake.batch_output(batch_id),
              BATCH_PLANNED, 0, None, now, now)
@@ -193,7 +193,7 @@ def _withdraw(spark, settings: Settings, members) -> dict:
     for batch_id, rows in withdrawn.items():
         rows.sort()
         table = pa.table({"uid": [u for u, _ in rows], "opt_out": [o for _, o in rows]})
-        data = _parquet_bytes(table)
+        data = parquet_bytes(table)
         if read_lake_bytes(settings, lake.batch_withdrawn(batch_id)) != data:
             write_lake_bytes(settings, lake.batch_withdrawn(batch_id), data)
     return {"batches": len(withdrawn), "uids": sum(len(rows) for rows in withdrawn.values())}

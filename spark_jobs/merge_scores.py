@@ -17,6 +17,7 @@ import argparse
 import io
 import json
 import sys
+import uuid
 from datetime import datetime, timezone
 from functools import reduce
 from pathlib import Path
@@ -31,8 +32,8 @@ from altlake.config import Settings, exit_status
 from altlake.paths import RESULTS_FILE, SUCCESS_FILE, embedding_shard, embedding_shard_number, join
 from altlake.schemas import BATCH_DONE, BATCH_FAILED, BATCH_PLANNED, BATCHES, SCORES, STATUS_OK, STATUS_OPTED_OUT, WORKER_RESULTS
 from altlake.stats import StageStats, chain
-from spark_jobs.batches import list_lake_files, read_lake_bytes
-from spark_jobs.lake import read_table, table_path
+from spark_jobs.batches import list_lake_files, parquet_bytes, read_lake_bytes, write_lake_bytes
+from spark_jobs.lake import lake_paths, read_table, table_path
 from spark_jobs.takedowns import HASH_COLUMNS, match_takedowns
 
 
@@ -174,14 +175,28 @@ def _merge_group(spark, settings: Settings, group: list[tuple]) -> dict[str, dic
     Each row is classified against `scores` as read just before (new, newer, or not newer, as the
     MERGE's condition decides it), which gives every batch its own counts. A uid in two batches of
     the group (a batch delivered late after its uids were planned again) keeps the newer row.
+
+    The rows reach Spark as parquet files in the lake's scratch folder: handed over in memory
+    (createDataFrame), a group's embeddings stayed on the driver's heap for the whole MERGE, and
+    a group of 100,000 rows ran a 2 GB driver out of memory.
     """
+    scratch = lake_paths(settings).merge_scratch(uuid.uuid4().hex)
+    try:
+        return _merge_staged_group(spark, settings, group, scratch)
+    finally:
+        storage.delete(scratch, storage.S3Options.of(settings))
+
+
+def _merge_staged_group(spark, settings: Settings, group: list[tuple], scratch: str) -> dict[str, dict]:
     from delta.tables import DeltaTable
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     parts, planned_counts = [], {}
-    for batch_id, _, planned, rows in group:
-        part = spark.createDataFrame(rows).select(*SCORES.column_names).withColumn(_BATCH, F.lit(batch_id))
+    for i, (batch_id, _, planned, rows) in enumerate(group):
+        staged = join(scratch, f"part-{i:05d}.parquet")
+        write_lake_bytes(settings, staged, parquet_bytes(rows))
+        part = spark.read.parquet(staged).select(*SCORES.column_names).withColumn(_BATCH, F.lit(batch_id))
         inputs = _input_uids(spark, settings, planned)
         if inputs is not None:
             part = part.join(inputs, "uid", "left_semi")
@@ -203,7 +218,8 @@ def _merge_group(spark, settings: Settings, group: list[tuple]) -> dict[str, dic
         .when(F.col("scored_at") > F.col("_scores_at"), "updated")
         .otherwise("unchanged")
     )
-    source = source.join(target, "uid", "left").withColumn(_OUTCOME, outcome).drop("_scores_at").cache()
+    # not cached: reading the staged files again is cheaper than holding the group in memory
+    source = source.join(target, "uid", "left").withColumn(_OUTCOME, outcome).drop("_scores_at")
     counts = source.groupBy(_BATCH, "status", _OUTCOME).count().collect()
 
     columns = [c for c in SCORES.column_names if c != "attempts"]
@@ -219,7 +235,6 @@ def _merge_group(spark, settings: Settings, group: list[tuple]) -> dict[str, dic
             .whenNotMatchedInsert(values={**{c: f"s.`{c}`" for c in columns}, "attempts": "1"})
             .execute()
         )
-    source.unpersist()
     _finish_batches(spark, settings, [(batch_id, BATCH_DONE, None, worker_record(settings, output_dir)) for batch_id, output_dir, _, _ in group])
 
     outcomes = {}

@@ -223,3 +223,5 @@ def test_finished_batches_merge_together_each_with_its_own_counts(lake, tmp_path
     row = {r["uid"]: r for r in _scores(spark, settings)}[uid]
     assert (row["status"], row["batch_id"], row["attempts"]) == ("http_4xx", "hand-new", 2)
     assert _commits(spark, settings) - commits == 3
+    # each group's rows were staged as files for Spark, and every group's staging is gone
+    assert (tmp_path / "lake" / "scratch" / "merge").is_dir() and not list((tmp_path / "lake" / "scratch" / "merge").iterdir())
