@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-STAGES = ("extract", "plan", "merge", "release", "takedowns", "sql")
+STAGES = ("extract", "plan", "merge", "release", "takedowns", "sql", "maintain")
 
 # Disk one candidate costs at its peak, measured on --dim 512 and 768 runs (bench/pipeline/README.md):
 # WAT shards, candidates, the batch inputs and outputs, scores, pairs, the release (parquet,
@@ -79,6 +79,8 @@ def table(report: dict) -> str:
                 f"{_cell(floor.get('wall_s'), '.1f'):>8} {_cell(fig.get('x_floor'), '.2f'):>8} {_cell(fig.get('x_floor_cpu'), '.2f'):>8} "
                 f"{_cell(fig.get('rows_per_s'), '.0f'):>9}"
             )
+    lines.extend(maintenance_lines(report))
+    lines.extend(storage_lines(report))
     skipped = [f"{size}: {run['skipped']}" for size, run in report["sizes"].items() if "skipped" in run]
     if skipped:
         lines.append("skipped sizes: " + "; ".join(skipped))
@@ -92,6 +94,37 @@ def table(report: dict) -> str:
             cells = [f"{span}: {_cell(k, '.2f')}" + (f" [{_cell(floors.get(span), '.2f')}]" if span in floors else "") for span, k in pairs.items()]
             lines.append(f"  {stage:<10} " + ("  ".join(cells) if cells else "-"))
     return "\n".join(lines)
+
+
+def maintenance_lines(report: dict) -> list[str]:
+    """Per size that ran `maintain`: each table's files and uncheckpointed commits before -> after, and
+    each query's best of its runs before -> after."""
+    lines = []
+    for size, run in report["sizes"].items():
+        fig = run.get("stages", {}).get("maintain") or {}
+        if "tables" not in fig:
+            continue
+        lines.append(f"maintain at {size}: files (commits since checkpoint) before -> after")
+        for table, t in fig["tables"].items():
+            b, a = t["before"], t["after"] or {}
+            lines.append(f"  {table:<12} {b['files']:>6} ({b['commits_since_checkpoint']:>3}) -> {_cell(a.get('files'), 'd'):>6} ({_cell(a.get('commits_since_checkpoint'), 'd'):>3})")
+        lines.append("  query seconds, best of its runs, before -> after (first run before -> after):")
+        for q in fig["queries"]:
+            lines.append(f"  {min(q['before']):>7.2f} -> {min(q['after']):>6.2f}  ({q['before'][0]:.2f} -> {q['after'][0]:.2f})  {q['sql'][:70]}")
+    return lines
+
+
+def storage_lines(report: dict) -> list[str]:
+    """Per size: bytes per row of each table and of the release, the release by its parts."""
+    lines = []
+    for size, run in report["sizes"].items():
+        kept = run.get("storage") or {}
+        if not kept:
+            continue
+        cells = [f"{name} {figure['bytes_per_row']:,} B/row" for name, figure in kept.items()]
+        parts = kept.get("release", {}).get("bytes_per_row_by_part") or {}
+        lines.append(f"storage at {size}: " + ", ".join(cells) + (f" (release: {', '.join(f'{k} {v:,}' for k, v in parts.items())})" if parts else ""))
+    return lines
 
 
 def plot(report: dict, path: Path) -> None:

@@ -4,7 +4,8 @@ Per size, a fresh lake is made through production code only: the real `altlake e
 generated WAT shards, `altlake plan-batches`, worker outputs written by the worker's own writer for
 every planned batch, `altlake merge-scores`, `altlake build-release` (gates, files, KNN index),
 `altlake takedown add` + `apply` for ~0.1% of the domains, and the README's `altlake sql`
-examples. Every stage is its own process tree (bench/pipeline/probe.py: wall, CPU of the tree,
+examples, then `altlake maintain` between two timed runs of those queries (files, log commits and
+query seconds before and after). Every stage is its own process tree (bench/pipeline/probe.py: wall, CPU of the tree,
 peak RSS), next to its floor (bench/pipeline/floors.py: the same Spark reading the stage's inputs
 once and writing its output once). Results: a table, bench/out/pipeline.json and pipeline.png.
 
@@ -28,19 +29,16 @@ import pyarrow.compute as pc
 
 from altlake.config import Settings
 from altlake.paths import LakePaths
+from altlake.schemas import TABLES
 from bench.pipeline import figures, generate
+from bench.pipeline.queries import README_EXAMPLES
 
 REPO = Path(__file__).resolve().parents[2]
 CRAWL = "CC-MAIN-2099-01"
 STAGES = figures.STAGES
-NEEDS = {"extract": (), "plan": ("extract",), "merge": ("plan",), "release": ("merge",), "takedowns": ("extract",), "sql": ("extract",)}
+NEEDS = {"extract": (), "plan": ("extract",), "merge": ("plan",), "release": ("merge",), "takedowns": ("extract",), "sql": ("extract",),
+         "maintain": ("extract",)}
 FLOORED = ("plan", "merge", "release", "takedowns")
-# The README's "Querying the lake" examples, with their output formats.
-SQL_EXAMPLES = (
-    ("SELECT status, count(*) FROM crawl_files GROUP BY 1", "table"),
-    ("SELECT url, text, similarity FROM pairs ORDER BY similarity DESC LIMIT 10", "json"),
-    ("DESCRIBE HISTORY candidates", "csv"),
-)
 # The tables each stage reads (their active Delta files count as its bytes read).
 INPUT_TABLES = {
     "extract": ("candidates", "crawl_files", "takedowns"),
@@ -48,7 +46,8 @@ INPUT_TABLES = {
     "merge": ("scores", "batches", "takedowns"),
     "release": ("candidates", "scores", "takedowns", "releases"),
     "takedowns": ("candidates", "scores", "pairs", "takedowns", "releases"),
-    "sql": ("crawl_files", "pairs"),
+    "sql": ("crawl_files", "pairs", "candidates", "batches"),
+    "maintain": tuple(TABLES),
 }
 
 
@@ -104,6 +103,22 @@ def table_bytes(lake: Path, name: str) -> int:
     except Exception:  # noqa: BLE001 - a table not created yet reads nothing
         return 0
     return int(sum(actions.column("size_bytes").to_pylist()))
+
+
+def table_files(lake: Path, name: str) -> dict | None:
+    """What a reader of the table opens: its current data files, and the JSON commits it replays after
+    the newest checkpoint (None for a table not created yet)."""
+    from deltalake import DeltaTable
+
+    log = Path(LakePaths(str(lake)).table(name)) / "_delta_log"
+    try:
+        files = len(DeltaTable(str(log.parent)).get_add_actions(flatten=True))
+    except Exception:  # noqa: BLE001
+        return None
+    last = log / "_last_checkpoint"
+    checkpoint = json.loads(last.read_text())["version"] if last.exists() else -1
+    commits = sum(1 for p in log.glob("*.json") if p.stem.isdigit() and int(p.stem) > checkpoint)
+    return {"files": files, "commits_since_checkpoint": commits}
 
 
 def table_rows(lake: Path, name: str, **filters: str) -> int:
@@ -236,6 +251,8 @@ def run_size(size: int, args: argparse.Namespace, work: Path) -> dict:
            "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}  # fmt: skip
     if args.driver_memory:
         env["ALTLAKE_SPARK_DRIVER_MEMORY"] = args.driver_memory
+    if args.merge_rows:
+        env["ALTLAKE_MERGE_ROWS"] = str(args.merge_rows)
     run = SizeRun(size, root, env)
     run.logs.mkdir(parents=True)
     wats, wat_s = generate.wat_shards(work, size, args.seed)
@@ -263,10 +280,32 @@ def run_size(size: int, args: argparse.Namespace, work: Path) -> dict:
             broken.add(stage)
     summary["stages"] = stages
     summary["disk_used_gb"] = round(folder_bytes(root) / 1e9, 2)
+    summary["storage"] = storage(run)
     if not args.keep:
         for folder in (run.lake, run.releases, run.scratch):
             shutil.rmtree(folder, ignore_errors=True)  # logs stay: a failure's log must outlive the run
     return summary
+
+
+def storage(run: SizeRun) -> dict:
+    """Bytes per row of the tables that grow with the lake and of the published release (embeddings
+    dominate both: float16, in scores as bytes per row, in the release as .npy shards)."""
+    per: dict = {}
+    for name in ("candidates", "scores", "pairs"):
+        rows, size = table_rows(run.lake, name), table_bytes(run.lake, name)
+        if rows:
+            per[name] = {"rows": rows, "bytes": size, "bytes_per_row": round(size / rows)}
+    pairs = per.get("pairs", {}).get("rows")
+    if pairs and run.releases.exists():
+        total = folder_bytes(run.releases)
+        parts: dict[str, int] = {}  # by the release's top-level folders (parquet, embeddings, index, ...) and files
+        for release in (p for p in run.releases.iterdir() if p.is_dir()):
+            for part in release.iterdir():
+                size_of = folder_bytes(part) if part.is_dir() else part.stat().st_size
+                parts[part.name] = parts.get(part.name, 0) + size_of
+        per["release"] = {"rows": pairs, "bytes": total, "bytes_per_row": round(total / pairs),
+                          "bytes_per_row_by_part": {name: round(n / pairs) for name, n in sorted(parts.items(), key=lambda kv: -kv[1])}}  # fmt: skip
+    return per
 
 
 def _planned_shards(work: Path, size: int, seed: int) -> list[Path]:
@@ -343,13 +382,35 @@ def run_takedowns(run: SizeRun, args, summary: dict, wats) -> dict:
 
 
 def run_sql(run: SizeRun, args, summary: dict, wats) -> dict:
-    commands = [(f"sql-{i + 1}", run.altlake("sql", query, "--format", fmt, "--lake", str(run.lake))) for i, (query, fmt) in enumerate(SQL_EXAMPLES)]
+    commands = [(f"sql-{i + 1}", run.altlake("sql", query, "--format", fmt, "--lake", str(run.lake))) for i, (query, fmt) in enumerate(README_EXAMPLES)]
     figure = run.stage("sql", commands)
-    figure["queries"] = [q for q, _ in SQL_EXAMPLES]
+    figure["queries"] = [q for q, _ in README_EXAMPLES]
     return _finish(run, "sql", figure, table_rows(run.lake, "candidates"))
 
 
-STAGE_RUNNERS = {"extract": run_extract, "plan": run_plan, "merge": run_merge, "release": run_release, "takedowns": run_takedowns, "sql": run_sql}
+def run_maintain(run: SizeRun, args, summary: dict, wats) -> dict:
+    """`altlake maintain` after everything before it (MERGEs, appends, deletes), with each table's files
+    and uncheckpointed commits and the queries' seconds (bench/pipeline/queries.py) before and after."""
+
+    def timed_queries(label: str) -> list[dict]:
+        out = run.logs / f"{label}-result.json"
+        result = run.probe(label, [sys.executable, "-m", "bench.pipeline.queries", "--lake", str(run.lake), "--out", str(out)])
+        if "failed" in result:
+            raise RuntimeError(f"{label}: {result['failed']}")
+        return json.loads(out.read_text())
+
+    files_before = {t: table_files(run.lake, t) for t in TABLES}
+    before = timed_queries("queries-before")
+    figure = run.stage("maintain", [("maintain", run.altlake("maintain", "--lake", str(run.lake)))])
+    files_after = {t: table_files(run.lake, t) for t in TABLES}
+    after = timed_queries("queries-after")
+    figure["tables"] = {t: {"before": files_before[t], "after": files_after[t]} for t in TABLES if files_before[t]}
+    figure["queries"] = [{"sql": b["sql"], "rows": b["rows"], "before": b["seconds"], "after": a["seconds"]} for b, a in zip(before, after)]
+    return _finish(run, "maintain", figure, table_rows(run.lake, "candidates"))
+
+
+STAGE_RUNNERS = {"extract": run_extract, "plan": run_plan, "merge": run_merge, "release": run_release, "takedowns": run_takedowns, "sql": run_sql,
+                 "maintain": run_maintain}
 
 
 # --- the report --------------------------------------------------------------------------------
@@ -383,6 +444,7 @@ def build_report(args: argparse.Namespace, sizes: dict[str, dict], settings: Set
                     "python": platform.python_version()},  # fmt: skip
         "settings": {"dim": args.dim, "embeddings": args.embeddings, "batch_size": args.batch_size, "seed": args.seed, "stages": args.stages,
                      "spark_master": settings.spark_master, "driver_memory": args.driver_memory or settings.spark_driver_memory,
+                     "merge_rows": args.merge_rows or settings.merge_rows,
                      "shuffle_partitions": settings.spark_shuffle_partitions, "crawl": CRAWL,
                      "peak_rss_mb": "largest single process of the stage (local mode: the JVM, driver and executor in one)"},  # fmt: skip
         "sizes": sizes,
@@ -406,6 +468,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stages", type=parse_stages, default=list(STAGES),
                         help=f"comma-separated subset of {','.join(STAGES)}; the stages they need run too")
     parser.add_argument("--driver-memory", help="ALTLAKE_SPARK_DRIVER_MEMORY for every stage and floor (default: the setting's, 2g)")
+    parser.add_argument("--merge-rows", type=int,
+                        help="ALTLAKE_MERGE_ROWS for merge-scores (default: the setting's, 100000); the batch size makes one MERGE per batch, "
+                             "as a lake scored incrementally gets, with the small files maintain is there to compact")
     parser.add_argument("--keep", action="store_true", help="keep each size's lake (default: removed after the size; logs stay)")
     parser.add_argument("--work-dir", type=Path, help="where lakes and WAT shards live (default: <ALTLAKE_CACHE_DIR>/bench-data/pipeline)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "pipeline.json")

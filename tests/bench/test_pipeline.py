@@ -19,6 +19,7 @@ import pytest
 from altlake.config import Settings
 from altlake.schemas import CANDIDATES, SCORE_STATUSES
 from bench.pipeline import figures, generate
+from bench.pipeline.queries import QUERIES
 from bench.pipeline.run import build_report, last_error_line, parse_stages, with_prerequisites
 from spark_jobs.merge_scores import read_batch_output
 
@@ -131,6 +132,7 @@ def test_the_disk_estimate_grows_with_size_and_dimension_and_refuses_what_does_n
 def test_stages_bring_what_they_need():
     assert with_prerequisites(["release"]) == ["extract", "plan", "merge", "release"]
     assert with_prerequisites(["sql", "extract"]) == ["extract", "sql"]
+    assert with_prerequisites(["maintain", "plan"]) == ["extract", "plan", "maintain"]  # maintenance last, after every writer
     with pytest.raises(Exception, match="unknown stage"):
         parse_stages("extract,score")
 
@@ -151,19 +153,25 @@ def _stage(wall: float, floor: float | None = None) -> dict:
 
 
 def test_the_report_has_exponents_per_stage_and_keeps_skipped_sizes(tmp_path):
-    args = type("Args", (), {"dim": 512, "embeddings": "clustered", "batch_size": 10_000, "seed": 1, "stages": ["extract", "plan"], "driver_memory": None})()
+    args = type("Args", (), {"dim": 512, "embeddings": "clustered", "batch_size": 10_000, "seed": 1, "stages": ["extract", "plan"], "driver_memory": None, "merge_rows": 10_000})()
     sizes = {
-        "10000": {"candidates": 10_000, "stages": {"extract": _stage(10.0), "plan": _stage(20.0, 10.0)}},
+        "10000": {"candidates": 10_000, "storage": {"scores": {"rows": 10, "bytes": 13_630, "bytes_per_row": 1_363},
+                                                    "release": {"rows": 4, "bytes": 29_200, "bytes_per_row": 7_300, "bytes_per_row_by_part": {"embeddings": 4_100, "index": 3_200}}},
+                  "stages": {"extract": _stage(10.0), "plan": _stage(20.0, 10.0), "maintain": _stage(30.0) | {
+            "tables": {"scores": {"before": {"files": 72, "commits_since_checkpoint": 9}, "after": {"files": 8, "commits_since_checkpoint": 0}}},
+            "queries": [{"sql": "SELECT 1 FROM scores", "rows": 1, "before": [2.5, 0.9, 0.8], "after": [1.5, 0.4, 0.5]}]}}},
         "100000": {"candidates": 100_000, "stages": {"extract": _stage(100.0), "plan": {"failed": "java.lang.OutOfMemoryError", "log": "x"}}},
         "10000000": {"target": 10_000_000, "skipped": "needs ~170 GB of disk"},
     }
     report = build_report(args, sizes, Settings.from_env())
     json.dumps(report)
-    assert report["settings"]["embeddings"] == "clustered"
+    assert report["settings"]["embeddings"] == "clustered" and report["settings"]["merge_rows"] == 10_000
     assert report["exponents"] == {"extract": {"10000->100000": pytest.approx(1.0)}}  # a failed size gives no exponent
     assert report["sizes"]["10000000"] == {"target": 10_000_000, "skipped": "needs ~170 GB of disk"}
     text = figures.table(report)
     assert "FAILED: java.lang.OutOfMemoryError" in text and "10000000: needs ~170 GB" in text and "2.00" in text
+    assert "storage at 10000: scores 1,363 B/row, release 7,300 B/row (release: embeddings 4,100, index 3,200)" in text
+    assert "    72 (  9) ->      8 (  0)" in text and "   0.80 ->   0.40  (2.50 -> 1.50)  SELECT 1 FROM scores" in text
     figures.plot(report, tmp_path / "pipeline.png")
     assert (tmp_path / "pipeline.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -180,20 +188,30 @@ def test_the_probe_counts_the_cpu_of_an_orphan_the_command_never_waited_for(tmp_
 
 
 @pytest.mark.integration
-def test_a_tiny_lake_is_extracted_and_planned_against_its_floor(tmp_path):
+def test_a_tiny_lake_is_extracted_planned_and_maintained_against_its_floor(tmp_path):
     out = tmp_path / "pipeline.json"
     done = subprocess.run(
-        [sys.executable, "-m", "bench.pipeline", "--sizes", "300", "--stages", "plan", "--work-dir", str(tmp_path / "work"), "--out", str(out)],
+        [sys.executable, "-m", "bench.pipeline", "--sizes", "300", "--stages", "plan,maintain", "--work-dir", str(tmp_path / "work"), "--out", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
     run = report["sizes"]["300"]
-    assert run["candidates"] > 100 and set(run["stages"]) == {"extract", "plan"}
-    for stage in ("extract", "plan"):
+    assert run["candidates"] > 100 and set(run["stages"]) == {"extract", "plan", "maintain"}
+    for stage in ("extract", "plan", "maintain"):
         figure = run["stages"][stage]
         assert "failed" not in figure, figure
         assert figure["wall_s"] > 0 and figure["cpu_s"] > 0 and figure["peak_rss_mb"] > 100 and figure["bytes_written"] > 0
     assert run["stages"]["plan"]["floor"]["wall_s"] > 0 and run["stages"]["plan"]["x_floor"] > 0
+    maintained = run["stages"]["maintain"]
+    # extract and plan left uncheckpointed commits; maintain checkpointed every table it found
+    assert maintained["tables"]["candidates"]["before"]["files"] >= 1 and maintained["tables"]["candidates"]["before"]["commits_since_checkpoint"] >= 1
+    assert all(t["after"]["commits_since_checkpoint"] == 0 for name, t in maintained["tables"].items() if name != "maintenance")
+    assert [q["sql"] for q in maintained["queries"]] == list(QUERIES)
+    assert all(len(q["before"]) == len(q["after"]) == 3 and min(q["before"] + q["after"]) > 0 for q in maintained["queries"])
+    languages = next(q for q in maintained["queries"] if "FROM candidates GROUP BY" in q["sql"])
+    assert languages["rows"] >= 2  # the generated pages' languages
+    assert run["storage"]["candidates"]["rows"] == run["candidates"] and run["storage"]["candidates"]["bytes_per_row"] > 50
+    assert "maintain at 300" in done.stdout
     assert not (tmp_path / "work" / "300-512" / "lake").exists()  # removed without --keep
     assert out.with_suffix(".png").exists() and "plan" in done.stdout
