@@ -26,6 +26,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -295,6 +296,20 @@ def _profiles_section(settings: Settings, used: list[dict], thresholds: Threshol
 # --- pairs -----------------------------------------------------------------------------------------
 
 
+class Stopwatch:
+    """Seconds per step of a build, in order: where a release's time goes (Spark runs lazily, so a step
+    is timed up to the action that runs it)."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, step: str) -> None:
+        now = time.perf_counter()
+        self.seconds[step] = round(self.seconds.get(step, 0.0) + now - self._last, 2)
+        self._last = now
+
+
 def compute_pairs(spark, settings: Settings, versions: dict[str, int], thresholds: Thresholds, lsh: Lsh | None = None):
     """(pairs DataFrame in the PAIRS schema, cached; facts: stages (altlake.stats), statuses, models, the
     near-duplicate blocking, and for the report the similarity of every scored row and sample pairs) at
@@ -303,6 +318,7 @@ def compute_pairs(spark, settings: Settings, versions: dict[str, int], threshold
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
+    watch = Stopwatch()
     candidates = read_table(spark, settings, "candidates", versions["candidates"])
     if "url_canonical" not in candidates.columns:  # a version written before the column was declared
         candidates = candidates.withColumn("url_canonical", F.udf(canonical_url, "string")(F.col("url")))
@@ -331,9 +347,12 @@ def compute_pairs(spark, settings: Settings, versions: dict[str, int], threshold
     kept = drop_taken_down(deduped, takedowns, HASH_COLUMNS)
     with_embeddings = kept.join(scores.select("uid", *embeddings), "uid")
     n_kept = kept.count()
+    watch.lap("filter_and_dedup")
     lsh = lsh or pick_lsh(with_embeddings, n_kept, thresholds.near_duplicate_cosine)
     marked = mark_near_duplicates(with_embeddings, thresholds.near_duplicate_cosine, lsh, n_kept)
     pairs = marked.select(*[F.col(c.name).cast(c.type) for c in PAIRS.columns]).cache()
+    n_near = pairs.where(F.col("near_duplicate_of").isNotNull()).count()  # the near-duplicate join runs here
+    watch.lap("near_duplicates")
 
     statuses = {r["status"]: r["count"] for r in scored.groupBy("status").count().orderBy(F.desc("count"), "status").collect()}
     n = {"candidates": candidates.count(), "opted_in": opted_in.count(), "scored": scored.count(), "ok": ok.count(),
@@ -346,7 +365,7 @@ def compute_pairs(spark, settings: Settings, versions: dict[str, int], threshold
         StageStats("threshold", n["ok"], {"below_threshold": n["ok"] - n["above"]}),
         StageStats("exact_dedup", n["above"], {"duplicate": n["above"] - n["deduped"]}),
         StageStats("takedowns", n["deduped"], {"taken_down": n["deduped"] - n["pairs"]}),
-        StageStats("near_dedup", n["pairs"], marked={"near_duplicate": pairs.where(F.col("near_duplicate_of").isNotNull()).count()}),
+        StageStats("near_dedup", n["pairs"], marked={"near_duplicate": n_near}),
     ])  # fmt: skip
     models = {
         column: sorted(r[column] for r in ok.select(column).distinct().collect() if r[column] is not None)
@@ -356,8 +375,10 @@ def compute_pairs(spark, settings: Settings, versions: dict[str, int], threshold
     samples = _samples(kept, drop_taken_down(ok, takedowns, HASH_COLUMNS))
     scored.unpersist()
     deduped.unpersist()
+    watch.lap("counts_and_samples")
     facts = {"stages": stages, "statuses": statuses, "models": models, "scored_similarity": scored_similarity, "samples": samples,
-             "near_duplicates": {**lsh.section(), "recall": round(lsh.recall(thresholds.near_duplicate_cosine), 4)}}  # fmt: skip
+             "near_duplicates": {**lsh.section(), "recall": round(lsh.recall(thresholds.near_duplicate_cosine), 4)},
+             "seconds": watch.seconds}  # fmt: skip
     return pairs, facts
 
 
@@ -704,18 +725,22 @@ def build_release(
         raise publish.ReleaseExistsError(f"release {release_id} already exists at {store.url(release_id)}; releases are immutable")
 
     pairs, facts = compute_pairs(spark, settings, versions, thresholds)
+    watch = Stopwatch()
     docs_dir = lake_paths(settings).gx_docs(run_id or release_id)
     scores = read_table(spark, settings, "scores", versions["scores"])
     gx_summary = gate(spark, settings, scores, pairs, facts["stages"], docs_dir, thresholds.lowest())
+    watch.lap("gates")
     versions = {**versions, "pairs": write_pairs(spark, settings, pairs)}
     pairs.unpersist()
     published = read_table(spark, settings, "pairs", versions["pairs"])
+    watch.lap("write_pairs")
 
     staging = _staging_dir(store, release_id)
     try:
         counts = publish.write_release_files(published, staging, rows_per_file)
         derived_rows = publish.write_derived_subsets(published, staging, {d.name: d.filter for d in derived}, rows_per_file)
         _copy_docs(docs_dir, os.path.join(staging, RELEASE_GX_DIR), storage.S3Options.of(settings))
+        watch.lap("release_files")
         manifest = {
             "release_id": release_id,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -749,8 +774,10 @@ def build_release(
                 "derived_subsets": derived_subset_file("<name>"),
             },
         }  # fmt: skip
+        watch.lap("manifest_facts")
         if index_release is not None:
             manifest["index"] = index_release(staging, release_id)
+            watch.lap("index")
         write_report(manifest, os.path.join(staging, REPORT))
         manifest["files"] = publish.file_checksums(staging)
         for entry in manifest["derived_subsets"].values():
@@ -763,6 +790,7 @@ def build_release(
         shutil.rmtree(staging, ignore_errors=True)
 
     _record_release(spark, settings, release_id, location, text)
+    watch.lap("checksums_and_publish")
     return {
         "release_id": release_id,
         "location": location,
@@ -772,6 +800,7 @@ def build_release(
         "gx": gx_summary,
         "files": len(manifest["files"]),
         "index": manifest.get("index"),
+        "seconds": {**facts["seconds"], **watch.seconds},
     }
 
 

@@ -5,6 +5,7 @@ release build is the suite's longest file, so that the two run side by side."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -85,7 +86,13 @@ def test_a_release_cuts_each_profile_at_its_thresholds_and_refuses_mixed_clip_mo
     assert f"mix 2 CLIP models: {B32} (4 rows), {L14} (1 rows)" in str(refused.value)
     assert not list((tmp_path / "releases").glob("*"))
 
+    started = time.perf_counter()
     summary = build_release(spark, settings.with_(allow_mixed_models=True), date="20240601")
+    wall = time.perf_counter() - started
+    # where the build's time went, step by step in order: the steps cover the build and no more
+    assert list(summary["seconds"]) == ["filter_and_dedup", "near_duplicates", "counts_and_samples", "gates", "write_pairs",
+                                        "release_files", "manifest_facts", "index", "checksums_and_publish"]  # fmt: skip
+    assert min(summary["seconds"].values()) >= 0 and 0.5 * wall < sum(summary["seconds"].values()) <= wall + 0.05
     assert {r["uid"] for r in read_table(spark, settings, "pairs").collect()} == {
         candidates[name]["uid"] for name in ("loose_kept", "strict_kept", "unrecorded_kept")
     }
