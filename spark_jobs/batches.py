@@ -96,66 +96,26 @@ def plan_batches(
         all_candidates = all_candidates.where(F.col("first_seen_crawl") == crawl)
     # An opted-out candidate (its page said noai at extraction) is never downloaded: never planned.
     candidates = all_candidates.where(F.col("opt_out").isNull())
-    scores = read_table(spark, settings, "scores").select("uid", "status", "attempts", "profile")
-    retry_allowed = F.lit(False)
-    for status, limit in limits.items():
-        retry_allowed = retry_allowed | ((F.col("status") == status) & (F.col("attempts") < limit))
-    scored = candidates.select("uid").join(scores, "uid")
-    retryable = scored.where(retry_allowed).select("uid", "attempts")
-    todo = candidates.join(scores, "uid", "left_anti").withColumn("attempts", F.lit(0)).unionByName(
-        candidates.join(retryable, "uid")
-    )
-    rescore = None  # rows scored ok under another profile, only when rescoring (no Spark job otherwise)
-    if rescore_profile is not None:
-        rescore = scored.where((F.col("status") == "ok") & ~F.col("profile").eqNullSafe(rescore_profile)).select("uid", "attempts")
-        todo = todo.unionByName(candidates.join(rescore, "uid"))
-    in_flight = in_flight_members.select("uid").distinct() if in_flight_members is not None else spark.createDataFrame([], "uid string")
-    todo = todo.join(in_flight, "uid", "left_anti").cache()
-    counts = {
-        "candidates": all_candidates.count(),
-        "opted_out": all_candidates.where(F.col("opt_out").isNotNull()).count(),  # skipped, never downloaded
-        "unscored": candidates.join(scores, "uid", "left_anti").count(),
-        "retryable": retryable.count(),
-        "rescore": rescore.count() if rescore is not None else 0,
-        "not_retried": scored.where(F.col("status") != "ok").count() - retryable.count(),
-        "already_planned": candidates.join(in_flight, "uid").count(),
-        "eligible": todo.count(),
-    }
-
-    numbered = (
-        todo.orderBy("uid")
-        .rdd.zipWithIndex()
-        .map(lambda pair: (pair[0]["uid"], pair[0]["attempts"], pair[1] // batch_size))
-        .toDF("uid string, attempts int, batch_no bigint")
-        .cache()
-    )
+    flags = _need_flags(spark, settings, all_candidates, limits, rescore_profile, in_flight_members).cache()
+    counts = _plan_counts(flags, rescore_profile is not None)
+    todo = flags.where("_eligible").select("uid", "attempts")
+    ordered = _ordered(todo).cache()
+    numbered = _numbered(ordered, batch_size)
     capped = numbered if max_batches is None else numbered.where(F.col("batch_no") < max_batches)
-    ids = (
-        capped.groupBy("batch_no")
-        .agg(
-            F.sha2(F.concat_ws("\n", F.sort_array(F.collect_list(F.concat_ws(":", "uid", "attempts")))), 256).alias("h"),
-            F.count("*").alias("n_rows"),
-        )
-        .orderBy("batch_no")
-        .collect()
+    # Every batch's input file in one Spark job: its executors write them, one group per batch.
+    members = candidates.join(capped, "uid").select(*CANDIDATES.column_names, "attempts", "batch_no")
+    written = members.groupBy("batch_no").applyInArrow(
+        _batch_writer(lake, storage.S3Options.of(settings)), "batch_no bigint, batch_id string, n_rows bigint"
     )
     now = datetime.now(timezone.utc)
-    rows = []
-    # One join for every batch, cached: each batch's file is then a scan of memory, not another read
-    # of `candidates` and a shuffle join (that made planning grow with rows x batches).
-    members = candidates.join(capped.select("uid", "batch_no"), "uid").select(*CANDIDATES.column_names, "batch_no").cache()
-    for row in ids:
-        batch_id = row["h"][:BATCH_ID_CHARS]
-        batch = members.where(F.col("batch_no") == row["batch_no"]).select(*CANDIDATES.column_names).orderBy("uid").toArrow()
-        write_lake_bytes(settings, lake.batch_input(batch_id), parquet_bytes(batch.cast(CANDIDATES.to_arrow())))
-        rows.append(
-            (batch_id, crawl, int(row["n_rows"]), lake.batch_input(batch_id), lake.batch_output(batch_id),
-             BATCH_PLANNED, 0, None, now, now)
-        )  # fmt: skip
+    rows = [
+        (row["batch_id"], crawl, int(row["n_rows"]), lake.batch_input(row["batch_id"]), lake.batch_output(row["batch_id"]),
+         BATCH_PLANNED, 0, None, now, now)
+        for row in sorted(written.collect(), key=lambda row: row["batch_no"])
+    ]  # fmt: skip
     _record_batches(spark, settings, rows)
-    members.unpersist()
-    numbered.unpersist()
-    todo.unpersist()
+    ordered.unpersist()
+    flags.unpersist()
     planned_rows = sum(r[2] for r in rows)
     return {
         **counts,
@@ -164,6 +124,120 @@ def plan_batches(
         "left_for_later": counts["eligible"] - planned_rows,
         "batches": [{"batch_id": r[0], "n_rows": r[2], "input_path": r[3], "output_path": r[4]} for r in rows],
     }
+
+
+def _need_flags(spark, settings: Settings, all_candidates, limits: dict[str, int], rescore_profile: str | None, in_flight_members):
+    """One row per candidate: uid, attempts so far, and flags for why it is (not) planned, so that
+    every count and the batches come from one read of candidates and scores."""
+    from pyspark.sql import functions as F
+
+    scores = read_table(spark, settings, "scores").select("uid", "status", "attempts", "profile", F.lit(True).alias("_scored"))
+    flags = all_candidates.select("uid", F.col("opt_out").isNotNull().alias("_opted_out")).join(scores, "uid", "left")
+    if in_flight_members is not None:
+        in_flight = in_flight_members.select("uid").distinct().withColumn("_in_flight", F.lit(True))
+        flags = flags.join(in_flight, "uid", "left")
+    else:
+        flags = flags.withColumn("_in_flight", F.lit(None).cast("boolean"))
+    retry_allowed = F.lit(False)
+    for status, limit in limits.items():
+        retry_allowed = retry_allowed | ((F.col("status") == status) & (F.col("attempts") < limit))
+    rescore = F.lit(False)
+    if rescore_profile is not None:  # rows scored ok under another profile, only when rescoring
+        rescore = (F.col("status") == "ok") & ~F.col("profile").eqNullSafe(rescore_profile)
+    scored = F.coalesce(F.col("_scored"), F.lit(False))
+    opted_out, in_flight_uid = F.col("_opted_out"), F.coalesce(F.col("_in_flight"), F.lit(False))
+    retryable = scored & F.coalesce(retry_allowed, F.lit(False))
+    rescored = scored & F.coalesce(rescore, F.lit(False))
+    return flags.select(
+        "uid",
+        F.coalesce(F.col("attempts"), F.lit(0)).alias("attempts"),
+        F.col("status"),
+        opted_out,
+        scored.alias("_scored"),
+        (~opted_out & retryable).alias("_retryable"),
+        (~opted_out & rescored).alias("_rescore"),
+        (~opted_out & in_flight_uid).alias("_already_planned"),
+        (~opted_out & ~in_flight_uid & (~scored | retryable | rescored)).alias("_eligible"),
+    )
+
+
+def _plan_counts(flags, rescoring: bool) -> dict[str, int]:
+    """What planning found, in one Spark job over the flags."""
+    from pyspark.sql import functions as F
+
+    n = lambda condition: F.count(F.when(condition, 1))  # noqa: E731
+    live = ~F.col("_opted_out")
+    row = flags.agg(
+        F.count(F.lit(1)).alias("candidates"),
+        n(F.col("_opted_out")).alias("opted_out"),
+        n(live & ~F.col("_scored")).alias("unscored"),
+        n(F.col("_retryable")).alias("retryable"),
+        n(F.col("_rescore")).alias("rescore"),
+        n(live & F.col("_scored") & (F.col("status") != "ok")).alias("scored_not_ok"),
+        n(F.col("_already_planned")).alias("already_planned"),
+        n(F.col("_eligible")).alias("eligible"),
+    ).first()
+    return {
+        "candidates": row["candidates"],
+        "opted_out": row["opted_out"],  # skipped, never downloaded
+        "unscored": row["unscored"],
+        "retryable": row["retryable"],
+        "rescore": row["rescore"] if rescoring else 0,
+        "not_retried": row["scored_not_ok"] - row["retryable"],
+        "already_planned": row["already_planned"],
+        "eligible": row["eligible"],
+    }
+
+
+# monotonically_increasing_id: the partition in the upper 31 bits, the row within it in the lower 33.
+_ROW_IN_PARTITION = (1 << 33) - 1
+
+
+def _ordered(todo):
+    """(uid, attempts) sorted by uid, with each row's partition and its id in it (cache it: the
+    positions are only stable for one materialisation)."""
+    from pyspark.sql import functions as F
+
+    return todo.orderBy("uid").select(
+        "uid", "attempts", F.spark_partition_id().alias("_part"), F.monotonically_increasing_id().alias("_id")
+    )
+
+
+def _numbered(ordered, batch_size: int):
+    """(uid, attempts, batch_no): the sorted uids cut into batches of batch_size. A row's position is
+    its partition's offset plus its place in the partition, so no row passes through Python or
+    through one partition."""
+    from pyspark.sql import functions as F
+
+    sizes = sorted((r["_part"], r["count"]) for r in ordered.groupBy("_part").count().collect())
+    offsets, start = [], 0
+    for part, size in sizes:
+        offsets += [F.lit(part), F.lit(start).cast("bigint")]
+        start += size
+    if not offsets:
+        return ordered.select("uid", "attempts", F.lit(0).cast("bigint").alias("batch_no"))
+    position = F.element_at(F.create_map(*offsets), F.col("_part")) + F.col("_id").bitwiseAND(F.lit(_ROW_IN_PARTITION))
+    return ordered.select("uid", "attempts", F.floor(position / batch_size).cast("bigint").alias("batch_no"))
+
+
+def _batch_writer(lake, options: storage.S3Options):
+    """The function that writes one batch's input file (Arrow in, its id and size out), run on the
+    executors. The id hashes the sorted (uid, attempts) list: the same uids and attempts always make
+    the same id."""
+    import hashlib
+
+    import pyarrow as pa
+
+    schema = CANDIDATES.to_arrow()
+
+    def write(table: pa.Table) -> pa.Table:
+        table = table.sort_by("uid")
+        keys = sorted(f"{uid}:{attempts}" for uid, attempts in zip(table.column("uid").to_pylist(), table.column("attempts").to_pylist()))
+        batch_id = hashlib.sha256("\n".join(keys).encode()).hexdigest()[:BATCH_ID_CHARS]
+        storage.write_bytes(lake.batch_input(batch_id), parquet_bytes(table.select(schema.names).cast(schema)), options)
+        return pa.table({"batch_no": [table.column("batch_no")[0].as_py()], "batch_id": [batch_id], "n_rows": [table.num_rows]})
+
+    return write
 
 
 def withdraw_opted_out(spark, settings: Settings) -> dict:
