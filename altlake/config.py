@@ -169,9 +169,9 @@ class Settings:
     # Candidates per scoring batch.
     batch_size: int = 10_000
     # Finished batches are merged into `scores` together, up to this many result rows per MERGE: each
-    # MERGE has a fixed cost (jobs, a commit, a scan of the uids in `scores`); the rows of one group
-    # pass through the driver, about 2.3 KB each with 512-d embeddings.
-    merge_rows: int = 100_000
+    # MERGE has a fixed cost (jobs, a commit, a scan of the uids in `scores`). A group is staged in the
+    # lake's scratch folder, about 1.4 KB a row with 512-d embeddings; the driver holds one batch.
+    merge_rows: int = 1_000_000
     # Where Airflow runs `altlake score` per batch: `local` (a subprocess), `aws_batch` or `kubernetes`
     # (GPU containers built from infra/docker/worker.Dockerfile).
     worker_backend: str = "local"

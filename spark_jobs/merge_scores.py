@@ -17,9 +17,10 @@ import argparse
 import io
 import json
 import sys
+import re
 import uuid
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from functools import reduce
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +30,7 @@ if __package__ in (None, ""):  # run as a script by spark-submit: make our packa
 
 from altlake import storage
 from altlake.config import Settings, exit_status
-from altlake.paths import RESULTS_FILE, SUCCESS_FILE, embedding_shard, embedding_shard_number, join
+from altlake.paths import BATCH_INPUT_FILE, RESULTS_FILE, SUCCESS_FILE, embedding_shard, embedding_shard_number, join
 from altlake.schemas import BATCH_DONE, BATCH_FAILED, BATCH_PLANNED, BATCHES, SCORES, STATUS_OK, STATUS_OPTED_OUT, WORKER_RESULTS
 from altlake.stats import StageStats, chain
 from spark_jobs.batches import list_lake_files, parquet_bytes, read_lake_bytes, write_lake_bytes
@@ -139,12 +140,43 @@ def merge_planned_batches(spark, settings: Settings, batch_ids: list[str] | None
 
 def merge_outputs(spark, settings: Settings, outputs: list[tuple]) -> list[dict]:
     """(batch_id, output_dir, its batches row or None for a worker run by hand) -> one outcome each, in
-    order. Outputs are read one at a time and merged in groups of about `merge_rows` rows, so the
-    driver holds one group."""
+    order. Outputs are read one at a time and staged as parquet in the lake's scratch folder, and
+    merged in groups of about `merge_rows` rows, so the driver holds one output, never a group."""
     outcomes: dict[str, dict] = {}
-    group: list[tuple] = []
-    group_rows = 0
-    for batch_id, output_dir, planned in outputs:
+    pending = list(outputs)
+    while pending:
+        scratch = lake_paths(settings).merge_scratch(uuid.uuid4().hex)
+        try:
+            group, pending = _stage_group(spark, settings, pending, scratch, outcomes)
+            if group.batches:
+                outcomes.update(_merge_group(spark, settings, group, scratch))
+        finally:
+            storage.delete(scratch, storage.S3Options.of(settings))
+    return [outcomes[batch_id] for batch_id, _, _ in outputs]
+
+
+# Working columns of a merge group: the batch a row came from, its rank among the group's rows of its
+# uid (1 = newest), and what the MERGE does with it.
+_BATCH, _RANK, _OUTCOME = "_merged_batch", "_rank", "_outcome"
+
+
+@dataclass
+class _Group:
+    """A merge group's staged batches: (batch_id, output_dir, planned row or None, rows) each, and
+    whether a uid came in two of them (a batch delivered late after its uids were planned again)."""
+
+    batches: list[tuple] = field(default_factory=list)
+    rows: int = 0
+    repeats_uids: bool = False
+
+
+def _stage_group(spark, settings: Settings, outputs: list[tuple], scratch: str, outcomes: dict) -> tuple[_Group, list[tuple]]:
+    """Stage complete outputs under `scratch`/parts until the group holds `merge_rows` rows; record
+    the incomplete and unreadable ones in `outcomes`. Returns the group and the outputs left."""
+    import pyarrow as pa
+
+    group, seen = _Group(), set()
+    for i, (batch_id, output_dir, planned) in enumerate(outputs):
         try:
             rows = read_batch_output(settings, output_dir)
         except IncompleteBatch as error:
@@ -154,57 +186,42 @@ def merge_outputs(spark, settings: Settings, outputs: list[tuple]) -> list[dict]
             mark_batch_failed(spark, settings, batch_id, f"unreadable worker output: {error}")
             outcomes[batch_id] = {"batch_id": batch_id, "status": "failed", "error": str(error)}
             continue
-        group.append((batch_id, output_dir, planned, rows))
-        group_rows += rows.num_rows
-        if group_rows >= settings.merge_rows:
-            outcomes.update(_merge_group(spark, settings, group))
-            group, group_rows = [], 0
-    if group:
-        outcomes.update(_merge_group(spark, settings, group))
-    return [outcomes[batch_id] for batch_id, _, _ in outputs]
+        tagged = rows.append_column(_BATCH, pa.array([batch_id] * rows.num_rows, pa.string()))
+        write_lake_bytes(settings, join(scratch, "parts", f"part-{len(group.batches):05d}.parquet"), parquet_bytes(tagged))
+        uids = rows.column("uid").to_pylist()
+        group.repeats_uids = group.repeats_uids or not seen.isdisjoint(uids)
+        seen.update(uids)
+        group.batches.append((batch_id, output_dir, planned, rows.num_rows))
+        group.rows += rows.num_rows
+        if group.rows >= settings.merge_rows:
+            return group, outputs[i + 1 :]
+    return group, []
 
 
-# Working columns of a merge group: the batch a row came from, its rank among the group's rows of its
-# uid (1 = newest), and what the MERGE does with it.
-_BATCH, _RANK, _OUTCOME = "_merged_batch", "_rank", "_outcome"
-
-
-def _merge_group(spark, settings: Settings, group: list[tuple]) -> dict[str, dict]:
-    """One MERGE of several batches' rows into `scores`, their batches marked done in one more.
+def _merge_group(spark, settings: Settings, group: _Group, scratch: str) -> dict[str, dict]:
+    """One MERGE of several batches' staged rows into `scores`, their batches marked done in one more.
 
     Each row is classified against `scores` as read just before (new, newer, or not newer, as the
     MERGE's condition decides it), which gives every batch its own counts. A uid in two batches of
-    the group (a batch delivered late after its uids were planned again) keeps the newer row.
-
-    The rows reach Spark as parquet files in the lake's scratch folder: handed over in memory
-    (createDataFrame), a group's embeddings stayed on the driver's heap for the whole MERGE, and
-    a group of 100,000 rows ran a 2 GB driver out of memory.
+    the group keeps the newer row. The classified rows are written once to the scratch folder, so
+    the counts and the MERGE read them instead of running the joins again, and nothing is cached: a
+    group's embeddings held in memory ran a 2 GB driver out of memory at 100,000 rows.
     """
-    scratch = lake_paths(settings).merge_scratch(uuid.uuid4().hex)
-    try:
-        return _merge_staged_group(spark, settings, group, scratch)
-    finally:
-        storage.delete(scratch, storage.S3Options.of(settings))
-
-
-def _merge_staged_group(spark, settings: Settings, group: list[tuple], scratch: str) -> dict[str, dict]:
     from delta.tables import DeltaTable
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    parts, planned_counts = [], {}
-    for i, (batch_id, _, planned, rows) in enumerate(group):
-        staged = join(scratch, f"part-{i:05d}.parquet")
-        write_lake_bytes(settings, staged, parquet_bytes(rows))
-        part = spark.read.parquet(staged).select(*SCORES.column_names).withColumn(_BATCH, F.lit(batch_id))
-        inputs = _input_uids(spark, settings, planned)
-        if inputs is not None:
-            part = part.join(inputs, "uid", "left_semi")
-            planned_counts[batch_id] = planned["n_rows"]  # the uids its input holds, as the planner counted them
-        parts.append(part)
-    source = reduce(lambda a, b: a.unionByName(b), parts)
-    uids = [uid for *_, rows in group for uid in rows.column("uid").to_pylist()]
-    if len(set(uids)) < len(uids):  # rare: ranking needs a shuffle of the group's rows
+    source = spark.read.parquet(join(scratch, "parts")).select(*SCORES.column_names, _BATCH)
+    # A planned batch keeps only the uids its input holds; a worker run by hand (no batches row) keeps all.
+    options = storage.S3Options.of(settings)
+    checked = {batch_id: row for batch_id, _, row, _ in group.batches if row is not None and storage.exists(row["input_path"], options)}
+    if checked:
+        batch_of_file = F.regexp_extract(F.input_file_name(), rf"([^/]+)/{re.escape(BATCH_INPUT_FILE)}$", 1)
+        inputs = spark.read.parquet(*[row["input_path"] for row in checked.values()])
+        input_uids = inputs.select("uid", batch_of_file.alias(_BATCH)).distinct().withColumn("_planned_uid", F.lit(True))
+        in_input = ~F.col(_BATCH).isin(*checked) | F.col("_planned_uid").isNotNull()
+        source = source.join(input_uids, ["uid", _BATCH], "left").where(in_input).drop("_planned_uid")
+    if group.repeats_uids:  # rare: ranking needs a shuffle of the group's rows
         newest = Window.partitionBy("uid").orderBy(F.col("scored_at").desc(), F.col(_BATCH).desc())
         source = source.withColumn(_RANK, F.row_number().over(newest))
     else:
@@ -218,40 +235,43 @@ def _merge_staged_group(spark, settings: Settings, group: list[tuple], scratch: 
         .when(F.col("scored_at") > F.col("_scores_at"), "updated")
         .otherwise("unchanged")
     )
-    # not cached: reading the staged files again is cheaper than holding the group in memory
-    source = source.join(target, "uid", "left").withColumn(_OUTCOME, outcome).drop("_scores_at")
-    counts = source.groupBy(_BATCH, "status", _OUTCOME).count().collect()
+    classified_path = join(scratch, "classified")
+    source.join(target, "uid", "left").withColumn(_OUTCOME, outcome).drop("_scores_at").write.parquet(classified_path)
+    classified = spark.read.parquet(classified_path)
+    counts = classified.groupBy(_BATCH, "status", _OUTCOME).count().collect()
 
     columns = [c for c in SCORES.column_names if c != "attempts"]
-    if any(r[_OUTCOME] != "unchanged" for r in counts):  # a group delivered again commits nothing
-        (
+    changes = {r[_OUTCOME] for r in counts} - {"unchanged"}
+    if changes:  # a group delivered again commits nothing
+        merge = (
             DeltaTable.forPath(spark, table_path(settings, "scores"))
             .alias("t")
-            .merge(source.where(F.col(_RANK) == 1).select(*SCORES.column_names).alias("s"), "t.uid = s.uid")
-            .whenMatchedUpdate(
+            .merge(classified.where(F.col(_OUTCOME) != "unchanged").select(*SCORES.column_names).alias("s"), "t.uid = s.uid")
+        )
+        if "updated" in changes:  # only then can a row meet one in scores (insert-only MERGE: one join less)
+            merge = merge.whenMatchedUpdate(
                 condition="s.scored_at > t.scored_at",
                 set={**{c: f"s.`{c}`" for c in columns}, "attempts": "t.attempts + 1"},
             )
-            .whenNotMatchedInsert(values={**{c: f"s.`{c}`" for c in columns}, "attempts": "1"})
-            .execute()
-        )
-    _finish_batches(spark, settings, [(batch_id, BATCH_DONE, None, worker_record(settings, output_dir)) for batch_id, output_dir, _, _ in group])
+        merge.whenNotMatchedInsert(values={**{c: f"s.`{c}`" for c in columns}, "attempts": "1"}).execute()
+    _finish_batches(spark, settings, [(batch_id, BATCH_DONE, None, worker_record(settings, output_dir)) for batch_id, output_dir, _, _ in group.batches])
 
     outcomes = {}
-    for batch_id, _, planned, rows in group:
+    for batch_id, _, _, n_results in group.batches:
         mine = [r for r in counts if r[_BATCH] == batch_id]
         n_rows = sum(r["count"] for r in mine)
         by = {kind: sum(r["count"] for r in mine if r[_OUTCOME] == kind) for kind in ("inserted", "updated", "unchanged")}
         statuses: dict[str, int] = {}
         for r in mine:
             statuses[r["status"]] = statuses.get(r["status"], 0) + r["count"]
-        results = StageStats("results", rows.num_rows, {"not_planned_in_this_batch": rows.num_rows - n_rows})
+        results = StageStats("results", n_results, {"not_planned_in_this_batch": n_results - n_rows})
         merged = StageStats("merge", n_rows, {"not_newer_than_scores": by["unchanged"]})
         outcomes[batch_id] = {
             "batch_id": batch_id,
             "status": "merged",
             "rows": n_rows,
-            "missing_from_results": planned_counts.get(batch_id, n_rows) - n_rows,
+            # the uids its input holds, as the planner counted them
+            "missing_from_results": (checked[batch_id]["n_rows"] if batch_id in checked else n_rows) - n_rows,
             **by,
             "statuses": dict(sorted(statuses.items())),
             "stages": chain([results, merged]),
@@ -274,13 +294,6 @@ def _opt_out_listed_hashes(source, hashes):
     }
     extra = [c for c in source.columns if c not in SCORES.column_names]  # a merge group's working columns
     return marked.select(*[replaced[c].alias(c) if c in replaced else F.col(c) for c in SCORES.column_names], *extra)
-
-
-def _input_uids(spark, settings: Settings, planned):
-    """The batch's planned uids (None when the batch was not planned here, e.g. a hand-run worker)."""
-    if planned is None or not storage.exists(planned["input_path"], storage.S3Options.of(settings)):
-        return None
-    return spark.read.parquet(planned["input_path"]).select("uid").distinct()
 
 
 def _batch_rows(spark, settings: Settings, batch_ids: list[str] | None) -> dict:
