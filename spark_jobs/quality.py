@@ -179,14 +179,19 @@ def validate(
     checkpoint = context.checkpoints.add(
         gx.Checkpoint(name=f"{table_name}_gate", validation_definitions=[definition], actions=actions)
     )
-    df = df.persist()  # GX runs one Spark job per metric: read the table once
+    # GX runs one Spark job per metric: read the table once. A frame the caller cached stays its own
+    # (unpersisting the release's cached pairs here made writing them compute them all again).
+    owned = not df.is_cached
+    if owned:
+        df = df.persist()
     try:
         result = checkpoint.run(batch_parameters={"dataframe": df})
         n_rows = df.count()
         if site_dir != docs_dir:
             _upload_site(Path(site_dir), docs_dir, store)
     finally:
-        df.unpersist()
+        if owned:
+            df.unpersist()
         if site_dir != docs_dir:
             shutil.rmtree(site_dir, ignore_errors=True)
     (validation,) = result.run_results.values()

@@ -345,13 +345,16 @@ def compute_pairs(spark, settings: Settings, versions: dict[str, int], threshold
     deduped = by_pair.withColumn("_rank", F.row_number().over(Window.partitionBy("sha256").orderBy(*best_first)))
     deduped = deduped.where("_rank = 1").drop("_rank").cache()
     kept = drop_taken_down(deduped, takedowns, HASH_COLUMNS)
-    with_embeddings = kept.join(scores.select("uid", *embeddings), "uid")
+    # cached: blocking, both sides of every candidate pair and the result read it (four joins with
+    # scores' embeddings otherwise); dropped once the pairs are cached
+    with_embeddings = kept.join(scores.select("uid", *embeddings), "uid").cache()
     n_kept = kept.count()
     watch.lap("filter_and_dedup")
     lsh = lsh or pick_lsh(with_embeddings, n_kept, thresholds.near_duplicate_cosine)
     marked = mark_near_duplicates(with_embeddings, thresholds.near_duplicate_cosine, lsh, n_kept)
     pairs = marked.select(*[F.col(c.name).cast(c.type) for c in PAIRS.columns]).cache()
     n_near = pairs.where(F.col("near_duplicate_of").isNotNull()).count()  # the near-duplicate join runs here
+    with_embeddings.unpersist()
     watch.lap("near_duplicates")
 
     statuses = {r["status"]: r["count"] for r in scored.groupBy("status").count().orderBy(F.desc("count"), "status").collect()}
@@ -523,20 +526,23 @@ def mark_near_duplicates(df, min_cosine: float, lsh: Lsh, n_rows: int | None = N
         return pd.Series((left * right).sum(axis=1))
 
     sketch_planes = np.random.default_rng([lsh.seed, 1]).standard_normal((lsh.sketch_bits or 0, planes.shape[1])).astype(np.float32)
+    words = -(-(lsh.sketch_bits or 0) // 64)  # the sketch as 64-bit words, zero-padded
 
-    @pandas_udf("binary")
+    @pandas_udf("array<bigint>")
     def sketch(embeddings: pd.Series) -> pd.Series:
         vectors = publish.embeddings_array(embeddings).astype(np.float32)
-        return pd.Series([row.tobytes() for row in np.packbits(vectors @ sketch_planes.T > 0, axis=1)])
+        packed = np.packbits(vectors @ sketch_planes.T > 0, axis=1)
+        padded = np.zeros((len(packed), words * 8), np.uint8)
+        padded[:, : packed.shape[1]] = packed
+        return pd.Series(list(padded.view(">i8")))
 
-    @pandas_udf("int")
-    def differing(a: pd.Series, b: pd.Series) -> pd.Series:
-        left = np.frombuffer(b"".join(a), dtype=np.uint8).reshape(len(a), -1)
-        right = np.frombuffer(b"".join(b), dtype=np.uint8).reshape(len(b), -1)
-        return pd.Series(np.unpackbits(left ^ right, axis=1).sum(axis=1, dtype=np.int32))
+    # The differing signs of two sketches, counted in the JVM: a bucket pair never goes through Python.
+    differing = sum(F.bit_count(F.col("a._sketch")[i].bitwiseXOR(F.col("b._sketch")[i])) for i in range(words))
 
     signs = [sketch("img_emb").alias("_sketch")] if lsh.sketch_bits else []
-    keyed = df.select("uid", "similarity", *signs, F.explode(bucket_keys("img_emb")).alias("bucket"))
+    # Materialised once: bucket sizes, crowded buckets' leaders and both sides of the self-join read
+    # it, and each read ran the Python UDFs again (about 2 s a task just to start them).
+    keyed = df.select("uid", "similarity", *signs, F.explode(bucket_keys("img_emb")).alias("bucket")).localCheckpoint(eager=True)
     crowdable = lsh.max_bucket is not None and (n_rows is None or n_rows > lsh.max_bucket)
     if crowdable:
         keyed = keyed.join(keyed.groupBy("bucket").agg(F.count("*").alias("_size")), "bucket")
@@ -548,7 +554,7 @@ def mark_near_duplicates(df, min_cosine: float, lsh: Lsh, n_rows: int | None = N
         keyed = keyed.where(F.col("_size") <= lsh.max_bucket)
     in_bucket = keyed.alias("a").join(keyed.alias("b"), (F.col("a.bucket") == F.col("b.bucket")) & (F.col("a.uid") < F.col("b.uid")))
     if lsh.sketch_bits:
-        in_bucket = in_bucket.where(differing(F.col("a._sketch"), F.col("b._sketch")) <= F.lit(lsh.sketch_limit(min_cosine)))
+        in_bucket = in_bucket.where(differing <= F.lit(lsh.sketch_limit(min_cosine)))
     in_bucket = in_bucket.select(F.col("a.uid").alias("uid_a"), F.col("b.uid").alias("uid_b"))
     candidates = (in_bucket.unionByName(to_leader) if crowdable else in_bucket).distinct()
     side = lambda name: df.select(  # noqa: E731
