@@ -11,8 +11,14 @@ A stage reported as a multiple of its floor says how much of its time goes to it
              Delta (the scores rows and their embedding bytes)
   release    read candidates and scores; write the ok rows at or above LAION's 0.28 once to Delta
              (pairs) and once more as parquet read back from it (the release's files)
+  takedown-add  read the columns a request is matched on (candidates' uid and canonical URL, the
+             uid and image hashes of scores and pairs) once: `takedown add` counts each request's
+             matches in every table; its own write (the takedowns rows) is a few KB
   takedowns  read candidates, scores and pairs; write each once to Delta (a delete rewrites the
              files holding matched rows: with domains spread over the crawl, nearly all of them)
+
+`takedown add` and `takedown apply` are two commands, each with its session: the takedowns stage is
+held against the sum of the takedown-add and takedowns floors.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import sys
 from altlake.config import Settings
 from altlake.paths import LakePaths
 
-FLOOR_STAGES = ("startup", "plan", "merge", "release", "takedowns")
+FLOOR_STAGES = ("startup", "plan", "merge", "release", "takedown-add", "takedowns")
 
 
 def _delta(spark, lake: LakePaths, name: str):
@@ -49,12 +55,21 @@ def floor_release(spark, lake: LakePaths, scratch: str) -> None:
     spark.read.format("delta").load(os.path.join(scratch, "pairs")).write.mode("overwrite").parquet(os.path.join(scratch, "release"))
 
 
+def floor_takedown_add(spark, lake: LakePaths, scratch: str) -> None:
+    from spark_jobs.takedowns import HASH_COLUMNS
+
+    _delta(spark, lake, "candidates").select("uid", "url_canonical").write.format("noop").mode("overwrite").save()
+    for name in ("scores", "pairs"):
+        table = _delta(spark, lake, name)
+        table.select("uid", *[c for c in HASH_COLUMNS if c in table.columns]).write.format("noop").mode("overwrite").save()
+
+
 def floor_takedowns(spark, lake: LakePaths, scratch: str) -> None:
     for name in ("candidates", "scores", "pairs"):
         _delta(spark, lake, name).write.format("delta").mode("overwrite").save(os.path.join(scratch, name))
 
 
-FLOORS = {"plan": floor_plan, "merge": floor_merge, "release": floor_release, "takedowns": floor_takedowns}
+FLOORS = {"plan": floor_plan, "merge": floor_merge, "release": floor_release, "takedown-add": floor_takedown_add, "takedowns": floor_takedowns}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -371,7 +371,7 @@ def run_takedowns(run: SizeRun, args, summary: dict, wats) -> dict:
 
     urls = DeltaTable(LakePaths(str(run.lake)).table("candidates")).to_pyarrow_table(columns=["url_canonical"]).column(0).to_pylist()
     domains = generate.takedown_domains([generate.host_of(u) for u in urls if u], args.seed)
-    floor = run.floor("takedowns")
+    floor = combine({"takedown-add": run.floor("takedown-add"), "takedown-apply": run.floor("takedowns")})  # two commands, two sessions
     before = {t: table_rows(run.lake, t) for t in ("candidates", "scores", "pairs")}
     values = [arg for d in domains for arg in ("--value", d)]
     add = run.altlake("takedown", "add", "--kind", "domain", *values, "--reason", "bench.pipeline: ~0.1% of the domains", "--lake", str(run.lake))
