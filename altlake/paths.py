@@ -44,9 +44,14 @@ class LakePaths:
     def batch_withdrawn(self, batch_id: str) -> str:
         return join(self.root, "batches", batch_id, WITHDRAWN_FILE)
 
+    @property
+    def merge_scratch_dir(self) -> str:
+        """Every merge group's staging folder lives here (what `altlake maintain` sweeps after a killed merge)."""
+        return join(self.root, "scratch", "merge")
+
     def merge_scratch(self, run_id: str) -> str:
         """Where merge-scores stages a group's rows for Spark to read, removed after the group."""
-        return join(self.root, "scratch", "merge", run_id)
+        return join(self.merge_scratch_dir, run_id)
 
     def gx_docs(self, run_id: str) -> str:
         return join(self.root, "gx", run_id)

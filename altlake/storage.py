@@ -23,6 +23,7 @@ import shutil
 import tempfile
 import uuid
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO
@@ -164,6 +165,20 @@ def list_files(url: str, options: S3Options | None = None, *, recursive: bool = 
     names = (info.path[len(root) + 1 :] if root else info.path for info in infos if info.type == fs.FileType.File)
     return sorted(name for name in names if TEMP_MARK not in posixpath.basename(name))
 
+
+def last_modified(url: str, options: S3Options | None = None) -> dict[str, datetime]:
+    """Each folder or file directly under `url` -> the newest modification time of the files in it
+    (UTC); {} when missing. Object stores have no folder times: a folder is as new as its newest file."""
+    filesystem, path = resolve(url, options)
+    root = path.rstrip("/")
+    newest: dict[str, datetime] = {}
+    for info in filesystem.get_file_info(fs.FileSelector(root, allow_not_found=True, recursive=True)):
+        if info.type != fs.FileType.File or info.mtime is None:
+            continue
+        top = info.path[len(root) + 1 :].split("/", 1)[0]
+        when = info.mtime if info.mtime.tzinfo else info.mtime.replace(tzinfo=timezone.utc)
+        newest[top] = max(newest.get(top, when), when)
+    return newest
 
 def delete(url: str, options: S3Options | None = None) -> bool:
     """Delete a file, or a folder with everything under it; False when there was nothing."""

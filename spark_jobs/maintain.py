@@ -41,9 +41,10 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script by spark-submit: make our packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from altlake import storage
 from altlake.config import Settings, exit_status
 from altlake.schemas import MAINTENANCE, TABLES
-from spark_jobs.lake import table_path, table_version
+from spark_jobs.lake import lake_paths, table_path, table_version
 from spark_jobs.takedowns import checkpoint_table, set_history_retention
 
 
@@ -147,6 +148,20 @@ def maintain_table(spark, settings: Settings, name: str, run_id: str) -> dict:
     return row
 
 
+# A merge group's staging lives for minutes; one untouched for this long was left by a killed merge-scores.
+STALE_SCRATCH_HOURS = 24
+
+
+def sweep_merge_scratch(settings: Settings, now: datetime) -> list[str]:
+    """Remove merge-scores staging folders untouched for STALE_SCRATCH_HOURS (a merge that was killed
+    never reached its cleanup); returns their names. A running merge's folder is younger."""
+    options = storage.S3Options.of(settings)
+    scratch = lake_paths(settings).merge_scratch_dir
+    stale = sorted(name for name, when in storage.last_modified(scratch, options).items() if (now - when).total_seconds() > STALE_SCRATCH_HOURS * 3600)
+    for name in stale:
+        storage.delete(storage.join(scratch, name), options)
+    return stale
+
 def maintain_lake(spark, settings: Settings, tables: Iterable[str] | None = None, now: datetime | None = None) -> dict:
     """Maintain `tables` (default: every lake table) and append one `maintenance` row per table.
 
@@ -157,6 +172,7 @@ def maintain_lake(spark, settings: Settings, tables: Iterable[str] | None = None
     started = now or datetime.now(timezone.utc)
     run_id = f"{started:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
     rows = [maintain_table(spark, settings, name, run_id) for name in names]
+    swept = sweep_merge_scratch(settings, started)
     frame = spark.createDataFrame([tuple(r[c] for c in MAINTENANCE.column_names) for r in rows], MAINTENANCE.spark_ddl())
     frame.write.format("delta").mode("append").save(table_path(settings, MAINTENANCE.name))
 
@@ -179,6 +195,7 @@ def maintain_lake(spark, settings: Settings, tables: Iterable[str] | None = None
         "vacuumed_files": total("vacuumed_files"),
         "seconds": round(sum((r["finished_at"] - r["started_at"]).total_seconds() for r in rows), 3),
         "errors": {r["table_name"]: r["error"] for r in rows if r["error"]},
+        "stale_merge_scratch_removed": swept,
     }
 
 

@@ -126,6 +126,23 @@ def test_list_and_delete(root, options):
     assert storage.list_files(root, options, recursive=True) == ["b.txt"]
 
 
+def test_last_modified_gives_each_entry_its_newest_file(root, options):
+    from datetime import datetime, timedelta, timezone
+
+    before = datetime.now(timezone.utc) - timedelta(minutes=5)
+    for name in ("a.txt", "sub/c.txt", "sub/deeper/d.txt"):
+        storage.write_bytes(storage.join(root, *name.split("/")), name.encode(), options)
+    times = storage.last_modified(root, options)
+    assert set(times) == {"a.txt", "sub"}
+    assert all(before < t < datetime.now(timezone.utc) + timedelta(minutes=5) for t in times.values())
+    assert storage.last_modified(storage.join(root, "missing"), options) == {}
+    if options is None:  # a local folder: age one file, the folder stays as new as its newest
+        old = (datetime.now(timezone.utc) - timedelta(days=3)).timestamp()
+        os.utime(Path(root) / "sub" / "c.txt", (old, old))
+        assert storage.last_modified(root, options)["sub"] > before
+        os.utime(Path(root) / "sub" / "deeper" / "d.txt", (old, old))
+        assert storage.last_modified(root, options)["sub"] < before
+
 def test_a_missing_file_is_a_clear_error_naming_it(root, options, tmp_path):
     url = storage.join(root, "nope", "missing.parquet")
     for read in (storage.read_bytes, storage.open_input_stream, lambda u, o: storage.fetch(u, tmp_path / "cache", o)):

@@ -10,7 +10,7 @@ import pytest
 
 from altlake.schemas import TAKEDOWNS
 from spark_jobs.lake import read_table, table_path
-from spark_jobs.maintain import check_tables, files_without_stats, main, maintain_lake
+from spark_jobs.maintain import STALE_SCRATCH_HOURS, check_tables, files_without_stats, main, maintain_lake, sweep_merge_scratch
 from tests.spark_jobs.lakegen import add_candidates, candidate
 
 TABLES = ["candidates", "takedowns"]
@@ -125,3 +125,25 @@ def test_vacuum_lists_a_table_in_as_many_tasks_as_the_lake_has_partitions(spark,
     assert tasks, "the maintenance ran no Spark jobs in its group"
     # Delta reads its log in 50 tasks (spark.databricks.delta.snapshotPartitions); the listing was 10,000
     assert max(tasks) <= max(50, settings.spark_shuffle_partitions), sorted(set(tasks))
+
+
+def test_a_killed_merges_staging_is_swept_and_a_running_ones_is_kept(tmp_path):
+    """merge-scores removes its staging in a finally; a killed process cannot, so maintain does."""
+    import os
+    from datetime import timedelta
+
+    from altlake.config import Settings
+    from altlake.paths import LakePaths
+
+    settings = Settings.from_env(lake_dir=str(tmp_path / "lake"))
+    scratch = Path(LakePaths(str(tmp_path / "lake")).merge_scratch_dir)
+    for run in ("killed", "running"):
+        (scratch / run / "parts").mkdir(parents=True)
+        (scratch / run / "parts" / "part-00000.parquet").write_bytes(b"rows")
+    now = datetime.now(timezone.utc)
+    old = (now - timedelta(hours=STALE_SCRATCH_HOURS + 1)).timestamp()
+    os.utime(scratch / "killed" / "parts" / "part-00000.parquet", (old, old))
+
+    assert sweep_merge_scratch(settings, now) == ["killed"]
+    assert sorted(p.name for p in scratch.iterdir()) == ["running"]
+    assert sweep_merge_scratch(settings, now) == []  # nothing stale left
