@@ -188,27 +188,21 @@ def test_the_probe_counts_the_cpu_of_an_orphan_the_command_never_waited_for(tmp_
 
 
 @pytest.mark.integration
-def test_a_tiny_lake_is_extracted_planned_taken_down_and_maintained_against_its_floors(tmp_path):
+def test_a_tiny_lake_is_extracted_planned_and_maintained_against_its_floor(tmp_path):
     out = tmp_path / "pipeline.json"
     done = subprocess.run(
-        [sys.executable, "-m", "bench.pipeline", "--sizes", "300", "--stages", "plan,takedowns,maintain", "--work-dir", str(tmp_path / "work"), "--out", str(out)],
+        [sys.executable, "-m", "bench.pipeline", "--sizes", "300", "--stages", "plan,maintain", "--work-dir", str(tmp_path / "work"), "--out", str(out)],
         cwd=REPO, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
     run = report["sizes"]["300"]
-    assert run["candidates"] > 100 and set(run["stages"]) == {"extract", "plan", "takedowns", "maintain"}
-    for stage in ("extract", "plan", "takedowns", "maintain"):
+    assert run["candidates"] > 100 and set(run["stages"]) == {"extract", "plan", "maintain"}
+    for stage in ("extract", "plan", "maintain"):
         figure = run["stages"][stage]
         assert "failed" not in figure, figure
         assert figure["wall_s"] > 0 and figure["cpu_s"] > 0 and figure["peak_rss_mb"] > 100 and figure["bytes_written"] > 0
     assert run["stages"]["plan"]["floor"]["wall_s"] > 0 and run["stages"]["plan"]["x_floor"] > 0
-    # two commands against two floors, each its own session
-    takedowns = run["stages"]["takedowns"]
-    assert set(takedowns["steps"]) == set(takedowns["floor"]["steps"]) == {"takedown-add", "takedown-apply"}
-    assert all(step["rc"] == 0 and step["wall_s"] > 0 for step in takedowns["floor"]["steps"].values())
-    assert takedowns["floor"]["wall_s"] == pytest.approx(sum(s["wall_s"] for s in takedowns["floor"]["steps"].values()), abs=0.05)
-    assert run["takedowns"]["deleted"]["candidates"] > 0
     maintained = run["stages"]["maintain"]
     # extract and plan left uncheckpointed commits; maintain checkpointed every table it found
     assert maintained["tables"]["candidates"]["before"]["files"] >= 1 and maintained["tables"]["candidates"]["before"]["commits_since_checkpoint"] >= 1
@@ -221,3 +215,23 @@ def test_a_tiny_lake_is_extracted_planned_taken_down_and_maintained_against_its_
     assert "maintain at 300" in done.stdout
     assert not (tmp_path / "work" / "300-512" / "lake").exists()  # removed without --keep
     assert out.with_suffix(".png").exists() and "plan" in done.stdout
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(1800)
+def test_takedown_add_and_apply_are_held_against_a_floor_each(tmp_path):
+    """Two commands, each with its own session: the stage's floor is the sum of two floors."""
+    out = tmp_path / "pipeline.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.pipeline", "--sizes", "300", "--stages", "takedowns", "--work-dir", str(tmp_path / "work"), "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=1500,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    run = json.loads(out.read_text())["sizes"]["300"]
+    takedowns = run["stages"]["takedowns"]
+    assert "failed" not in takedowns, takedowns
+    assert set(takedowns["steps"]) == set(takedowns["floor"]["steps"]) == {"takedown-add", "takedown-apply"}
+    assert all(step["rc"] == 0 and step["wall_s"] > 0 for step in takedowns["floor"]["steps"].values())
+    assert takedowns["floor"]["wall_s"] == pytest.approx(sum(s["wall_s"] for s in takedowns["floor"]["steps"].values()), abs=0.05)
+    assert takedowns["x_floor"] == pytest.approx(takedowns["wall_s"] / takedowns["floor"]["wall_s"], abs=0.01)
+    assert run["takedowns"]["deleted"]["candidates"] > 0
