@@ -276,12 +276,15 @@ def _withdraw(spark, settings: Settings, members) -> dict:
 def _planned_members(spark, settings: Settings):
     """(uid, batch_id) handed to batches that are planned but not merged yet, read from their inputs;
     None when no batch is planned."""
-    from pyspark.sql import functions as F
-
     planned = read_table(spark, settings, "batches").where(f"status = '{BATCH_PLANNED}'").select("input_path")
     paths = [r["input_path"] for r in planned.collect()]
-    if not paths:
-        return None
+    return read_batch_inputs(spark, paths) if paths else None
+
+
+def read_batch_inputs(spark, paths: list[str]):
+    """(uid, batch_id) of the given batch input files, in one scan: the batch is the input's folder."""
+    from pyspark.sql import functions as F
+
     batch_of_file = F.regexp_extract(F.input_file_name(), rf"([^/]+)/{re.escape(BATCH_INPUT_FILE)}$", 1)
     return spark.read.parquet(*paths).select("uid", batch_of_file.alias("batch_id"))
 

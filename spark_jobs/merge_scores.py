@@ -17,7 +17,6 @@ import argparse
 import io
 import json
 import sys
-import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -30,10 +29,10 @@ if __package__ in (None, ""):  # run as a script by spark-submit: make our packa
 
 from altlake import storage
 from altlake.config import Settings, exit_status
-from altlake.paths import BATCH_INPUT_FILE, RESULTS_FILE, SUCCESS_FILE, embedding_shard, embedding_shard_number, join
+from altlake.paths import RESULTS_FILE, SUCCESS_FILE, embedding_shard, embedding_shard_number, join
 from altlake.schemas import BATCH_DONE, BATCH_FAILED, BATCH_PLANNED, BATCHES, SCORES, STATUS_OK, STATUS_OPTED_OUT, WORKER_RESULTS
 from altlake.stats import StageStats, chain
-from spark_jobs.batches import list_lake_files, parquet_bytes, read_lake_bytes, write_lake_bytes
+from spark_jobs.batches import list_lake_files, parquet_bytes, read_batch_inputs, read_lake_bytes, write_lake_bytes
 from spark_jobs.lake import lake_paths, read_table, table_path
 from spark_jobs.takedowns import HASH_COLUMNS, match_takedowns
 
@@ -162,12 +161,15 @@ _BATCH, _RANK, _OUTCOME = "_merged_batch", "_rank", "_outcome"
 
 @dataclass
 class _Group:
-    """A merge group's staged batches: (batch_id, output_dir, planned row or None, rows) each, and
+    """A merge group's staged batches: (batch_id, output_dir, planned row or None, result rows) each, and
     whether a uid came in two of them (a batch delivered late after its uids were planned again)."""
 
     batches: list[tuple] = field(default_factory=list)
-    rows: int = 0
     repeats_uids: bool = False
+
+    @property
+    def rows(self) -> int:
+        return sum(n_rows for *_, n_rows in self.batches)
 
 
 def _stage_group(spark, settings: Settings, outputs: list[tuple], scratch: str, outcomes: dict) -> tuple[_Group, list[tuple]]:
@@ -192,7 +194,6 @@ def _stage_group(spark, settings: Settings, outputs: list[tuple], scratch: str, 
         group.repeats_uids = group.repeats_uids or not seen.isdisjoint(uids)
         seen.update(uids)
         group.batches.append((batch_id, output_dir, planned, rows.num_rows))
-        group.rows += rows.num_rows
         if group.rows >= settings.merge_rows:
             return group, outputs[i + 1 :]
     return group, []
@@ -216,9 +217,8 @@ def _merge_group(spark, settings: Settings, group: _Group, scratch: str) -> dict
     options = storage.S3Options.of(settings)
     checked = {batch_id: row for batch_id, _, row, _ in group.batches if row is not None and storage.exists(row["input_path"], options)}
     if checked:
-        batch_of_file = F.regexp_extract(F.input_file_name(), rf"([^/]+)/{re.escape(BATCH_INPUT_FILE)}$", 1)
-        inputs = spark.read.parquet(*[row["input_path"] for row in checked.values()])
-        input_uids = inputs.select("uid", batch_of_file.alias(_BATCH)).distinct().withColumn("_planned_uid", F.lit(True))
+        inputs = read_batch_inputs(spark, [row["input_path"] for row in checked.values()])
+        input_uids = inputs.withColumnRenamed("batch_id", _BATCH).distinct().withColumn("_planned_uid", F.lit(True))
         in_input = ~F.col(_BATCH).isin(*checked) | F.col("_planned_uid").isNotNull()
         source = source.join(input_uids, ["uid", _BATCH], "left").where(in_input).drop("_planned_uid")
     if group.repeats_uids:  # rare: ranking needs a shuffle of the group's rows

@@ -187,14 +187,19 @@ def test_the_probe_counts_the_cpu_of_an_orphan_the_command_never_waited_for(tmp_
     assert figures_["cpu_s"] >= 0.45
 
 
+def _bench_300(tmp_path, stages: str, out, timeout: int) -> subprocess.CompletedProcess:
+    """`python -m bench.pipeline` on a 300-candidate lake under tmp_path, which must succeed."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.pipeline", "--sizes", "300", "--stages", stages, "--work-dir", str(tmp_path / "work"), "--out", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
 @pytest.mark.integration
 def test_a_tiny_lake_is_extracted_planned_and_maintained_against_its_floor(tmp_path):
     out = tmp_path / "pipeline.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.pipeline", "--sizes", "300", "--stages", "plan,maintain", "--work-dir", str(tmp_path / "work"), "--out", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
+    done = _bench_300(tmp_path, "plan,maintain", out, timeout=900)
     report = json.loads(out.read_text())
     run = report["sizes"]["300"]
     assert run["candidates"] > 100 and set(run["stages"]) == {"extract", "plan", "maintain"}
@@ -222,11 +227,7 @@ def test_a_tiny_lake_is_extracted_planned_and_maintained_against_its_floor(tmp_p
 def test_takedown_add_and_apply_are_held_against_a_floor_each(tmp_path):
     """Two commands, each with its own session: the stage's floor is the sum of two floors."""
     out = tmp_path / "pipeline.json"
-    done = subprocess.run(
-        [sys.executable, "-m", "bench.pipeline", "--sizes", "300", "--stages", "takedowns", "--work-dir", str(tmp_path / "work"), "--out", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=1500,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr[-3000:]
+    _bench_300(tmp_path, "takedowns", out, timeout=1500)
     run = json.loads(out.read_text())["sizes"]["300"]
     takedowns = run["stages"]["takedowns"]
     assert "failed" not in takedowns, takedowns
