@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv/bin
 export PATH := $(CURDIR)/$(VENV):$(PATH)
 
-.PHONY: setup demo test test-integration airflow bench clean
+.PHONY: setup demo test test-integration test-bench airflow bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -12,12 +12,16 @@ demo: setup
 	$(VENV)/altlake demo
 
 test: setup
-	$(VENV)/python -m pytest -q --durations=15 -n auto --maxprocesses 4 --dist loadfile -m "not integration"
+	$(VENV)/python -m pytest -q --durations=15 -n auto --maxprocesses 4 --dist loadfile -m "not integration and not bench"
 
 # Whole-system runs (Airflow standalone in a browser, the demo, the DAG chain, takedown purges): slower,
 # so apart from `make test`; .ci/run runs both.
 test-integration: setup
 	$(VENV)/python -m pytest -q --durations=15 -n 2 --dist loadfile -m integration
+
+# Each benchmark run end to end at a tiny size (a dozen JVMs each, so one at a time, outside CI).
+test-bench: setup
+	$(VENV)/python -m pytest -q --durations=15 -m bench
 
 airflow: setup
 	$(VENV)/altlake airflow

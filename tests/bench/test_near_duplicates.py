@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from bench.near_duplicates.__main__ import NEAR_SHARE, vectors
 
@@ -26,6 +27,7 @@ def test_the_rows_are_unit_vectors_with_near_copies_above_the_cosine():
     assert np.median(cosines[cosines > -1]) > 0.2  # clustered, not isotropic
 
 
+@pytest.mark.bench
 def test_both_methods_mark_the_same_rows(tmp_path):
     out = tmp_path / "nd.json"
     run = subprocess.run([sys.executable, "-m", "bench.near_duplicates", "--sizes", "2000", "--dim", "128", "--out", str(out)],

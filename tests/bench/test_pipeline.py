@@ -1,6 +1,6 @@
 """bench/pipeline: the generated worker outputs are what the merge reads and carry the promised mixes
 (statuses, duplicates, similarities), the process probe counts a JVM-like orphan, and the figures
-(exponents, disk estimate, report) come out right. One tiny end-to-end run is an integration test."""
+(exponents, disk estimate, report) come out right. The tiny end-to-end runs are `bench` tests (`make test-bench`)."""
 
 from __future__ import annotations
 
@@ -196,7 +196,7 @@ def _bench_300(tmp_path, stages: str, out, timeout: int) -> subprocess.Completed
     assert done.returncode == 0, done.stderr[-3000:]
     return done
 
-@pytest.mark.integration
+@pytest.mark.bench
 def test_a_tiny_lake_is_extracted_planned_and_maintained_against_its_floor(tmp_path):
     out = tmp_path / "pipeline.json"
     done = _bench_300(tmp_path, "plan,maintain", out, timeout=900)
@@ -222,7 +222,7 @@ def test_a_tiny_lake_is_extracted_planned_and_maintained_against_its_floor(tmp_p
     assert out.with_suffix(".png").exists() and "plan" in done.stdout
 
 
-@pytest.mark.integration
+@pytest.mark.bench
 @pytest.mark.timeout(1800)
 def test_takedown_add_and_apply_are_held_against_a_floor_each(tmp_path):
     """Two commands, each with its own session: the stage's floor is the sum of two floors."""
