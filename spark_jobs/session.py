@@ -87,10 +87,10 @@ def spark_conf(settings: Settings, app_name: str) -> dict[str, str]:
         # VACUUM lists a table's files in this many tasks; Spark's default of 10,000 made every VACUUM
         # (maintain, takedown purge) cost 23-35 s on two cores, even of an empty table
         "spark.sql.sources.parallelPartitionDiscovery.parallelism": str(settings.spark_shuffle_partitions),
-        "spark.ui.enabled": "false",
         # Delta rebuilds a table's state from its log in this many tasks; its default of 50 made each
         # snapshot of a small table 50 tiny tasks (a 5-row merge test: 91 s -> 63 s on two cores)
         "spark.databricks.delta.snapshotPartitions": str(settings.spark_shuffle_partitions),
+        "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
         "spark.databricks.delta.schema.autoMerge.enabled": "false",
         "spark.sql.session.timeZone": "UTC",
