@@ -6,10 +6,10 @@ Filters, in stage order (each stage counted in the manifest's `stages`, altlake.
   -> exact dedup (same url+text, then same image sha256; the winner is the highest similarity,
   then the smallest uid) -> takedowns (url, domain, sha256, md5, pdq).
 Rows scored by different CLIP weights are refused together unless Settings.allow_mixed_models.
-Near-duplicate images are marked, not dropped: random-hyperplane LSH puts similar image
-embeddings in the same bucket (inside Spark), and the exact cosine is computed only within
-buckets; a row whose cosine to a better row reaches Settings.near_duplicate_cosine names it in
-`near_duplicate_of`.
+Near-duplicate images are marked, not dropped: a row whose image cosine to a better row reaches
+Settings.near_duplicate_cosine names it in `near_duplicate_of`. The search is exact and runs inside
+Spark: rows are grouped by k-means cell, and each is compared with every cell that can hold such a
+row (`route`).
 
 Everything reads the source tables at pinned Delta versions, and every choice is deterministic,
 so `rebuild_release` reproduces a published release byte for byte from its manifest (and, when
@@ -66,24 +66,17 @@ from spark_jobs.report import manifest_stages, write_report
 from spark_jobs.takedowns import HASH_COLUMNS, drop_taken_down, match_takedowns
 
 SOURCE_TABLES = ("candidates", "scores", "takedowns")
-# Near-duplicate blocking: random-hyperplane LSH, exact cosine within buckets. With a fixed 16 bits
-# a band, random pairs sharing a bucket grew with the square of the rows (n^2/8,192 on isotropic
-# vectors, far more on CLIP's clustered ones). Each release now picks its bits a band from a sample
-# of its rows, so random pairs stay about LSH_PAIRS_PER_ROW per row and band, then as many bands as
-# the recall at the near-duplicate cosine needs (16 x 16 for small releases, as before).
-LSH_SEED = 20_240_501
-LSH_SAMPLE = 2_000  # rows whose pairwise angles estimate how often random pairs collide
-LSH_PAIRS_PER_ROW = 1.0
-LSH_RECALL = 0.98  # chance that a pair at the near-duplicate cosine shares at least one bucket
-LSH_MIN_BITS, LSH_MAX_BITS = 16, 56  # a bucket key is band << LSH_MAX_BITS | signature
-LSH_MAX_BANDS = 64
-# A bucket this large (near-identical images by the thousand: placeholders, logos) compares its
-# members with its leader (highest similarity, then smallest uid) instead of with each other.
-LSH_MAX_BUCKET = 1_000
-# Each row's 256 signs against other random hyperplanes (32 bytes) travel with its bucket keys: a
-# bucket pair whose signs differ in too many places for the cosine (5 sd past what the cosine gives)
-# is dropped there, so only likely pairs join the 1-2 KB embeddings for the exact cosine.
-LSH_SKETCH_BITS = 256
+# Near duplicates: the exact cosine of every pair that can reach the threshold, blocked by k-means
+# cells (`route`). Random-hyperplane LSH came before: recall 0.98 by design, and its bucket rows
+# (bands x rows, 10M at 300k pairs) made it a release's costliest step.
+NEAR_DUPLICATE_METHOD = "exact cosine, blocked by k-means cells: each row meets every cell within the radius"
+NEAR_SEED = 20_240_501
+NEAR_SINGLE_CELL_ROWS = 20_000  # below, one cell: 20k x 20k cosines are a few seconds of BLAS
+NEAR_MAX_CELLS = 4_096
+NEAR_SAMPLE_PER_CELL = 32  # k-means sample rows per cell
+NEAR_KMEANS_ITERATIONS = 8
+NEAR_RADIUS_SLACK = 1e-4  # float32 rounding of the routing distances: never lose a pair to it
+NEAR_BLOCK_CELLS = 1 << 23  # cosines held at once in a cell (32 MB of float32)
 HISTOGRAM_BINS = 20
 # LAION-Aesthetics' 1-10 rating scale (altlake.schemas.AESTHETIC_RANGE) in half points.
 AESTHETIC_BINS = 18
@@ -310,11 +303,10 @@ class Stopwatch:
         self._last = now
 
 
-def compute_pairs(spark, settings: Settings, versions: dict[str, int], thresholds: Thresholds, lsh: Lsh | None = None):
+def compute_pairs(spark, settings: Settings, versions: dict[str, int], thresholds: Thresholds):
     """(pairs DataFrame in the PAIRS schema, cached; facts: stages (altlake.stats), statuses, models, the
     near-duplicate blocking, and for the report the similarity of every scored row and sample pairs) at
-    `versions`, each row cut at its profile's threshold. `lsh`: a rebuild's recorded blocking (None:
-    picked from the rows)."""
+    `versions`, each row cut at its profile's threshold."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
@@ -350,8 +342,7 @@ def compute_pairs(spark, settings: Settings, versions: dict[str, int], threshold
     with_embeddings = kept.join(scores.select("uid", *embeddings), "uid").cache()
     n_kept = kept.count()
     watch.lap("filter_and_dedup")
-    lsh = lsh or pick_lsh(with_embeddings, n_kept, thresholds.near_duplicate_cosine)
-    marked = mark_near_duplicates(with_embeddings, thresholds.near_duplicate_cosine, lsh, n_kept)
+    marked, blocking = mark_near_duplicates(with_embeddings, thresholds.near_duplicate_cosine, n_kept)
     pairs = marked.select(*[F.col(c.name).cast(c.type) for c in PAIRS.columns]).cache()
     n_near = pairs.where(F.col("near_duplicate_of").isNotNull()).count()  # the near-duplicate join runs here
     with_embeddings.unpersist()
@@ -380,7 +371,7 @@ def compute_pairs(spark, settings: Settings, versions: dict[str, int], threshold
     deduped.unpersist()
     watch.lap("counts_and_samples")
     facts = {"stages": stages, "statuses": statuses, "models": models, "scored_similarity": scored_similarity, "samples": samples,
-             "near_duplicates": {**lsh.section(), "recall": round(lsh.recall(thresholds.near_duplicate_cosine), 4)},
+             "near_duplicates": blocking.section(),
              "seconds": watch.seconds}  # fmt: skip
     return pairs, facts
 
@@ -427,154 +418,141 @@ def _samples(kept, visible_ok, n: int = SAMPLES) -> dict[str, list[dict]]:
 
 
 @dataclass(frozen=True)
-class Lsh:
-    """One release's near-duplicate blocking, recorded in its manifest so a rebuild blocks alike."""
+class Cells:
+    """How one release's near-duplicate search was blocked (recorded in its manifest). The marking is
+    exact whatever the blocking: the cells decide only what it costs."""
 
-    bands: int
-    bits: int
-    seed: int = LSH_SEED
-    max_bucket: int | None = LSH_MAX_BUCKET  # None: every pair of every bucket (releases before it existed)
-    sketch_bits: int | None = LSH_SKETCH_BITS  # None: every bucket pair gets the exact cosine
+    cells: int
+    sample: int
 
     def section(self) -> dict:
-        return {"bands": self.bands, "bits": self.bits, "seed": self.seed, "max_bucket": self.max_bucket, "sketch_bits": self.sketch_bits}
-
-    def sketch_limit(self, cosine: float) -> int:
-        """The most differing signs of the sketch a pair at this cosine is let through with: the
-        expected count plus 5 standard deviations (a pair at the cosine is lost once in ~3.5 million)."""
-        differ = math.acos(min(1.0, max(-1.0, cosine))) / math.pi
-        return math.ceil(self.sketch_bits * differ + 5 * math.sqrt(self.sketch_bits * differ * (1 - differ)))
-
-    def recall(self, cosine: float) -> float:
-        """The chance that two rows at this cosine share a bucket in at least one band."""
-        together = (1 - math.acos(min(1.0, max(-1.0, cosine))) / math.pi) ** self.bits
-        return 1 - (1 - together) ** self.bands
-
-    @classmethod
-    def from_section(cls, section: dict | None) -> Lsh:
-        """From a manifest; one from before the choice was made per release had 16 x 16, all pairs."""
-        section = section or {"bands": 16, "bits": 16, "seed": LSH_SEED}
-        return cls(section["bands"], section["bits"], section["seed"], section.get("max_bucket"), section.get("sketch_bits"))
+        return {"cells": self.cells, "sample": self.sample, "recall": 1.0}
 
 
-def lsh_policy() -> dict:
-    """What a release id hashes for the blocking: the rule that picks it (the pick follows from the rows)."""
-    return {"seed": LSH_SEED, "sample": LSH_SAMPLE, "pairs_per_row": LSH_PAIRS_PER_ROW, "recall": LSH_RECALL,
-            "bits": [LSH_MIN_BITS, LSH_MAX_BITS], "max_bands": LSH_MAX_BANDS, "max_bucket": LSH_MAX_BUCKET,
-            "sketch_bits": LSH_SKETCH_BITS}  # fmt: skip
+def near_duplicate_policy() -> dict:
+    """What a release id hashes for its near duplicates: the method (its result follows from the rows)."""
+    return {"method": NEAR_DUPLICATE_METHOD}
 
 
-def choose_lsh(sample: np.ndarray, n_rows: int, min_cosine: float) -> Lsh:
-    """The fewest bits a band that keep random pairs per band under LSH_PAIRS_PER_ROW x n_rows, as
-    estimated from the sample's pairwise angles (pairs at or above min_cosine are the ones to find,
-    not a cost), then the bands that reach LSH_RECALL at min_cosine."""
-    bits = LSH_MIN_BITS
-    if len(sample) > 1 and n_rows > 1:
-        unit = sample / np.maximum(np.linalg.norm(sample, axis=1, keepdims=True), 1e-12)
-        cosines = (unit @ unit.T)[np.triu_indices(len(unit), 1)]
-        cosines = cosines[cosines < min_cosine]
-        p = 1 - np.arccos(np.clip(cosines, -1, 1)) / np.pi  # a random hyperplane keeps the pair together
-        pairs = n_rows * (n_rows - 1) / 2
-        while bits < LSH_MAX_BITS and len(p) and pairs * float(np.mean(p**bits)) > LSH_PAIRS_PER_ROW * n_rows:
-            bits += 1
-    together = (1 - math.acos(min(1.0, max(-1.0, min_cosine))) / math.pi) ** bits
-    bands = math.ceil(math.log(1 - LSH_RECALL) / math.log(1 - together)) if together < 1 else 1
-    return Lsh(max(1, min(LSH_MAX_BANDS, bands)), bits)
+def cell_count(n_rows: int) -> int:
+    """One cell up to NEAR_SINGLE_CELL_ROWS rows, then about sqrt(n)/2: routing (rows x cells) and the
+    comparisons (rows x rows a cell x the cells a row reaches) grow alike."""
+    if n_rows <= NEAR_SINGLE_CELL_ROWS:
+        return 1
+    return min(NEAR_MAX_CELLS, max(2, round(math.sqrt(n_rows) / 2)))
 
 
-def lsh_planes(dim: int, bands: int, bits: int, seed: int = LSH_SEED) -> np.ndarray:
-    """The fixed random hyperplanes (seeded: the same buckets on every build and rebuild)."""
-    return np.random.default_rng(seed).standard_normal((bands * bits, dim)).astype(np.float32)
+def _unit_rows(blobs) -> np.ndarray:
+    vectors = publish.embeddings_array(blobs).astype(np.float32)
+    return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
-def pick_lsh(df, n_rows: int, min_cosine: float) -> Lsh:
-    """choose_lsh for the n_rows rows of df (uid, img_emb), sampled by uid (a hash: arbitrary, reproducible)."""
-    sample = [r["img_emb"] for r in df.orderBy("uid").select("img_emb").limit(LSH_SAMPLE).collect()]
-    if not sample:
-        return choose_lsh(np.zeros((0, 1), np.float32), 0, min_cosine)
-    vectors = publish.embeddings_array(sample).astype(np.float32)
-    return choose_lsh(vectors, n_rows, min_cosine)
+def train_cells(sample: np.ndarray, cells: int, seed: int = NEAR_SEED, iterations: int = NEAR_KMEANS_ITERATIONS) -> np.ndarray:
+    """k-means centroids (cells x dim) of unit rows: plain Lloyd rounds from seeded rows. Their quality
+    moves only the cost of the search, never its result, so a few rounds do."""
+    if cells <= 1 or len(sample) <= cells:
+        return np.zeros((1, sample.shape[1] if sample.ndim == 2 else 1), np.float32)
+    centroids = sample[np.random.default_rng(seed).choice(len(sample), cells, replace=False)].copy()
+    for _ in range(iterations):
+        nearest = ((centroids * centroids).sum(axis=1)[None, :] - 2 * sample @ centroids.T).argmin(axis=1)
+        sums = np.zeros_like(centroids)
+        np.add.at(sums, nearest, sample)
+        counts = np.bincount(nearest, minlength=cells)
+        filled = counts > 0  # an empty cell keeps its centroid: it is routed to, and holds nothing
+        centroids[filled] = sums[filled] / counts[filled, None]
+    return centroids.astype(np.float32)
 
 
-def mark_near_duplicates(df, min_cosine: float, lsh: Lsh, n_rows: int | None = None):
-    """`df` plus near_duplicate_of: the best (highest similarity, then smallest uid) other row whose
-    image embedding has cosine >= min_cosine, found by LSH blocking + exact cosine per bucket.
-    `n_rows`, the rows of df where known: no more than lsh.max_bucket rows cannot crowd a bucket, so
-    small releases skip counting bucket sizes (same result, one shuffle less)."""
+def route(vectors: np.ndarray, centroids: np.ndarray, min_cosine: float) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Each unit row's home cell (nearest centroid), and the higher-numbered cells that may hold a row
+    at cosine >= min_cosine from it. A row y of cell c at distance <= r = sqrt(2 - 2 min_cosine) from x
+    (home h) lies past the bisector of h and c, so x is within r of that plane:
+    (|x - c|^2 - |x - h|^2) / (2 |c - h|) <= r. Every such pair is compared in exactly one cell: the
+    home of the pair's row with the lower home, which only visits higher cells."""
+    radius = math.sqrt(max(0.0, 2 - 2 * min_cosine)) + NEAR_RADIUS_SLACK
+    squared = (centroids * centroids).sum(axis=1)
+    distance = squared[None, :] - 2 * vectors @ centroids.T  # |x - c|^2 - |x|^2
+    home = distance.argmin(axis=1)
+    gaps = np.sqrt(np.maximum(squared[:, None] + squared[None, :] - 2 * centroids @ centroids.T, 0.0))
+    to_plane = (distance - distance[np.arange(len(home)), home][:, None]) / (2 * np.maximum(gaps[home], 1e-12))
+    reach = (to_plane <= radius) & (np.arange(len(centroids))[None, :] > home[:, None])
+    return home, [np.flatnonzero(row) for row in reach]
+
+
+def best_better_neighbours(home: np.ndarray, visitors: np.ndarray, rank_home: np.ndarray, rank_visitors: np.ndarray,
+                           min_cosine: float) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """For every row of a cell (its home rows, then its visitors) the lowest rank among the rows it
+    is compared with here at cosine >= min_cosine and ranked before it (inf: none). Home rows meet
+    home rows and visitors; visitors meet home rows only (visitors of one cell meet elsewhere)."""
+    best_home = np.full(len(home), np.inf, np.float32)
+    best_visitors = np.full(len(visitors), np.inf, np.float32)
+    step = max(64, NEAR_BLOCK_CELLS // max(1, len(home)))  # one block of cosines at a time: bounded memory
+    for rows, ranks, best, is_home in ((home, rank_home, best_home, True), (visitors, rank_visitors, best_visitors, False)):
+        for start in range(0, len(rows), step):
+            close = rows[start : start + step] @ home.T >= min_cosine
+            mine = ranks[start : start + step, None]
+            best[start : start + step] = np.minimum(
+                best[start : start + step], np.where(close & (rank_home[None, :] < mine), rank_home[None, :], np.inf).min(axis=1, initial=np.inf)
+            )
+            if not is_home:  # a home row below a visitor: the visitor is its better neighbour
+                np.minimum(best_home, np.where(close & (mine < rank_home[None, :]), mine, np.inf).min(axis=0, initial=np.inf), out=best_home)
+    return best_home, best_visitors
+
+
+def pick_cells(df, n_rows: int, cells: int | None = None) -> tuple[Cells, np.ndarray]:
+    """The blocking for the n_rows rows of df (uid, img_emb) and its centroids: k-means on a sample
+    taken by uid (a hash: arbitrary, reproducible). `cells`: how many (default: cell_count)."""
+    cells = cell_count(n_rows) if cells is None else cells
+    blobs = [r["img_emb"] for r in df.orderBy("uid").select("img_emb").limit(NEAR_SAMPLE_PER_CELL * cells).collect()] if cells > 1 else []
+    if not blobs:
+        return Cells(1, 0), np.zeros((1, 1), np.float32)
+    centroids = train_cells(_unit_rows(blobs), cells)
+    return Cells(len(centroids), len(blobs)), centroids
+
+
+def mark_near_duplicates(df, min_cosine: float, n_rows: int | None = None, cells: int | None = None):
+    """(`df` plus near_duplicate_of: the best (highest similarity, then smallest uid) other row whose
+    image embedding has cosine >= min_cosine, the blocking used). Exact: rows are grouped by k-means
+    cell, and each row is compared with its own cell and with every cell that may hold such a row
+    (`route`); one pass, one shuffle. Each cell keeps, per row, only its best better neighbour, so a
+    crowd of copies (placeholders, logos) yields a row each, not its pairs. `n_rows`: the rows of df
+    where known; `cells`: the number of cells (default: from the rows)."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
     from pyspark.sql.functions import pandas_udf
 
-    first = df.select(F.length("img_emb").alias("n")).first()
-    if first is None:
-        return df.withColumn("near_duplicate_of", F.lit(None).cast("string"))
-    bands, bits = lsh.bands, lsh.bits
-    planes = lsh_planes(first["n"] // 2, bands, bits, lsh.seed)
-    weights = 1 << np.arange(bits, dtype=np.int64)
-    band_keys = np.arange(bands, dtype=np.int64) << LSH_MAX_BITS
+    blocking, centroids = pick_cells(df, df.count() if n_rows is None else n_rows, cells)
 
-    @pandas_udf("array<bigint>")
-    def bucket_keys(embeddings: pd.Series) -> pd.Series:
-        vectors = publish.embeddings_array(embeddings).astype(np.float32)
-        signs = (vectors @ planes.T > 0).reshape(len(embeddings), bands, bits)
-        return pd.Series(list((signs * weights).sum(axis=2) + band_keys))
+    @pandas_udf("array<int>")
+    def cells_of(embeddings: pd.Series) -> pd.Series:
+        if len(centroids) == 1 or not len(embeddings):
+            return pd.Series([[0]] * len(embeddings))
+        home, visits = route(_unit_rows(embeddings), centroids, min_cosine)
+        return pd.Series([[int(h), *v.tolist()] for h, v in zip(home, visits)])
 
-    @pandas_udf("float")
-    def cosine(a: pd.Series, b: pd.Series) -> pd.Series:
-        left = publish.embeddings_array(a).astype(np.float32)
-        right = publish.embeddings_array(b).astype(np.float32)
-        return pd.Series((left * right).sum(axis=1))
+    def in_cell(rows: pd.DataFrame) -> pd.DataFrame:
+        order = np.lexsort((rows["uid"].to_numpy(), -rows["similarity"].to_numpy(dtype=np.float64)))
+        rank = np.empty(len(rows), np.float32)
+        rank[order] = np.arange(len(rows), dtype=np.float32)  # 0: the best row (highest similarity, then smallest uid)
+        at_home = rows["_visit"].to_numpy() == 0
+        vectors = _unit_rows(rows["img_emb"].tolist())
+        best_home, best_visitors = best_better_neighbours(vectors[at_home], vectors[~at_home], rank[at_home], rank[~at_home], min_cosine)
+        best = np.empty(len(rows), np.float32)
+        best[at_home], best[~at_home] = best_home, best_visitors
+        marked = np.flatnonzero(np.isfinite(best))
+        winners = order[best[marked].astype(np.int64)]
+        return pd.DataFrame({
+            "uid": rows["uid"].to_numpy()[marked],
+            "near_duplicate_of": rows["uid"].to_numpy()[winners],
+            "_winner_sim": rows["similarity"].to_numpy(dtype=np.float32)[winners],
+        })  # fmt: skip
 
-    sketch_planes = np.random.default_rng([lsh.seed, 1]).standard_normal((lsh.sketch_bits or 0, planes.shape[1])).astype(np.float32)
-    words = -(-(lsh.sketch_bits or 0) // 64)  # the sketch as 64-bit words, zero-padded
-
-    @pandas_udf("array<bigint>")
-    def sketch(embeddings: pd.Series) -> pd.Series:
-        vectors = publish.embeddings_array(embeddings).astype(np.float32)
-        packed = np.packbits(vectors @ sketch_planes.T > 0, axis=1)
-        padded = np.zeros((len(packed), words * 8), np.uint8)
-        padded[:, : packed.shape[1]] = packed
-        return pd.Series(list(padded.view(">i8")))
-
-    # The differing signs of two sketches, counted in the JVM: a bucket pair never goes through Python.
-    differing = sum(F.bit_count(F.col("a._sketch")[i].bitwiseXOR(F.col("b._sketch")[i])) for i in range(words))
-
-    signs = [sketch("img_emb").alias("_sketch")] if lsh.sketch_bits else []
-    # Materialised once: bucket sizes, crowded buckets' leaders and both sides of the self-join read
-    # it, and each read ran the Python UDFs again (about 2 s a task just to start them).
-    keyed = df.select("uid", "similarity", *signs, F.explode(bucket_keys("img_emb")).alias("bucket")).localCheckpoint(eager=True)
-    crowdable = lsh.max_bucket is not None and (n_rows is None or n_rows > lsh.max_bucket)
-    if crowdable:
-        keyed = keyed.join(keyed.groupBy("bucket").agg(F.count("*").alias("_size")), "bucket")
-        crowded = keyed.where(F.col("_size") > lsh.max_bucket)
-        leader = F.min(F.struct((-F.col("similarity")).alias("s"), F.col("uid").alias("u")))["u"]
-        leaders = crowded.groupBy("bucket").agg(leader.alias("_leader"))
-        with_leader = crowded.join(leaders, "bucket").where(F.col("uid") != F.col("_leader"))
-        to_leader = with_leader.select(F.least("uid", "_leader").alias("uid_a"), F.greatest("uid", "_leader").alias("uid_b"))
-        keyed = keyed.where(F.col("_size") <= lsh.max_bucket)
-    in_bucket = keyed.alias("a").join(keyed.alias("b"), (F.col("a.bucket") == F.col("b.bucket")) & (F.col("a.uid") < F.col("b.uid")))
-    if lsh.sketch_bits:
-        in_bucket = in_bucket.where(differing <= F.lit(lsh.sketch_limit(min_cosine)))
-    in_bucket = in_bucket.select(F.col("a.uid").alias("uid_a"), F.col("b.uid").alias("uid_b"))
-    candidates = (in_bucket.unionByName(to_leader) if crowdable else in_bucket).distinct()
-    side = lambda name: df.select(  # noqa: E731
-        F.col("uid").alias(f"uid_{name}"), F.col("img_emb").alias(f"emb_{name}"), F.col("similarity").alias(f"sim_{name}")
-    )
-    close = (
-        candidates.join(side("a"), "uid_a")
-        .join(side("b"), "uid_b")
-        .where(cosine("emb_a", "emb_b") >= F.lit(min_cosine))
-    )
-    a_wins = F.col("sim_a") >= F.col("sim_b")  # on a tie the smaller uid (always a) wins
-    links = close.select(
-        F.when(a_wins, F.col("uid_b")).otherwise(F.col("uid_a")).alias("uid"),
-        F.when(a_wins, F.col("uid_a")).otherwise(F.col("uid_b")).alias("near_duplicate_of"),
-        F.when(a_wins, F.col("sim_a")).otherwise(F.col("sim_b")).alias("_winner_sim"),
-    )
+    routed = df.select("uid", "similarity", "img_emb", F.posexplode(cells_of("img_emb")).alias("_visit", "_cell"))
+    links = routed.groupBy("_cell").applyInPandas(in_cell, "uid string, near_duplicate_of string, _winner_sim float")
     best = links.withColumn(
         "_rank", F.row_number().over(Window.partitionBy("uid").orderBy(F.desc("_winner_sim"), "near_duplicate_of"))
     ).where("_rank = 1")
-    return df.join(best.select("uid", "near_duplicate_of"), "uid", "left")
+    return df.join(best.select("uid", "near_duplicate_of"), "uid", "left"), blocking
 
 
 def write_pairs(spark, settings: Settings, pairs) -> int:
@@ -655,7 +633,7 @@ def _release_inputs(versions: dict[str, int], thresholds: Thresholds, derived: t
     return {
         "sources": {k: versions[k] for k in SOURCE_TABLES},
         "thresholds": thresholds.section(),
-        "near_duplicates": lsh_policy(),
+        "near_duplicates": near_duplicate_policy(),
         "derived_subsets": {d.name: d.filter for d in derived},
     }
 
@@ -754,7 +732,7 @@ def build_release(
             "sources": versions,
             "thresholds": thresholds.section(),
             "profiles": _profiles_section(settings, used, thresholds),
-            "near_duplicates": {"method": "random-hyperplane LSH, exact cosine within buckets", **facts["near_duplicates"]},
+            "near_duplicates": {"method": NEAR_DUPLICATE_METHOD, **facts["near_duplicates"]},
             "stages": facts["stages"],
             "counts": counts,
             "derived_subsets": _derived_section(derived, derived_rows),
@@ -1015,8 +993,7 @@ def rebuild_release(
     """
     manifest = _store(settings, store_options).read_manifest(release_id)
     _check_history(spark, settings, release_id, manifest["sources"])
-    lsh = Lsh.from_section(manifest.get("near_duplicates"))
-    pairs, _ = compute_pairs(spark, settings, manifest["sources"], Thresholds.from_section(manifest["thresholds"]), lsh)
+    pairs, _ = compute_pairs(spark, settings, manifest["sources"], Thresholds.from_section(manifest["thresholds"]))
     takedowns_version = table_version(spark, settings, "takedowns")
     takedowns = read_table(spark, settings, "takedowns", takedowns_version)
     matched = match_takedowns(pairs, takedowns, HASH_COLUMNS).join(pairs.select("uid", "url"), "uid")

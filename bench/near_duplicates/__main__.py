@@ -1,14 +1,14 @@
-"""`python -m bench.near_duplicates`: the release's near-duplicate marking, the fixed 16 bands x 16 bits
-that every release used before (`fixed`) against the blocking each release now picks from its rows
-(`adaptive`), side by side in one run, on CLIP-like clustered embeddings (the distribution where
-fixed blocking put the most random pairs in one bucket).
+"""`python -m bench.near_duplicates`: the release's near-duplicate marking (`cells`: exact cosine,
+blocked by k-means cells, on local Spark) against what a user would script instead (`faiss`: an exact
+flat inner-product index and its range search at the cosine, every row against every row, on the
+same cores), side by side in one run, on CLIP-like clustered embeddings.
 
 Rows are unit float16 vectors from bench/pipeline/generate.image_embeddings, 2% of them near copies
-of another row (cosine ~0.98), marked by `spark_jobs.release.mark_near_duplicates` on local Spark.
-Per size and method: the blocking, its recall at the cosine, rows marked, and wall seconds of the
-marking alone. Both methods must mark the same rows; results go to bench/out/near_duplicates.json.
+of another row (cosine ~0.99). Per size and method: rows marked and wall seconds of the marking alone
+(Spark's frame is cached first). Both are exact, so both must give every row the same
+`near_duplicate_of`; results go to bench/out/near_duplicates.json.
 
-    python -m bench.near_duplicates [--sizes 10000,50000] [--methods fixed,adaptive] [--dim 512]
+    python -m bench.near_duplicates [--sizes 10000,50000] [--methods cells,faiss] [--dim 512]
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ import numpy as np
 
 from altlake.config import Settings
 from bench.pipeline.generate import image_embeddings
-from spark_jobs.release import LSH_SAMPLE, Lsh, choose_lsh, mark_near_duplicates
+from spark_jobs.release import mark_near_duplicates
 from spark_jobs.session import get_spark
 
 REPO = Path(__file__).resolve().parents[2]
-METHODS = ("fixed", "adaptive")
+METHODS = ("cells", "faiss")
 NEAR_SHARE = 0.02
 NEAR_NOISE = 0.15  # relative to a unit vector: cosine ~0.989 with its source
 SEED = 20_251_205
@@ -44,30 +44,48 @@ def vectors(n: int, dim: int, seed: int = SEED) -> np.ndarray:
     return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
 
 
-def blocking(method: str, v: np.ndarray, min_cosine: float) -> Lsh:
-    if method == "fixed":
-        return Lsh(16, 16, max_bucket=None, sketch_bits=None)
-    return choose_lsh(v[:LSH_SAMPLE], len(v), min_cosine)
+def faiss_marks(v: np.ndarray, uids: list[str], similarity: np.ndarray, min_cosine: float) -> dict[str, str]:
+    """uid -> near_duplicate_of by faiss' exact range search: each row's best (highest similarity, then
+    smallest uid) other row at cosine >= min_cosine that ranks before it."""
+    import faiss
+
+    index = faiss.IndexFlatIP(v.shape[1])
+    index.add(v)
+    limits, _, found = index.range_search(v, min_cosine)
+    rank = np.empty(len(v), np.int64)
+    rank[np.lexsort((np.array(uids), -similarity))] = np.arange(len(v))
+    marks = {}
+    for row in range(len(v)):
+        better = [j for j in found[limits[row] : limits[row + 1]] if rank[j] < rank[row]]
+        if better:
+            marks[uids[row]] = uids[min(better, key=lambda j: rank[j])]
+    return marks
 
 
 def measure(spark, n: int, dim: int, methods: list[str], min_cosine: float) -> list[dict]:
     """One frame of n rows, marked by each method in turn."""
-    v = vectors(n, dim)
-    similarity = np.random.default_rng(SEED + 1).uniform(0.28, 0.4, n)
-    rows = [(f"{i:032x}", float(similarity[i]), v[i].astype("<f2").tobytes()) for i in range(n)]
+    v = vectors(n, dim).astype("<f2")  # as a release stores them; both methods read these
+    similarity = np.random.default_rng(SEED + 1).uniform(0.28, 0.4, n).astype(np.float32)
+    uids = [f"{i:032x}" for i in range(n)]
+    rows = [(uids[i], float(similarity[i]), v[i].tobytes()) for i in range(n)]
     df = spark.createDataFrame(rows, "uid string, similarity float, img_emb binary").repartition(8).cache()
     df.count()
     results = []
     for method in methods:
-        lsh = blocking(method, v, min_cosine)
         start = time.perf_counter()
-        marked = sorted(r["uid"] for r in mark_near_duplicates(df, min_cosine, lsh).where("near_duplicate_of IS NOT NULL").select("uid").collect())
+        blocking = {}
+        if method == "cells":
+            marked_df, cells = mark_near_duplicates(df, min_cosine, n)
+            marks = {r["uid"]: r["near_duplicate_of"] for r in marked_df.where("near_duplicate_of IS NOT NULL").select("uid", "near_duplicate_of").collect()}
+            blocking = cells.section()
+        else:
+            unit = v.astype(np.float32)
+            marks = faiss_marks(unit / np.linalg.norm(unit, axis=1, keepdims=True), uids, similarity, min_cosine)
         wall = time.perf_counter() - start
-        results.append({"method": method, "rows": n, "dim": dim, **lsh.section(), "recall": round(lsh.recall(min_cosine), 4),
-                        "marked": len(marked), "wall_s": round(wall, 1), "_uids": marked})  # fmt: skip
-        print(f"{n:>9,} {method:<9} {lsh.bands:>3} x {lsh.bits:<3} recall {lsh.recall(min_cosine):.3f}  marked {len(marked):>7,}  {wall:7.1f} s", flush=True)
+        results.append({"method": method, "rows": n, "dim": dim, **blocking, "marked": len(marks), "wall_s": round(wall, 1), "_marks": marks})
+        print(f"{n:>9,} {method:<6} {blocking.get('cells', '-'):>5} cells  marked {len(marks):>7,}  {wall:7.1f} s", flush=True)
     df.unpersist()
-    same = len({tuple(r.pop("_uids")) for r in results}) == 1
+    same = len({tuple(sorted(r.pop("_marks").items())) for r in results}) == 1
     for r in results:
         r["same_rows_as_other_methods"] = same
     return results
@@ -86,9 +104,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown methods: {', '.join(sorted(unknown))}")
     with tempfile.TemporaryDirectory(prefix="altlake-neardup-") as lake:
         settings = Settings.from_env(lake_dir=lake, spark_master="local[2]", spark_shuffle_partitions=8)
-        spark = get_spark(settings, app_name="bench-near-duplicates")
-        results = [r for n in args.sizes.split(",") for r in measure(spark, int(n), args.dim, methods, args.min_cosine)]
-        spark.stop()
+        results = []
+        for n in args.sizes.split(","):  # a session each: one size's cached rows and plans never crowd the next
+            spark = get_spark(settings, app_name="bench-near-duplicates")
+            results += measure(spark, int(n), args.dim, methods, args.min_cosine)
+            spark.stop()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"min_cosine": args.min_cosine, "results": results}, indent=1) + "\n")
     print(f"wrote {args.out}")

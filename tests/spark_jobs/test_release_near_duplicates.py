@@ -1,13 +1,14 @@
-"""Near-duplicate blocking (spark_jobs.release): the bits a band follow the rows so random pairs stay
-linear in them, the bands keep the recall, and a crowded bucket compares with its leader only."""
+"""Near-duplicate search (spark_jobs.release): exact whatever the cells, every pair compared in one
+cell only, a crowd of copies linked to its best row, rows at the edge of the cosine decided by it."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
+import pytest
 
-from spark_jobs.release import LSH_MAX_BANDS, LSH_PAIRS_PER_ROW, LSH_RECALL, Lsh, choose_lsh, lsh_policy, mark_near_duplicates
+from spark_jobs.release import NEAR_SINGLE_CELL_ROWS, best_better_neighbours, cell_count, mark_near_duplicates, route, train_cells
 
 DIM = 512
 COSINE = 0.96
@@ -17,107 +18,133 @@ def _unit(rows: np.ndarray) -> np.ndarray:
     return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
 
 
-def _isotropic(n: int, seed: int = 0) -> np.ndarray:
-    return _unit(np.random.default_rng(seed).standard_normal((n, DIM)))
+def _isotropic(n: int, seed: int = 0, dim: int = DIM) -> np.ndarray:
+    return _unit(np.random.default_rng(seed).standard_normal((n, dim)))
 
 
-def _clustered(n: int, seed: int = 0) -> np.ndarray:
+def _clustered(n: int, seed: int = 0, dim: int = DIM) -> np.ndarray:
     """CLIP-like: a shared direction plus one of 50 topics plus noise (mean pairwise cosine ~0.35)."""
     rng = np.random.default_rng(seed)
-    common, topics, noise = _unit(rng.standard_normal((1, DIM))), _unit(rng.standard_normal((50, DIM))), _unit(rng.standard_normal((n, DIM)))
+    common, topics, noise = _unit(rng.standard_normal((1, dim))), _unit(rng.standard_normal((50, dim))), _unit(rng.standard_normal((n, dim)))
     return _unit(0.55 * common + 0.45 * topics[rng.integers(0, 50, n)] + 0.6 * noise)
 
 
-def _random_pairs_per_band(sample: np.ndarray, n_rows: int, bits: int) -> float:
-    cosines = (sample @ sample.T)[np.triu_indices(len(sample), 1)]
-    together = 1 - np.arccos(np.clip(cosines[cosines < COSINE], -1, 1)) / np.pi
-    return n_rows * (n_rows - 1) / 2 * float(np.mean(together**bits))
+def _with_near_copies(v: np.ndarray, share: float, noise: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    sources = rng.choice(len(v), int(len(v) * share))
+    return np.vstack([v, _unit(v[sources] + noise * _unit(rng.standard_normal((len(sources), v.shape[1]))))])
 
 
-def test_a_small_release_blocks_as_before_and_a_larger_one_takes_more_bits():
-    sample = _isotropic(2000)
-    assert choose_lsh(sample, 20, COSINE) == Lsh(16, 16)  # the fixed 16 x 16 every release had
-    assert round(Lsh(16, 16).recall(COSINE), 3) == 0.981  # (1 - (1 - (1 - 16.26 / 180)^16)^16
-    assert choose_lsh(sample[:0], 0, COSINE) == Lsh(16, 16)
-    picks = {n: choose_lsh(sample, n, COSINE) for n in (10_000, 1_000_000, 100_000_000)}
-    assert picks[10_000].bits < picks[1_000_000].bits < picks[100_000_000].bits
-    for n, lsh in picks.items():
-        assert _random_pairs_per_band(sample, n, lsh.bits) <= LSH_PAIRS_PER_ROW * n
-        assert _random_pairs_per_band(sample, n, lsh.bits - 1) > LSH_PAIRS_PER_ROW * n or lsh.bits == 16  # the fewest bits that do
-        assert lsh.recall(COSINE) >= LSH_RECALL
-    # at 16 bits a band, 10^8 random rows would have put ~10^12 random pairs in the buckets
-    assert _random_pairs_per_band(sample, 100_000_000, 16) > 1e10
+def _every_pair(v: np.ndarray, similarity: np.ndarray, uids: list[str], min_cosine: float) -> dict[str, str]:
+    """The oracle: every row against every row (the definition, without blocking)."""
+    v = _unit(v.astype("<f2").astype(np.float32))  # as stored: float16
+    rank = np.empty(len(v), np.int64)
+    rank[np.lexsort((np.array(uids), -similarity.astype(np.float32).astype(np.float64)))] = np.arange(len(v))
+    close = v @ v.T >= min_cosine
+    marks = {}
+    for row in range(len(v)):
+        better = np.flatnonzero(close[row] & (rank < rank[row]))
+        if len(better):
+            marks[uids[row]] = uids[better[np.argmin(rank[better])]]
+    return marks
 
 
-def test_clustered_embeddings_take_more_bits_and_bands_than_isotropic_ones():
-    n = 1_000_000
-    isotropic, clustered = choose_lsh(_isotropic(2000), n, COSINE), choose_lsh(_clustered(2000), n, COSINE)
-    assert clustered.bits > isotropic.bits and clustered.bands > isotropic.bands
-    assert _random_pairs_per_band(_clustered(2000, seed=1), n, clustered.bits) < 3 * LSH_PAIRS_PER_ROW * n  # a fresh sample agrees
-    capped = choose_lsh(_clustered(2000), 10**10, COSINE)
-    assert capped.bands == LSH_MAX_BANDS and capped.recall(COSINE) < LSH_RECALL  # the cap costs recall, which the manifest records
-
-
-def test_a_manifest_from_before_the_choice_rebuilds_with_16_by_16_every_pair():
-    old = {"method": "random-hyperplane LSH, exact cosine within buckets", "bands": 16, "bits": 16, "seed": 20_240_501}
-    assert Lsh.from_section(old) == Lsh(16, 16, 20_240_501, None, None)
-    assert Lsh.from_section(None) == Lsh(16, 16, 20_240_501, None, None)
-    assert Lsh.from_section(Lsh(30, 22).section()) == Lsh(30, 22)
-    assert lsh_policy()["max_bucket"] == Lsh(1, 16).max_bucket
-
-
-def _frame(spark, vectors: np.ndarray, similarity: list[float]):
+def _frame(spark, vectors: np.ndarray, similarity) -> object:
     rows = [(f"{i:032x}", float(s), vectors[i].astype("<f2").tobytes()) for i, s in enumerate(similarity)]
-    return spark.createDataFrame(rows, "uid string, similarity float, img_emb binary")
+    return spark.createDataFrame(rows, "uid string, similarity float, img_emb binary").repartition(4)
 
 
-def _near(df) -> dict[str, str | None]:
-    return {r["uid"]: r["near_duplicate_of"] for r in df.collect()}
+def _near(marked) -> dict[str, str]:
+    df, _ = marked
+    return {r["uid"]: r["near_duplicate_of"] for r in df.collect() if r["near_duplicate_of"] is not None}
 
 
-def test_a_crowded_bucket_links_its_copies_to_the_leader_as_every_pair_would(spark):
-    """Twelve re-encodes of one picture (a placeholder) crowd their buckets past max_bucket=5: each
-    is compared with the leader only, which finds what comparing every pair finds; a near pair
-    elsewhere, at cosine 0.97, is found in its ordinary bucket; an unrelated row stays unmarked."""
+def test_the_cells_follow_the_rows():
+    assert cell_count(10) == cell_count(NEAR_SINGLE_CELL_ROWS) == 1
+    assert 1 < cell_count(NEAR_SINGLE_CELL_ROWS + 1) < cell_count(1_000_000) < cell_count(10_000_000)
+    assert cell_count(1_000_000) == 500  # sqrt(n) / 2: about 2 sqrt(n) rows a cell
+
+
+@pytest.mark.parametrize("min_cosine", [0.9, COSINE, 0.99])
+def test_every_close_pair_meets_in_exactly_one_cell(min_cosine):
+    """Routing alone, no Spark: for every pair at the cosine, the row with the lower home visits the
+    other's home (or they share one), and no pair is compared in two cells."""
+    v = _clustered(3_000, seed=1, dim=64)
+    v = np.vstack([v, *(_with_near_copies(v, 0.05, noise, seed=2)[len(v) :] for noise in (0.1, 0.28, 0.45))])  # cosines ~0.995, 0.96, 0.91
+    centroids = train_cells(v[:1_000], 30)
+    home, visits = route(v, centroids, min_cosine)
+    assert len(set(home.tolist())) > 10  # the data really spreads over the cells
+    i, j = np.nonzero(np.triu(v @ v.T >= min_cosine, 1))
+    assert len(i) > 100
+    low, high = np.where(home[i] <= home[j], i, j), np.where(home[i] <= home[j], j, i)
+    met = [home[a] == home[b] or home[b] in set(visits[a].tolist()) for a, b in zip(low, high)]
+    assert all(met)
+    assert all((visits[a] > home[a]).all() for a in range(len(v)))  # only higher cells: one meeting per pair
+
+
+def test_a_row_visits_fewer_cells_the_closer_a_near_duplicate_must_be():
+    v = _clustered(3_000, seed=1, dim=64)
+    centroids = train_cells(v[:1_000], 30)
+    visited = {c: np.mean([len(x) for x in route(v, centroids, c)[1]]) for c in (0.9, COSINE, 0.99)}
+    home = route(v, centroids, COSINE)[0]
+    higher = np.mean(len(centroids) - 1 - home)
+    assert visited[0.99] < visited[COSINE] < visited[0.9] <= higher
+    assert visited[COSINE] < 0.5 * higher
+
+
+def test_within_a_cell_each_row_gets_its_best_better_neighbour():
+    v = _with_near_copies(_isotropic(300, seed=3, dim=32), 0.3, 0.2, seed=4)
+    rank = np.random.default_rng(5).permutation(len(v)).astype(np.float32)
+    home, visitors = np.arange(0, len(v), 2), np.arange(1, len(v), 2)
+    best_home, best_visitors = best_better_neighbours(v[home], v[visitors], rank[home], rank[visitors], 0.9)
+    close = v @ v.T >= 0.9
+    close[np.ix_(visitors, visitors)] = False  # visitors of one cell meet elsewhere
+    expected = np.where(close & (rank[None, :] < rank[:, None]), rank[None, :], np.inf).min(axis=1)
+    assert np.isfinite(expected).sum() > 20
+    assert np.array_equal(best_home, expected[home]) and np.array_equal(best_visitors, expected[visitors])
+
+
+def test_the_marking_is_what_comparing_every_pair_gives_for_any_number_of_cells(spark):
+    """CLIP-like rows with near copies at cosines around the threshold: one cell, 9 cells and 40 cells
+    mark exactly what every row against every row marks."""
+    v = _with_near_copies(_clustered(1_500, seed=6), 0.06, 0.28, seed=7)  # copies at cosine ~0.96
+    similarity = np.random.default_rng(8).uniform(0.28, 0.4, len(v)).round(2)  # ties: the smaller uid wins
+    df = _frame(spark, v, similarity).cache()
+    expected = _every_pair(v, similarity, [f"{i:032x}" for i in range(len(v))], COSINE)
+    assert 40 < len(expected) < 150
+
+    for cells in (1, 9, 40):
+        marked = mark_near_duplicates(df, COSINE, len(v), cells)
+        assert marked[1].cells == cells and marked[1].section()["recall"] == 1.0
+        assert _near(marked) == expected, cells
+    df.unpersist()
+
+
+def test_a_crowd_of_copies_links_each_to_the_best_and_an_edge_pair_is_decided_by_the_cosine(spark):
+    """Twelve re-encodes of one picture (a placeholder) each name the one with the highest similarity;
+    a pair at cosine 0.97 is found, one at 0.95 is not; unrelated rows stay unmarked."""
     rng = np.random.default_rng(5)
     base = _isotropic(1, seed=9)[0]
     copies = _unit(base + 0.02 * rng.standard_normal((12, DIM)) / math.sqrt(DIM))
-    other = _isotropic(1, seed=10)[0]
-    away = rng.standard_normal(DIM)
-    away -= (away @ other) * other  # orthogonal to `other`: `near` is at cosine 0.97 from it exactly
-    near = 0.97 * other + math.sqrt(1 - 0.97**2) * away / np.linalg.norm(away)
-    vectors = np.vstack([copies, other, near, _isotropic(6, seed=11)])
-    similarity = [0.30 + 0.001 * i for i in range(12)] + [0.33, 0.32] + [0.3] * 6
-    df = _frame(spark, vectors, similarity)
+
+    def at_cosine(anchor: np.ndarray, cosine: float) -> np.ndarray:
+        away = rng.standard_normal(DIM)
+        away -= (away @ anchor) * anchor
+        return cosine * anchor + math.sqrt(1 - cosine**2) * away / np.linalg.norm(away)
+
+    near_anchor, far_anchor = _isotropic(2, seed=10)
+    vectors = np.vstack([copies, near_anchor, at_cosine(near_anchor, 0.97), far_anchor, at_cosine(far_anchor, 0.95), _isotropic(6, seed=11)])
+    similarity = [0.30 + 0.001 * i for i in range(12)] + [0.33, 0.32, 0.33, 0.32] + [0.3] * 6
     leader = f"{11:032x}"  # the copies' highest similarity
-
-    crowded = _near(mark_near_duplicates(df, COSINE, Lsh(16, 16, max_bucket=5)))
-    every_pair = _near(mark_near_duplicates(df, COSINE, Lsh(16, 16, max_bucket=None, sketch_bits=None)))
-
-    assert crowded == every_pair
-    assert {crowded[f"{i:032x}"] for i in range(11)} == {leader} and crowded[leader] is None
-    assert crowded[f"{13:032x}"] == f"{12:032x}" and crowded[f"{12:032x}"] is None
-    assert all(crowded[f"{i:032x}"] is None for i in range(14, 20))
-    # told the row count: past max_bucket it still crowds; at most max_bucket rows skip counting bucket sizes, same marks
-    assert _near(mark_near_duplicates(df, COSINE, Lsh(16, 16, max_bucket=5), len(vectors))) == crowded
-    assert _near(mark_near_duplicates(df, COSINE, Lsh(16, 16, max_bucket=len(vectors)), len(vectors))) == every_pair
+    for cells in (1, 3):
+        near = _near(mark_near_duplicates(_frame(spark, vectors, similarity), COSINE, len(vectors), cells))
+        assert {near[f"{i:032x}"] for i in range(11)} == {leader} and leader not in near
+        assert near[f"{13:032x}"] == f"{12:032x}" and f"{12:032x}" not in near
+        assert f"{15:032x}" not in near and not any(f"{i:032x}" in near for i in range(16, 22))
+        assert len(near) == 12
 
 
-def test_the_sketch_drops_only_pairs_far_from_the_cosine(spark):
-    """Pairs from cosine 0.95 to 0.97 around 0.96, and unrelated rows: with the sketch, exactly what
-    the exact cosine on every bucket pair finds."""
-    rng = np.random.default_rng(8)
-    bases = _isotropic(40, seed=12)
-    cosines = np.linspace(0.95, 0.97, 40)
-    away = rng.standard_normal((40, DIM))
-    away -= (away * bases).sum(axis=1, keepdims=True) * bases
-    partners = cosines[:, None] * bases + np.sqrt(1 - cosines**2)[:, None] * _unit(away)
-    vectors = np.vstack([bases, partners, _clustered(200, seed=13)])
-    df = _frame(spark, vectors, [0.35] * 40 + [0.3] * 40 + [0.3] * 200)
-    assert Lsh(16, 16).sketch_limit(COSINE) < 256 * 0.5 * 0.5  # random rows differ in half their signs
-
-    sketched = _near(mark_near_duplicates(df, COSINE, Lsh(16, 16)))
-    exact = _near(mark_near_duplicates(df, COSINE, Lsh(16, 16, sketch_bits=None)))
-    assert sketched == exact
-    found = [i for i in range(40) if sketched[f"{40 + i:032x}"] == f"{i:032x}"]
-    assert len(found) >= 18 and all(cosines[i] >= COSINE - 0.001 for i in found)  # float16 rounding at the edge
+def test_an_empty_frame_is_marked_with_nothing(spark):
+    df = spark.createDataFrame([], "uid string, similarity float, img_emb binary")
+    marked, cells = mark_near_duplicates(df, COSINE)
+    assert marked.count() == 0 and cells.cells == 1
