@@ -28,7 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "score": ("gpu_workers.worker", "download, embed and tag one batch of candidates"),
     "demo": ("altlake_cli.demo", "run the whole pipeline on a generated crawl, end to end"),
     "airflow": ("altlake_cli.airflow_cmd", "start Airflow with altlake's DAGs: standalone, or a team's components on Postgres (--database)"),
-    "index": ("explore.index", "build the KNN indices of a release (exact or tuned OPQ+IVF+PQ)"),
+    "index": ("explore.index", "build the KNN indices of a release (exact or tuned IVF+PQ)"),
     "serve": ("altlake_cli.serve", "serve a release: clip-retrieval compatible search API and web page"),
     "subset": ("explore.subset", "write an img2dataset-ready parquet of the pairs nearest to queries"),
     "plan-batches": ("spark_jobs.batches", "plan scoring batches of unscored / retryable candidates"),

@@ -1,6 +1,6 @@
 """The one nearest-neighbour search path: what the index tuner measures is what the service runs.
 
-Exact indices (IndexFlatIP) answer directly. Approximate ones (OPQ+IVF+PQ) return a shortlist of
+Exact indices (IndexFlatIP) answer directly. Approximate ones (IVF+PQ) return a shortlist of
 `rerank_factor * k` candidates whose true cosine is then computed from the release's own
 memory-mapped float16 embeddings, so the similarities a user sees are exact and the ranking loses
 only what the shortlist missed. That also means nothing but PQ codes has to stay in RAM.

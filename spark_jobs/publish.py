@@ -110,8 +110,9 @@ def write_derived_subsets(pairs, out_dir: str, filters: dict[str, str], rows_per
     from pyspark.sql import functions as F
 
     counts = {}
+    laion_columns = list(_columns(LAION_COLUMNS, format_version).values())  # no embeddings: their bytes are never read
     for name, condition in filters.items():
-        selected = pairs.where(F.expr(condition))
+        selected = pairs.where(F.expr(condition)).select(*laion_columns)
         n = selected.count()
         shards = max(1, math.ceil(n / rows_per_file))
         _mkdir_for(path := os.path.join(out_dir, derived_subset_file(name)))
@@ -137,23 +138,32 @@ def collect_by_uid(rows, expected_rows: int, low: int = 0, high: int = UID_SPACE
     in uid sub-ranges of about COLLECT_ROWS rows each, so the driver's JVM never holds more than one piece.
     The same table (and so the same file bytes) whatever the number of pieces."""
     import pyarrow as pa
-    from pyspark.sql import functions as F
 
-    prefix = F.conv(F.substring("uid", 1, 8), 16, 10).cast("long")
     pieces = max(1, math.ceil(expected_rows / COLLECT_ROWS))
     bounds = [low + i * (high - low) // pieces for i in range(pieces + 1)]
     if (low, high) == (0, UID_SPACE) and pieces == 1:
         return rows.orderBy("uid").toArrow()  # the whole range: no filter, so no uid is left out
-    tables = [rows.where((prefix >= a) & (prefix < b)).orderBy("uid").toArrow() for a, b in zip(bounds, bounds[1:])]
+    tables = [rows.where(_uid_prefix_in(a, b)).orderBy("uid").toArrow() for a, b in zip(bounds, bounds[1:])]
     return pa.concat_tables(tables).combine_chunks() if len(tables) > 1 else tables[0]
 
 
+def _uid_prefix_in(low: int, high: int):
+    """uid's first 8 hex digits in [low, high). Also said as bounds on the uid string (the same rows
+    for lowercase hex uids), which Delta and parquet can skip files and row groups by: the pairs
+    table is clustered by uid (`spark_jobs.release.write_pairs`)."""
+    from pyspark.sql import functions as F
+
+    prefix = F.conv(F.substring("uid", 1, 8), 16, 10).cast("long")
+    inside = (prefix >= low) & (F.col("uid") >= f"{low:08x}")
+    return inside & (prefix < high) & (F.col("uid") < f"{high:08x}") if high < UID_SPACE else inside
+
+
 def _laion_table(table, format_version: int):
-    """Rows of the pairs schema -> the release parquet's LAION columns, in one fixed arrow schema
-    (all nullable, no metadata) whatever nullability Spark reported."""
-    table = table.select(PAIRS.column_names).cast(_ARROW_SCHEMA).replace_schema_metadata(None)
+    """Rows of the pairs schema (the embeddings may be left out) -> the release parquet's LAION columns,
+    in one fixed arrow schema (all nullable, no metadata) whatever nullability Spark reported."""
     columns = _columns(LAION_COLUMNS, format_version)
-    return table.select(list(columns.values())).rename_columns(list(columns))
+    schema = pa.schema([_ARROW_SCHEMA.field(column) for column in columns.values()])
+    return table.select(list(columns.values())).cast(schema).replace_schema_metadata(None).rename_columns(list(columns))
 
 
 def _columns(names: dict[str, str], format_version: int) -> dict[str, str]:

@@ -349,8 +349,12 @@ def compute_pairs(spark, settings: Settings, versions: dict[str, int], threshold
     watch.lap("near_duplicates")
 
     statuses = {r["status"]: r["count"] for r in scored.groupBy("status").count().orderBy(F.desc("count"), "status").collect()}
-    n = {"candidates": candidates.count(), "opted_in": opted_in.count(), "scored": scored.count(), "ok": ok.count(),
-         "above": above.count(), "deduped": deduped.count(), "pairs": n_kept}  # fmt: skip
+    model_columns = ("clip_model", "text_model", "nsfw_model", "watermark_model", "aesthetic_model")
+    # one pass over the ok rows: their count, those above the threshold and every model that scored them
+    of_ok = ok.agg(F.count("*").alias("ok"), F.count(F.when(F.col("similarity") >= F.col("threshold"), 1)).alias("above"),
+                   *[F.collect_set(c).alias(c) for c in model_columns]).first()  # fmt: skip
+    n = {"candidates": candidates.count(), "opted_in": opted_in.count(), "scored": sum(statuses.values()), "ok": of_ok["ok"],
+         "above": of_ok["above"], "deduped": deduped.count(), "pairs": n_kept}  # fmt: skip
     not_ok = {status: count for status, count in statuses.items() if status != STATUS_OK}
     not_ok["ok_without_embeddings"] = statuses.get(STATUS_OK, 0) - n["ok"]
     stages = chain([
@@ -361,10 +365,7 @@ def compute_pairs(spark, settings: Settings, versions: dict[str, int], threshold
         StageStats("takedowns", n["deduped"], {"taken_down": n["deduped"] - n["pairs"]}),
         StageStats("near_dedup", n["pairs"], marked={"near_duplicate": n_near}),
     ])  # fmt: skip
-    models = {
-        column: sorted(r[column] for r in ok.select(column).distinct().collect() if r[column] is not None)
-        for column in ("clip_model", "text_model", "nsfw_model", "watermark_model", "aesthetic_model")
-    }
+    models = {column: sorted(of_ok[column]) for column in model_columns}
     scored_similarity = _scored_similarity(ok, thresholds)
     samples = _samples(kept, drop_taken_down(ok, takedowns, HASH_COLUMNS))
     scored.unpersist()
@@ -555,9 +556,14 @@ def mark_near_duplicates(df, min_cosine: float, n_rows: int | None = None, cells
     return df.join(best.select("uid", "near_duplicate_of"), "uid", "left"), blocking
 
 
-def write_pairs(spark, settings: Settings, pairs) -> int:
-    """Replace the pairs table in one commit; returns the new version."""
-    pairs.write.format("delta").mode("overwrite").save(table_path(settings, "pairs"))
+def write_pairs(spark, settings: Settings, pairs, rows: int) -> int:
+    """Replace the pairs table (`rows` rows) in one commit, clustered by subset and uid, a file per
+    publish.COLLECT_ROWS rows or more; returns the new version. Each release file is read back by
+    subset and uid range (`publish.collect_by_uid`): clustered, each read opens the few files, and
+    row groups, that hold its range instead of every file."""
+    files = max(settings.spark_shuffle_partitions, math.ceil(rows / publish.COLLECT_ROWS))
+    clustered = pairs.repartitionByRange(files, "subset", "uid").sortWithinPartitions("subset", "uid")
+    clustered.write.format("delta").mode("overwrite").save(table_path(settings, "pairs"))
     return table_version(spark, settings, "pairs")
 
 
@@ -714,7 +720,7 @@ def build_release(
     scores = read_table(spark, settings, "scores", versions["scores"])
     gx_summary = gate(spark, settings, scores, pairs, facts["stages"], docs_dir, thresholds.lowest())
     watch.lap("gates")
-    versions = {**versions, "pairs": write_pairs(spark, settings, pairs)}
+    versions = {**versions, "pairs": write_pairs(spark, settings, pairs, by_name(facts["stages"])["near_dedup"].kept)}
     pairs.unpersist()
     published = read_table(spark, settings, "pairs", versions["pairs"])
     watch.lap("write_pairs")

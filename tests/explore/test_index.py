@@ -1,4 +1,4 @@
-"""Index building: exact for small releases, tuned OPQ+IVF+PQ for large ones, recorded and idempotent."""
+"""Index building: exact for small releases, tuned IVF+PQ for large ones, recorded and idempotent."""
 
 from __future__ import annotations
 
@@ -96,7 +96,7 @@ def test_large_release_gets_a_tuned_ivf_pq_index_served_memory_mapped(tmp_path: 
     info = build_index(str(root), exact_max_rows=500, target_recall=0.9, recall_queries=60)
 
     image = info["indices"]["image"]
-    assert image["kind"] == "ivf_pq" and image["factory"].startswith("OPQ") and ",IVF" in image["factory"]
+    assert image["kind"] == "ivf_pq" and image["factory"].startswith("IVF") and ",PQ" in image["factory"]
     assert image["recall_target_met"] and image["recall_at_10"] >= 0.9
     assert image["recall_curve"][-1]["nprobe"] == image["nprobe"]
 

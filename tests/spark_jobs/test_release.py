@@ -160,6 +160,19 @@ def test_filters_dedup_takedowns_and_near_duplicates(built):
     assert summary["gx"]["scores"]["success"] and summary["gx"]["pairs"]["success"]
 
 
+def test_the_pairs_table_is_clustered_by_subset_and_uid(built):
+    """Each file of pairs holds one stretch of (subset, uid), so reading a release file's uid range
+    skips the files outside it."""
+    from pyspark.sql import functions as F
+
+    spark, settings, *_ = built
+    key = F.concat_ws("/", "subset", "uid")
+    files = read_table(spark, settings, "pairs").groupBy(F.col("_metadata.file_path")).agg(F.min(key).alias("lo"), F.max(key).alias("hi"))
+    ranges = sorted((r["lo"], r["hi"]) for r in files.collect())
+    assert len(ranges) >= 2
+    assert all(hi < next_lo for (_, hi), (next_lo, _) in zip(ranges, ranges[1:]))
+
+
 def test_release_files_manifest_report_and_releases_row(built):
     spark, settings, rows, emb, summary, _, _ = built
     release = summary["location"]
