@@ -452,7 +452,7 @@ def train_cells(sample: np.ndarray, cells: int, seed: int = NEAR_SEED, iteration
     """k-means centroids (cells x dim) of unit rows: plain Lloyd rounds from seeded rows. Their quality
     moves only the cost of the search, never its result, so a few rounds do."""
     if cells <= 1 or len(sample) <= cells:
-        return np.zeros((1, sample.shape[1] if sample.ndim == 2 else 1), np.float32)
+        return np.zeros((1, sample.shape[1]), np.float32)
     centroids = sample[np.random.default_rng(seed).choice(len(sample), cells, replace=False)].copy()
     for _ in range(iterations):
         nearest = ((centroids * centroids).sum(axis=1)[None, :] - 2 * sample @ centroids.T).argmin(axis=1)
@@ -464,17 +464,21 @@ def train_cells(sample: np.ndarray, cells: int, seed: int = NEAR_SEED, iteration
     return centroids.astype(np.float32)
 
 
-def route(vectors: np.ndarray, centroids: np.ndarray, min_cosine: float) -> tuple[np.ndarray, list[np.ndarray]]:
+def centroid_gaps(centroids: np.ndarray) -> np.ndarray:
+    """|c - d| for every pair of centroids (cells x cells): computed once per release, not per batch."""
+    squared = (centroids * centroids).sum(axis=1)
+    return np.sqrt(np.maximum(squared[:, None] + squared[None, :] - 2 * centroids @ centroids.T, 0.0))
+
+
+def route(vectors: np.ndarray, centroids: np.ndarray, gaps: np.ndarray, min_cosine: float) -> tuple[np.ndarray, list[np.ndarray]]:
     """Each unit row's home cell (nearest centroid), and the higher-numbered cells that may hold a row
     at cosine >= min_cosine from it. A row y of cell c at distance <= r = sqrt(2 - 2 min_cosine) from x
     (home h) lies past the bisector of h and c, so x is within r of that plane:
     (|x - c|^2 - |x - h|^2) / (2 |c - h|) <= r. Every such pair is compared in exactly one cell: the
-    home of the pair's row with the lower home, which only visits higher cells."""
+    home of the pair's row with the lower home, which only visits higher cells. `gaps`: centroid_gaps."""
     radius = math.sqrt(max(0.0, 2 - 2 * min_cosine)) + NEAR_RADIUS_SLACK
-    squared = (centroids * centroids).sum(axis=1)
-    distance = squared[None, :] - 2 * vectors @ centroids.T  # |x - c|^2 - |x|^2
+    distance = (centroids * centroids).sum(axis=1)[None, :] - 2 * vectors @ centroids.T  # |x - c|^2 - |x|^2
     home = distance.argmin(axis=1)
-    gaps = np.sqrt(np.maximum(squared[:, None] + squared[None, :] - 2 * centroids @ centroids.T, 0.0))
     to_plane = (distance - distance[np.arange(len(home)), home][:, None]) / (2 * np.maximum(gaps[home], 1e-12))
     reach = (to_plane <= radius) & (np.arange(len(centroids))[None, :] > home[:, None])
     return home, [np.flatnonzero(row) for row in reach]
@@ -523,12 +527,13 @@ def mark_near_duplicates(df, min_cosine: float, n_rows: int | None = None, cells
     from pyspark.sql.functions import pandas_udf
 
     blocking, centroids = pick_cells(df, df.count() if n_rows is None else n_rows, cells)
+    gaps = centroid_gaps(centroids)
 
     @pandas_udf("array<int>")
     def cells_of(embeddings: pd.Series) -> pd.Series:
         if len(centroids) == 1 or not len(embeddings):
             return pd.Series([[0]] * len(embeddings))
-        home, visits = route(_unit_rows(embeddings), centroids, min_cosine)
+        home, visits = route(_unit_rows(embeddings), centroids, gaps, min_cosine)
         return pd.Series([[int(h), *v.tolist()] for h, v in zip(home, visits)])
 
     def in_cell(rows: pd.DataFrame) -> pd.DataFrame:

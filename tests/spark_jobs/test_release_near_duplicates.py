@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from spark_jobs.release import NEAR_SINGLE_CELL_ROWS, best_better_neighbours, cell_count, mark_near_duplicates, route, train_cells
+from spark_jobs.release import NEAR_SINGLE_CELL_ROWS, best_better_neighbours, cell_count, centroid_gaps, mark_near_duplicates, route, train_cells
 
 DIM = 512
 COSINE = 0.96
@@ -72,7 +72,7 @@ def test_every_close_pair_meets_in_exactly_one_cell(min_cosine):
     v = _clustered(3_000, seed=1, dim=64)
     v = np.vstack([v, *(_with_near_copies(v, 0.05, noise, seed=2)[len(v) :] for noise in (0.1, 0.28, 0.45))])  # cosines ~0.995, 0.96, 0.91
     centroids = train_cells(v[:1_000], 30)
-    home, visits = route(v, centroids, min_cosine)
+    home, visits = route(v, centroids, centroid_gaps(centroids), min_cosine)
     assert len(set(home.tolist())) > 10  # the data really spreads over the cells
     i, j = np.nonzero(np.triu(v @ v.T >= min_cosine, 1))
     assert len(i) > 100
@@ -85,8 +85,9 @@ def test_every_close_pair_meets_in_exactly_one_cell(min_cosine):
 def test_a_row_visits_fewer_cells_the_closer_a_near_duplicate_must_be():
     v = _clustered(3_000, seed=1, dim=64)
     centroids = train_cells(v[:1_000], 30)
-    visited = {c: np.mean([len(x) for x in route(v, centroids, c)[1]]) for c in (0.9, COSINE, 0.99)}
-    home = route(v, centroids, COSINE)[0]
+    gaps = centroid_gaps(centroids)
+    visited = {c: np.mean([len(x) for x in route(v, centroids, gaps, c)[1]]) for c in (0.9, COSINE, 0.99)}
+    home = route(v, centroids, gaps, COSINE)[0]
     higher = np.mean(len(centroids) - 1 - home)
     assert visited[0.99] < visited[COSINE] < visited[0.9] <= higher
     assert visited[COSINE] < 0.5 * higher
