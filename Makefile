@@ -31,6 +31,7 @@ bench: setup
 	$(VENV)/python -m bench.extract
 	$(VENV)/python -m bench.extract.gunzip
 	$(VENV)/python -m bench.download
+	$(VENV)/python -m bench.images
 	$(VENV)/python -m bench.clip
 	$(VENV)/python -m bench.search
 	$(VENV)/python -m bench.pipeline

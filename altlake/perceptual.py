@@ -25,22 +25,34 @@ _HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
 def pdq_hash(image) -> tuple[str, int]:
-    """(64 hex digits, PDQ quality 0-100) of a PIL image; quality under 50 marks a flat image
-    whose hash matches too easily (ThreatExchange drops those before matching)."""
+    """(64 hex digits, PDQ quality 0-100) of a PIL image or of RGB pixels (height, width, 3 uint8);
+    quality under 50 marks a flat image whose hash matches too easily (ThreatExchange drops those
+    before matching)."""
+    import numpy as np
+
     try:
-        import numpy as np
         import pdqhash
     except ImportError as error:  # the worker and CLI install it; say what is missing, not a traceback
         raise ValueError(f"perceptual hashing needs the pdqhash package ({error})") from error
+    bits, quality = pdqhash.compute(np.ascontiguousarray(_hashed_pixels(image), dtype=np.uint8))
+    return np.packbits(bits.astype(np.uint8)).tobytes().hex(), int(quality)
+
+
+def _hashed_pixels(image):
+    """RGB pixels at most HASH_SIDE on the longer side; pixels already that small pass as they are."""
+    import numpy as np
     from PIL import Image
 
+    if isinstance(image, np.ndarray):
+        if max(image.shape[:2]) <= HASH_SIDE:  # the worker's stored pixels: no copy
+            return image
+        image = Image.fromarray(image)
     if image.mode != "RGB":
         image = image.convert("RGB")
     if max(image.size) > HASH_SIDE:
         image = image.copy()
         image.thumbnail((HASH_SIDE, HASH_SIDE), Image.Resampling.BILINEAR)
-    bits, quality = pdqhash.compute(np.ascontiguousarray(np.asarray(image, dtype=np.uint8)))
-    return np.packbits(bits.astype(np.uint8)).tobytes().hex(), int(quality)
+    return np.asarray(image)
 
 
 def pdq_of_file(path: str) -> tuple[str, int]:

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import warnings
 
+import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
 from altlake.config import WORKER_DECODES
@@ -101,10 +101,10 @@ class BatchDecoder:
             pixels += size
         return chunks
 
-    def _decode_and_resize(self, bodies: list[bytes], headers: list[Header]) -> list[Image.Image | None]:
+    def _decode_and_resize(self, bodies: list[bytes], headers: list[Header]) -> list[np.ndarray | None]:
         decoded = self._decode_jpegs(bodies)
         resized = [None if pixels is None else self._resize(pixels, header) for pixels, header in zip(decoded, headers)]
-        return _to_pil([r for r in resized if r is not None], resized)
+        return _to_host([r for r in resized if r is not None], resized)
 
     def _decode_jpegs(self, bodies: list[bytes]) -> list[torch.Tensor | None]:
         """CHW uint8 RGB tensors on the device; one call for the batch, one per image if that fails."""
@@ -133,7 +133,7 @@ class BatchDecoder:
         width, height = scaled_size((header.width, header.height), size, mode)
         if (width, height) != (header.width, header.height):
             shrinking = width < header.width
-            # Area averaging when shrinking (as Pillow's BOX on the CPU path), bicubic when enlarging.
+            # Area averaging when shrinking, bicubic when enlarging.
             scaled = F.interpolate(pixels[None].float(), size=(height, width), mode="area" if shrinking else "bicubic")
             pixels = scaled[0].round_().clamp_(0, 255).to(torch.uint8)
         left, top = border_offsets((width, height), size, mode)
@@ -146,12 +146,12 @@ class BatchDecoder:
         return pixels
 
 
-def _to_pil(tensors: list[torch.Tensor], slots: list[torch.Tensor | None]) -> list[Image.Image | None]:
-    """Bring the resized images to host memory in one transfer, as PIL images in `slots` order."""
+def _to_host(tensors: list[torch.Tensor], slots: list[torch.Tensor | None]) -> list[np.ndarray | None]:
+    """Bring the resized images to host memory in one transfer, as (height, width, 3) arrays in `slots` order."""
     if not tensors:
         return [None] * len(slots)
     host = torch.cat([t.permute(1, 2, 0).reshape(-1) for t in tensors]).cpu().numpy()
-    images: list[Image.Image | None] = []
+    images: list[np.ndarray | None] = []
     offset = 0
     for tensor in slots:
         if tensor is None:
@@ -159,7 +159,7 @@ def _to_pil(tensors: list[torch.Tensor], slots: list[torch.Tensor | None]) -> li
             continue
         _, height, width = tensor.shape
         count = height * width * 3
-        images.append(Image.fromarray(host[offset : offset + count].reshape(height, width, 3)))
+        images.append(host[offset : offset + count].reshape(height, width, 3))
         offset += count
     return images
 

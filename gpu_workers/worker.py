@@ -226,7 +226,7 @@ class _Stages:
     def _with_pixels(self, decoded: DecodedImage) -> tuple[DecodedImage, object]:
         with self.clock.stage("preprocess"):
             if self.raw_pixels:
-                return decoded, np.asarray(decoded.image)
+                return decoded, decoded.pixels
             return decoded, self.models.preprocess([decoded.image])
 
     def _collect(self, block: bool, drain: bool = False) -> list[Scored]:

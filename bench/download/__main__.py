@@ -2,7 +2,9 @@
 
 Both tools read the same url-list parquet and download the same real-size JPEGs from the same
 local image server (a separate process, so its CPU is not counted), resize them the same way
-(border, 256 px by default) and write "files" output. altlake keeps its safety on: robots.txt,
+(border, 256 px by default) and write the same output: webdataset shards (`--output-format`, the
+format LAION's datasets ship in; altlake through the worker's own spool and shard writer) or a
+file per jpg / txt / json. altlake keeps its safety on: robots.txt,
 X-Robots-Tag, and the SSRF guard (127.0.0.1 allow-listed). CPU time is measured with
 resource.getrusage(RUSAGE_CHILDREN) around each tool's process, which includes img2dataset's
 worker processes. Each tool also runs once on a tiny list (`--startup-images`) so its fixed start-up
@@ -46,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=32, help="img2dataset thread_count = altlake concurrency")
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--resize-mode", default="border", choices=("border", "keep_ratio", "center_crop"))
+    parser.add_argument("--output-format", default="webdataset", choices=("webdataset", "files"),
+                        help="both tools' output: webdataset shards (LAION's format) or a file per jpg/txt/json")
     parser.add_argument("--startup-images", type=int, default=10, help="size of the start-up calibration run")
     parser.add_argument("--repeats", type=int, default=3, help="runs per tool and size; medians are reported")
     parser.add_argument("--out", default=str(REPO / "bench" / "out" / "download.json"))
@@ -74,9 +78,10 @@ def main(argv: list[str] | None = None) -> int:
                 folder = work / f"{label}-{repeat}"
                 commands = {
                     "altlake": [sys.executable, "-m", "bench.download.ours", str(url_list), str(folder / "altlake"),
-                                "--threads", common[0], "--image-size", common[1], "--resize-mode", common[2]],
+                                "--threads", common[0], "--image-size", common[1], "--resize-mode", common[2],
+                                "--output-format", args.output_format],
                     "img2dataset": [str(img2dataset_python), str(HERE / "run_img2dataset.py"), str(url_list),
-                                    str(folder / "img2dataset"), *common],
+                                    str(folder / "img2dataset"), *common, args.output_format, "10000"],
                 }
                 for tool, command in commands.items():
                     sample = measure(f"{tool} ({label}, {count} images, run {repeat + 1}/{args.repeats})", command, env)
@@ -110,7 +115,8 @@ def main(argv: list[str] | None = None) -> int:
     report = {
         "benchmark": "download+decode+resize, local server",
         "images": args.images, "source_size": args.source_size, "threads": args.threads, "repeats": args.repeats,
-        "image_size": args.image_size, "resize_mode": args.resize_mode, "img2dataset": IMG2DATASET,
+        "image_size": args.image_size, "resize_mode": args.resize_mode, "output_format": args.output_format,
+        "img2dataset": IMG2DATASET,
         "cpu_count": os.cpu_count(), "python": platform.python_version(),
         "runs": runs, "per_core_speedup": ratio, "marginal_per_core_speedup": marginal_ratio,
         "altlake_safety": "robots.txt + X-Robots-Tag + SSRF guard on (127.0.0.1 allow-listed)",
@@ -119,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.out).write_text(json.dumps(report, indent=2))
 
     print(f"\n{args.images} JPEGs of ~{args.source_size}px -> {args.resize_mode} {args.image_size}px, {args.threads} threads, "
-          f"1 process, median of {args.repeats} run(s)")
+          f"{args.output_format} output, 1 process, median of {args.repeats} run(s)")
     print(f"{'tool':<12} {'ok images':>10} {'wall s':>8} {'CPU s':>8} {'img/s':>8} {'img/CPU-s':>10} {'marginal img/CPU-s':>19}")
     for name, run in runs.items():
         full = run["full"]

@@ -1,8 +1,9 @@
 """One benchmark run of altlake's side: download -> decode/validate/resize -> files on disk.
 
 Runs as its own process (`python -m bench.download.ours`) so the parent can measure its CPU time
-exactly as it measures img2dataset's. Writes what img2dataset's "files" output writes per sample
-(jpg, txt caption, json metadata) and a summary JSON with the status counts.
+exactly as it measures img2dataset's. Writes what img2dataset writes per sample (jpg, txt caption,
+json metadata): webdataset shards through the worker's own spool and shard writer, or with
+--output-format files one file each, and a summary JSON with the status counts.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from tqdm import tqdm
 from altlake.config import Settings
 from gpu_workers.downloader import DownloadConfig, download
 from gpu_workers.images import ImageConfig, ImageRejected, decode
+from gpu_workers.writer import ImageSpool, OutputDir, Sample, write_webdataset
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=32)
     parser.add_argument("--image-size", type=int, default=256)
     parser.add_argument("--resize-mode", default="border")
+    parser.add_argument("--output-format", default="webdataset", choices=("webdataset", "files"))
     args = parser.parse_args(argv)
 
     # ParquetFile, not read_table: the latter imports pyarrow.dataset and with it pandas (~1 CPU-s).
@@ -46,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.output_folder)
     out.mkdir(parents=True, exist_ok=True)
     counts: Counter[str] = Counter()
+    spool, metas = ImageSpool(str(out)), {}
     results = download(zip(table["key"], table["url"]), download_config, max_in_flight=4 * args.threads)
     for result in tqdm(results, total=len(captions), desc="altlake", unit="img", file=sys.stderr):
         status = result.status
@@ -55,13 +59,20 @@ def main(argv: list[str] | None = None) -> int:
             except ImageRejected as rejected:
                 status = rejected.status
             else:
-                (out / f"{result.key}.jpg").write_bytes(image.stored_bytes)
-                (out / f"{result.key}.txt").write_text(captions[result.key])
                 meta = {"url": result.url, "key": result.key, "status": status, "sha256": image.sha256,
                         "width": image.width, "height": image.height,
                         "original_width": image.original_width, "original_height": image.original_height}
-                (out / f"{result.key}.json").write_bytes(orjson.dumps(meta))
+                if args.output_format == "webdataset":  # as the worker: spooled, then shards in key order
+                    spool.add(result.key, image.stored_bytes)
+                    metas[result.key] = meta
+                else:
+                    (out / f"{result.key}.jpg").write_bytes(image.stored_bytes)
+                    (out / f"{result.key}.txt").write_text(captions[result.key])
+                    (out / f"{result.key}.json").write_bytes(orjson.dumps(meta))
         counts[status] += 1
+    if args.output_format == "webdataset":
+        write_webdataset(OutputDir(str(out)), (Sample(key, spool.get(key), captions[key], metas[key]) for key in sorted(metas)))
+    spool.close()
     (out / "summary.json").write_text(json.dumps({"statuses": counts, "successes": counts["ok"]}))
     return 0
 

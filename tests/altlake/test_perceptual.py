@@ -69,3 +69,16 @@ def test_a_flat_image_has_low_quality_and_a_file_that_is_no_image_is_refused(tmp
     photo = tmp_path / "astronaut.png"
     _photo("astronaut").save(photo)
     assert perceptual.pdq_of_file(str(photo)) == perceptual.pdq_hash(_photo("astronaut"))
+
+
+@pytest.mark.parametrize("side", [200, 600])
+def test_pixels_hash_like_the_pil_image_they_came_from(side):
+    """The worker hashes numpy pixels, takedown requests hash image files: one definition for both,
+    at the stored size (no copy) and above HASH_SIDE (brought down the same way)."""
+    image = _photo("coffee").resize((side, side * 2 // 3))
+    pixels = np.asarray(image)
+    assert perceptual.pdq_hash(pixels) == perceptual.pdq_hash(image)
+    framed = np.full((300, 300, 3), 255, np.uint8)
+    framed[50 : 50 + 133, 0:200] = np.asarray(_photo("coffee").resize((200, 133)))
+    view = framed[50 : 50 + 133, 0:200]  # a non-contiguous view, as the worker hashes inside the border
+    assert perceptual.pdq_hash(view) == perceptual.pdq_hash(Image.fromarray(np.ascontiguousarray(view)))

@@ -281,13 +281,15 @@ def test_batched_decoder_path_gives_the_cpu_path_statuses_and_close_embeddings(s
     ok = [u for u, s in cpu.items() if s.row["status"] == STATUS_OK]
     assert len(ok) == len(rows) - 3
     cpu_embeddings = np.stack([cpu[u].img_emb for u in ok]).astype(np.float32)
+    coffee = {"p2", "h3"}  # the same picture twice, as a JPEG and as a PNG: either is its nearest
     for i, uid in enumerate(ok):
         a, b = cpu[uid], batched[uid]
         for column in ("width", "height", "original_width", "original_height", "sha256", "md5"):
             assert a.row[column] == b.row[column], (uid, column)
         assert perceptual.distance(a.row["pdq"], b.row["pdq"]) <= perceptual.DEFAULT_MAX_DISTANCE, uid  # still a match across decoders
         cosines = cpu_embeddings @ b.img_emb.astype(np.float32)
-        assert cosines[i] > 0.98 and int(np.argmax(cosines)) == i, uid  # the same picture, resampled a bit differently
+        nearest = ok[int(np.argmax(cosines))]
+        assert cosines[i] > 0.98 and (nearest == uid or {nearest, uid} <= coffee), uid  # the same picture, resampled a bit differently
 
 
 def test_cli_refuses_gpu_decode_without_cuda(tmp_path, capsys):

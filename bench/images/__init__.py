@@ -1,0 +1,1 @@
+"""JPEG decode / resize / encode libraries side by side (python -m bench.images)."""
