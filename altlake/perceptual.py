@@ -44,7 +44,7 @@ def _hashed_pixels(image):
     from PIL import Image
 
     if isinstance(image, np.ndarray):
-        if max(image.shape[:2]) <= HASH_SIDE:  # the worker's stored pixels: no copy
+        if max(image.shape[:2]) <= HASH_SIDE:  # the worker's stored pixels, hashed at their size
             return image
         image = Image.fromarray(image)
     if image.mode != "RGB":

@@ -17,7 +17,7 @@ Anything simplejpeg does not take (CMYK, a damaged stream, PNG, WebP) goes throu
 is also the judge of every rejection.
 
 From there the pixels stay a numpy array (RGB, height x width x 3, uint8): OpenCV resizes and
-re-encodes them and PDQ hashes them without a copy. Pillow keeps every RGB pixel in 4 bytes, so
+re-encodes them and PDQ hashes the picture inside the frame. Pillow keeps every RGB pixel in 4 bytes, so
 each hand-over between numpy and Pillow costs a copy and a repack (0.1-0.2 ms per image at
 256 px); a PIL image is only made for the transforms that need one (`DecodedImage.image`).
 """
@@ -164,7 +164,7 @@ def finish(body: bytes, header: Header, pixels: np.ndarray, config: ImageConfig)
 
 
 def picture(pixels: np.ndarray, header: Header, config: ImageConfig) -> np.ndarray:
-    """The stored image without the white frame border mode adds (a view, no copy): what the
+    """The stored image without the white frame border mode adds (a view of it): what the
     perceptual hash sees, so the same picture hashes alike whatever its aspect ratio or resize mode."""
     if config.size is None or config.resize_mode != "border":
         return pixels

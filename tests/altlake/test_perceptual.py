@@ -74,7 +74,7 @@ def test_a_flat_image_has_low_quality_and_a_file_that_is_no_image_is_refused(tmp
 @pytest.mark.parametrize("side", [200, 600])
 def test_pixels_hash_like_the_pil_image_they_came_from(side):
     """The worker hashes numpy pixels, takedown requests hash image files: one definition for both,
-    at the stored size (no copy) and above HASH_SIDE (brought down the same way)."""
+    at the stored size and above HASH_SIDE (brought down the same way)."""
     image = _photo("coffee").resize((side, side * 2 // 3))
     pixels = np.asarray(image)
     assert perceptual.pdq_hash(pixels) == perceptual.pdq_hash(image)
