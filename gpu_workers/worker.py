@@ -413,9 +413,6 @@ def score_batch(
     if batch.duplicate_rows:
         log.warning("%s: %d duplicated uid row(s) collapsed", input_path, batch.duplicate_rows)
     models = models or load_checked(spec)
-    # pyarrow imports pandas (where installed) on its first conversion of Python rows: a second of
-    # start-up that belongs here, not in the first batch's write stage.
-    results_table([])
     if not pipeline.webdataset:
         images = dataclasses.replace(images, encode_format=None)  # nothing will store the pixels
     loaded = time.perf_counter()
