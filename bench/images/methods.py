@@ -82,19 +82,15 @@ def opencv(size: int, reduced: bool):
         return cv2.imdecode(data, flags)
 
     def resize(bgr):
-        return bgr_resize(cv2, bgr, size)
+        height, width = bgr.shape[:2]
+        new_width, new_height, left, top = geometry(width, height, size)
+        interpolation = cv2.INTER_AREA if new_width < width else cv2.INTER_LANCZOS4
+        return on_canvas(cv2.resize(bgr, (new_width, new_height), interpolation=interpolation), size, left, top)
 
     def encode(bgr):
         return cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, QUALITY])[1].tobytes()
 
     return decode, resize, encode, lambda bgr: bgr[:, :, ::-1]
-
-
-def bgr_resize(cv2, pixels: np.ndarray, size: int, original: tuple[int, int] | None = None) -> np.ndarray:
-    height, width = pixels.shape[:2]
-    new_width, new_height, left, top = geometry(*(original or (width, height)), size)
-    interpolation = cv2.INTER_AREA if new_width < width else cv2.INTER_LANCZOS4
-    return on_canvas(cv2.resize(pixels, (new_width, new_height), interpolation=interpolation), size, left, top)
 
 
 def simplejpeg_pillow(size: int):
