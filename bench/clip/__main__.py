@@ -73,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-in-flight", type=int, default=256, help="altlake's downloads ahead of what the model consumed")
     parser.add_argument("--stub-ms", type=float, default=0.0,
                         help="also run altlake with CLIP replaced by a stub of this many ms per batch: shows the overlap")
+    parser.add_argument("--raw-pixels", action="store_true",
+                        help="also run altlake on the CPU with CUDA's hand-over (uint8 batches, preprocessing inside the model call): "
+                             "the CPU a CUDA worker's decode threads need")
     parser.add_argument("--per-host", type=int, default=IMG2DATASET_THREADS,
                         help="altlake's open requests to the servers' host (default: img2dataset's thread count, the same load)")
     parser.add_argument("--servers", type=int, default=max(1, len(os.sched_getaffinity(0)) // 4),
@@ -109,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(run_altlake(urls, captions, work, weights, args, decode, heads, env))
         if args.stub_ms:
             rows.append(run_altlake(urls, captions, work, weights, args, decodes[0], False, env, stub_ms=args.stub_ms))
+        if args.raw_pixels and args.device == "cpu":
+            for heads in (False, True):
+                rows.append(run_altlake(urls, captions, work, weights, args, "cpu", heads, env, raw_pixels=True))
         rows.append(run_clip_inference(peer_python, shards_of_files(images_dir, captions, work, args.workers), work / "ci-files", weights, args, env))
         if img2dataset_python is not None:
             rows.append(run_job(img2dataset_python, peer_python, urls, captions, work, weights, args, env))
@@ -192,10 +198,11 @@ def ensure_clip_retrieval_venv() -> Path:
 
 
 def run_altlake(
-    urls: list[str], captions: list[str], work: Path, weights: dict, args, decode: str, heads: bool, env: dict, stub_ms: float = 0.0
+    urls: list[str], captions: list[str], work: Path, weights: dict, args, decode: str, heads: bool, env: dict,
+    stub_ms: float = 0.0, raw_pixels: bool = False,
 ) -> dict:
     """The whole worker, one process: download, checks, decode/resize, CLIP (or a fixed-time stub), heads, writers."""
-    tag = f"{decode}-{'heads' if heads else 'clip'}{'-stub' if stub_ms else ''}"
+    tag = f"{decode}-{'heads' if heads else 'clip'}{'-stub' if stub_ms else ''}{'-raw' if raw_pixels else ''}"
     folder = work / f"altlake-{tag}"
     folder.mkdir(parents=True)
     rows = [{"uid": f"{i:06d}", "url": url, "text": text, "language": "en"} for i, (url, text) in enumerate(zip(urls, captions))]
@@ -214,6 +221,9 @@ def run_altlake(
     if stub_ms:
         command += ["--stub-ms", str(stub_ms)]
         label = f"altlake score, {decode} decode, CLIP replaced by a {stub_ms:g} ms/batch stub ({args.batch_size * 1000 / stub_ms:.0f} img/s)"
+    if raw_pixels:
+        command += ["--raw-pixels"]
+        label += ", raw pixels to the model (CUDA's hand-over)"
     run = measure(label, command, env)
     summary = json.loads((folder / "summary.json").read_text())
     ok = summary["statuses"].get("ok", 0)

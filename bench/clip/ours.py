@@ -21,6 +21,7 @@ from gpu_workers.downloader import DownloadConfig
 from gpu_workers.images import ImageConfig
 from gpu_workers.models import Models, ModelSpec, load_models
 from gpu_workers.worker import PipelineConfig, score_batch
+from gpu_workers.writer import results_table
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--per-host", type=int, default=32, help="open requests to the image servers' host")
     parser.add_argument("--stub-ms", type=float, default=0.0,
                         help="replace CLIP by a stub that takes this long per batch (a GPU that never waits on the CPU)")
+    parser.add_argument("--raw-pixels", action="store_true",
+                        help="hand the model uint8 batches as a CUDA worker does: CLIP's preprocessing then runs inside the model call")
     args = parser.parse_args(argv)
 
     spec = ModelSpec(
@@ -50,6 +53,12 @@ def main(argv: list[str] | None = None) -> int:
     models = load_models(spec)
     if args.stub_ms:
         stub_model(models, args.stub_ms / 1000)
+    if args.raw_pixels:
+        raw_pixel_hand_over(models)
+    # pyarrow imports pandas on its first conversion of rows: a second once per worker process, paid
+    # here with the other imports (both sides' process CPU counts it) rather than in the first
+    # batch's write stage, where a 2,000-image run would read it as 0.5 ms per image.
+    results_table([])
     summary = score_batch(
         args.input, args.output, spec,
         # Loopback servers stand for the many hosts of a real batch: the per-host politeness cap is the
@@ -81,6 +90,14 @@ def stub_model(models: Models, seconds_per_batch: float) -> None:
 
     models.embed_images = embed_images
     models.embed_texts = lambda texts, languages: vectors(len(texts))
+
+
+def raw_pixel_hand_over(models: Models) -> None:
+    """The models take raw uint8 batches on the CPU too, as they do on CUDA: the decode threads then
+    hand over the stored pixels and the batched resize and normalisation run inside the model call
+    (on the GPU there, here on the CPU, where they count as `model`). What the decode threads spend
+    is then what a CUDA worker's CPU decode path spends."""
+    models.__class__ = type("RawPixelModels", (type(models),), {"preprocesses_on_device": property(lambda self: True)})
 
 
 if __name__ == "__main__":

@@ -82,3 +82,66 @@ def test_pixels_hash_like_the_pil_image_they_came_from(side):
     framed[50 : 50 + 133, 0:200] = np.asarray(_photo("coffee").resize((200, 133)))
     view = framed[50 : 50 + 133, 0:200]  # a non-contiguous view, as the worker hashes inside the border
     assert perceptual.pdq_hash(view) == perceptual.pdq_hash(Image.fromarray(np.ascontiguousarray(view)))
+
+
+def _reference(pixels: np.ndarray) -> tuple[str, int]:
+    """ThreatExchange's C++ PDQ through the pdqhash binding, bits packed as altlake packs them."""
+    import pdqhash
+
+    bits, quality = pdqhash.compute(np.ascontiguousarray(pixels))
+    return np.packbits(bits.astype(np.uint8)).tobytes().hex(), int(quality)
+
+
+def _real_photos() -> list[np.ndarray]:
+    """Every photo shipped with scikit-image and scikit-learn, in RGB."""
+    import pathlib
+
+    import skimage
+    import sklearn
+
+    folders = [pathlib.Path(skimage.__file__).parent / "data", pathlib.Path(sklearn.__file__).parent / "datasets" / "images"]
+    photos = []
+    for path in sorted(p for folder in folders for p in folder.iterdir() if p.suffix.lower() in {".jpg", ".png"}):
+        with Image.open(path) as image:
+            if min(image.size) >= 64 and image.mode in {"RGB", "L", "RGBA", "P"}:
+                photos.append(np.asarray(image.convert("RGB")))
+    return photos
+
+
+def _bits_undefined(pixels: np.ndarray) -> bool:
+    """True for pictures whose hash is rounding noise in any implementation: more than half of the
+    reference's DCT coefficients equal its median (checkerboards and other synthetic patterns)."""
+    import pdqhash
+
+    coefficients, _ = pdqhash.compute_float(np.ascontiguousarray(pixels))
+    median = np.sort(coefficients)[127]
+    return int(np.sum(np.abs(coefficients - median) <= 1e-3 * np.abs(coefficients).max())) > 128
+
+
+def test_hashes_and_qualities_equal_the_reference_implementation_on_real_photos():
+    """altlake computes PDQ as matrices; ThreatExchange's reference runs box filters. Same bits and
+    quality at every size the worker stores (64 to 256 px, any aspect), odd sizes included."""
+    photos = _real_photos()
+    assert len(photos) >= 20
+    compared = 0
+    for photo in photos:
+        for side, shape in itertools.product((256, 224, 131, 64), ("as is", "wide", "tall")):
+            height, width = photo.shape[:2]
+            if shape == "wide":
+                height = height // 2
+            elif shape == "tall":
+                width = width // 3
+            scale = side / max(height, width)
+            size = (max(round(width * scale), 5), max(round(height * scale), 5))
+            pixels = np.asarray(Image.fromarray(photo[:height, :width]).resize(size, Image.Resampling.BILINEAR))
+            expected, expected_quality = _reference(pixels)
+            if expected_quality < perceptual.MIN_QUALITY or _bits_undefined(pixels):
+                continue
+            assert perceptual.pdq_hash(pixels) == (expected, expected_quality), (photo.shape, size)
+            compared += 1
+    assert compared >= 200
+
+
+def test_tiny_images_have_no_hash_like_the_reference():
+    pixels = np.asarray(_photo("coffee").resize((4, 30)))
+    assert perceptual.pdq_hash(pixels) == ("0" * perceptual.HASH_HEX, 0) == _reference(pixels)

@@ -117,6 +117,50 @@ def test_watermark_head_separates_watermarked_images(demo):
     assert accuracy >= 0.9
 
 
+def test_an_images_scores_do_not_depend_on_its_batch_mates(demo):
+    """Batches fill in download order, which differs between runs: each photo's embedding and
+    watermark probability must be the same bits at every position of the batch, or a re-run of a
+    batch writes different scores."""
+    import itertools
+
+    from skimage import data
+
+    photos = [Image.fromarray(getattr(data, name)()).convert("RGB").resize((256, 256)) for name in ("astronaut", "chelsea", "coffee", "rocket")]
+    seen: dict[tuple[str, int], set[bytes]] = {}
+    for order in itertools.permutations(range(len(photos))):
+        batch = [photos[i] for i in order]
+        embeddings, watermark = demo.embed_images(demo.preprocess(batch)), demo.pwatermark(batch)
+        for position, i in enumerate(order):
+            seen.setdefault(("embedding", i), set()).add(embeddings[position].tobytes())
+            seen.setdefault(("pwatermark", i), set()).add(watermark[position].tobytes())
+    assert {key: len(values) for key, values in seen.items() if len(values) > 1} == {}
+
+
+@pytest.mark.parametrize("transform", ["open_clip ViT-B-32", "LAION watermark"])
+def test_host_transform_gives_the_transforms_own_bits_on_real_photos(transform):
+    """The worker's CPU path normalises in numpy; the model must see exactly what the eval transform gives."""
+    from skimage import data
+
+    if transform == "LAION watermark":
+        reference = M.watermark_transform(256)
+    else:
+        reference = open_clip.create_model_and_transforms("ViT-B-32")[2]
+    fast = M.HostTransform(reference)
+    photos = [Image.fromarray(getattr(data, name)()) for name in ("astronaut", "chelsea", "camera", "coffee")]
+    photos += [photos[0].resize((256, 256)), photos[1].convert("RGBA"), photos[3].resize((300, 200))]
+    for photo in photos:
+        expected, got = reference(photo), fast(photo)
+        assert got.dtype == expected.dtype == torch.float32 and got.shape == expected.shape and torch.equal(got, expected)
+
+
+def test_host_transform_runs_other_layouts_as_they_are():
+    import torchvision.transforms as T
+
+    layout = T.Compose([T.Resize(32), T.ToTensor(), T.Normalize((0.5,) * 3, (0.5,) * 3), T.Lambda(lambda x: x * 2)])
+    photo = Image.new("RGB", (48, 40), (200, 10, 30))
+    assert torch.equal(M.HostTransform(layout)(photo), layout(photo))
+
+
 def test_demo_aesthetic_head_rates_the_generated_quality(demo):
     """The demo head was trained on other seeds: on fresh scenes of random quality (variants mixed in)
     its rating follows synthetic.rating, on LAION-Aesthetics' 1-10 scale."""
