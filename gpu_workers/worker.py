@@ -21,6 +21,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import socket
 import sys
 import time
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import numpy as np
+import torch
 from PIL import Image
 from tqdm import tqdm
 
@@ -75,10 +77,20 @@ class PipelineConfig:
     decode: str = "auto"  # cpu | gpu (batched nvJPEG + resize on the device) | auto: gpu when the models run on CUDA
     webdataset: bool = False
     samples_per_shard: int = 10_000
+    # torch's CPU threads for the model calls; 0: one per CPU this process may use. A CPU model's
+    # results change in their last bits with it, so the worker sets it for the batch rather than
+    # inheriting what the host process (an Airflow task, a test) last left there.
+    model_threads: int = 0
 
     def __post_init__(self) -> None:
         if self.decode not in DECODE_CHOICES:
             raise ValueError(f"decode must be one of {DECODE_CHOICES}, not {self.decode!r}")
+        if self.model_threads < 0:
+            raise ValueError(f"model_threads must be 0 (one per CPU) or more, not {self.model_threads}")
+
+    @property
+    def torch_threads(self) -> int:
+        return self.model_threads or len(os.sched_getaffinity(0))
 
     @property
     def decode_window(self) -> int:
@@ -274,10 +286,8 @@ class _Stages:
 
         Batches are filled in download-completion order, which differs between runs; with fixed
         shapes a row's scores do not depend on its batch-mates (kernels pick the same code path),
-        so a re-run reproduces results bit for bit.
+        so a re-run with the same model_threads reproduces results bit for bit.
         """
-        import torch
-
         models, n, size, clock = self.models, len(batch), self.pipeline.batch_size, self.clock
         pad = size - n
         with clock.stage("rows"):
@@ -426,6 +436,8 @@ def score_batch(
     spool = ImageSpool() if pipeline.webdataset else None
     bar = tqdm(total=len(batch.rows), desc=f"score {batch.batch_id}", unit="row", file=sys.stderr, disable=not progress)
     main_thread = time.thread_time()  # the loop below: handing rows between the stages, collecting results
+    host_threads = torch.get_num_threads()
+    torch.set_num_threads(pipeline.torch_threads)  # process-wide: the inference thread started below runs with it
     try:
         for scored in score_rows(batch.rows, models, download, images, pipeline, batch.batch_id, clock, traffic):
             results.append({**scored.row, "profile": spec.profile})
@@ -442,6 +454,7 @@ def score_batch(
             shards = _write_outputs(out, batch.rows, results, embeddings, models.embed_dim, spool, images.encode_format, pipeline)
         clock.stop()
     finally:
+        torch.set_num_threads(host_threads)
         bar.close()
         if spool is not None:
             spool.close()
@@ -472,6 +485,7 @@ def score_batch(
         "started_at": started_at.isoformat(),
         "finished_at": datetime.now(UTC).isoformat(),
         "host": socket.gethostname(),  # which machine scored it, for "which worker is slow" in SQL
+        "model_threads": pipeline.torch_threads,  # with the models and the device, what a bit-exact re-run needs
         "bytes_downloaded": traffic["bytes_downloaded"],
         "seconds": {
             "load": round(loaded - started, 3),
@@ -571,6 +585,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=at_least_one, default=PipelineConfig.batch_size, help="images per model call")
     parser.add_argument("--max-in-flight", type=at_least_one, default=PipelineConfig.max_in_flight, help="downloads ahead")
     parser.add_argument("--decode-workers", type=at_least_one, default=PipelineConfig.decode_workers)
+    parser.add_argument("--model-threads", type=at_least_zero_int, default=PipelineConfig.model_threads,
+                        help="torch's CPU threads for the models; scores on the CPU depend on it in their last bits "
+                        "(default 0: one per CPU this process may use)")
     parser.add_argument("--decode", choices=DECODE_CHOICES, default=None,
                         help="where JPEGs are decoded and resized: cpu, gpu (batched nvJPEG, needs --device cuda) or "
                         "auto = gpu when the models run on CUDA (default: ALTLAKE_WORKER_DECODE, else auto)")
@@ -674,6 +691,7 @@ def run(args: argparse.Namespace) -> int:
                     max_in_flight=args.max_in_flight,
                     decode_workers=args.decode_workers,
                     decode=decode_on,
+                    model_threads=args.model_threads,
                     webdataset=args.webdataset,
                 ),
                 batch_id=args.batch_id,

@@ -8,8 +8,9 @@ with Lanczos, over the picture (not the white border), on the first images.
 
 Candidates: Pillow (draft decode + BOX), Pillow-SIMD (same code, its own venv: it replaces Pillow),
 OpenCV as img2dataset uses it (full decode + INTER_AREA), OpenCV at a reduced decode scale,
-simplejpeg + Pillow (altlake's path before), pyvips (libvips' thumbnail, its own venv) and altlake's
-own functions (simplejpeg at a SIMD scale + OpenCV). A candidate that cannot be installed on this
+simplejpeg + Pillow (altlake's path before), pyvips (libvips' thumbnail, its own venv), PyTurboJPEG
+(a second libjpeg-turbo binding, over Debian's libturbojpeg, fetched with `apt-get download`) and
+altlake's own functions (simplejpeg at a SIMD scale + OpenCV). A candidate that cannot be installed on this
 machine is reported with the reason. Results: a table on stdout and bench/out/images.json.
 """
 
@@ -39,7 +40,10 @@ OWN_VENV = ("altlake", "pillow", "simplejpeg+pillow", "opencv", "opencv-reduced"
 PEER_VENVS = {  # method -> (venv name, requirements)
     "pillow-simd": ("pillow-simd", ["pillow-simd", "numpy"]),
     "pyvips": ("pyvips", ["pyvips", "pyvips-binary", "numpy"]),
+    # PyTurboJPEG 2 needs libjpeg-turbo 3; Debian 12 ships 2.1.5
+    "pyturbojpeg": ("pyturbojpeg-1", ["PyTurboJPEG<2", "numpy", "opencv-python-headless"]),
 }
+TURBOJPEG_DEB = "libturbojpeg0"  # Debian's libjpeg-turbo TurboJPEG library, for PyTurboJPEG
 METHODS = (*OWN_VENV, *PEER_VENVS)
 
 
@@ -50,7 +54,26 @@ def python_for(method: str) -> str:
     name, requirements = PEER_VENVS[method]
     if method == "pillow-simd" and "avx2" in Path("/proc/cpuinfo").read_text(errors="ignore"):
         os.environ.setdefault("CC", "cc -mavx2")  # Pillow-SIMD's own advice; its build reads CC
+    if method == "pyturbojpeg":
+        os.environ.setdefault("ALTLAKE_TURBOJPEG_LIB", str(turbojpeg_library()))
     return str(peer_venv(name, requirements) / "bin" / "python")
+
+
+def turbojpeg_library() -> Path:
+    """libturbojpeg.so for PyTurboJPEG (which ships none): Debian's package, fetched with apt-get
+    download and unpacked under the cache once (no root, nothing installed system-wide)."""
+    folder = Path(Settings.from_env().cache_dir) / "bench-data" / TURBOJPEG_DEB
+    found = sorted(folder.glob("usr/lib/*/libturbojpeg.so.*"))
+    if not found:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="altlake-deb-") as download:
+            subprocess.run(["apt-get", "download", TURBOJPEG_DEB], cwd=download, check=True, capture_output=True)
+            (deb,) = Path(download).glob("*.deb")
+            subprocess.run(["dpkg-deb", "-x", str(deb), str(folder)], check=True)
+        found = sorted(folder.glob("usr/lib/*/libturbojpeg.so.*"))
+    if not found:
+        raise OSError(f"{TURBOJPEG_DEB} holds no libturbojpeg.so")
+    return found[-1]
 
 
 def reference(bodies: list[bytes], size: int) -> list[np.ndarray]:

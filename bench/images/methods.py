@@ -107,6 +107,35 @@ def simplejpeg_pillow(size: int):
     return decode, resize, encode, to_rgb
 
 
+def pyturbojpeg(size: int):
+    """PyTurboJPEG (ctypes over the system's libturbojpeg): decode at the same SIMD scale as altlake,
+    the same OpenCV resize, its own q95 4:2:0 encode; the library is the one ALTLAKE_TURBOJPEG_LIB names."""
+    import os
+
+    import cv2
+    from turbojpeg import TJPF_RGB, TJSAMP_420, TurboJPEG
+
+    cv2.setNumThreads(1)
+    jpeg = TurboJPEG(os.environ["ALTLAKE_TURBOJPEG_LIB"])
+
+    def decode(body):
+        width, height = jpeg.decode_header(body)[:2]
+        new_width, new_height, left, top = geometry(width, height, size)
+        denominator = next((d for d in (8, 4, 2) if -(-width // d) >= new_width and -(-height // d) >= new_height), 1)
+        return jpeg.decode(body, pixel_format=TJPF_RGB, scaling_factor=(1, denominator)), (new_width, new_height, left, top)
+
+    def resize(decoded):
+        pixels, (new_width, new_height, left, top) = decoded
+        shrink = pixels.shape[1] / new_width
+        interpolation = cv2.INTER_AREA if shrink >= 2 else cv2.INTER_LINEAR if shrink > 1 else cv2.INTER_LANCZOS4
+        return on_canvas(cv2.resize(pixels, (new_width, new_height), interpolation=interpolation), size, left, top)
+
+    def encode(pixels):
+        return jpeg.encode(pixels, quality=QUALITY, pixel_format=TJPF_RGB, jpeg_subsample=TJSAMP_420)
+
+    return decode, resize, encode, lambda pixels: pixels
+
+
 def pyvips(size: int):
     """libvips' thumbnail: shrink-on-load, its own resampling, embed, jpegsave; one thread, as the others."""
     import os
@@ -160,6 +189,7 @@ METHODS = {
     "opencv": lambda size: opencv(size, reduced=False),
     "opencv-reduced": lambda size: opencv(size, reduced=True),
     "pyvips": pyvips,
+    "pyturbojpeg": pyturbojpeg,
 }
 
 

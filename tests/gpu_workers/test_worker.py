@@ -28,11 +28,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+import torch
 import yaml
 from PIL import Image
 
 from altlake import perceptual
 from altlake.config import Settings
+from altlake.paths import RESULTS_FILE, SUCCESS_FILE
 from altlake.profiles import DEMO_PROFILE
 from altlake.schemas import STATUS_OK, WORKER_RESULTS
 from altlake_cli.image_server import ImageServer
@@ -44,7 +46,6 @@ from gpu_workers.profiles import model_spec
 from gpu_workers.reader import InputRow, default_batch_id
 from gpu_workers.stage_clock import STAGES
 from gpu_workers.worker import PipelineConfig, configure, download_config, opted_out_by_signal, score_batch, score_rows, spec_from_args
-from altlake.paths import RESULTS_FILE, SUCCESS_FILE
 from gpu_workers.writer import IMG_EMB_FILE, METADATA_FILE, TEXT_EMB_FILE, TIMING_COLUMNS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -311,6 +312,31 @@ def _score_cli(input_path: str, output: str) -> list[str]:
     ]  # fmt: skip
 
 
+def test_the_models_run_with_the_pipelines_thread_count_whatever_the_host_left(tmp_path, server, models, monkeypatch):
+    rows = [{"uid": f"t{i}", "url": server.url(f"photo/{name}.jpg?size=120"), "text": name, "language": "en"}
+            for i, name in enumerate(["astronaut", "coffee", "rocket"])]  # fmt: skip
+    input_path = _write_parquet(tmp_path / "in.parquet", rows)
+    seen: list[int] = []
+    embed = models.embed_images
+
+    def recording(batch):
+        seen.append(torch.get_num_threads())  # in the inference thread
+        return embed(batch)
+
+    monkeypatch.setattr(models, "embed_images", recording)
+    host_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        summary = score_batch(input_path, str(tmp_path / "out"), SPEC, _download(), IMAGES, PipelineConfig(batch_size=2, model_threads=2), models=models)
+        assert torch.get_num_threads() == 1, "the host's own setting comes back after the batch"
+    finally:
+        torch.set_num_threads(host_threads)
+    assert summary["statuses"] == {"ok": 3} and summary["model_threads"] == 2
+    assert seen == [2, 2]
+    with pytest.raises(ValueError, match="model_threads"):
+        PipelineConfig(model_threads=-1)
+
+
 def test_worker_killed_mid_batch_then_rerun_writes_identical_files(tmp_path, server, models):
     rows = [
         {"uid": f"p{i:02d}", "url": server.url(f"photo/{name}.jpg?size=200&v={i}"), "text": f"photo {name}", "language": "en"}
@@ -351,10 +377,18 @@ def test_worker_killed_mid_batch_then_rerun_writes_identical_files(tmp_path, ser
 
     # The same batch scored without interruption, in-process, with the configuration the CLI builds
     # (no model flags: the default profile, `demo`, which every row records).
+    # This process's torch left at one thread, as another library's OpenMP setting can leave it: the
+    # worker sets its own count, so the scores still equal the CLI's (astronaut's pwatermark differs
+    # in its last bits between one and two threads).
     reference = tmp_path / "reference"
     download = DownloadConfig.from_settings(Settings.from_env(), allow_hosts=("127.0.0.1",))
     pipeline = PipelineConfig(batch_size=4, decode_workers=2)
-    score_batch(input_path, str(reference), model_spec(DEMO_PROFILE), download, ImageConfig(), pipeline, models=models)
+    host_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        score_batch(input_path, str(reference), model_spec(DEMO_PROFILE), download, ImageConfig(), pipeline, models=models)
+    finally:
+        torch.set_num_threads(host_threads)
 
     def without_timings(folder: Path) -> pa.Table:
         return pq.read_table(folder / RESULTS_FILE).drop_columns(list(TIMING_COLUMNS))
