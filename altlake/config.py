@@ -178,8 +178,10 @@ class Settings:
     worker_backend: str = "local"
     # The worker container image (Kubernetes; AWS Batch takes it from the job definition).
     worker_image: str = ""
-    # Extra `altlake score` flags, e.g. `--device cuda --decode gpu` (not model flags: models come from the
-    # run's profile).
+    # Extra `altlake score` flags, e.g. `--device cuda --decode gpu` or `--model-threads 8` (not model flags:
+    # models come from the run's profile). `--model-threads` (default: one per CPU the worker may use) is
+    # torch's CPU thread count for the models, recorded as `model_threads` in each batch's `_SUCCESS`: on
+    # the CPU a row's scores change in their last bits with it, so a bit-exact re-run uses the same count.
     worker_args: str = ""
     # GPUs requested per batch container.
     worker_gpus: int = 1

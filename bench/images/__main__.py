@@ -55,7 +55,7 @@ def python_for(method: str) -> str:
     if method == "pillow-simd" and "avx2" in Path("/proc/cpuinfo").read_text(errors="ignore"):
         os.environ.setdefault("CC", "cc -mavx2")  # Pillow-SIMD's own advice; its build reads CC
     if method == "pyturbojpeg":
-        os.environ.setdefault("ALTLAKE_TURBOJPEG_LIB", str(turbojpeg_library()))
+        os.environ.setdefault("BENCH_TURBOJPEG_LIB", str(turbojpeg_library()))
     return str(peer_venv(name, requirements) / "bin" / "python")
 
 

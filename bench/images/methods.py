@@ -109,14 +109,14 @@ def simplejpeg_pillow(size: int):
 
 def pyturbojpeg(size: int):
     """PyTurboJPEG (ctypes over the system's libturbojpeg): decode at the same SIMD scale as altlake,
-    the same OpenCV resize, its own q95 4:2:0 encode; the library is the one ALTLAKE_TURBOJPEG_LIB names."""
+    the same OpenCV resize, its own q95 4:2:0 encode; the library is the one BENCH_TURBOJPEG_LIB names."""
     import os
 
     import cv2
     from turbojpeg import TJPF_RGB, TJSAMP_420, TurboJPEG
 
     cv2.setNumThreads(1)
-    jpeg = TurboJPEG(os.environ["ALTLAKE_TURBOJPEG_LIB"])
+    jpeg = TurboJPEG(os.environ["BENCH_TURBOJPEG_LIB"])
 
     def decode(body):
         width, height = jpeg.decode_header(body)[:2]
