@@ -324,18 +324,17 @@ class HostTransform:
         # open_clip's MaybeToTensor is a ToTensor that passes tensors through; these steps get PIL images
         self._fast = len(steps) >= 2 and isinstance(steps[-2], T.ToTensor) and isinstance(steps[-1], T.Normalize)
         if self._fast:
-            self._pil_steps = steps[:-2]
-            normalize = steps[-1]
-            self._mean = np.asarray(normalize.mean, np.float32).reshape(-1, 1, 1)
-            self._std = np.asarray(normalize.std, np.float32).reshape(-1, 1, 1)
+            self._pil_steps, (self._to_tensor, self._normalize) = steps[:-2], steps[-2:]
+            self._mean = np.asarray(self._normalize.mean, np.float32).reshape(-1, 1, 1)
+            self._std = np.asarray(self._normalize.std, np.float32).reshape(-1, 1, 1)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         if not self._fast:
             return self._transform(image)
         for step in self._pil_steps:
             image = step(image)
-        if image.mode != "RGB":  # ToTensor keeps other modes' channels; leave those to it
-            return self._transform.transforms[-1](self._transform.transforms[-2](image))
+        if image.mode != "RGB":  # ToTensor keeps other modes' channels; leave those to torchvision
+            return self._normalize(self._to_tensor(image))
         x = np.ascontiguousarray(np.asarray(image, dtype=np.float32).transpose(2, 0, 1))  # planes: long inner loops
         x /= np.float32(255)
         x -= self._mean

@@ -11,6 +11,7 @@ from PIL import Image
 from skimage import data
 
 from altlake import perceptual
+from altlake_cli.image_server import photo_files
 
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "hubble_deep_field", "immunohistochemistry", "retina")  # (skimage.data.cat is chelsea)
 
@@ -93,15 +94,9 @@ def _reference(pixels: np.ndarray) -> tuple[str, int]:
 
 
 def _real_photos() -> list[np.ndarray]:
-    """Every photo shipped with scikit-image and scikit-learn, in RGB."""
-    import pathlib
-
-    import skimage
-    import sklearn
-
-    folders = [pathlib.Path(skimage.__file__).parent / "data", pathlib.Path(sklearn.__file__).parent / "datasets" / "images"]
+    """Every photo shipped with scikit-image and scikit-learn (the image server's set), in RGB."""
     photos = []
-    for path in sorted(p for folder in folders for p in folder.iterdir() if p.suffix.lower() in {".jpg", ".png"}):
+    for path in photo_files().values():
         with Image.open(path) as image:
             if min(image.size) >= 64 and image.mode in {"RGB", "L", "RGBA", "P"}:
                 photos.append(np.asarray(image.convert("RGB")))
