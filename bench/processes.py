@@ -10,6 +10,12 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+GPU_IMAGES_PER_S = 8000  # what one H100 runs ViT-B/32 at: the rate a worker's CPUs must keep up with
+
+
+def vcpus_per_gpu(cpu_ms_per_image: float) -> float:
+    """vCPUs that must feed one GPU at GPU_IMAGES_PER_S when each image costs this much CPU."""
+    return round(cpu_ms_per_image * GPU_IMAGES_PER_S / 1000, 1)
 
 
 def measure(label: str, command: list[str], env: dict[str, str]) -> dict[str, float]:

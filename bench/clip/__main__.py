@@ -33,7 +33,7 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from altlake_cli.image_server import photo_files
-from bench.processes import measure
+from bench.processes import GPU_IMAGES_PER_S, measure, vcpus_per_gpu
 from bench.venvs import peer_venv
 from gpu_workers.models import DEMO, DEMO_CLIP_MODEL, DEMO_DIR, DEMO_FILES
 from gpu_workers.writer import OutputDir, Sample, write_webdataset
@@ -52,7 +52,6 @@ CLIP_RETRIEVAL_DEPS = (
     "regex", "flask", "flask_restful", "flask_cors", "faiss-cpu", "h5py", "prometheus-client",
 )  # fmt: skip
 MODELS = (DEMO_CLIP_MODEL, "ViT-B-32")
-GPU_IMAGES_PER_S = 8000  # what one H100 runs ViT-B/32 at: the rate the CPUs must keep up with
 IMAGE_SIZE = 256  # the worker's storage size; img2dataset resizes to the same in the job rows
 IMG2DATASET_THREADS = 32  # its download threads, as in bench.download (altlake's default concurrency is higher)
 
@@ -235,7 +234,7 @@ def run_altlake(
         note=f"steady = the worker's scoring rate after model load; statuses {summary['statuses']}",
         cpu_ms_per_image=stages,
         feed_ms_per_image=round(feeding, 3),
-        vcpus_per_gpu_at_8000=round(feeding * GPU_IMAGES_PER_S / 1000, 1),
+        vcpus_per_gpu_at_8000=vcpus_per_gpu(feeding),
     )  # fmt: skip
 
 

@@ -28,9 +28,9 @@ import tempfile
 from pathlib import Path
 
 from altlake.config import Settings
-from bench.processes import measure
-from bench.venvs import peer_venv
 from bench.download.dataset import make_images, write_url_list
+from bench.processes import GPU_IMAGES_PER_S, measure, vcpus_per_gpu
+from bench.venvs import peer_venv
 
 REPO = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -86,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
                 for tool, command in commands.items():
                     sample = measure(f"{tool} ({label}, {count} images, run {repeat + 1}/{args.repeats})", command, env)
                     samples.setdefault((tool, label), []).append(sample)
-                samples["altlake", label][-1]["images"] = json.loads((folder / "altlake" / "summary.json").read_text())["successes"]
+                summary = json.loads((folder / "altlake" / "summary.json").read_text())
+                samples["altlake", label][-1].update(images=summary["successes"], cpu_ms_per_image=summary["cpu_ms_per_image"])
                 samples["img2dataset", label][-1]["images"] = img2dataset_successes(folder / "img2dataset")
                 shutil.rmtree(folder)
         runs: dict[str, dict[str, dict]] = {}
@@ -97,6 +98,9 @@ def main(argv: list[str] | None = None) -> int:
                 "images": min(m["images"] for m in measured),  # a run that lost images does not flatter its tool
                 "cpu_s_runs": [round(m["cpu_s"], 2) for m in measured],
             }
+            if tool == "altlake":  # the worker's own stage counters, median of each over the runs
+                stages = measured[0]["cpu_ms_per_image"]
+                runs[tool][label]["cpu_ms_per_image"] = {name: statistics.median(m["cpu_ms_per_image"][name] for m in measured) for name in stages}
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -119,6 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         "img2dataset": IMG2DATASET,
         "cpu_count": os.cpu_count(), "python": platform.python_version(),
         "runs": runs, "per_core_speedup": ratio, "marginal_per_core_speedup": marginal_ratio,
+        "vcpus_per_gpu_at_8000": vcpus_per_gpu(runs["altlake"]["full"]["cpu_ms_per_image"]["total"]),
         "altlake_safety": "robots.txt + X-Robots-Tag + SSRF guard on (127.0.0.1 allow-listed)",
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
@@ -133,6 +138,11 @@ def main(argv: list[str] | None = None) -> int:
               f"{full['images_per_cpu_s']:>10.1f} {full['marginal_images_per_cpu_s']:>19.1f}")
     print(f"per-core speed-up altlake / img2dataset: {ratio:.2f}x whole run, {marginal_ratio:.2f}x without start-up"
           f"   (written to {args.out})")
+    stages = runs["altlake"]["full"]["cpu_ms_per_image"]
+    print("altlake CPU ms per image by stage (full runs; decode includes the resize, hash the JPEG encode; other: threads and"
+          " work outside the stages): " + "  ".join(f"{name} {ms:.3f}" for name, ms in stages.items() if ms or name == "total"))
+    print(f"  download to written row: {stages['total']:.2f} ms/image -> {vcpus_per_gpu(stages['total'])} vCPUs"
+          f" per GPU at {GPU_IMAGES_PER_S} images/s")
     return 0
 
 

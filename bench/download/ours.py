@@ -21,6 +21,7 @@ from tqdm import tqdm
 from altlake.config import Settings
 from gpu_workers.downloader import DownloadConfig, download
 from gpu_workers.images import ImageConfig, ImageRejected, decode
+from gpu_workers.stage_clock import StageClock
 from gpu_workers.writer import ImageSpool, OutputDir, Sample, write_webdataset
 
 
@@ -50,30 +51,36 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     counts: Counter[str] = Counter()
     spool, metas = ImageSpool(str(out)), {}
-    results = download(zip(table["key"], table["url"]), download_config, max_in_flight=4 * args.threads)
+    clock = StageClock()  # the worker's own per-stage CPU counters; the process total from here on
+    clock.start()
+    results = download(zip(table["key"], table["url"]), download_config, max_in_flight=4 * args.threads, clock=clock)
     for result in tqdm(results, total=len(captions), desc="altlake", unit="img", file=sys.stderr):
         status = result.status
         if status == "ok":
             try:
-                image = decode(result.body, image_config)
+                image = decode(result.body, image_config, clock)
             except ImageRejected as rejected:
                 status = rejected.status
             else:
                 meta = {"url": result.url, "key": result.key, "status": status, "sha256": image.sha256,
                         "width": image.width, "height": image.height,
                         "original_width": image.original_width, "original_height": image.original_height}
-                if args.output_format == "webdataset":  # as the worker: spooled, then shards in key order
-                    spool.add(result.key, image.stored_bytes)
-                    metas[result.key] = meta
-                else:
-                    (out / f"{result.key}.jpg").write_bytes(image.stored_bytes)
-                    (out / f"{result.key}.txt").write_text(captions[result.key])
-                    (out / f"{result.key}.json").write_bytes(orjson.dumps(meta))
+                with clock.stage("write"):
+                    if args.output_format == "webdataset":  # as the worker: spooled, then shards in key order
+                        spool.add(result.key, image.stored_bytes)
+                        metas[result.key] = meta
+                    else:
+                        (out / f"{result.key}.jpg").write_bytes(image.stored_bytes)
+                        (out / f"{result.key}.txt").write_text(captions[result.key])
+                        (out / f"{result.key}.json").write_bytes(orjson.dumps(meta))
         counts[status] += 1
-    if args.output_format == "webdataset":
-        write_webdataset(OutputDir(str(out)), (Sample(key, spool.get(key), captions[key], metas[key]) for key in sorted(metas)))
-    spool.close()
-    (out / "summary.json").write_text(json.dumps({"statuses": counts, "successes": counts["ok"]}))
+    with clock.stage("write"):
+        if args.output_format == "webdataset":
+            write_webdataset(OutputDir(str(out)), (Sample(key, spool.get(key), captions[key], metas[key]) for key in sorted(metas)))
+        spool.close()
+    clock.stop()
+    summary = {"statuses": counts, "successes": counts["ok"], "cpu_ms_per_image": clock.ms_per_image(counts["ok"])}
+    (out / "summary.json").write_text(json.dumps(summary))
     return 0
 
 
