@@ -38,6 +38,12 @@ VIRTUAL_ENV="$PWD/.venv" "$UV" pip install --quiet -r requirements.txt
 VIRTUAL_ENV="$PWD/.venv" "$UV" pip install --quiet --no-deps -e .
 # The extraction's C readers, compiled here (needs a C compiler, as the other native packages' sdists would).
 VIRTUAL_ENV="$PWD/.venv" "$UV" pip install --quiet ./native/watread
+# Bytecode for every installed module, once. uv installs none, and where PYTHONDONTWRITEBYTECODE is set
+# (as in many CI images) Python never caches what it compiles: every process then compiled its imports
+# from source, `import great_expectations` alone 4.4 s of a Spark job's 8. Up-to-date files are skipped.
+# (torch's py312_intrinsics is Python 3.12 syntax, never imported on 3.11.)
+.venv/bin/python -m compileall -q -j 0 -x 'py312_intrinsics' .venv/lib/python3*/site-packages >/dev/null \
+  || echo "   (some installed modules did not compile to bytecode; they compile on import instead)"
 # pyspark is published as an sdist only, and uv keeps a fresh build of it (about 1 GB) on every install into a
 # new venv; pruning drops the builds no environment uses any more, so repeated setups (CI clones) do not
 # fill the disk.

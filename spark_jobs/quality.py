@@ -161,7 +161,7 @@ def validate(
     context = gx.get_context(mode="ephemeral")
     context.variables.progress_bars = ProgressBarsConfig(globally=False)  # no bars in task logs
     batch_definition = (
-        context.data_sources.add_spark(name="altlake")
+        context.data_sources.add_spark(name="altlake", persist=False)  # GX would cache the frame, and never uncache it
         .add_dataframe_asset(name=table_name)
         .add_batch_definition_whole_dataframe(name=table_name)
     )
@@ -179,19 +179,16 @@ def validate(
     checkpoint = context.checkpoints.add(
         gx.Checkpoint(name=f"{table_name}_gate", validation_definitions=[definition], actions=actions)
     )
-    # GX runs one Spark job per metric: read the table once. A frame the caller cached stays its own
-    # (unpersisting the release's cached pairs here made writing them compute them all again).
-    owned = not df.is_cached
-    if owned:
-        df = df.persist()
+    # GX runs a Spark job per few metrics, each reading only the columns it checks. A table's frame is
+    # read that way, never cached: caching it would read every column once, embeddings included (1 GB
+    # of scores at 831k rows, spilled past a 2 GB driver), for checks that read a few. A computed frame
+    # is cached by its caller, who also owns unpersisting it (the release caches its pairs).
     try:
         result = checkpoint.run(batch_parameters={"dataframe": df})
         n_rows = df.count()
         if site_dir != docs_dir:
             _upload_site(Path(site_dir), docs_dir, store)
     finally:
-        if owned:
-            df.unpersist()
         if site_dir != docs_dir:
             shutil.rmtree(site_dir, ignore_errors=True)
     (validation,) = result.run_results.values()
