@@ -79,6 +79,7 @@ def table(report: dict) -> str:
                 f"{_cell(floor.get('wall_s'), '.1f'):>8} {_cell(fig.get('x_floor'), '.2f'):>8} {_cell(fig.get('x_floor_cpu'), '.2f'):>8} "
                 f"{_cell(fig.get('rows_per_s'), '.0f'):>9}"
             )
+    lines.extend(executor_lines(report))
     lines.extend(maintenance_lines(report))
     lines.extend(storage_lines(report))
     skipped = [f"{size}: {run['skipped']}" for size, run in report["sizes"].items() if "skipped" in run]
@@ -94,6 +95,20 @@ def table(report: dict) -> str:
             cells = [f"{span}: {_cell(k, '.2f')}" + (f" [{_cell(floors.get(span), '.2f')}]" if span in floors else "") for span, k in pairs.items()]
             lines.append(f"  {stage:<10} " + ("  ".join(cells) if cells else "-"))
     return "\n".join(lines)
+
+
+def executor_lines(report: dict) -> list[str]:
+    """On a standalone cluster: each stage's CPU and peak memory split between driver and executors."""
+    rows = [(stage, size, fig) for stage in STAGES for size, run in report["sizes"].items()
+            if "executor_cpu_s" in (fig := run.get("stages", {}).get(stage) or {})]  # fmt: skip
+    if not rows:
+        return []
+    lines = [f"driver and executors ({report['settings'].get('spark_master')}):",
+             f"  {'stage':<10} {'size':>9} {'driver CPU s':>13} {'executor CPU s':>15} {'driver MB':>10} {'executor MB':>12}"]  # fmt: skip
+    for stage, size, fig in rows:
+        lines.append(f"  {stage:<10} {size:>9} {fig['cpu_s'] - fig['executor_cpu_s']:>13.1f} {fig['executor_cpu_s']:>15.1f} "
+                     f"{fig['peak_jvm_rss_mb']:>10.0f} {fig['peak_executor_jvm_rss_mb']:>12.0f}")  # fmt: skip
+    return lines
 
 
 def maintenance_lines(report: dict) -> list[str]:

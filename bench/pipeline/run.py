@@ -7,9 +7,11 @@ every planned batch, `altlake merge-scores`, `altlake build-release` (gates, fil
 examples, then `altlake maintain` between two timed runs of those queries (files, log commits and
 query seconds before and after). Every stage is its own process tree (bench/pipeline/probe.py: wall, CPU of the tree,
 peak RSS), next to its floor (bench/pipeline/floors.py: the same Spark reading the stage's inputs
-once and writing its output once). Results: a table, bench/out/pipeline.json and pipeline.png.
+once and writing its output once). With `--master standalone` every stage and floor runs on a Spark
+standalone cluster on 127.0.0.1 (bench/pipeline/cluster.py), the executors' CPU and memory measured
+apart from the driver's. Results: a table, bench/out/pipeline.json and pipeline.png.
 
-    python -m bench.pipeline [--sizes 10000,100000] [--dim 512] [--stages extract,plan,merge]
+    python -m bench.pipeline [--sizes 10000,100000] [--dim 512] [--stages extract,plan,merge] [--master standalone]
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +35,7 @@ from altlake.config import Settings
 from altlake.paths import LakePaths
 from altlake.schemas import TABLES
 from bench.pipeline import figures, generate
+from bench.pipeline.cluster import Cluster, standalone_cluster
 from bench.pipeline.queries import README_EXAMPLES
 
 REPO = Path(__file__).resolve().parents[2]
@@ -156,6 +161,7 @@ class SizeRun:
     size: int
     root: Path
     env: dict[str, str]
+    cluster: Cluster | None = None
 
     @property
     def lake(self) -> Path:
@@ -177,7 +183,8 @@ class SizeRun:
         """Run `command` as its own measured process tree; the probe's figures plus its log."""
         print(f"==> [{self.size}] {label}", file=sys.stderr)
         result_file, log = self.logs / f"{label}.json", self.logs / f"{label}.log"
-        subprocess.run([sys.executable, "-m", "bench.pipeline.probe", str(result_file), str(log), "--", *command],
+        watch = ["--executors-of", str(self.cluster.worker_pid)] if self.cluster else []
+        subprocess.run([sys.executable, "-m", "bench.pipeline.probe", str(result_file), str(log), *watch, "--", *command],
                        cwd=REPO, env=self.env, check=True)  # fmt: skip
         result = json.loads(result_file.read_text())
         result["log"] = str(log)
@@ -185,7 +192,8 @@ class SizeRun:
             result["failed"] = last_error_line(log)
             print(f"    FAILED (exit {result['rc']}): {result['failed']}\n    log: {log}", file=sys.stderr)
         else:
-            print(f"    {result['wall_s']:.1f}s wall, {result['cpu_s']:.1f}s CPU, peak {result['peak_rss_mb']:.0f} MB", file=sys.stderr)
+            on_executors = f" ({result['executor_cpu_s']:.1f}s on executors, peak {result['peak_executor_jvm_rss_mb']:.0f} MB)" if self.cluster else ""
+            print(f"    {result['wall_s']:.1f}s wall, {result['cpu_s']:.1f}s CPU, peak {result['peak_rss_mb']:.0f} MB{on_executors}", file=sys.stderr)
         return result
 
     def altlake(self, *args: str) -> list[str]:
@@ -225,6 +233,10 @@ def combine(steps: dict[str, dict]) -> dict:
         "peak_tree_rss_mb": round(max(s["peak_tree_rss_mb"] for s in steps.values()), 1),
         "peak_jvm_rss_mb": round(max(s["peak_jvm_rss_mb"] for s in steps.values()), 1),
     }
+    if all("executor_cpu_s" in s for s in steps.values()):  # on a cluster: the executors' share, apart
+        figure["executor_cpu_s"] = round(sum(s["executor_cpu_s"] for s in steps.values()), 2)
+        for peak in ("peak_executors_rss_mb", "peak_executor_jvm_rss_mb"):
+            figure[peak] = round(max(s[peak] for s in steps.values()), 1)
     failed = next((s for s in steps.values() if "failed" in s), None)
     if failed:
         figure.update(failed=failed["failed"], log=failed["log"])
@@ -253,7 +265,9 @@ def run_size(size: int, args: argparse.Namespace, work: Path) -> dict:
         env["ALTLAKE_SPARK_DRIVER_MEMORY"] = args.driver_memory
     if args.merge_rows:
         env["ALTLAKE_MERGE_ROWS"] = str(args.merge_rows)
-    run = SizeRun(size, root, env)
+    if args.cluster:
+        env.update(args.cluster.env, ALTLAKE_SPARK_MASTER=args.cluster.url)
+    run = SizeRun(size, root, env, args.cluster)
     run.logs.mkdir(parents=True)
     wats, wat_s = generate.wat_shards(work, size, args.seed)
     summary: dict = {
@@ -443,10 +457,13 @@ def build_report(args: argparse.Namespace, sizes: dict[str, dict], settings: Set
         "machine": {"cores": len(os.sched_getaffinity(0)), "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
                     "python": platform.python_version()},  # fmt: skip
         "settings": {"dim": args.dim, "embeddings": args.embeddings, "batch_size": args.batch_size, "seed": args.seed, "stages": args.stages,
-                     "spark_master": settings.spark_master, "driver_memory": args.driver_memory or settings.spark_driver_memory,
+                     "spark_master": args.master if args.cluster else settings.spark_master,
+                     "driver_memory": args.driver_memory or settings.spark_driver_memory,
+                     **({"executor_memory": args.executor_memory, "executor_cores": args.cores} if args.cluster else {}),
                      "merge_rows": args.merge_rows or settings.merge_rows,
                      "shuffle_partitions": settings.spark_shuffle_partitions, "crawl": CRAWL,
-                     "peak_rss_mb": "largest single process of the stage (local mode: the JVM, driver and executor in one)"},  # fmt: skip
+                     "peak_rss_mb": "largest single process of the stage's own tree (local mode: the JVM, driver and executor in one; "
+                                    "standalone: the driver, with the executors' in peak_executor_jvm_rss_mb)"},  # fmt: skip
         "sizes": sizes,
         "exponents": stage_exp,
         "floor_exponents": floor_exp,
@@ -454,6 +471,14 @@ def build_report(args: argparse.Namespace, sizes: dict[str, dict], settings: Set
         "cpu_exponents": cpu_exp,
         "cpu_floor_exponents": cpu_floor_exp,
     }
+
+
+def jvm_megabytes(size: str) -> int:
+    """A JVM memory size given in m or g (512m, 4g), in MiB."""
+    match = re.fullmatch(r"(\d+)([mg])", size.strip().lower())
+    if not match:
+        raise argparse.ArgumentTypeError(f"a JVM memory size in m or g (512m, 4g), not {size!r}")
+    return int(match[1]) * (1024 if match[2] == "g" else 1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -471,19 +496,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--merge-rows", type=int,
                         help="ALTLAKE_MERGE_ROWS for merge-scores (default: the setting's, 100000); the batch size makes one MERGE per batch, "
                              "as a lake scored incrementally gets, with the small files maintain is there to compact")
+    parser.add_argument("--master", choices=("local", "standalone"), default="local",
+                        help="local: each stage's own local[*] session (the default setting); standalone: a Spark standalone cluster on "
+                             "127.0.0.1 (a master and a worker lending every core), executors in their own JVMs, measured apart")
+    parser.add_argument("--executor-memory", default="4g", help="with --master standalone: each application's executor heap")
     parser.add_argument("--keep", action="store_true", help="keep each size's lake (default: removed after the size; logs stay)")
     parser.add_argument("--work-dir", type=Path, help="where lakes and WAT shards live (default: <ALTLAKE_CACHE_DIR>/bench-data/pipeline)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "pipeline.json")
     args = parser.parse_args(argv)
+    try:
+        jvm_megabytes(args.executor_memory)
+    except argparse.ArgumentTypeError as error:
+        parser.error(f"--executor-memory: {error}")
     settings = Settings.from_env()
     work = (args.work_dir or Path(settings.cache_dir) / "bench-data" / "pipeline").absolute()
     (work / "wat").mkdir(parents=True, exist_ok=True)
-    sizes: dict[str, dict] = {}
-    for size in args.sizes:
-        sizes[str(size)] = run_size(size, args, work)
-        report = build_report(args, sizes, settings)
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=2))  # after every size: a long run's figures survive an interruption
+    args.cores, args.cluster = len(os.sched_getaffinity(0)), None
+    with ExitStack() as stack:
+        if args.master == "standalone":
+            worker_memory = f"{jvm_megabytes(args.executor_memory) + 512}m"  # the executor's heap and room for Spark's overhead
+            args.cluster = stack.enter_context(standalone_cluster(work / "cluster", args.cores, worker_memory, args.executor_memory))
+            print(f"==> standalone cluster at {args.cluster.url}: one worker, {args.cores} cores, executors of {args.executor_memory}", file=sys.stderr)
+        sizes: dict[str, dict] = {}
+        for size in args.sizes:
+            sizes[str(size)] = run_size(size, args, work)
+            report = build_report(args, sizes, settings)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            args.out.write_text(json.dumps(report, indent=2))  # after every size: a long run's figures survive an interruption
     figures.plot(report, args.out.with_suffix(".png"))
     print(figures.table(report))
     print(f"\nwritten: {args.out} and {args.out.with_suffix('.png')}")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -153,7 +154,7 @@ def _stage(wall: float, floor: float | None = None) -> dict:
 
 
 def test_the_report_has_exponents_per_stage_and_keeps_skipped_sizes(tmp_path):
-    args = type("Args", (), {"dim": 512, "embeddings": "clustered", "batch_size": 10_000, "seed": 1, "stages": ["extract", "plan"], "driver_memory": None, "merge_rows": 10_000})()
+    args = type("Args", (), {"dim": 512, "embeddings": "clustered", "batch_size": 10_000, "seed": 1, "stages": ["extract", "plan"], "driver_memory": None, "merge_rows": 10_000, "master": "local", "cluster": None})()
     sizes = {
         "10000": {"candidates": 10_000, "storage": {"scores": {"rows": 10, "bytes": 13_630, "bytes_per_row": 1_363},
                                                     "release": {"rows": 4, "bytes": 29_200, "bytes_per_row": 7_300, "bytes_per_row_by_part": {"embeddings": 4_100, "index": 3_200}}},
@@ -176,6 +177,16 @@ def test_the_report_has_exponents_per_stage_and_keeps_skipped_sizes(tmp_path):
     assert (tmp_path / "pipeline.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_on_a_cluster_the_table_splits_each_stage_between_driver_and_executors():
+    plan = _stage(20.0, 10.0) | {"cpu_s": 50.0, "executor_cpu_s": 42.0, "peak_jvm_rss_mb": 900.0, "peak_executor_jvm_rss_mb": 1700.0}
+    report = {"settings": {"spark_master": "standalone"}, "sizes": {"1000": {"candidates": 1_000, "stages": {"plan": plan}}}}
+    text = figures.table(report)
+    assert "driver and executors (standalone):" in text
+    line = next(row for row in text.splitlines() if row.strip().startswith("plan") and "1700" in row)
+    assert line.split()[2:] == ["8.0", "42.0", "900", "1700"]  # driver CPU = the stage's minus the executors'
+    assert "driver and executors" not in figures.table({"settings": {}, "sizes": {"1000": {"candidates": 1_000, "stages": {"plan": _stage(20.0)}}}})
+
+
 def test_the_probe_counts_the_cpu_of_an_orphan_the_command_never_waited_for(tmp_path):
     """As a Spark job's JVM outlives its Python, this orphan outlives the shell that started it."""
     burn = "import time\nwhile time.process_time() < 0.5: pass"
@@ -187,14 +198,61 @@ def test_the_probe_counts_the_cpu_of_an_orphan_the_command_never_waited_for(tmp_
     assert figures_["cpu_s"] >= 0.45
 
 
-def _bench_300(tmp_path, stages: str, out, timeout: int) -> subprocess.CompletedProcess:
+def test_on_a_cluster_the_probe_counts_the_executors_the_worker_starts_and_not_those_before(tmp_path):
+    """A stand-in for a Spark worker: it already runs one child when the probe starts (another
+    stage's executor: not counted), then starts one that burns 0.6 s of CPU and outlives the
+    command, as executors outlive their driver by a moment (this stage's: counted)."""
+    started = tmp_path / "executor-started"
+    burn = f"import pathlib, time\npathlib.Path({str(started)!r}).touch()\nwhile time.process_time() < 0.6: pass\ntime.sleep(0.5)"
+    worker_code = (
+        "import subprocess, sys, time\n"
+        "before = subprocess.Popen([sys.executable, '-c', 'import time\\nwhile time.process_time() < 3: pass'])\n"
+        "time.sleep(2.0)\n"
+        f"subprocess.run([sys.executable, '-c', {burn!r}])\n"
+        "before.wait()\n"
+    )
+    worker = subprocess.Popen([sys.executable, "-c", worker_code])
+    try:
+        time.sleep(1.0)  # the first child runs
+        result = tmp_path / "result.json"
+        driver = f"import pathlib, time\nwhile not pathlib.Path({str(started)!r}).exists(): time.sleep(0.05)"
+        subprocess.run([sys.executable, "-m", "bench.pipeline.probe", str(result), str(tmp_path / "log"), "--executors-of", str(worker.pid),
+                        "--", sys.executable, "-c", driver], cwd=REPO, check=True, timeout=120)  # fmt: skip
+    finally:
+        worker.wait(timeout=60)
+    figures_ = json.loads(result.read_text())
+    assert figures_["rc"] == 0 and figures_["executor_processes"] == 1  # the one started after the probe, waited for
+    assert 0.45 <= figures_["executor_cpu_s"] < 2.0  # not the 3 s of the child that ran before
+    assert figures_["cpu_s"] >= figures_["executor_cpu_s"] and figures_["peak_executors_rss_mb"] > 1
+
+
+def _bench_300(tmp_path, stages: str, out, timeout: int, *flags: str) -> subprocess.CompletedProcess:
     """`python -m bench.pipeline` on a 300-candidate lake under tmp_path, which must succeed."""
     done = subprocess.run(
-        [sys.executable, "-m", "bench.pipeline", "--sizes", "300", "--stages", stages, "--work-dir", str(tmp_path / "work"), "--out", str(out)],
+        [sys.executable, "-m", "bench.pipeline", "--sizes", "300", "--stages", stages, "--work-dir", str(tmp_path / "work"), "--out", str(out), *flags],
         cwd=REPO, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     return done
+
+
+@pytest.mark.bench
+@pytest.mark.timeout(1200)
+def test_on_a_standalone_cluster_each_stage_has_its_executors_cpu_and_memory_apart(tmp_path):
+    out = tmp_path / "pipeline.json"
+    done = _bench_300(tmp_path, "plan", out, 1100, "--master", "standalone", "--executor-memory", "1g")
+    report = json.loads(out.read_text())
+    assert report["settings"]["spark_master"] == "standalone" and report["settings"]["executor_memory"] == "1g"
+    run = report["sizes"]["300"]
+    assert run["candidates"] > 100
+    for stage in ("extract", "plan"):
+        figure = run["stages"][stage]
+        assert "failed" not in figure, figure
+        # the work ran in the executors' JVMs, not in the driver's
+        assert figure["executor_cpu_s"] > 1 and figure["peak_executor_jvm_rss_mb"] > 100 and figure["peak_jvm_rss_mb"] > 100
+        assert figure["cpu_s"] > figure["executor_cpu_s"]
+    assert run["stages"]["plan"]["floor"]["executor_cpu_s"] > 0
+    assert "driver and executors (standalone)" in done.stdout
 
 @pytest.mark.bench
 def test_a_tiny_lake_is_extracted_planned_and_maintained_against_its_floor(tmp_path):

@@ -7,67 +7,27 @@ runs against them, and the tables it writes must equal a local-mode run's.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import orjson
-import pyspark
 import pytest
 
+from bench.pipeline.cluster import SPARK_HOME, standalone_cluster
 from spark_jobs.extract import run_extract
 from spark_jobs.session import spark_jars
 from spark_jobs.watgen import generate_wat
 
 REPO = Path(__file__).resolve().parents[2]
-SPARK_HOME = Path(pyspark.__file__).parent
 TIMING = ("started_at", "finished_at", "duration_s", "ingested_at")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for_port(port: int, deadline_s: float = 180) -> None:
-    until = time.monotonic() + deadline_s
-    while time.monotonic() < until:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.5)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
 
 
 @pytest.fixture
 def cluster(tmp_path):
-    """A standalone master + worker; yields the master URL and stops both processes afterwards."""
-    port = _free_port()
-    java = ["java", "-Xmx512m", "-cp", f"{SPARK_HOME / 'jars'}/*"]
-    env = {**os.environ, "SPARK_HOME": str(SPARK_HOME), "PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"}
-    logs = tmp_path / "cluster-logs"
-    logs.mkdir()
-    master = subprocess.Popen(
-        [*java, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port), "--webui-port", str(_free_port())],
-        env=env, stdout=open(logs / "master.log", "wb"), stderr=subprocess.STDOUT,
-    )
-    worker = None
-    try:
-        _wait_for_port(port)
-        worker = subprocess.Popen(
-            [*java, "org.apache.spark.deploy.worker.Worker", f"spark://127.0.0.1:{port}", "--host", "127.0.0.1",
-             "--cores", "2", "--memory", "2g", "--webui-port", str(_free_port()), "--work-dir", str(tmp_path / "work")],
-            env=env, stdout=open(logs / "worker.log", "wb"), stderr=subprocess.STDOUT,
-        )
-        yield f"spark://127.0.0.1:{port}", env
-    finally:
-        for process in (worker, master):
-            if process is not None:
-                process.terminate()
-                process.wait(timeout=60)
+    """A standalone master + worker (bench/pipeline/cluster.py); yields the master URL and the
+    environment that reaches it, and stops both daemons afterwards."""
+    with standalone_cluster(tmp_path / "cluster", cores=2, worker_memory="2g", executor_memory="1g") as running:
+        yield running.url, running.env
 
 
 def _rows(spark, lake: str, table: str) -> list[dict]:
