@@ -4,6 +4,7 @@ every child it waited for (rusage), so worker pools and spawned processes count 
 from __future__ import annotations
 
 import resource
+import socket
 import subprocess
 import sys
 import time
@@ -30,3 +31,20 @@ def measure(label: str, command: list[str], env: dict[str, str]) -> dict[str, fl
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     print(f"    {wall:.1f}s wall, {cpu:.1f}s CPU", file=sys.stderr)
     return {"wall_s": wall, "cpu_s": cpu}
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on at 127.0.0.1, for a server a benchmark starts."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def stop(process: subprocess.Popen, grace_s: float = 30) -> None:
+    """SIGTERM, then SIGKILL if it is still running after `grace_s` (a stalled server may ignore SIGTERM)."""
+    process.terminate()
+    try:
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

@@ -20,25 +20,23 @@ from pathlib import Path
 
 import pyspark
 
+from bench.processes import free_port, stop
+
 SPARK_HOME = Path(pyspark.__file__).parent
 DAEMON_HEAP = "512m"  # the master's and the worker's own JVMs: bookkeeping only
 
 
 @dataclass(frozen=True)
 class Cluster:
-    """A running cluster: its master URL, the worker's pid (the executors are its children), the
-    environment a driver needs to reach it, and where the daemons log."""
+    """A running cluster: its master URL, the worker's pid (the executors are its children), what each
+    application's executor gets, the environment a driver needs to reach it, and where the daemons log."""
 
     url: str
     worker_pid: int
+    cores: int
+    executor_memory: str
     env: dict[str, str]
     logs: Path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for_port(port: int, process: subprocess.Popen, log: Path, deadline_s: float = 180) -> None:
@@ -55,9 +53,9 @@ def wait_for_port(port: int, process: subprocess.Popen, log: Path, deadline_s: f
 
 
 @contextmanager
-def standalone_cluster(folder: Path, cores: int, worker_memory: str, executor_memory: str) -> Iterator[Cluster]:
-    """Start a master and one worker with `cores` and `worker_memory` to lend; every application gets
-    one executor of `executor_memory`. Both daemons are stopped on exit."""
+def standalone_cluster(folder: Path, cores: int, executor_memory: str) -> Iterator[Cluster]:
+    """Start a master and one worker lending `cores` and `executor_memory`: every application gets one
+    executor of that size, with every core. Both daemons are stopped on exit."""
     folder.mkdir(parents=True, exist_ok=True)
     logs, conf = folder / "logs", folder / "conf"
     logs.mkdir(exist_ok=True)
@@ -80,16 +78,11 @@ def standalone_cluster(folder: Path, cores: int, worker_memory: str, executor_me
         worker_port, worker_log = free_port(), logs / "worker.log"
         started.append(subprocess.Popen(
             [*spark_class, "org.apache.spark.deploy.worker.Worker", f"spark://127.0.0.1:{port}", "--host", "127.0.0.1", "--port", str(worker_port),
-             "--cores", str(cores), "--memory", worker_memory, "--webui-port", str(free_port()), "--work-dir", str(folder / "work")],
+             "--cores", str(cores), "--memory", executor_memory, "--webui-port", str(free_port()), "--work-dir", str(folder / "work")],
             env=env, stdout=open(worker_log, "ab"), stderr=subprocess.STDOUT,
         ))  # fmt: skip
         wait_for_port(worker_port, started[1], worker_log)
-        yield Cluster(url=f"spark://127.0.0.1:{port}", worker_pid=started[1].pid, env=env, logs=logs)
+        yield Cluster(url=f"spark://127.0.0.1:{port}", worker_pid=started[1].pid, cores=cores, executor_memory=executor_memory, env=env, logs=logs)
     finally:
         for process in reversed(started):
-            process.terminate()
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+            stop(process, grace_s=60)

@@ -459,7 +459,7 @@ def build_report(args: argparse.Namespace, sizes: dict[str, dict], settings: Set
         "settings": {"dim": args.dim, "embeddings": args.embeddings, "batch_size": args.batch_size, "seed": args.seed, "stages": args.stages,
                      "spark_master": args.master if args.cluster else settings.spark_master,
                      "driver_memory": args.driver_memory or settings.spark_driver_memory,
-                     **({"executor_memory": args.executor_memory, "executor_cores": args.cores} if args.cluster else {}),
+                     **({"executor_memory": args.cluster.executor_memory, "executor_cores": args.cluster.cores} if args.cluster else {}),
                      "merge_rows": args.merge_rows or settings.merge_rows,
                      "shuffle_partitions": settings.spark_shuffle_partitions, "crawl": CRAWL,
                      "peak_rss_mb": "largest single process of the stage's own tree (local mode: the JVM, driver and executor in one; "
@@ -473,12 +473,11 @@ def build_report(args: argparse.Namespace, sizes: dict[str, dict], settings: Set
     }
 
 
-def jvm_megabytes(size: str) -> int:
-    """A JVM memory size given in m or g (512m, 4g), in MiB."""
-    match = re.fullmatch(r"(\d+)([mg])", size.strip().lower())
-    if not match:
-        raise argparse.ArgumentTypeError(f"a JVM memory size in m or g (512m, 4g), not {size!r}")
-    return int(match[1]) * (1024 if match[2] == "g" else 1)
+def jvm_size(text: str) -> str:
+    """A JVM memory size in m or g (512m, 4g), as Spark takes it."""
+    if not re.fullmatch(r"\d+[mg]", text.strip().lower()):
+        raise argparse.ArgumentTypeError(f"a JVM memory size in m or g (512m, 4g), not {text!r}")
+    return text.strip().lower()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -499,24 +498,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--master", choices=("local", "standalone"), default="local",
                         help="local: each stage's own local[*] session (the default setting); standalone: a Spark standalone cluster on "
                              "127.0.0.1 (a master and a worker lending every core), executors in their own JVMs, measured apart")
-    parser.add_argument("--executor-memory", default="4g", help="with --master standalone: each application's executor heap")
+    parser.add_argument("--executor-memory", type=jvm_size, default="4g", help="with --master standalone: each application's executor heap")
     parser.add_argument("--keep", action="store_true", help="keep each size's lake (default: removed after the size; logs stay)")
     parser.add_argument("--work-dir", type=Path, help="where lakes and WAT shards live (default: <ALTLAKE_CACHE_DIR>/bench-data/pipeline)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "out" / "pipeline.json")
     args = parser.parse_args(argv)
-    try:
-        jvm_megabytes(args.executor_memory)
-    except argparse.ArgumentTypeError as error:
-        parser.error(f"--executor-memory: {error}")
     settings = Settings.from_env()
     work = (args.work_dir or Path(settings.cache_dir) / "bench-data" / "pipeline").absolute()
     (work / "wat").mkdir(parents=True, exist_ok=True)
-    args.cores, args.cluster = len(os.sched_getaffinity(0)), None
+    args.cluster = None
     with ExitStack() as stack:
         if args.master == "standalone":
-            worker_memory = f"{jvm_megabytes(args.executor_memory) + 512}m"  # the executor's heap and room for Spark's overhead
-            args.cluster = stack.enter_context(standalone_cluster(work / "cluster", args.cores, worker_memory, args.executor_memory))
-            print(f"==> standalone cluster at {args.cluster.url}: one worker, {args.cores} cores, executors of {args.executor_memory}", file=sys.stderr)
+            args.cluster = stack.enter_context(standalone_cluster(work / "cluster", len(os.sched_getaffinity(0)), args.executor_memory))
+            print(f"==> standalone cluster at {args.cluster.url}: one worker, {args.cluster.cores} cores, executors of {args.executor_memory}", file=sys.stderr)
         sizes: dict[str, dict] = {}
         for size in args.sizes:
             sizes[str(size)] = run_size(size, args, work)

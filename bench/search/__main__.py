@@ -16,7 +16,6 @@ import asyncio
 import json
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,6 +33,7 @@ from tqdm import tqdm
 
 from altlake.config import Settings
 from bench.clip.__main__ import ensure_clip_retrieval_venv
+from bench.processes import free_port, stop
 from explore.index import build_index, index_path
 from explore.knn import exact_topk, recall_at_k
 from explore.release import open_release
@@ -172,9 +172,7 @@ def _unit(x: np.ndarray) -> np.ndarray:
 
 @contextmanager
 def running(command: list[str], ready_path: str, timeout_s: float = 900):
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     process = subprocess.Popen([part.replace("{port}", str(port)) for part in command], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
@@ -187,12 +185,7 @@ def running(command: list[str], ready_path: str, timeout_s: float = 900):
             time.sleep(0.5)
         yield url
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:  # a stalled server may ignore SIGTERM
-            process.kill()
-            process.wait()
+        stop(process)
 
 
 async def _ready(url: str) -> bool:

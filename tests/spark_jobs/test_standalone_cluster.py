@@ -26,7 +26,7 @@ TIMING = ("started_at", "finished_at", "duration_s", "ingested_at")
 def cluster(tmp_path):
     """A standalone master + worker (bench/pipeline/cluster.py); yields the master URL and the
     environment that reaches it, and stops both daemons afterwards."""
-    with standalone_cluster(tmp_path / "cluster", cores=2, worker_memory="2g", executor_memory="1g") as running:
+    with standalone_cluster(tmp_path / "cluster", cores=2, executor_memory="1g") as running:
         yield running.url, running.env
 
 
