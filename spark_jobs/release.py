@@ -7,9 +7,10 @@ Filters, in stage order (each stage counted in the manifest's `stages`, altlake.
   then the smallest uid) -> takedowns (url, domain, sha256, md5, pdq).
 Rows scored by different CLIP weights are refused together unless Settings.allow_mixed_models.
 Near-duplicate images are marked, not dropped: a row whose image cosine to a better row reaches
-Settings.near_duplicate_cosine names it in `near_duplicate_of`. The search is exact and runs inside
-Spark: rows are grouped by k-means cell, and each is compared with every cell that can hold such a
-row (`route`).
+Settings.near_duplicate_cosine names it in `near_duplicate_of`. The search runs inside Spark: rows
+are grouped by k-means cells of about a thousand rows, and each is compared with its own cell and the
+few nearest that can hold such a row (`route`), so its cost grows linearly; one cell (small
+releases) is exact.
 
 Everything reads the source tables at pinned Delta versions, and every choice is deterministic,
 so `rebuild_release` reproduces a published release byte for byte from its manifest (and, when
@@ -69,12 +70,17 @@ SOURCE_TABLES = ("candidates", "scores", "takedowns")
 # Near duplicates: the exact cosine of every pair that can reach the threshold, blocked by k-means
 # cells (`route`). Random-hyperplane LSH came before: recall 0.98 by design, and its bucket rows
 # (bands x rows, 10M at 300k pairs) made it a release's costliest step.
-NEAR_DUPLICATE_METHOD = "exact cosine, blocked by k-means cells: each row meets every cell within the radius"
+NEAR_DUPLICATE_METHOD = "cosine within k-means cells, two levels: each row meets its own cell and the nearest cells within the radius"
 NEAR_SEED = 20_240_501
-NEAR_SINGLE_CELL_ROWS = 20_000  # below, one cell: 20k x 20k cosines are a few seconds of BLAS
-NEAR_MAX_CELLS = 4_096
+NEAR_SINGLE_CELL_ROWS = 20_000  # up to here, one cell (exact): 20k x 20k cosines are a few seconds of BLAS
+NEAR_CELL_ROWS = 1_000  # rows a cell beyond: a row's comparisons stay the same at any size
+NEAR_PROBES = 6  # cells a row visits beyond its own, at most (recall 0.9997 at 1M CLIP-like rows: bench/near_duplicates)
+NEAR_COARSE_PROBES = 2  # coarse cells whose fine cells a row is routed against, its own included
 NEAR_SAMPLE_PER_CELL = 32  # k-means sample rows per cell
+NEAR_SAMPLE_MAX = 200_000  # sample rows at most (about 400 MB of float32 in the driver at 512-d)
 NEAR_KMEANS_ITERATIONS = 8
+NEAR_BALANCE_ROUNDS = 10  # rounds of cell weights that even out the cells' rows
+NEAR_BALANCE_STEP = 0.25  # a full cell's weight rises by this share of the typical nearest-to-next gap a round
 NEAR_RADIUS_SLACK = 1e-4  # float32 rounding of the routing distances: never lose a pair to it
 NEAR_BLOCK_CELLS = 1 << 23  # cosines held at once in a cell (32 MB of float32)
 HISTOGRAM_BINS = 20
@@ -420,27 +426,35 @@ def _samples(kept, visible_ok, n: int = SAMPLES) -> dict[str, list[dict]]:
 
 @dataclass(frozen=True)
 class Cells:
-    """How one release's near-duplicate search was blocked (recorded in its manifest). The marking is
-    exact whatever the blocking: the cells decide only what it costs."""
+    """How one release's near-duplicate search was blocked (recorded in its manifest). Up to
+    NEAR_SINGLE_CELL_ROWS rows it is one cell and exact; beyond, a row meets its own cell and at most
+    `probes` others (the nearest by the bisector bound), so a pair can be missed only where that bound
+    could not rule out more cells (bench/near_duplicates measures the recall)."""
 
     cells: int
+    coarse: int
     sample: int
+    probes: int
+    coarse_probes: int
 
     def section(self) -> dict:
-        return {"cells": self.cells, "sample": self.sample, "recall": 1.0}
+        return {"cells": self.cells, "coarse_cells": self.coarse, "sample": self.sample, "probes": self.probes,
+                "coarse_probes": self.coarse_probes, "exact": self.cells == 1}  # fmt: skip
 
 
 def near_duplicate_policy() -> dict:
-    """What a release id hashes for its near duplicates: the method (its result follows from the rows)."""
-    return {"method": NEAR_DUPLICATE_METHOD}
+    """What a release id hashes for its near duplicates: the method and every parameter its result
+    follows from (beyond the rows)."""
+    return {"method": NEAR_DUPLICATE_METHOD, "rows_per_cell": NEAR_CELL_ROWS, "probes": NEAR_PROBES,
+            "coarse_probes": NEAR_COARSE_PROBES, "seed": NEAR_SEED}  # fmt: skip
 
 
 def cell_count(n_rows: int) -> int:
-    """One cell up to NEAR_SINGLE_CELL_ROWS rows, then about sqrt(n)/2: routing (rows x cells) and the
-    comparisons (rows x rows a cell x the cells a row reaches) grow alike."""
+    """One cell up to NEAR_SINGLE_CELL_ROWS rows, then about NEAR_CELL_ROWS rows a cell: a row's
+    comparisons stay the same whatever the size of the release."""
     if n_rows <= NEAR_SINGLE_CELL_ROWS:
         return 1
-    return min(NEAR_MAX_CELLS, max(2, round(math.sqrt(n_rows) / 2)))
+    return max(2, round(n_rows / NEAR_CELL_ROWS))
 
 
 def _unit_rows(blobs) -> np.ndarray:
@@ -450,7 +464,7 @@ def _unit_rows(blobs) -> np.ndarray:
 
 def train_cells(sample: np.ndarray, cells: int, seed: int = NEAR_SEED, iterations: int = NEAR_KMEANS_ITERATIONS) -> np.ndarray:
     """k-means centroids (cells x dim) of unit rows: plain Lloyd rounds from seeded rows. Their quality
-    moves only the cost of the search, never its result, so a few rounds do."""
+    moves only the cost of the search, so a few rounds do."""
     if cells <= 1 or len(sample) <= cells:
         return np.zeros((1, sample.shape[1]), np.float32)
     centroids = sample[np.random.default_rng(seed).choice(len(sample), cells, replace=False)].copy()
@@ -464,24 +478,114 @@ def train_cells(sample: np.ndarray, cells: int, seed: int = NEAR_SEED, iteration
     return centroids.astype(np.float32)
 
 
-def centroid_gaps(centroids: np.ndarray) -> np.ndarray:
-    """|c - d| for every pair of centroids (cells x cells): computed once per release, not per batch."""
-    squared = (centroids * centroids).sum(axis=1)
-    return np.sqrt(np.maximum(squared[:, None] + squared[None, :] - 2 * centroids @ centroids.T, 0.0))
+@dataclass(frozen=True)
+class Partition:
+    """Cells of one level: centroids, and a weight each that evens out their rows. A row belongs to
+    the cell of least |x - c|^2 + weight (a power diagram: k-means on CLIP-like rows leaves some
+    cells several times fuller than others, and a cell's comparisons grow with its rows squared).
+    Cells still meet along planes, so the bisector bound of `planes` holds."""
+
+    centroids: np.ndarray  # (cells, dim)
+    weights: np.ndarray  # (cells,)
+    gaps: np.ndarray  # (cells, cells): |c - d|, computed once per release, not per batch
+
+    @classmethod
+    def train(cls, sample: np.ndarray, cells: int, rounds: int = NEAR_BALANCE_ROUNDS) -> Partition:
+        centroids = train_cells(sample, cells)
+        weights = np.zeros(len(centroids), np.float32)
+        if len(centroids) > 1:  # nudge full cells' weights up and empty ones' down, on the sample
+            distance = (centroids * centroids).sum(axis=1)[None, :] - 2 * sample @ centroids.T
+            two = np.partition(distance, 1, axis=1)
+            scale = float(np.median(two[:, 1] - two[:, 0]))
+            target = len(sample) / len(centroids)
+            trial, least = weights.copy(), np.inf
+            for _ in range(rounds + 1):  # keep the weights of least cost on the sample (none, if no round helps)
+                counts = np.bincount((distance + trial).argmin(axis=1), minlength=len(centroids))
+                if (cost := float(np.square(counts, dtype=np.float64).sum())) < least:
+                    weights, least = trial.copy(), cost
+                trial += (NEAR_BALANCE_STEP * scale * (counts - target) / target).astype(np.float32)
+        squared = (centroids * centroids).sum(axis=1)
+        gaps = np.sqrt(np.maximum(squared[:, None] + squared[None, :] - 2 * centroids @ centroids.T, 0.0))
+        return cls(centroids, weights, gaps)
+
+    def planes(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's cell, and its distance to the plane between that cell and every other (rows x
+        cells; 0 for its own). A row y of cell c within r of x (cell h) lies on c's side of their
+        plane while x lies on h's, so x is within r of it: cells beyond r cannot hold such a row."""
+        distance = (self.centroids * self.centroids).sum(axis=1)[None, :] + self.weights[None, :] - 2 * vectors @ self.centroids.T
+        home = distance.argmin(axis=1)
+        to_plane = (distance - distance[np.arange(len(home)), home][:, None]) / (2 * np.maximum(self.gaps[home], 1e-12))
+        return home, to_plane
 
 
-def route(vectors: np.ndarray, centroids: np.ndarray, gaps: np.ndarray, min_cosine: float) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Each unit row's home cell (nearest centroid), and the higher-numbered cells that may hold a row
-    at cosine >= min_cosine from it. A row y of cell c at distance <= r = sqrt(2 - 2 min_cosine) from x
-    (home h) lies past the bisector of h and c, so x is within r of that plane:
-    (|x - c|^2 - |x - h|^2) / (2 |c - h|) <= r. Every such pair is compared in exactly one cell: the
-    home of the pair's row with the lower home, which only visits higher cells. `gaps`: centroid_gaps."""
+@dataclass(frozen=True)
+class Blocking:
+    """Two levels of cells: `coarse` ones, each split into its own `fine` cells, numbered from
+    `first[c]`. A row is routed against the coarse centroids and the fine ones of at most
+    NEAR_COARSE_PROBES coarse cells, not against every cell: routing stays a small share of the
+    comparisons however many cells a release has."""
+
+    coarse: Partition
+    fine: tuple[Partition, ...]
+    first: np.ndarray  # (coarse,): the number of each coarse cell's first fine cell
+
+    @property
+    def cells(self) -> int:
+        return int(self.first[-1]) + len(self.fine[-1].centroids)
+
+    @classmethod
+    def train(cls, sample: np.ndarray, cells: int) -> Blocking:
+        """About `cells` fine cells in about sqrt(cells) coarse ones, each coarse cell split by its
+        share of the sample. Only the fine cells are evened out: evening out the coarse ones cuts
+        clusters of the data apart, and near duplicates then fall on both sides (recall 0.988
+        instead of 0.998 at 1M rows)."""
+        coarse = Partition.train(sample, max(1, round(math.sqrt(cells))), rounds=0)
+        owner = coarse.planes(sample)[0]
+        fine = []
+        for c in range(len(coarse.centroids)):
+            mine = sample[owner == c]
+            fine.append(Partition.train(mine, max(1, round(cells * len(mine) / len(sample)))) if len(mine) else Partition.train(sample[:1], 1))
+        first = np.cumsum([0] + [len(f.centroids) for f in fine[:-1]])
+        return cls(coarse, tuple(fine), first)
+
+    @classmethod
+    def single(cls, dim: int) -> Blocking:
+        one = Partition.train(np.zeros((1, dim), np.float32), 1)
+        return cls(one, (one,), np.zeros(1, np.int64))
+
+
+def route(vectors: np.ndarray, blocking: Blocking, min_cosine: float, probes: int = NEAR_PROBES,
+          coarse_probes: int = NEAR_COARSE_PROBES) -> tuple[np.ndarray, list[np.ndarray]]:  # fmt: skip
+    """Each unit row's home cell, and the higher-numbered cells it visits: those whose planes (at
+    both levels) are within r = sqrt(2 - 2 min_cosine) of it, nearest first, at most `probes`,
+    through at most `coarse_probes` coarse cells (its own included). A pair at the cosine is
+    compared in the home of its row with the lower home, which visits the other's home unless a cap
+    cut it: with caps at least the cells, every such pair is compared, in exactly one cell."""
     radius = math.sqrt(max(0.0, 2 - 2 * min_cosine)) + NEAR_RADIUS_SLACK
-    distance = (centroids * centroids).sum(axis=1)[None, :] - 2 * vectors @ centroids.T  # |x - c|^2 - |x|^2
-    home = distance.argmin(axis=1)
-    to_plane = (distance - distance[np.arange(len(home)), home][:, None]) / (2 * np.maximum(gaps[home], 1e-12))
-    reach = (to_plane <= radius) & (np.arange(len(centroids))[None, :] > home[:, None])
-    return home, [np.flatnonzero(row) for row in reach]
+    n = len(vectors)
+    owner, to_coarse = blocking.coarse.planes(vectors)
+    nearest = np.argsort(to_coarse, axis=1, kind="stable")[:, :coarse_probes]
+    home = np.zeros(n, np.int64)
+    rows, cells, bounds = [], [], []
+    for c, fine in enumerate(blocking.fine):
+        through = np.flatnonzero((owner == c) | ((nearest == c).any(axis=1) & (to_coarse[:, c] <= radius)))
+        if not len(through):
+            continue
+        within, to_fine = fine.planes(vectors[through])
+        at_home = owner[through] == c
+        home[through[at_home]] = blocking.first[c] + within[at_home]
+        bound = np.maximum(to_coarse[through, c][:, None], to_fine)  # a row of that fine cell is past both planes
+        i, j = np.nonzero(bound <= radius)
+        rows.append(through[i])
+        cells.append(blocking.first[c] + j)
+        bounds.append(bound[i, j])
+    row, cell, bound = (np.concatenate(x) for x in (rows, cells, bounds))
+    higher = cell > home[row]
+    row, cell, bound = row[higher], cell[higher], bound[higher]
+    order = np.lexsort((cell, bound, row))  # per row, nearest plane first (ties by cell: reproducible)
+    row, cell = row[order], cell[order]
+    starts = np.searchsorted(row, np.arange(n + 1))
+    return home, [np.sort(cell[starts[r] : min(starts[r + 1], starts[r] + probes)]) for r in range(n)]
 
 
 def best_better_neighbours(home: np.ndarray, visitors: np.ndarray, rank_home: np.ndarray, rank_visitors: np.ndarray,
@@ -494,46 +598,48 @@ def best_better_neighbours(home: np.ndarray, visitors: np.ndarray, rank_home: np
     step = max(64, NEAR_BLOCK_CELLS // max(1, len(home)))  # one block of cosines at a time: bounded memory
     for rows, ranks, best, is_home in ((home, rank_home, best_home, True), (visitors, rank_visitors, best_visitors, False)):
         for start in range(0, len(rows), step):
-            close = rows[start : start + step] @ home.T >= min_cosine
-            mine = ranks[start : start + step, None]
-            best[start : start + step] = np.minimum(
-                best[start : start + step], np.where(close & (rank_home[None, :] < mine), rank_home[None, :], np.inf).min(axis=1, initial=np.inf)
-            )
+            i, j = np.nonzero(rows[start : start + step] @ home.T >= min_cosine)  # few: only the close pairs go on
+            mine, theirs = ranks[start + i], rank_home[j]
+            better = theirs < mine
+            np.minimum.at(best, start + i[better], theirs[better])
             if not is_home:  # a home row below a visitor: the visitor is its better neighbour
-                np.minimum(best_home, np.where(close & (mine < rank_home[None, :]), mine, np.inf).min(axis=0, initial=np.inf), out=best_home)
+                np.minimum.at(best_home, j[~better & (mine < theirs)], mine[~better & (mine < theirs)])
     return best_home, best_visitors
 
 
-def pick_cells(df, n_rows: int, cells: int | None = None) -> tuple[Cells, np.ndarray]:
-    """The blocking for the n_rows rows of df (uid, img_emb) and its centroids: k-means on a sample
-    taken by uid (a hash: arbitrary, reproducible). `cells`: how many (default: cell_count)."""
+def pick_cells(df, n_rows: int, cells: int | None = None, probes: int = NEAR_PROBES, coarse_probes: int = NEAR_COARSE_PROBES) -> tuple[Cells, Blocking]:
+    """The blocking for the n_rows rows of df (uid, img_emb): k-means on a sample taken by uid (a
+    hash: arbitrary, reproducible). `cells`: about how many (default: cell_count)."""
     cells = cell_count(n_rows) if cells is None else cells
-    blobs = [r["img_emb"] for r in df.orderBy("uid").select("img_emb").limit(NEAR_SAMPLE_PER_CELL * cells).collect()] if cells > 1 else []
+    sample = min(NEAR_SAMPLE_MAX, NEAR_SAMPLE_PER_CELL * cells) if cells > 1 else 0
+    blobs = df.orderBy("uid").select("img_emb").limit(sample).toArrow().column("img_emb").to_pylist() if sample else []
     if not blobs:
-        return Cells(1, 0), np.zeros((1, 1), np.float32)
-    centroids = train_cells(_unit_rows(blobs), cells)
-    return Cells(len(centroids), len(blobs)), centroids
+        return Cells(1, 1, 0, probes, coarse_probes), Blocking.single(1)
+    blocking = Blocking.train(_unit_rows(blobs), cells)
+    return Cells(blocking.cells, len(blocking.fine), len(blobs), probes, coarse_probes), blocking
 
 
-def mark_near_duplicates(df, min_cosine: float, n_rows: int | None = None, cells: int | None = None):
+def mark_near_duplicates(df, min_cosine: float, n_rows: int | None = None, cells: int | None = None, probes: int = NEAR_PROBES,
+                         coarse_probes: int = NEAR_COARSE_PROBES):  # fmt: skip
     """(`df` plus near_duplicate_of: the best (highest similarity, then smallest uid) other row whose
-    image embedding has cosine >= min_cosine, the blocking used). Exact: rows are grouped by k-means
-    cell, and each row is compared with its own cell and with every cell that may hold such a row
-    (`route`); one pass, one shuffle. Each cell keeps, per row, only its best better neighbour, so a
-    crowd of copies (placeholders, logos) yields a row each, not its pairs. `n_rows`: the rows of df
-    where known; `cells`: the number of cells (default: from the rows)."""
+    image embedding has cosine >= min_cosine that the search met, the blocking used). Rows are
+    grouped by k-means cell, and each row is compared with its own cell and with the `probes`
+    nearest cells that may hold such a row (`route`); one pass, one shuffle. One cell (up to
+    NEAR_SINGLE_CELL_ROWS rows) is exact. Each cell keeps, per row, only its best better neighbour,
+    so a crowd of copies (placeholders, logos) yields a row each, not its pairs. `n_rows`: the rows
+    of df where known; `cells`: about how many cells (default: from the rows); `probes`,
+    `coarse_probes`: the caps of `route`."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
     from pyspark.sql.functions import pandas_udf
 
-    blocking, centroids = pick_cells(df, df.count() if n_rows is None else n_rows, cells)
-    gaps = centroid_gaps(centroids)
+    cells_used, blocking = pick_cells(df, df.count() if n_rows is None else n_rows, cells, probes, coarse_probes)
 
     @pandas_udf("array<int>")
     def cells_of(embeddings: pd.Series) -> pd.Series:
-        if len(centroids) == 1 or not len(embeddings):
+        if blocking.cells == 1 or not len(embeddings):
             return pd.Series([[0]] * len(embeddings))
-        home, visits = route(_unit_rows(embeddings), centroids, gaps, min_cosine)
+        home, visits = route(_unit_rows(embeddings), blocking, min_cosine, probes, coarse_probes)
         return pd.Series([[int(h), *v.tolist()] for h, v in zip(home, visits)])
 
     def in_cell(rows: pd.DataFrame) -> pd.DataFrame:
@@ -558,7 +664,7 @@ def mark_near_duplicates(df, min_cosine: float, n_rows: int | None = None, cells
     best = links.withColumn(
         "_rank", F.row_number().over(Window.partitionBy("uid").orderBy(F.desc("_winner_sim"), "near_duplicate_of"))
     ).where("_rank = 1")
-    return df.join(best.select("uid", "near_duplicate_of"), "uid", "left"), blocking
+    return df.join(best.select("uid", "near_duplicate_of"), "uid", "left"), cells_used
 
 
 def write_pairs(spark, settings: Settings, pairs, rows: int) -> int:
@@ -743,7 +849,7 @@ def build_release(
             "sources": versions,
             "thresholds": thresholds.section(),
             "profiles": _profiles_section(settings, used, thresholds),
-            "near_duplicates": {"method": NEAR_DUPLICATE_METHOD, **facts["near_duplicates"]},
+            "near_duplicates": {**near_duplicate_policy(), **facts["near_duplicates"]},
             "stages": facts["stages"],
             "counts": counts,
             "derived_subsets": _derived_section(derived, derived_rows),

@@ -179,10 +179,17 @@ def image_embeddings(rng: np.random.Generator, n: int, dim: int, seed: int, kind
         return _unit(rng.standard_normal((n, dim)))
     if kind != "clustered":
         raise ValueError(f"embeddings must be one of {EMBEDDINGS}, not {kind!r}")
+    return clustered_embeddings(rng, n, dim, seed)[0]
+
+
+def clustered_embeddings(rng: np.random.Generator, n: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """n CLIP-like unit embeddings and the topic of each (near-duplicate benchmarks find every close
+    pair within a topic: rows of two topics sit near cosine 0.35)."""
     shared = np.random.default_rng([seed, dim])
     common, topics = _unit(shared.standard_normal((1, dim))), _unit(shared.standard_normal((CLUSTER_TOPICS, dim)))
     w_common, w_topic, w_noise = CLUSTER_WEIGHTS
-    return _unit(w_common * common + w_topic * topics[rng.integers(0, CLUSTER_TOPICS, n)] + w_noise * _unit(rng.standard_normal((n, dim))))
+    topic = rng.integers(0, CLUSTER_TOPICS, n)
+    return _unit(w_common * common + w_topic * topics[topic] + w_noise * _unit(rng.standard_normal((n, dim)))), topic
 
 
 def write_batch_output(input_path: str, output_dir: str, batch_id: str, dim: int, seed: int, embeddings: str = "isotropic") -> BatchOutput:

@@ -1,5 +1,7 @@
-"""Near-duplicate search (spark_jobs.release): exact whatever the cells, every pair compared in one
-cell only, a crowd of copies linked to its best row, rows at the edge of the cosine decided by it."""
+"""Near-duplicate search (spark_jobs.release): with its caps lifted every pair at the cosine is
+compared in one cell only (the bound is sound at both levels), with them a row visits a bounded number
+of cells and still finds nearly every pair, cells are evened out, links are always true, a crowd of
+copies is linked to its best row, rows at the edge of the cosine are decided by it."""
 
 from __future__ import annotations
 
@@ -8,10 +10,21 @@ import math
 import numpy as np
 import pytest
 
-from spark_jobs.release import NEAR_SINGLE_CELL_ROWS, best_better_neighbours, cell_count, centroid_gaps, mark_near_duplicates, route, train_cells
+from spark_jobs.release import (
+    NEAR_CELL_ROWS,
+    NEAR_PROBES,
+    NEAR_SINGLE_CELL_ROWS,
+    Blocking,
+    Partition,
+    best_better_neighbours,
+    cell_count,
+    mark_near_duplicates,
+    route,
+)
 
 DIM = 512
 COSINE = 0.96
+UNCAPPED = 10**6  # probes and coarse probes: every cell the bound allows
 
 
 def _unit(rows: np.ndarray) -> np.ndarray:
@@ -35,12 +48,17 @@ def _with_near_copies(v: np.ndarray, share: float, noise: float, seed: int) -> n
     return np.vstack([v, _unit(v[sources] + noise * _unit(rng.standard_normal((len(sources), v.shape[1]))))])
 
 
-def _every_pair(v: np.ndarray, similarity: np.ndarray, uids: list[str], min_cosine: float) -> dict[str, str]:
-    """The oracle: every row against every row (the definition, without blocking)."""
+def _better_and_close(v: np.ndarray, similarity: np.ndarray, uids: list[str], min_cosine: float) -> tuple[np.ndarray, np.ndarray]:
+    """Every row against every row: which pairs are at the cosine, and each row's rank (0: the best)."""
     v = _unit(v.astype("<f2").astype(np.float32))  # as stored: float16
     rank = np.empty(len(v), np.int64)
     rank[np.lexsort((np.array(uids), -similarity.astype(np.float32).astype(np.float64)))] = np.arange(len(v))
-    close = v @ v.T >= min_cosine
+    return v @ v.T >= min_cosine, rank
+
+
+def _every_pair(v: np.ndarray, similarity: np.ndarray, uids: list[str], min_cosine: float) -> dict[str, str]:
+    """The oracle: every row against every row (the definition, without blocking)."""
+    close, rank = _better_and_close(v, similarity, uids, min_cosine)
     marks = {}
     for row in range(len(v)):
         better = np.flatnonzero(close[row] & (rank < rank[row]))
@@ -62,35 +80,70 @@ def _near(marked) -> dict[str, str]:
 def test_the_cells_follow_the_rows():
     assert cell_count(10) == cell_count(NEAR_SINGLE_CELL_ROWS) == 1
     assert 1 < cell_count(NEAR_SINGLE_CELL_ROWS + 1) < cell_count(1_000_000) < cell_count(10_000_000)
-    assert cell_count(1_000_000) == 500  # sqrt(n) / 2: about 2 sqrt(n) rows a cell
+    assert cell_count(1_000_000) * NEAR_CELL_ROWS == 1_000_000 and cell_count(10_000_000) == 10 * cell_count(1_000_000)  # rows a cell: fixed
+
+
+def _rows_with_copies_around_the_cosine() -> np.ndarray:
+    v = _clustered(3_000, seed=1, dim=64)
+    return np.vstack([v, *(_with_near_copies(v, 0.05, noise, seed=2)[len(v) :] for noise in (0.1, 0.28, 0.45))])  # cosines ~0.995, 0.96, 0.91
+
+
+def _close_pairs(v: np.ndarray, home: np.ndarray, min_cosine: float) -> tuple[np.ndarray, np.ndarray]:
+    """Every pair at the cosine, as (the row with the lower home, the other)."""
+    i, j = np.nonzero(np.triu(v @ v.T >= min_cosine, 1))
+    return np.where(home[i] <= home[j], i, j), np.where(home[i] <= home[j], j, i)
 
 
 @pytest.mark.parametrize("min_cosine", [0.9, COSINE, 0.99])
-def test_every_close_pair_meets_in_exactly_one_cell(min_cosine):
-    """Routing alone, no Spark: for every pair at the cosine, the row with the lower home visits the
-    other's home (or they share one), and no pair is compared in two cells."""
-    v = _clustered(3_000, seed=1, dim=64)
-    v = np.vstack([v, *(_with_near_copies(v, 0.05, noise, seed=2)[len(v) :] for noise in (0.1, 0.28, 0.45))])  # cosines ~0.995, 0.96, 0.91
-    centroids = train_cells(v[:1_000], 30)
-    home, visits = route(v, centroids, centroid_gaps(centroids), min_cosine)
+def test_uncapped_every_close_pair_meets_in_exactly_one_cell(min_cosine):
+    """Routing alone, no Spark, two levels of cells with their weights: for every pair at the cosine,
+    the row with the lower home visits the other's home (or they share one), and no pair is compared
+    in two cells."""
+    v = _rows_with_copies_around_the_cosine()
+    blocking = Blocking.train(v[:1_000], 30)
+    assert len(blocking.fine) > 1 and blocking.cells > 20
+    home, visits = route(v, blocking, min_cosine, UNCAPPED, UNCAPPED)
     assert len(set(home.tolist())) > 10  # the data really spreads over the cells
-    i, j = np.nonzero(np.triu(v @ v.T >= min_cosine, 1))
-    assert len(i) > 100
-    low, high = np.where(home[i] <= home[j], i, j), np.where(home[i] <= home[j], j, i)
-    met = [home[a] == home[b] or home[b] in set(visits[a].tolist()) for a, b in zip(low, high)]
-    assert all(met)
+    low, high = _close_pairs(v, home, min_cosine)
+    assert len(low) > 100
+    assert all(home[a] == home[b] or home[b] in set(visits[a].tolist()) for a, b in zip(low, high))
     assert all((visits[a] > home[a]).all() for a in range(len(v)))  # only higher cells: one meeting per pair
 
 
 def test_a_row_visits_fewer_cells_the_closer_a_near_duplicate_must_be():
     v = _clustered(3_000, seed=1, dim=64)
-    centroids = train_cells(v[:1_000], 30)
-    gaps = centroid_gaps(centroids)
-    visited = {c: np.mean([len(x) for x in route(v, centroids, gaps, c)[1]]) for c in (0.9, COSINE, 0.99)}
-    home = route(v, centroids, gaps, COSINE)[0]
-    higher = np.mean(len(centroids) - 1 - home)
+    blocking = Blocking.train(v[:1_000], 30)
+    visited = {c: np.mean([len(x) for x in route(v, blocking, c, UNCAPPED, UNCAPPED)[1]]) for c in (0.9, COSINE, 0.99)}
+    home = route(v, blocking, COSINE)[0]
+    higher = np.mean(blocking.cells - 1 - home)
     assert visited[0.99] < visited[COSINE] < visited[0.9] <= higher
-    assert visited[COSINE] < 0.5 * higher
+
+
+def test_capped_a_row_visits_at_most_its_probes_and_still_meets_nearly_every_close_pair():
+    v = _rows_with_copies_around_the_cosine()
+    blocking = Blocking.train(v[:2_000], 60)
+    home, uncapped = route(v, blocking, COSINE, UNCAPPED, UNCAPPED)
+    _, capped = route(v, blocking, COSINE)
+    assert max(len(x) for x in capped) == NEAR_PROBES < max(len(x) for x in uncapped)
+    assert all(set(c.tolist()) <= set(u.tolist()) for c, u in zip(capped, uncapped))  # the nearest of the same cells
+    low, high = _close_pairs(v, home, COSINE)
+    met = [home[a] == home[b] or home[b] in set(capped[a].tolist()) for a, b in zip(low, high)]
+    assert len(met) > 100 and np.mean(met) >= 0.97
+
+
+def test_the_fine_cells_are_evened_out():
+    """k-means alone leaves some cells much fuller than others on CLIP-like rows; the cells' weights
+    bring the comparisons (a cell's rows squared) down, and every row lands in its own cell."""
+    rng = np.random.default_rng(3)
+    v = _unit(0.7 * _isotropic(1, seed=4) + 0.6 * _isotropic(40_000, seed=5))  # one topic of CLIP-like rows, as a coarse cell holds
+    sample = v[rng.choice(len(v), 1_600, replace=False)]  # 32 a cell, as a release samples
+    plain, weighted = Partition.train(sample, 50, rounds=0), Partition.train(sample, 50)
+    rows = {name: np.bincount(p.planes(v)[0], minlength=50).astype(float) for name, p in (("plain", plain), ("weighted", weighted))}
+    comparisons = {name: (r * r).sum() for name, r in rows.items()}  # what a cell's rows cost: their square
+    assert weighted.weights.any() and not plain.weights.any()
+    assert comparisons["weighted"] < 0.6 * comparisons["plain"] and rows["weighted"].max() < rows["plain"].max()
+    home, to_plane = weighted.planes(v[:100])
+    assert (to_plane[np.arange(100), home] == 0).all() and (to_plane >= 0).all()
 
 
 def test_within_a_cell_each_row_gets_its_best_better_neighbour():
@@ -106,8 +159,9 @@ def test_within_a_cell_each_row_gets_its_best_better_neighbour():
 
 
 def test_the_marking_is_what_comparing_every_pair_gives_for_any_number_of_cells(spark):
-    """CLIP-like rows with near copies at cosines around the threshold: one cell, 9 cells and 40 cells
-    mark exactly what every row against every row marks."""
+    """CLIP-like rows with near copies at cosines around the threshold: one cell, and 9 or 40 cells
+    with the caps lifted, mark exactly what every row against every row marks; with the caps every
+    link made is one of those, and nearly all are made."""
     v = _with_near_copies(_clustered(1_500, seed=6), 0.06, 0.28, seed=7)  # copies at cosine ~0.96
     similarity = np.random.default_rng(8).uniform(0.28, 0.4, len(v)).round(2)  # ties: the smaller uid wins
     df = _frame(spark, v, similarity).cache()
@@ -115,9 +169,13 @@ def test_the_marking_is_what_comparing_every_pair_gives_for_any_number_of_cells(
     assert 40 < len(expected) < 150
 
     for cells in (1, 9, 40):
-        marked = mark_near_duplicates(df, COSINE, len(v), cells)
-        assert marked[1].cells == cells and marked[1].section()["recall"] == 1.0
+        marked = mark_near_duplicates(df, COSINE, len(v), cells, probes=UNCAPPED, coarse_probes=UNCAPPED)
+        assert abs(marked[1].cells - cells) <= 2 and marked[1].section()["exact"] == (cells == 1)
         assert _near(marked) == expected, cells
+    capped = _near(mark_near_duplicates(df, COSINE, len(v), 40))
+    close, rank = _better_and_close(v, similarity, [f"{i:032x}" for i in range(len(v))], COSINE)
+    assert all(close[int(u, 16), int(w, 16)] and rank[int(w, 16)] < rank[int(u, 16)] for u, w in capped.items())  # every link is true
+    assert capped.keys() <= expected.keys() and len(capped) >= 0.95 * len(expected)
     df.unpersist()
 
 
