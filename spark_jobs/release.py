@@ -67,9 +67,10 @@ from spark_jobs.report import manifest_stages, write_report
 from spark_jobs.takedowns import HASH_COLUMNS, drop_taken_down, match_takedowns
 
 SOURCE_TABLES = ("candidates", "scores", "takedowns")
-# Near duplicates: the exact cosine of every pair that can reach the threshold, blocked by k-means
-# cells (`route`). Random-hyperplane LSH came before: recall 0.98 by design, and its bucket rows
-# (bands x rows, 10M at 300k pairs) made it a release's costliest step.
+# Near duplicates: the exact cosine of the pairs two levels of k-means cells bring together (`route`).
+# Before: random-hyperplane LSH (recall 0.98, bucket rows of bands x rows made it the costliest
+# step), then every cell within the radius (exact, but a row met nearly its whole topic on CLIP-like
+# rows: n^2 in all).
 NEAR_DUPLICATE_METHOD = "cosine within k-means cells, two levels: each row meets its own cell and the nearest cells within the radius"
 NEAR_SEED = 20_240_501
 NEAR_SINGLE_CELL_ROWS = 20_000  # up to here, one cell (exact): 20k x 20k cosines are a few seconds of BLAS
@@ -462,6 +463,11 @@ def _unit_rows(blobs) -> np.ndarray:
     return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
+def _distances(vectors: np.ndarray, centroids: np.ndarray, weights: np.ndarray | float = 0.0) -> np.ndarray:
+    """|x - c|^2 - |x|^2 + weight for every row and centroid (rows x cells): the order of a row's cells."""
+    return (centroids * centroids).sum(axis=1)[None, :] + weights - 2 * vectors @ centroids.T
+
+
 def train_cells(sample: np.ndarray, cells: int, seed: int = NEAR_SEED, iterations: int = NEAR_KMEANS_ITERATIONS) -> np.ndarray:
     """k-means centroids (cells x dim) of unit rows: plain Lloyd rounds from seeded rows. Their quality
     moves only the cost of the search, so a few rounds do."""
@@ -469,7 +475,7 @@ def train_cells(sample: np.ndarray, cells: int, seed: int = NEAR_SEED, iteration
         return np.zeros((1, sample.shape[1]), np.float32)
     centroids = sample[np.random.default_rng(seed).choice(len(sample), cells, replace=False)].copy()
     for _ in range(iterations):
-        nearest = ((centroids * centroids).sum(axis=1)[None, :] - 2 * sample @ centroids.T).argmin(axis=1)
+        nearest = _distances(sample, centroids).argmin(axis=1)
         sums = np.zeros_like(centroids)
         np.add.at(sums, nearest, sample)
         counts = np.bincount(nearest, minlength=cells)
@@ -494,7 +500,7 @@ class Partition:
         centroids = train_cells(sample, cells)
         weights = np.zeros(len(centroids), np.float32)
         if len(centroids) > 1:  # nudge full cells' weights up and empty ones' down, on the sample
-            distance = (centroids * centroids).sum(axis=1)[None, :] - 2 * sample @ centroids.T
+            distance = _distances(sample, centroids)
             two = np.partition(distance, 1, axis=1)
             scale = float(np.median(two[:, 1] - two[:, 0]))
             target = len(sample) / len(centroids)
@@ -512,7 +518,7 @@ class Partition:
         """Each row's cell, and its distance to the plane between that cell and every other (rows x
         cells; 0 for its own). A row y of cell c within r of x (cell h) lies on c's side of their
         plane while x lies on h's, so x is within r of it: cells beyond r cannot hold such a row."""
-        distance = (self.centroids * self.centroids).sum(axis=1)[None, :] + self.weights[None, :] - 2 * vectors @ self.centroids.T
+        distance = _distances(vectors, self.centroids, self.weights[None, :])
         home = distance.argmin(axis=1)
         to_plane = (distance - distance[np.arange(len(home)), home][:, None]) / (2 * np.maximum(self.gaps[home], 1e-12))
         return home, to_plane
