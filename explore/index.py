@@ -4,9 +4,10 @@ Releases up to 50k rows get an exact IndexFlatIP (fast enough, nothing to tune).
 IVF + PQ with an inner-product metric, whose shortlist is reranked exactly by explore.knn. (An OPQ
 rotation in front, LAION's choice, took half the build at 301k rows, about 29 s a tower, and
 changed neither the tuned nprobe and shortlist nor recall@10 beyond 0.002: the exact rerank
-absorbs what it buys.) nprobe is tuned upward until recall@k, measured against exact search on a
-sample of realistic cross-modal queries (text embeddings against the image index and vice
-versa), reaches the target; the curve and the pick go into index/index_info.json.
+absorbs what it buys.) nprobe and the reranked shortlist are tuned upward until recall@k, measured
+against exact search on a sample of realistic cross-modal queries (text embeddings against the
+image index and vice versa), reaches the target; the curve and the pick go into
+index/index_info.json.
 
 The release job builds the index from the STAGED release (`spark_jobs.release.release_indexer`), so the
 manifest records it (kind, parameters, recall@10, sample size, file checksums) and the index is as
@@ -37,7 +38,7 @@ import numpy as np
 from tqdm import tqdm
 
 from altlake.config import Settings
-from explore.knn import FLAT, IVF_PQ, Knn, exact_topk, recall_at_k
+from explore.knn import FLAT, IVF_PQ, Knn, best_of, exact_topk, recall_at_k
 from altlake.paths import INDEX_DIR, INDEX_INFO
 from explore.release import MetadataStore, Release, ReleaseError, open_release, resolve_release, write_metadata_file
 from explore.signals import rated_images, rating_embeddings
@@ -51,7 +52,8 @@ DEFAULT_RERANK_FACTOR = 4
 RECALL_K = 10
 _ADD_BLOCK_ROWS = 65_536
 _RERANK_FACTORS = (4, 8, 16, 32, 64)  # shortlist widths tried, smallest first, once nprobe saturates
-_MAX_TRAIN_ROWS = 65_536  # 64 per list at nlist 1024; faiss wants >= 39
+_TRAIN_ROWS_PER_LIST = 64  # faiss wants >= 39 a list (and >= 39 a PQ centroid: 9,984 at 8 bits)
+_MAX_TRAIN_ROWS = 65_536  # 64 a list at nlist 1024
 # faiss' defaults (k-means 25 rounds; OPQ, where a --factory asks for it, 50 rounds of 4, the first of
 # 40) buy little recall once the shortlist is reranked exactly, at 3-5x the build time.
 _OPQ_ITERATIONS, _OPQ_FIRST_PQ_ITERATIONS = 6, 10
@@ -190,13 +192,24 @@ def _train_and_fill(spec: str, embeddings, seed: int, progress: bool, desc: str)
             ivf.do_polysemous_training = False  # minutes of simulated annealing for a search mode we never use
     if not index.is_trained:
         rng = np.random.default_rng(seed)
-        sample = np.sort(rng.choice(embeddings.n, size=min(embeddings.n, _MAX_TRAIN_ROWS), replace=False))
+        sample = np.sort(rng.choice(embeddings.n, size=min(embeddings.n, train_rows(index)), replace=False))
         index.train(embeddings.rows(sample))
     with tqdm(total=embeddings.n, desc=desc, unit="vec", file=sys.stderr, disable=not progress) as bar:
         for _, block in embeddings.chunks(_ADD_BLOCK_ROWS):
             index.add(block)
             bar.update(len(block))
     return index
+
+
+def train_rows(index: faiss.Index) -> int:
+    """Rows an untrained index is trained on: 64 a list (k-means time grows with the sample, and more
+    trained no better at 301k rows), at least 39 a PQ centroid, at most _MAX_TRAIN_ROWS."""
+    try:
+        ivf = faiss.downcast_index(faiss.extract_index_ivf(index))
+    except RuntimeError:  # no inverted lists (a PQ or flat index behind a transform)
+        return _MAX_TRAIN_ROWS
+    pq = getattr(ivf, "pq", None)
+    return min(_MAX_TRAIN_ROWS, max(_TRAIN_ROWS_PER_LIST * ivf.nlist, 39 * (pq.ksub if pq is not None else 0)))
 
 
 def _tune(release: Release, modality: str, queries_from, spec: str, target: float, n_queries: int, rerank: int, seed: int) -> dict:
@@ -210,21 +223,30 @@ def _tune(release: Release, modality: str, queries_from, spec: str, target: floa
     if knn.kind == FLAT:
         return {"recall_at_10": round(recall_at_k(knn.search(queries, RECALL_K)[1], truth), 4), "recall_queries": len(sample)}
     nlist = faiss.extract_index_ivf(knn.index).nlist
-    curve, chosen = [], None
-    for factor in sorted({rerank, *(f for f in _RERANK_FACTORS if f > rerank)}):
-        knn.rerank_factor = factor
-        nprobe, previous = 1, -1.0
-        while nprobe <= nlist and chosen is None:
-            knn.set_nprobe(nprobe)
-            recall = recall_at_k(knn.search(queries, RECALL_K)[1], truth)
+    # One index search per nprobe at the widest shortlist: its first w columns are the shortlist of
+    # width w, so every rerank factor is measured from it (a search per factor, each climbing from
+    # nprobe 1 again, spent most of the tuning on the widest lists). A factor is given up once more
+    # lists stop adding recall; the pick is the narrowest shortlist that reaches the target, at its
+    # fewest lists.
+    factors = sorted({rerank, *(f for f in _RERANK_FACTORS if f > rerank)})
+    widths = {factor: knn.shortlist(RECALL_K, factor) for factor in factors}
+    curve, reached, live, previous = [], {}, set(factors), dict.fromkeys(factors, -1.0)
+    nprobe = 1
+    while nprobe <= nlist and any(f in live for f in factors if f < min(reached, default=math.inf)):
+        knn.set_nprobe(nprobe)
+        candidates = knn.candidates(queries, max(widths.values()))
+        sims = knn.exact(queries, candidates)
+        for factor in sorted(live):
+            width = widths[factor]
+            recall = recall_at_k(best_of(sims[:, :width], candidates[:, :width], RECALL_K)[1], truth)
             curve.append({"nprobe": nprobe, "rerank_factor": factor, "recall_at_10": round(recall, 4)})
             if recall >= target:
-                chosen = curve[-1]
-            elif recall - previous < 0.005:
-                break  # more lists no longer help: widen the reranked shortlist instead
-            nprobe, previous = nprobe * 2, recall
-        if chosen is not None:
-            break
+                reached[factor] = curve[-1]
+            if recall >= target or recall - previous[factor] < 0.005:
+                live.discard(factor)  # reached, or more lists no longer help this shortlist
+            previous[factor] = recall
+        nprobe *= 2
+    chosen = reached[min(reached)] if reached else None
     pick = chosen or max(curve, key=lambda point: point["recall_at_10"])
     return {
         "nlist": nlist,

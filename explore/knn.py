@@ -30,9 +30,9 @@ class Knn:
         if self.kind == IVF_PQ:
             faiss.ParameterSpace().set_index_parameter(self.index, "nprobe", int(nprobe))
 
-    def shortlist(self, k: int) -> int:
-        """How many approximate candidates are reranked exactly for a top-k."""
-        return min(self.n, max(k * self.rerank_factor, k + 16))
+    def shortlist(self, k: int, rerank_factor: int | None = None) -> int:
+        """How many approximate candidates are reranked exactly for a top-k (at this index's factor, or the one given)."""
+        return min(self.n, max(k * (rerank_factor or self.rerank_factor), k + 16))
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(similarities, ids), each (nq, k), best first; ids are -1 past the end of a short list."""
@@ -40,17 +40,30 @@ class Knn:
         k = max(1, min(int(k), self.n))
         if self.kind == FLAT:
             return self.index.search(queries, k)
-        _, candidates = self.index.search(queries, self.shortlist(k))
-        sims = np.full((len(queries), k), -np.inf, np.float32)
-        ids = np.full((len(queries), k), -1, np.int64)
+        candidates = self.candidates(queries, self.shortlist(k))
+        return best_of(self.exact(queries, candidates), candidates, k)
+
+    def candidates(self, queries: np.ndarray, width: int) -> np.ndarray:
+        """The approximate shortlist, (nq, width) ids nearest first by the index; -1 past the end of a short list.
+        The first w columns are the shortlist of width w: the tuner measures every width from one search."""
+        return self.index.search(np.ascontiguousarray(queries, dtype=np.float32), width)[1]
+
+    def exact(self, queries: np.ndarray, candidates: np.ndarray) -> np.ndarray:
+        """The true cosine of each query with each of its candidates, from the embeddings (-inf for -1)."""
+        sims = np.full(candidates.shape, -np.inf, np.float32)
         for q, row in enumerate(candidates):
-            row = row[row >= 0]
-            if len(row) == 0:
-                continue
-            exact = self.embeddings.rows(row) @ queries[q]
-            best = np.argsort(-exact, kind="stable")[:k]
-            sims[q, : len(best)], ids[q, : len(best)] = exact[best], row[best]
-        return sims, ids
+            found = row >= 0
+            if found.any():
+                sims[q, found] = self.embeddings.rows(row[found]) @ queries[q]
+        return sims
+
+
+def best_of(sims: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k candidates of highest exact similarity per query, best first (ties in shortlist order); -1 past the end."""
+    order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    best_sims, best_ids = np.take_along_axis(sims, order, axis=1), np.take_along_axis(candidates, order, axis=1)
+    best_ids[~np.isfinite(best_sims)] = -1
+    return best_sims, best_ids
 
 
 def exact_topk(embeddings: EmbeddingMatrix, queries: np.ndarray, k: int, block_rows: int = 65_536) -> np.ndarray:

@@ -103,33 +103,47 @@ def write_derived_subsets(pairs, out_dir: str, filters: dict[str, str], rows_per
     """Write each derived subset (name -> Spark SQL filter over the pairs) as one LAION-compatible parquet
     of every language's rows, sorted by uid; returns rows per subset.
 
-    Shards by uid range as the language groups are, each collected alone and appended as row groups,
-    so the driver holds one shard at a time and the file depends on nothing but the rows.
+    Each subset is sharded by uid range as the language groups are (a shard a row group batch, so
+    the file depends on nothing but its rows). All subsets come from one pass: the pairs are collected
+    in uid pieces with a flag per subset, split at every subset's shard bounds, and each piece feeds
+    every subset's pending shard (a pass per subset counted and collected the pairs four times over).
+    The driver holds one piece plus each subset's unwritten shard.
     """
     import pyarrow.parquet as pq
     from pyspark.sql import functions as F
 
-    counts = {}
+    if not filters:
+        return {}
     laion_columns = list(_columns(LAION_COLUMNS, format_version).values())  # no embeddings: their bytes are never read
-    for name, condition in filters.items():
-        selected = pairs.where(F.expr(condition)).select(*laion_columns)
-        n = selected.count()
-        shards = max(1, math.ceil(n / rows_per_file))
-        _mkdir_for(path := os.path.join(out_dir, derived_subset_file(name)))
-        written, writer = 0, None
-        try:
-            for shard in range(shards):
-                low, high = shard * UID_SPACE // shards, (shard + 1) * UID_SPACE // shards
-                laion = _laion_table(collect_by_uid(selected, n // shards, low, high), format_version)
-                writer = writer or pq.ParquetWriter(path, laion.schema, **PARQUET_OPTIONS)
-                writer.write_table(laion)
-                written += laion.num_rows
-        finally:
-            if writer is not None:
-                writer.close()
-        if written != n:
-            raise ValueError(f"derived subset {name}: wrote {written} of {n} rows; uids must be hex hashes")
-        counts[name] = n
+    flags = {name: f"_in_{i}" for i, name in enumerate(filters)}
+    selected = pairs.select(*laion_columns, *[F.coalesce(F.expr(c), F.lit(False)).alias(flags[name]) for name, c in filters.items()])
+    totals = selected.agg(F.count("*").alias("_all"), *[F.count(F.when(F.col(flag), 1)).alias(flag) for flag in flags.values()]).first()
+    counts = {name: int(totals[flag]) for name, flag in flags.items()}
+    shards = {name: max(1, math.ceil(n / rows_per_file)) for name, n in counts.items()}
+    ends = {name: {(shard + 1) * UID_SPACE // shards[name] for shard in range(shards[name])} for name in filters}
+    bounds = sorted({0}.union(*ends.values()))
+    pending: dict[str, list] = {name: [] for name in filters}
+    written, writers = dict.fromkeys(filters, 0), {}
+    try:
+        for low, high in zip(bounds, bounds[1:]):
+            piece = collect_by_uid(selected, int(totals["_all"] * (high - low) // UID_SPACE), low, high)
+            for name, flag in flags.items():
+                pending[name].append(piece.filter(piece.column(flag)))
+                if high in ends[name]:  # the end of one of this subset's shards
+                    shard = pa.concat_tables(pending[name]).combine_chunks()
+                    laion = _laion_table(shard, format_version)
+                    if name not in writers:
+                        _mkdir_for(path := os.path.join(out_dir, derived_subset_file(name)))
+                        writers[name] = pq.ParquetWriter(path, laion.schema, **PARQUET_OPTIONS)
+                    writers[name].write_table(laion)
+                    written[name] += laion.num_rows
+                    pending[name] = []
+    finally:
+        for writer in writers.values():
+            writer.close()
+    for name, n in counts.items():
+        if written[name] != n:
+            raise ValueError(f"derived subset {name}: wrote {written[name]} of {n} rows; uids must be hex hashes")
     return counts
 
 

@@ -314,6 +314,7 @@ def compute_pairs(spark, settings: Settings, versions: dict[str, int], threshold
     """(pairs DataFrame in the PAIRS schema, cached; facts: stages (altlake.stats), statuses, models, the
     near-duplicate blocking, and for the report the similarity of every scored row and sample pairs) at
     `versions`, each row cut at its profile's threshold."""
+    from pyspark import StorageLevel
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
@@ -344,13 +345,16 @@ def compute_pairs(spark, settings: Settings, versions: dict[str, int], threshold
     deduped = by_pair.withColumn("_rank", F.row_number().over(Window.partitionBy("sha256").orderBy(*best_first)))
     deduped = deduped.where("_rank = 1").drop("_rank").cache()
     kept = drop_taken_down(deduped, takedowns, HASH_COLUMNS)
-    # cached: blocking, both sides of every candidate pair and the result read it (four joins with
-    # scores' embeddings otherwise); dropped once the pairs are cached
-    with_embeddings = kept.join(scores.select("uid", *embeddings), "uid").cache()
+    # kept: blocking, both sides of every candidate pair and the result read it (four joins with
+    # scores' embeddings otherwise); dropped once the pairs are kept. The frames that carry the
+    # embeddings are kept on local disk, not in memory: 2.3 KB a row is 700 MB at 301k pairs, and held
+    # in a 2 GB driver's memory it left the near-duplicate grouping and write_pairs' sort too little
+    # to run without spilling (write_pairs 28 s in memory, 11 s on disk).
+    with_embeddings = kept.join(scores.select("uid", *embeddings), "uid").persist(StorageLevel.DISK_ONLY)
     n_kept = kept.count()
     watch.lap("filter_and_dedup")
     marked, blocking = mark_near_duplicates(with_embeddings, thresholds.near_duplicate_cosine, n_kept)
-    pairs = marked.select(*[F.col(c.name).cast(c.type) for c in PAIRS.columns]).cache()
+    pairs = marked.select(*[F.col(c.name).cast(c.type) for c in PAIRS.columns]).persist(StorageLevel.DISK_ONLY)
     n_near = pairs.where(F.col("near_duplicate_of").isNotNull()).count()  # the near-duplicate join runs here
     with_embeddings.unpersist()
     watch.lap("near_duplicates")

@@ -7,9 +7,11 @@ import json
 
 import boto3
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from altlake.config import Settings
+from altlake.paths import derived_subset_file
 from altlake.schemas import PAIRS
 from altlake.storage import S3Options
 from spark_jobs.publish import (
@@ -128,5 +130,15 @@ def test_a_shard_collected_in_uid_pieces_writes_the_same_bytes(tmp_path, monkeyp
     publish.write_derived_subsets(pairs, str(tmp_path / "pieced"), {"research": "true"})
     assert pieced == whole == {"en": 150, "multi": 150, "nolang": 0}
     assert file_checksums(str(tmp_path / "pieced")) == file_checksums(str(tmp_path / "whole"))
+    # every derived subset from one pass: the bytes of each written alone, whatever their shard counts
+    filters = {"research": "true", "en": "language = 'en'", "wide": "width >= 256", "none": "width > 10000", "third": "punsafe < 0.2 AND uid < '5'"}
+    together = publish.write_derived_subsets(pairs, str(tmp_path / "together"), filters, rows_per_file=70)
+    assert {k: v for k, v in together.items() if k != "third"} == {"research": 300, "en": 150, "wide": 300, "none": 0} and 50 < together["third"] < 150
+    for name, condition in filters.items():
+        alone = tmp_path / f"alone-{name}"
+        assert publish.write_derived_subsets(pairs, str(alone), {name: condition}, rows_per_file=70) == {name: together[name]}
+        assert file_checksums(str(alone)) == {k: v for k, v in file_checksums(str(tmp_path / "together")).items() if name in k}
+    research = pq.ParquetFile(tmp_path / "together" / derived_subset_file("research"))
+    assert research.metadata.num_row_groups >= 5 and research.read().column("uid").to_pylist() == sorted(r[0] for r in rows)
     table = publish.collect_by_uid(pairs, 300)
     assert table.column("uid").to_pylist() == sorted(r[0] for r in rows) == publish.collect_by_uid(pairs, 300, 0, publish.UID_SPACE).column("uid").to_pylist()
