@@ -347,9 +347,11 @@ def compute_pairs(spark, settings: Settings, versions: dict[str, int], threshold
     kept = drop_taken_down(deduped, takedowns, HASH_COLUMNS)
     # kept: blocking, both sides of every candidate pair and the result read it (four joins with
     # scores' embeddings otherwise); dropped once the pairs are kept. The frames that carry the
-    # embeddings are kept on local disk, not in memory: 2.3 KB a row is 700 MB at 301k pairs, and held
-    # in a 2 GB driver's memory it left the near-duplicate grouping and write_pairs' sort too little
-    # to run without spilling (write_pairs 28 s in memory, 11 s on disk).
+    # embeddings (2.3 KB a row: 700 MB at 301k pairs, 1.7 GB at 753k) are kept on local disk, not in
+    # memory: held in a 2 GB driver's memory they left write_pairs' sort too little, which spilled
+    # (14-28 s against 11-14 s) and, in one of five builds at 831k candidates, failed with
+    # UNABLE_TO_ACQUIRE_MEMORY; at 2.07M candidates caching the pairs in memory ran out of heap.
+    # The gate's GX jobs read the pairs a little slower from disk (+5-8 s at 301k pairs).
     with_embeddings = kept.join(scores.select("uid", *embeddings), "uid").persist(StorageLevel.DISK_ONLY)
     n_kept = kept.count()
     watch.lap("filter_and_dedup")
