@@ -88,9 +88,9 @@ def write_release_files(pairs, out_dir: str, rows_per_file: int = ROWS_PER_FILE,
     for subset in SUBSETS:
         n = int(by_subset.get(subset, 0))
         shards = max(1, math.ceil(n / rows_per_file))
+        bounds = _shard_bounds(shards)
         written = 0
-        for shard in range(shards):
-            low, high = shard * UID_SPACE // shards, (shard + 1) * UID_SPACE // shards
+        for shard, (low, high) in enumerate(zip(bounds, bounds[1:])):
             rows = pairs.where(F.col("subset") == subset)
             written += _write_shard(collect_by_uid(rows, n // shards, low, high), out_dir, subset, shard, format_version)
         if written != n:  # e.g. uids that are not hex fall in no shard: never publish a partial subset
@@ -103,8 +103,8 @@ def write_derived_subsets(pairs, out_dir: str, filters: dict[str, str], rows_per
     """Write each derived subset (name -> Spark SQL filter over the pairs) as one LAION-compatible parquet
     of every language's rows, sorted by uid; returns rows per subset.
 
-    Each subset is sharded by uid range as the language groups are (a shard a row group batch, so
-    the file depends on nothing but its rows). All subsets come from one pass: the pairs are collected
+    Each subset is sharded by uid range as the language groups are, each shard appended as its own row
+    groups, so the file depends on nothing but its rows. All subsets come from one pass: the pairs are collected
     in uid pieces with a flag per subset, split at every subset's shard bounds, and each piece feeds
     every subset's pending shard (a pass per subset counted and collected the pairs four times over).
     The driver holds one piece plus each subset's unwritten shard.
@@ -120,7 +120,7 @@ def write_derived_subsets(pairs, out_dir: str, filters: dict[str, str], rows_per
     totals = selected.agg(F.count("*").alias("_all"), *[F.count(F.when(F.col(flag), 1)).alias(flag) for flag in flags.values()]).first()
     counts = {name: int(totals[flag]) for name, flag in flags.items()}
     shards = {name: max(1, math.ceil(n / rows_per_file)) for name, n in counts.items()}
-    ends = {name: {(shard + 1) * UID_SPACE // shards[name] for shard in range(shards[name])} for name in filters}
+    ends = {name: set(_shard_bounds(shards[name])[1:]) for name in filters}
     bounds = sorted({0}.union(*ends.values()))
     pending: dict[str, list] = {name: [] for name in filters}
     written, writers = dict.fromkeys(filters, 0), {}
@@ -145,6 +145,11 @@ def write_derived_subsets(pairs, out_dir: str, filters: dict[str, str], rows_per
         if written[name] != n:
             raise ValueError(f"derived subset {name}: wrote {written[name]} of {n} rows; uids must be hex hashes")
     return counts
+
+
+def _shard_bounds(shards: int) -> list[int]:
+    """The uid-prefix bounds of `shards` equal uid ranges, 0 to UID_SPACE (shard i is [b[i], b[i+1]))."""
+    return [shard * UID_SPACE // shards for shard in range(shards + 1)]
 
 
 def collect_by_uid(rows, expected_rows: int, low: int = 0, high: int = UID_SPACE):
