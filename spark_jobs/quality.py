@@ -165,33 +165,43 @@ def validate(
         .add_dataframe_asset(name=table_name)
         .add_batch_definition_whole_dataframe(name=table_name)
     )
-    gx_suite = context.suites.add(gx.ExpectationSuite(name=f"{table_name}_suite"))
-    for expectation_type, kwargs in expectations:
-        gx_suite.add_expectation(ExpectationConfiguration(type=expectation_type, kwargs=kwargs).to_domain_obj())
-    definition = context.validation_definitions.add(
-        gx.ValidationDefinition(name=f"{table_name}_validation", data=batch_definition, suite=gx_suite)
-    )
     actions = []
     site_dir = tempfile.mkdtemp(prefix="altlake-gx-docs-") if docs_dir and storage.is_object_store(docs_dir) else docs_dir
     if site_dir:
         context.add_data_docs_site(site_name="altlake", site_config=_docs_site_config(site_dir))
         actions.append(gx.checkpoint.UpdateDataDocsAction(name="data_docs", site_names=["altlake"]))
-    checkpoint = context.checkpoints.add(
-        gx.Checkpoint(name=f"{table_name}_gate", validation_definitions=[definition], actions=actions)
-    )
+
+    def run(name: str, checks: list[Expectation], result_format: str):
+        gx_suite = context.suites.add(gx.ExpectationSuite(name=name))
+        for expectation_type, kwargs in checks:
+            gx_suite.add_expectation(ExpectationConfiguration(type=expectation_type, kwargs=kwargs).to_domain_obj())
+        definition = context.validation_definitions.add(gx.ValidationDefinition(name=name, data=batch_definition, suite=gx_suite))
+        checkpoint = context.checkpoints.add(
+            gx.Checkpoint(name=name, validation_definitions=[definition], actions=actions, result_format=result_format)
+        )
+        (validation,) = checkpoint.run(batch_parameters={"dataframe": df}).run_results.values()
+        return validation
+
     # GX runs a Spark job per few metrics, each reading only the columns it checks. A table's frame is
     # read that way, never cached: caching it would read every column once, embeddings included (1 GB
     # of scores at 831k rows, spilled past a 2 GB driver), for checks that read a few. A computed frame
     # is cached by its caller, who also owns unpersisting it (the release caches its pairs).
+    # First every check for its verdict alone (BOOLEAN_ONLY): GX's default also lists up to 20 offending
+    # values per column check, one more Spark job each, which scans the whole column to find none when
+    # the check passes. Then, only if some failed, those checks again with their counts and examples
+    # (SUMMARY): the values a person acts on, in the error and in the Data Docs beside the verdicts.
+    suite_name = f"{table_name}_suite"
     try:
-        result = checkpoint.run(batch_parameters={"dataframe": df})
+        verdicts = run(suite_name, expectations, "BOOLEAN_ONLY").results
+        failed = [_check_of(r) for r in verdicts if not r.success]
+        detailed = {_key(_check_of(r)): r for r in run(f"{table_name}_failures", failed, "SUMMARY").results} if failed else {}
         n_rows = df.count()
         if site_dir != docs_dir:
             _upload_site(Path(site_dir), docs_dir, store)
     finally:
         if site_dir != docs_dir:
             shutil.rmtree(site_dir, ignore_errors=True)
-    (validation,) = result.run_results.values()
+    results = [detailed.get(_key(_check_of(r)), r) for r in verdicts]
     outcomes = tuple(
         Outcome(
             expectation=r.expectation_config.type,
@@ -199,12 +209,12 @@ def validate(
             success=bool(r.success),
             observed=_summary(r.result),
         )
-        for r in validation.results
+        for r in results
     )
     return ValidationReport(
         table=table_name,
-        suite=gx_suite.name,
-        success=bool(validation.success),
+        suite=suite_name,
+        success=all(o.success for o in outcomes),
         n_rows=n_rows,
         outcomes=outcomes,
         docs_dir=docs_dir,
@@ -242,6 +252,16 @@ def _upload_site(site: Path, docs_dir: str, store: storage.S3Options | None) -> 
     files = sorted((p for p in site.rglob("*") if p.is_file()), key=lambda p: (p.name == "index.html" and p.parent == site, str(p)))
     for path in files:
         storage.upload_file(path, storage.join(docs_dir, *path.relative_to(site).parts), store)
+
+
+def _check_of(result) -> Expectation:
+    """The check a GX result is for, as the suite lists it: GX orders a run's results its own way."""
+    config = result.expectation_config
+    return config.type, {k: v for k, v in config.kwargs.items() if k != "batch_id"}
+
+
+def _key(check: Expectation) -> str:
+    return json.dumps(check, sort_keys=True, default=str)
 
 
 def _summary(result: dict) -> dict:

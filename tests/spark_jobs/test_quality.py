@@ -36,14 +36,14 @@ def test_real_candidates_pass_and_leave_data_docs(spark, settings, sample_wat):
     assert pages and "candidates_suite" in pages[0].read_text()
 
 
-def test_bad_rows_fail_naming_the_expectation_and_column(spark, settings):
+def test_bad_rows_fail_naming_the_expectation_and_column(spark, settings, tmp_path):
     rows = [
         _candidate("u1", "http://example.org/a.jpg", "a red bicycle", "en"),
         _candidate("u1", "http://example.org/b.jpg", "a blue bicycle", "en"),  # duplicate uid
         _candidate("u3", "ftp://example.org/c.jpg", "a green bicycle", "en"),  # not http
         _candidate("u4", "http://example.org/d.jpg", "abc", "english!"),  # short text, odd language
     ]
-    report = validate(spark, "candidates", spark.createDataFrame(rows, CANDIDATES.spark_ddl()))
+    report = validate(spark, "candidates", spark.createDataFrame(rows, CANDIDATES.spark_ddl()), docs_dir=str(tmp_path / "docs"))
 
     assert not report.success
     failing = {(o.expectation, o.column) for o in report.failures}
@@ -59,6 +59,15 @@ def test_bad_rows_fail_naming_the_expectation_and_column(spark, settings):
     assert "expect_column_values_to_be_unique on column 'uid'" in message
     assert "ftp://example.org/c.jpg" in message  # the offending value, to act on
     assert "failed 4 of" in message
+    # Passing checks are run for their verdict alone; only the failing ones are run again for their
+    # counts and examples, each with its own (not another check's) values.
+    by_check = {(o.expectation, o.column): o.observed for o in report.outcomes}
+    assert by_check[("expect_column_values_to_match_regex", "url")]["partial_unexpected_list"] == ["ftp://example.org/c.jpg"]
+    assert by_check[("expect_column_values_to_match_regex", "language")]["partial_unexpected_list"] == ["english!"]
+    assert by_check[("expect_column_values_to_be_unique", "uid")]["unexpected_count"] == 2
+    assert by_check[("expect_column_values_to_not_be_null", "url")] == {}
+    pages = " ".join(page.read_text() for page in (tmp_path / "docs").glob("validations/**/*.html"))
+    assert "candidates_suite" in pages and "candidates_failures" in pages  # the verdicts, and the failures in detail
 
 
 def test_an_empty_table_fails_the_row_count_expectation(spark, settings):
