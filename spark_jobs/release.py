@@ -351,8 +351,11 @@ def compute_pairs(spark, settings: Settings, versions: dict[str, int], threshold
     # memory: held in a 2 GB driver's memory they left write_pairs' sort too little, which spilled
     # (14-28 s against 11-14 s) and, in one of five builds at 831k candidates, failed with
     # UNABLE_TO_ACQUIRE_MEMORY; at 2.07M candidates caching the pairs in memory ran out of heap.
-    # The gate's GX jobs read the pairs a little slower from disk (+5-8 s at 301k pairs).
-    with_embeddings = kept.join(scores.select("uid", *embeddings), "uid").persist(StorageLevel.DISK_ONLY)
+    # The gate's GX jobs read the pairs from disk (+5-8 s at 301k pairs when GX ran twice the jobs it runs now).
+    # Only rows that can be kept bring their embeddings to the join's shuffle (305k of 498k ok rows at
+    # 831k candidates): no kept row is below the lowest threshold of any profile.
+    keepable = scores.where((F.col("status") == STATUS_OK) & (F.col("similarity") >= thresholds.lowest()))
+    with_embeddings = kept.join(keepable.select("uid", *embeddings), "uid").persist(StorageLevel.DISK_ONLY)
     n_kept = kept.count()
     watch.lap("filter_and_dedup")
     marked, blocking = mark_near_duplicates(with_embeddings, thresholds.near_duplicate_cosine, n_kept)
@@ -748,13 +751,33 @@ def _bin_index(column: str, bins: int, low: float = 0.0, high: float = 1.0):
     return F.least(F.greatest(F.floor((F.col(column) - low) * (bins / (high - low))), F.lit(0)), F.lit(bins - 1)).cast("int")
 
 
-def _histogram(df, column: str, bins: int = HISTOGRAM_BINS, low: float = 0.0, high: float = 1.0) -> dict:
-    """Counts over [low, high] in `bins` equal bins (values outside land in the edge bins)."""
+def _distributions(pairs) -> tuple[dict, dict]:
+    """The manifest's `histograms` (similarity, punsafe, pwatermark, aesthetic: equal bins, values outside
+    in the edge bins) and `sizes` (original width and height, the LAION WIDTH/HEIGHT columns, bucketed at
+    SIZE_EDGES), counted in one pass over the pairs (six jobs before, each a second or so of Spark's
+    per-job cost). Nulls are in no bin."""
     from pyspark.sql import functions as F
 
-    found = {r["i"]: r["count"] for r in df.where(F.col(column).isNotNull()).groupBy(_bin_index(column, bins, low, high).alias("i")).count().collect()}
-    edges = [round(low + (high - low) * i / bins, 6) for i in range(bins + 1)]
-    return {"edges": edges, "counts": [int(found.get(i, 0)) for i in range(bins)]}
+    bins = {"similarity": (HISTOGRAM_BINS, 0.0, 1.0), "punsafe": (HISTOGRAM_BINS, 0.0, 1.0), "pwatermark": (HISTOGRAM_BINS, 0.0, 1.0),
+            "aesthetic": (AESTHETIC_BINS, *AESTHETIC_RANGE)}  # fmt: skip
+    sides = {"width": "original_width", "height": "original_height"}
+    buckets = {
+        **{name: (F.when(F.col(name).isNotNull(), _bin_index(name, n, low, high)), n) for name, (n, low, high) in bins.items()},
+        **{name: (sum((F.col(column) >= edge).cast("int") for edge in SIZE_EDGES[1:]), len(SIZE_EDGES)) for name, column in sides.items()},
+    }
+    # a bucket column per distribution (each computed once a row; null for a null value, which `greatest`
+    # in _bin_index would put in bin 0), then a count per (distribution, bucket)
+    per_row = pairs.select(*[expression.alias(name) for name, (expression, _) in buckets.items()])
+    found = per_row.agg(*[F.count(F.when(F.col(name) == i, 1)).alias(f"{name}_{i}") for name, (_, n) in buckets.items() for i in range(n)]).first()
+
+    def counts(name: str) -> list[int]:
+        return [int(found[f"{name}_{i}"]) for i in range(buckets[name][1])]
+
+    histograms = {
+        name: {"edges": [round(low + (high - low) * i / n, 6) for i in range(n + 1)], "counts": counts(name)}
+        for name, (n, low, high) in bins.items()
+    }
+    return histograms, {"edges": list(SIZE_EDGES), **{name: counts(name) for name in sides}}
 
 
 def _release_inputs(versions: dict[str, int], thresholds: Thresholds, derived: tuple[DerivedSubset, ...]) -> dict:
@@ -854,6 +877,7 @@ def build_release(
         derived_rows = publish.write_derived_subsets(published, staging, {d.name: d.filter for d in derived}, rows_per_file)
         _copy_docs(docs_dir, os.path.join(staging, RELEASE_GX_DIR), storage.S3Options.of(settings))
         watch.lap("release_files")
+        histograms, sizes = _distributions(published)
         manifest = {
             "release_id": release_id,
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -867,15 +891,12 @@ def build_release(
             "derived_subsets": _derived_section(derived, derived_rows),
             "statuses": facts["statuses"],
             "languages": _top_languages(published),
-            "histograms": {
-                **{c: _histogram(published, c) for c in ("similarity", "punsafe", "pwatermark")},
-                "aesthetic": _histogram(published, "aesthetic", AESTHETIC_BINS, *AESTHETIC_RANGE),
-            },
+            "histograms": histograms,
             "scored_similarity": facts["scored_similarity"],
             "samples": facts["samples"],
             "extraction": _extraction(spark, settings),
             "signals_honoured": _signals_honoured(spark, settings, versions, facts["statuses"]),
-            "sizes": _sizes(published),
+            "sizes": sizes,
             "licenses": _licenses(published),
             "previous": _previous(spark, settings, published, counts, facts["statuses"]),
             "models": facts["models"],
@@ -1050,18 +1071,6 @@ def _signals_honoured(spark, settings: Settings, versions: dict[str, int], statu
         "takedown_hash_matches": worker.get("takedown", 0),
         "takedown_requests": {kind: int(n) for kind, n in sorted((r["kind"], r["count"]) for r in takedowns.groupBy("kind").count().collect())},
     }
-
-
-def _sizes(pairs) -> dict:
-    """Original width and height (the LAION WIDTH/HEIGHT columns) of the kept images, bucketed at SIZE_EDGES."""
-    from pyspark.sql import functions as F
-
-    def counts(column: str) -> list[int]:
-        bucket = sum((F.col(column) >= edge).cast("int") for edge in SIZE_EDGES[1:])
-        found = {r["b"]: int(r["count"]) for r in pairs.where(F.col(column).isNotNull()).groupBy(bucket.alias("b")).count().collect()}
-        return [found.get(i, 0) for i in range(len(SIZE_EDGES))]
-
-    return {"edges": list(SIZE_EDGES), "width": counts("original_width"), "height": counts("original_height")}
 
 
 def _licenses(pairs) -> list[list]:

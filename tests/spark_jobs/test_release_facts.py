@@ -1,0 +1,41 @@
+"""The distributions a release's manifest records (spark_jobs.release), counted in one pass."""
+
+from __future__ import annotations
+
+from spark_jobs.release import AESTHETIC_BINS, HISTOGRAM_BINS, SIZE_EDGES, _distributions
+
+COLUMNS = "similarity float, punsafe float, pwatermark float, aesthetic float, original_width int, original_height int"
+
+
+def _bin(value: float, bins: int, low: float, high: float) -> int:
+    return min(max(int((value - low) * bins // (high - low)), 0), bins - 1)
+
+
+def _side(value: int) -> int:
+    return sum(value >= edge for edge in SIZE_EDGES[1:])
+
+
+def test_every_histogram_and_size_counts_its_own_column_edges_and_outliers_included_nulls_in_no_bin(spark):
+    rows = [
+        (0.31, 0.0, 0.99, 5.2, 640, 480),
+        (0.05, 1.0, 0.5, 1.0, 128, 127),
+        (1.5, -0.2, None, 10.0, 4096, 8000),  # outside [0, 1] and at the top edges: the edge bins
+        (-0.1, None, 0.05, None, None, 300),
+        (0.999, 0.55, 0.55, 0.4, 0, None),
+    ]
+    histograms, sizes = _distributions(spark.createDataFrame(rows, COLUMNS))
+
+    for i, name in enumerate(("similarity", "punsafe", "pwatermark")):
+        values = [r[i] for r in rows if r[i] is not None]
+        assert histograms[name]["edges"] == [round(j / HISTOGRAM_BINS, 6) for j in range(HISTOGRAM_BINS + 1)]
+        assert histograms[name]["counts"] == [sum(_bin(v, HISTOGRAM_BINS, 0.0, 1.0) == j for v in values) for j in range(HISTOGRAM_BINS)]
+    aesthetic = [r[3] for r in rows if r[3] is not None]
+    assert histograms["aesthetic"]["edges"] == [1 + 0.5 * j for j in range(AESTHETIC_BINS + 1)]
+    assert histograms["aesthetic"]["counts"] == [sum(_bin(v, AESTHETIC_BINS, 1.0, 10.0) == j for v in aesthetic) for j in range(AESTHETIC_BINS)]
+    assert sum(histograms["punsafe"]["counts"]) == 4 and sum(histograms["aesthetic"]["counts"]) == 4  # the nulls in no bin
+
+    assert sizes["edges"] == list(SIZE_EDGES)
+    for i, name in ((4, "width"), (5, "height")):
+        values = [r[i] for r in rows if r[i] is not None]
+        assert sizes[name] == [sum(_side(v) == j for v in values) for j in range(len(SIZE_EDGES))]
+    assert sizes["height"][-1] == 1 and sizes["width"][0] == 1  # 8000 px in the last bucket, 0 px in the first
