@@ -88,7 +88,8 @@ class Settings:
     spark_master: str = "local[*]"
     # Driver memory of locally started sessions, a JVM size such as `512m` or `2g`.
     spark_driver_memory: str = "2g"
-    # `spark.sql.shuffle.partitions` of every session.
+    # `spark.sql.shuffle.partitions` of every session. Use 32 for a release above about 2M candidates: with 8, the
+    # release failed at 4.14M with the default 2 GB driver.
     spark_shuffle_partitions: int = 8
     # `true` where the cluster supplies the Delta jars and the Hive catalog (EMR Serverless sets it: its
     # Delta and the Glue Data Catalog): sessions then add neither the cached jars nor an embedded Derby
