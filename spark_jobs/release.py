@@ -745,10 +745,12 @@ def gate(spark, settings: Settings, scores, pairs, stages: list[dict], docs_dir:
 
 
 def _bin_index(column: str, bins: int, low: float = 0.0, high: float = 1.0):
-    """The bin of `column` among `bins` equal bins over [low, high]; values outside land in the edge bins."""
+    """The bin of `column` among `bins` equal bins over [low, high]; values outside land in the edge bins,
+    nulls in none (`greatest` alone would put them in bin 0)."""
     from pyspark.sql import functions as F
 
-    return F.least(F.greatest(F.floor((F.col(column) - low) * (bins / (high - low))), F.lit(0)), F.lit(bins - 1)).cast("int")
+    index = F.least(F.greatest(F.floor((F.col(column) - low) * (bins / (high - low))), F.lit(0)), F.lit(bins - 1)).cast("int")
+    return F.when(F.col(column).isNotNull(), index)
 
 
 def _distributions(pairs) -> tuple[dict, dict]:
@@ -762,11 +764,11 @@ def _distributions(pairs) -> tuple[dict, dict]:
             "aesthetic": (AESTHETIC_BINS, *AESTHETIC_RANGE)}  # fmt: skip
     sides = {"width": "original_width", "height": "original_height"}
     buckets = {
-        **{name: (F.when(F.col(name).isNotNull(), _bin_index(name, n, low, high)), n) for name, (n, low, high) in bins.items()},
+        **{name: (_bin_index(name, n, low, high), n) for name, (n, low, high) in bins.items()},
         **{name: (sum((F.col(column) >= edge).cast("int") for edge in SIZE_EDGES[1:]), len(SIZE_EDGES)) for name, column in sides.items()},
     }
-    # a bucket column per distribution (each computed once a row; null for a null value, which `greatest`
-    # in _bin_index would put in bin 0), then a count per (distribution, bucket)
+    # a bucket column per distribution (each computed once a row; null for a null value), then a count
+    # per (distribution, bucket)
     per_row = pairs.select(*[expression.alias(name) for name, (expression, _) in buckets.items()])
     found = per_row.agg(*[F.count(F.when(F.col(name) == i, 1)).alias(f"{name}_{i}") for name, (_, n) in buckets.items() for i in range(n)]).first()
 
