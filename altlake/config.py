@@ -88,9 +88,17 @@ class Settings:
     spark_master: str = "local[*]"
     # Driver memory of locally started sessions, a JVM size such as `512m` or `2g`.
     spark_driver_memory: str = "2g"
-    # `spark.sql.shuffle.partitions` of every session. Use 32 for a release above about 2M candidates: with 8, the
-    # release failed at 4.14M with the default 2 GB driver.
+    # `spark.sql.shuffle.partitions` of every session: the partitions of the shuffles that adaptive execution
+    # does not plan, and the tasks of the lake's bookkeeping (VACUUM's file listing, Delta snapshots).
     spark_shuffle_partitions: int = 8
+    # The partitions a query's shuffle is first cut into (`spark.sql.adaptive.coalescePartitions.initialPartitionNum`);
+    # adaptive execution then merges neighbours up to `spark_partition_size`, so this is the most a shuffle
+    # gets. 256 keeps partitions near that size up to 16 GB of shuffled data (10M candidates' scores are about
+    # 14 GB); raise it for more. A fixed 8 partitions failed the release at 4.14M candidates (Java heap space).
+    spark_max_shuffle_partitions: int = 256
+    # The size adaptive execution merges a shuffle's partitions up to (`spark.sql.adaptive.advisoryPartitionSizeInBytes`),
+    # a size such as `64m`; on few cores, smaller when that leaves a core idle.
+    spark_partition_size: str = "64m"
     # `true` where the cluster supplies the Delta jars and the Hive catalog (EMR Serverless sets it: its
     # Delta and the Glue Data Catalog): sessions then add neither the cached jars nor an embedded Derby
     # metastore.
@@ -475,6 +483,8 @@ _CHECKS: dict[str, Check] = {
     "spark_master": _matches(_SPARK_MASTER, "local, local[N], local[*], spark://host:port, yarn or k8s://https://host:port"),
     "spark_driver_memory": _matches(r"(?i)\d+[kmgt]?b?", "a JVM memory size such as 512m, 2g or 1t"),
     "spark_shuffle_partitions": _at_least(1, "a partition count"),
+    "spark_max_shuffle_partitions": _at_least(1, "a partition count"),
+    "spark_partition_size": _matches(r"(?i)[1-9]\d*[kmgt]?b?", "a size such as 512k, 64m or 1g"),
     "release_store": lambda value: None if value == "" else _location("empty, a local directory or an s3://bucket/prefix URL")(value),
     "s3_endpoint": _url(("http", "https"), "empty (AWS) or an http(s)://host[:port] URL"),
     "dynamodb_log_table": _matches(r"([A-Za-z0-9_.-]{3,255})?", "empty (off) or a DynamoDB table name (3-255 of letters, digits, _ . -)"),

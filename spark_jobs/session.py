@@ -84,6 +84,13 @@ def spark_conf(settings: Settings, app_name: str) -> dict[str, str]:
         "spark.sql.warehouse.dir": lake.warehouse,
         "spark.driver.memory": settings.spark_driver_memory,
         "spark.sql.shuffle.partitions": str(settings.spark_shuffle_partitions),
+        # A query's shuffles are cut fine and merged by their measured size, so a partition stays near
+        # spark_partition_size at 20k rows and at millions (a fixed 8 failed the release at 4.14M
+        # candidates: Java heap space); the frames jobs cache are merged too (Spark leaves them alone by default).
+        "spark.sql.adaptive.enabled": "true",
+        "spark.sql.adaptive.coalescePartitions.initialPartitionNum": str(settings.spark_max_shuffle_partitions),
+        "spark.sql.adaptive.advisoryPartitionSizeInBytes": settings.spark_partition_size,
+        "spark.sql.optimizer.canChangeCachedPlanOutputPartitioning": "true",
         # VACUUM lists a table's files in this many tasks; Spark's default of 10,000 made every VACUUM
         # (maintain, takedown purge) cost 23-35 s on two cores, even of an empty table
         "spark.sql.sources.parallelPartitionDiscovery.parallelism": str(settings.spark_shuffle_partitions),

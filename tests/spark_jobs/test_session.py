@@ -37,6 +37,36 @@ def test_a_local_session_reads_the_jars_in_place_and_copies_none(spark, settings
     assert spark.sql("DESCRIBE DETAIL altlake.pairs").first()["format"] == "delta"  # Delta still loads
 
 
+def test_shuffles_are_cut_by_their_size_also_in_frames_kept_on_disk(spark, settings):
+    """A fixed partition count fits one size only: 8 partitions of about 430 MB failed the release
+    at 4.14M candidates (Java heap space) while building the pairs it keeps on disk. A query's
+    shuffle is cut into spark_max_shuffle_partitions and merged up to spark_partition_size by its
+    measured size, in the frames a job persists too (Spark's default leaves those uncoalesced)."""
+    from pyspark import StorageLevel
+    from pyspark.sql import functions as F
+
+    from spark_jobs.session import get_spark
+
+    session = get_spark(settings.with_(spark_partition_size="1m"))  # the running session takes the new size
+    # about 1 KB of hex a row (it compresses to about half): some 20 MB shuffled
+    rows = session.range(40_000).select(
+        (F.col("id") % 5_000).alias("k"), F.concat(*[F.sha2(F.concat(F.col("id").cast("string"), F.lit(str(i))), 512) for i in range(8)]).alias("payload")
+    )  # fmt: skip
+
+    def partition_rows(frame) -> list[int]:
+        kept = frame.persist(StorageLevel.DISK_ONLY)
+        try:
+            return [r["n"] for r in kept.groupBy(F.spark_partition_id().alias("p")).agg(F.count("*").alias("n")).collect()]
+        finally:
+            kept.unpersist(blocking=True)
+
+    large = partition_rows(rows.groupBy("k").agg(F.collect_list("payload").alias("payloads")))
+    assert sum(large) == 5_000  # every group, once
+    assert settings.spark_shuffle_partitions < 8 <= len(large) <= settings.spark_max_shuffle_partitions, large
+    small = partition_rows(session.range(300).groupBy((F.col("id") % 100).alias("k")).count())
+    assert sum(small) == 100 and len(small) <= 2, small  # merged, not 100 one-row tasks
+
+
 def test_a_lake_on_s3_gets_its_delta_tables_through_s3a(moto_server, tmp_path):
     """The jars on the class path still reach S3A and the SDK behind it: a fresh process opens a
     lake in a bucket of the loopback S3 server and writes and reads a Delta table there."""
