@@ -461,7 +461,8 @@ def build_report(args: argparse.Namespace, sizes: dict[str, dict], settings: Set
                      "driver_memory": args.driver_memory or settings.spark_driver_memory,
                      **({"executor_memory": args.cluster.executor_memory, "executor_cores": args.cluster.cores} if args.cluster else {}),
                      "merge_rows": args.merge_rows or settings.merge_rows,
-                     "shuffle_partitions": settings.spark_shuffle_partitions, "crawl": CRAWL,
+                     "shuffle_partitions": settings.spark_shuffle_partitions, "max_shuffle_partitions": settings.spark_max_shuffle_partitions,
+                     "partition_size": settings.spark_partition_size, "crawl": CRAWL,
                      "peak_rss_mb": "largest single process of the stage's own tree (local mode: the JVM, driver and executor in one; "
                                     "standalone: the driver, with the executors' in peak_executor_jvm_rss_mb)"},  # fmt: skip
         "sizes": sizes,
