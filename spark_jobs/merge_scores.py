@@ -32,7 +32,7 @@ from altlake.config import Settings, exit_status
 from altlake.paths import RESULTS_FILE, SUCCESS_FILE, embedding_shard, embedding_shard_number, join
 from altlake.schemas import BATCH_DONE, BATCH_FAILED, BATCH_PLANNED, BATCHES, SCORES, STATUS_OK, STATUS_OPTED_OUT, WORKER_RESULTS
 from altlake.stats import StageStats, chain
-from spark_jobs.batches import list_lake_files, parquet_bytes, read_batch_inputs, read_lake_bytes, write_lake_bytes
+from spark_jobs.batches import list_lake_files, parquet_bytes, read_lake_bytes, write_lake_bytes
 from spark_jobs.lake import lake_paths, read_table, table_path
 from spark_jobs.takedowns import HASH_COLUMNS, match_takedowns
 
@@ -161,21 +161,27 @@ _BATCH, _RANK, _OUTCOME = "_merged_batch", "_rank", "_outcome"
 
 @dataclass
 class _Group:
-    """A merge group's staged batches: (batch_id, output_dir, planned row or None, result rows) each, and
-    whether a uid came in two of them (a batch delivered late after its uids were planned again)."""
+    """A merge group's staged batches, each (batch_id, output_dir, planned row or None, result rows,
+    rows kept: those its input was planned with), and whether a uid came in two of them (a batch
+    delivered late after its uids were planned again)."""
 
     batches: list[tuple] = field(default_factory=list)
     repeats_uids: bool = False
 
     @property
     def rows(self) -> int:
-        return sum(n_rows for *_, n_rows in self.batches)
+        return sum(n_kept for *_, n_kept in self.batches)
 
 
 def _stage_group(spark, settings: Settings, outputs: list[tuple], scratch: str, outcomes: dict) -> tuple[_Group, list[tuple]]:
     """Stage complete outputs under `scratch`/parts until the group holds `merge_rows` rows; record
-    the incomplete and unreadable ones in `outcomes`. Returns the group and the outputs left."""
+    the incomplete and unreadable ones in `outcomes`. Returns the group and the outputs left.
+
+    A planned batch keeps only the uids its input holds (a worker run by hand, or a batch whose
+    input is gone, keeps all). The driver holds the output anyway, so filtering here spares Spark a
+    join that shuffled every row, embeddings included."""
     import pyarrow as pa
+    import pyarrow.compute as pc
 
     group, seen = _Group(), set()
     for i, (batch_id, output_dir, planned) in enumerate(outputs):
@@ -188,15 +194,27 @@ def _stage_group(spark, settings: Settings, outputs: list[tuple], scratch: str, 
             mark_batch_failed(spark, settings, batch_id, f"unreadable worker output: {error}")
             outcomes[batch_id] = {"batch_id": batch_id, "status": "failed", "error": str(error)}
             continue
+        n_results = rows.num_rows
+        planned_uids = _planned_uids(settings, planned)
+        if planned_uids is not None:
+            rows = rows.filter(pc.is_in(rows.column("uid"), value_set=planned_uids))
         tagged = rows.append_column(_BATCH, pa.array([batch_id] * rows.num_rows, pa.string()))
         write_lake_bytes(settings, join(scratch, "parts", f"part-{len(group.batches):05d}.parquet"), parquet_bytes(tagged))
         uids = rows.column("uid").to_pylist()
         group.repeats_uids = group.repeats_uids or not seen.isdisjoint(uids)
         seen.update(uids)
-        group.batches.append((batch_id, output_dir, planned, rows.num_rows))
+        group.batches.append((batch_id, output_dir, planned if planned_uids is not None else None, n_results, rows.num_rows))
         if group.rows >= settings.merge_rows:
             return group, outputs[i + 1 :]
     return group, []
+
+
+def _planned_uids(settings: Settings, planned: dict | None):
+    """The uids a planned batch's input holds (pyarrow), or None for a worker run by hand or an input that is gone."""
+    import pyarrow.parquet as pq
+
+    data = read_lake_bytes(settings, planned["input_path"]) if planned is not None else None
+    return None if data is None else pq.read_table(io.BytesIO(data), columns=["uid"]).column("uid").combine_chunks()
 
 
 def _merge_group(spark, settings: Settings, group: _Group, scratch: str) -> dict[str, dict]:
@@ -204,30 +222,21 @@ def _merge_group(spark, settings: Settings, group: _Group, scratch: str) -> dict
 
     Each row is classified against `scores` as read just before (new, newer, or not newer, as the
     MERGE's condition decides it), which gives every batch its own counts. A uid in two batches of
-    the group keeps the newer row. The classified rows are written once to the scratch folder, so
-    the counts and the MERGE read them instead of running the joins again, and nothing is cached: a
-    group's embeddings held in memory ran a 2 GB driver out of memory at 100,000 rows.
+    the group keeps the newer row. Only the narrow columns are classified: the rows' embeddings
+    are shuffled once, by the MERGE itself. Nothing is cached: a group's embeddings held in memory
+    ran a 2 GB driver out of memory at 100,000 rows.
     """
     from delta.tables import DeltaTable
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    source = spark.read.parquet(join(scratch, "parts")).select(*SCORES.column_names, _BATCH)
-    # A planned batch keeps only the uids its input holds; a worker run by hand (no batches row) keeps all.
-    options = storage.S3Options.of(settings)
-    checked = {batch_id: row for batch_id, _, row, _ in group.batches if row is not None and storage.exists(row["input_path"], options)}
-    if checked:
-        inputs = read_batch_inputs(spark, [row["input_path"] for row in checked.values()])
-        input_uids = inputs.withColumnRenamed("batch_id", _BATCH).distinct().withColumn("_planned_uid", F.lit(True))
-        in_input = ~F.col(_BATCH).isin(*checked) | F.col("_planned_uid").isNotNull()
-        source = source.join(input_uids, ["uid", _BATCH], "left").where(in_input).drop("_planned_uid")
+    staged = spark.read.parquet(join(scratch, "parts")).select(*SCORES.column_names, _BATCH)
+    source = _opt_out_listed_hashes(staged, _listed_hashes(spark, settings, staged, scratch))
     if group.repeats_uids:  # rare: ranking needs a shuffle of the group's rows
         newest = Window.partitionBy("uid").orderBy(F.col("scored_at").desc(), F.col(_BATCH).desc())
         source = source.withColumn(_RANK, F.row_number().over(newest))
     else:
         source = source.withColumn(_RANK, F.lit(1))
-    hashes = read_table(spark, settings, "takedowns").where(F.col("kind").isin(*HASH_COLUMNS))
-    source = _opt_out_listed_hashes(source, hashes)
     target = read_table(spark, settings, "scores").select("uid", F.col("scored_at").alias("_scores_at"))
     outcome = (
         F.when(F.col(_RANK) > 1, "unchanged")
@@ -235,18 +244,18 @@ def _merge_group(spark, settings: Settings, group: _Group, scratch: str) -> dict
         .when(F.col("scored_at") > F.col("_scores_at"), "updated")
         .otherwise("unchanged")
     )
-    classified_path = join(scratch, "classified")
-    source.join(target, "uid", "left").withColumn(_OUTCOME, outcome).drop("_scores_at").write.parquet(classified_path)
-    classified = spark.read.parquet(classified_path)
-    counts = classified.groupBy(_BATCH, "status", _OUTCOME).count().collect()
+    narrow = source.select("uid", _BATCH, "status", "scored_at", _RANK)
+    counts = narrow.join(target, "uid", "left").groupBy(_BATCH, "status", outcome.alias(_OUTCOME)).count().collect()
 
     columns = [c for c in SCORES.column_names if c != "attempts"]
     changes = {r[_OUTCOME] for r in counts} - {"unchanged"}
     if changes:  # a group delivered again commits nothing
+        # The MERGE's own conditions leave the rows classified unchanged as they are (a row older than
+        # the group's newest of its uid is dropped first), so the source need not carry the classes.
         merge = (
             DeltaTable.forPath(spark, table_path(settings, "scores"))
             .alias("t")
-            .merge(classified.where(F.col(_OUTCOME) != "unchanged").select(*SCORES.column_names).alias("s"), "t.uid = s.uid")
+            .merge(source.where(F.col(_RANK) == 1).select(*SCORES.column_names).alias("s"), "t.uid = s.uid")
         )
         if "updated" in changes:  # only then can a row meet one in scores (insert-only MERGE: one join less)
             merge = merge.whenMatchedUpdate(
@@ -254,24 +263,24 @@ def _merge_group(spark, settings: Settings, group: _Group, scratch: str) -> dict
                 set={**{c: f"s.`{c}`" for c in columns}, "attempts": "t.attempts + 1"},
             )
         merge.whenNotMatchedInsert(values={**{c: f"s.`{c}`" for c in columns}, "attempts": "1"}).execute()
-    _finish_batches(spark, settings, [(batch_id, BATCH_DONE, None, worker_record(settings, output_dir)) for batch_id, output_dir, _, _ in group.batches])
+    _finish_batches(spark, settings, [(batch_id, BATCH_DONE, None, worker_record(settings, output_dir)) for batch_id, output_dir, *_ in group.batches])
 
     outcomes = {}
-    for batch_id, _, _, n_results in group.batches:
+    for batch_id, _, planned, n_results, n_kept in group.batches:
         mine = [r for r in counts if r[_BATCH] == batch_id]
         n_rows = sum(r["count"] for r in mine)
         by = {kind: sum(r["count"] for r in mine if r[_OUTCOME] == kind) for kind in ("inserted", "updated", "unchanged")}
         statuses: dict[str, int] = {}
         for r in mine:
             statuses[r["status"]] = statuses.get(r["status"], 0) + r["count"]
-        results = StageStats("results", n_results, {"not_planned_in_this_batch": n_results - n_rows})
+        results = StageStats("results", n_results, {"not_planned_in_this_batch": n_results - n_kept})
         merged = StageStats("merge", n_rows, {"not_newer_than_scores": by["unchanged"]})
         outcomes[batch_id] = {
             "batch_id": batch_id,
             "status": "merged",
             "rows": n_rows,
             # the uids its input holds, as the planner counted them
-            "missing_from_results": (checked[batch_id]["n_rows"] if batch_id in checked else n_rows) - n_rows,
+            "missing_from_results": (planned["n_rows"] if planned is not None else n_rows) - n_rows,
             **by,
             "statuses": dict(sorted(statuses.items())),
             "stages": chain([results, merged]),
@@ -279,12 +288,28 @@ def _merge_group(spark, settings: Settings, group: _Group, scratch: str) -> dict
     return outcomes
 
 
-def _opt_out_listed_hashes(source, hashes):
+def _listed_hashes(spark, settings: Settings, staged, scratch: str):
+    """(uid, _listed: the first hash kind listed) of the staged rows whose image is on a takedown list,
+    written to the scratch folder and read back so Spark sees its true size (small: broadcast to the
+    rows, not a shuffle of them); None when no row is listed, the usual case."""
+    from pyspark.sql import functions as F
+
+    hashes = read_table(spark, settings, "takedowns").where(F.col("kind").isin(*HASH_COLUMNS))
+    if hashes.isEmpty():
+        return None
+    path = join(scratch, "listed")
+    match_takedowns(staged, hashes, HASH_COLUMNS).groupBy("uid").agg(F.min("kind").alias("_listed")).write.parquet(path)
+    listed = spark.read.parquet(path)
+    return None if listed.isEmpty() else listed
+
+
+def _opt_out_listed_hashes(source, listed):
     """Rows whose image is on a takedown list (sha256, md5, or within a pdq request's distance) become `opted_out`, scores cleared."""
     from pyspark.sql import functions as F
 
-    hit = match_takedowns(source, hashes, HASH_COLUMNS).groupBy("uid").agg(F.min("kind").alias("_listed"))
-    marked = source.join(hit, "uid", "left")
+    if listed is None:
+        return source
+    marked = source.join(listed, "uid", "left")
     listed_row = F.col("_listed").isNotNull()
     replaced = {
         "status": F.when(listed_row, F.lit(STATUS_OPTED_OUT)).otherwise(F.col("status")),

@@ -494,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"comma-separated subset of {','.join(STAGES)}; the stages they need run too")
     parser.add_argument("--driver-memory", help="ALTLAKE_SPARK_DRIVER_MEMORY for every stage and floor (default: the setting's, 2g)")
     parser.add_argument("--merge-rows", type=int,
-                        help="ALTLAKE_MERGE_ROWS for merge-scores (default: the setting's, 100000); the batch size makes one MERGE per batch, "
+                        help=f"ALTLAKE_MERGE_ROWS for merge-scores (default: the setting's, {Settings.merge_rows}); the batch size makes one MERGE per batch, "
                              "as a lake scored incrementally gets, with the small files maintain is there to compact")
     parser.add_argument("--master", choices=("local", "standalone"), default="local",
                         help="local: each stage's own local[*] session (the default setting); standalone: a Spark standalone cluster on "

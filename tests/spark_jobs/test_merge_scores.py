@@ -225,3 +225,44 @@ def test_finished_batches_merge_together_each_with_its_own_counts(lake, tmp_path
     assert _commits(spark, settings) - commits == 3
     # each group's rows were staged as files for Spark, and every group's staging is gone
     assert (tmp_path / "lake" / "scratch" / "merge").is_dir() and not list((tmp_path / "lake" / "scratch" / "merge").iterdir())
+
+
+def test_a_group_shuffles_its_embeddings_once_in_the_merge_only(lake, tmp_path):
+    """Classifying a group's rows against `scores` shuffled them twice, embeddings included: 118 s of
+    237 at 4.14M candidates. The classes come from the narrow columns, the planned uids are kept on
+    the driver, so the embeddings cross a shuffle once, in the MERGE. Broadcast joins are off, as
+    for a `scores` too large to broadcast."""
+    from spark_jobs.session import ensure_tables
+
+    spark, shared = lake
+    settings = shared.with_(lake_dir=str(tmp_path / "lake"))
+    ensure_tables(spark, settings)
+    rng = np.random.default_rng(5)
+    rows = [candidate(f"https://cdn.example.org/wide-{i}.png", f"wide image {i}") for i in range(600)]
+    add_candidates(spark, settings, rows)
+    batches = plan_batches(spark, settings, batch_size=200)["batches"]
+    vectors = {r["uid"]: (random_unit(rng, 512), random_unit(rng, 512)) for r in rows}
+    url = {r["uid"]: r["url"] for r in rows}
+    for batch in batches:
+        planned = [r["uid"] for r in spark.read.parquet(batch["input_path"]).select("uid").collect()]
+        write_worker_output(batch["output_path"], [result(u, url[u], batch_id=batch["batch_id"]) for u in planned], vectors)
+    embedding_bytes = len(rows) * 2 * 512 * 2  # img and text, float16
+    seen = _shuffle_writes(spark)
+    threshold = spark.conf.get("spark.sql.autoBroadcastJoinThreshold")
+    spark.conf.set("spark.sql.autoBroadcastJoinThreshold", "-1")
+    try:
+        summary = merge_planned_batches(spark, settings)
+    finally:
+        spark.conf.set("spark.sql.autoBroadcastJoinThreshold", threshold)
+
+    assert summary["totals"] == {"merged": 3} and sum(o["inserted"] for o in summary["batches"]) == len(rows)
+    assert read_table(spark, settings, "scores").where("img_emb IS NOT NULL").count() == len(rows)
+    shuffled = sum(n for stage, n in _shuffle_writes(spark).items() if stage not in seen)
+    assert 0.8 * embedding_bytes < shuffled < 1.5 * embedding_bytes, (shuffled, embedding_bytes)
+
+
+def _shuffle_writes(spark) -> dict[int, int]:
+    """Stage id -> bytes its tasks wrote to shuffles, from the session's status store (kept with the UI off)."""
+    gateway = spark.sparkContext._gateway
+    stages = spark.sparkContext._jsc.sc().statusStore().stageList(None, False, False, gateway.new_array(gateway.jvm.double, 0), gateway.jvm.java.util.ArrayList())
+    return {stages.apply(i).stageId(): stages.apply(i).shuffleWriteBytes() for i in range(stages.size())}
