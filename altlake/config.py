@@ -179,8 +179,8 @@ class Settings:
     batch_size: int = 10_000
     # Finished batches are merged into `scores` together, up to this many result rows per MERGE: each
     # MERGE has a fixed cost (jobs, a commit, a scan of the uids in `scores`). A group is staged in the
-    # lake's scratch folder (its rows, then classified: about 2.8 KB a row with 512-d embeddings);
-    # the driver holds one batch.
+    # lake's scratch folder (its rows once: about 1.4 KB a row with 512-d embeddings); the driver
+    # holds one batch.
     merge_rows: int = 1_000_000
     # Where Airflow runs `altlake score` per batch: `local` (a subprocess), `aws_batch` or `kubernetes`
     # (GPU containers built from infra/docker/worker.Dockerfile).
