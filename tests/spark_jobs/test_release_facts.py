@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from spark_jobs.release import AESTHETIC_BINS, HISTOGRAM_BINS, SIZE_EDGES, _distributions
+from spark_jobs.release import AESTHETIC_BINS, HISTOGRAM_BINS, SIZE_EDGES, _distributions, _samples
 
 COLUMNS = "similarity float, punsafe float, pwatermark float, aesthetic float, original_width int, original_height int"
 
@@ -39,3 +39,24 @@ def test_every_histogram_and_size_counts_its_own_column_edges_and_outliers_inclu
         values = [r[i] for r in rows if r[i] is not None]
         assert sizes[name] == [sum(_side(v) == j for v in values) for j in range(len(SIZE_EDGES))]
     assert sizes["height"][-1] == 1 and sizes["width"][0] == 1  # 8000 px in the last bucket, 0 px in the first
+
+
+def test_samples_never_show_a_taken_down_row_and_still_show_as_many(spark):
+    """Taken-down uids are left out on the driver (each pick takes that many rows more), or, when
+    there are more than `hidden_max` of them, joined away: both give the picks of the rows without them."""
+    rows = [(f"u{i:02d}", f"https://img.example/{i}.jpg", f"text {i}", "en", round(0.1 + 0.013 * ((i * 7) % 30), 3), 0.28) for i in range(30)]
+    ok = spark.createDataFrame(rows, "uid string, url string, text string, language string, similarity double, threshold double")
+    deduped = ok.where("similarity >= threshold")
+    above = sorted(r[0] for r in rows if r[4] >= r[5])
+    below = sorted(r[0] for r in rows if r[4] < r[5])
+    nearest = sorted(rows, key=lambda r: (abs(r[4] - r[5]), r[0]))[0][0]
+    gone = {above[0], below[1], nearest}
+    visible = [r for r in rows if r[0] not in gone]
+
+    for hidden_max in (10, 2):
+        got = _samples(deduped, ok, spark.createDataFrame([(u,) for u in sorted(gone)], "uid string"), n=4, hidden_max=hidden_max)
+        assert [s["uid"] for s in got["kept"]] == [u for u in above if u not in gone][:4]
+        assert [s["uid"] for s in got["rejected"]] == [u for u in below if u not in gone][:4]
+        assert [s["uid"] for s in got["near_threshold"]] == [r[0] for r in sorted(visible, key=lambda r: (abs(r[4] - r[5]), r[0]))][:4]
+        assert got["kept"][0] == {"uid": above[1], "url": f"https://img.example/{int(above[1][1:])}.jpg", "text": f"text {int(above[1][1:])}",
+                                  "language": "en", "similarity": next(r[4] for r in rows if r[0] == above[1]), "threshold": 0.28}  # fmt: skip
