@@ -421,7 +421,7 @@ def _samples(deduped, ok, taken_down, n: int = SAMPLES, hidden_max: int = SAMPLE
 
     Up to `hidden_max` taken-down uids are read once and each pick takes that many rows more, then
     drops them: joining every ok row with the requests for each pick was 26 of the 40 s of counts and
-    samples at 4.14M candidates. More than that, the rows are joined with them as before."""
+    samples at 4.14M candidates. With more than that, the rows are joined with them instead."""
     from pyspark.sql import functions as F
 
     hidden = {r["uid"] for r in taken_down.limit(hidden_max + 1).collect()}
