@@ -161,9 +161,9 @@ _BATCH, _RANK, _OUTCOME = "_merged_batch", "_rank", "_outcome"
 
 @dataclass
 class _Group:
-    """A merge group's staged batches, each (batch_id, output_dir, planned row or None, result rows,
-    rows kept: those its input was planned with), and whether a uid came in two of them (a batch
-    delivered late after its uids were planned again)."""
+    """A merge group's staged batches, each (batch_id, output_dir, its batches row when its rows were
+    checked against its input, else None; result rows; rows kept: those its input was planned with),
+    and whether a uid came in two of them (a batch delivered late after its uids were planned again)."""
 
     batches: list[tuple] = field(default_factory=list)
     repeats_uids: bool = False
