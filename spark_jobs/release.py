@@ -84,6 +84,8 @@ NEAR_BALANCE_ROUNDS = 10  # rounds of cell weights that even out the cells' rows
 NEAR_BALANCE_STEP = 0.25  # a full cell's weight rises by this share of the typical nearest-to-next gap a round
 NEAR_RADIUS_SLACK = 1e-4  # float32 rounding of the routing distances: never lose a pair to it
 NEAR_BLOCK_CELLS = 1 << 23  # cosines held at once in a cell (32 MB of float32)
+NEAR_FILTER_SHARE = 4  # the filter's basis has dim / this many axes: 128 at 512-d (64 let 5% of the pairs through, 128 0.1%)
+NEAR_FILTER_SLACK = 1e-3  # float32 rounding of the filter's distances: it may keep a pair too many, never lose one
 HISTOGRAM_BINS = 20
 # LAION-Aesthetics' 1-10 rating scale (altlake.schemas.AESTHETIC_RANGE) in half points.
 AESTHETIC_BINS = 18
@@ -359,10 +361,14 @@ def compute_pairs(spark, settings: Settings, versions: dict[str, int], threshold
     with_embeddings = kept.join(keepable.select("uid", *embeddings), "uid").persist(StorageLevel.DISK_ONLY)
     n_kept = kept.count()
     watch.lap("filter_and_dedup")
-    marked, blocking = mark_near_duplicates(with_embeddings, thresholds.near_duplicate_cosine, n_kept)
+    marks, blocking = mark_near_duplicates(with_embeddings, thresholds.near_duplicate_cosine, n_kept)
+    marks = marks.cache()
+    n_near = marks.count()  # the near-duplicate search runs here; once cached, the join sees how small marks are
+    marked = with_embeddings.join(marks, "uid", "left")
     pairs = marked.select(*[F.col(c.name).cast(c.type) for c in PAIRS.columns]).persist(StorageLevel.DISK_ONLY)
-    n_near = pairs.where(F.col("near_duplicate_of").isNotNull()).count()  # the near-duplicate join runs here
+    pairs.count()  # kept before with_embeddings and marks go
     with_embeddings.unpersist()
+    marks.unpersist()
     watch.lap("near_duplicates")
 
     statuses = {r["status"]: r["count"] for r in scored.groupBy("status").count().orderBy(F.desc("count"), "status").collect()}
@@ -554,6 +560,7 @@ class Blocking:
     coarse: Partition
     fine: tuple[Partition, ...]
     first: np.ndarray  # (coarse,): the number of each coarse cell's first fine cell
+    basis: np.ndarray | None = None  # (dim, dim / NEAR_FILTER_SHARE): the cells' filter (best_better_neighbours)
 
     @property
     def cells(self) -> int:
@@ -564,20 +571,31 @@ class Blocking:
         """About `cells` fine cells in about sqrt(cells) coarse ones, each coarse cell split by its
         share of the sample. Only the fine cells are evened out: evening out the coarse ones cuts
         clusters of the data apart, and near duplicates then fall on both sides (recall 0.988
-        instead of 0.998 at 1M rows)."""
+        instead of 0.998 at 1M rows). The filter's basis is the leading axes of the sample's spread
+        around its fine centroids: rows of one cell differ most along those."""
         coarse = Partition.train(sample, max(1, round(math.sqrt(cells))), rounds=0)
         owner = coarse.planes(sample)[0]
-        fine = []
+        fine, spread = [], []
         for c in range(len(coarse.centroids)):
             mine = sample[owner == c]
             fine.append(Partition.train(mine, max(1, round(cells * len(mine) / len(sample)))) if len(mine) else Partition.train(sample[:1], 1))
+            spread.append(mine - fine[-1].centroids[fine[-1].planes(mine)[0]] if len(mine) else mine)
         first = np.cumsum([0] + [len(f.centroids) for f in fine[:-1]])
-        return cls(coarse, tuple(fine), first)
+        return cls(coarse, tuple(fine), first, _leading_axes(np.concatenate(spread), sample.shape[1] // NEAR_FILTER_SHARE))
 
     @classmethod
     def single(cls, dim: int) -> Blocking:
         one = Partition.train(np.zeros((1, dim), np.float32), 1)
         return cls(one, (one,), np.zeros(1, np.int64))
+
+
+def _leading_axes(rows: np.ndarray, k: int) -> np.ndarray | None:
+    """The k axes along which `rows` spread most (dim x k, orthonormal columns); None when there
+    are fewer rows than axes to find."""
+    if k < 1 or len(rows) < k:
+        return None
+    _, axes = np.linalg.eigh(rows.T.astype(np.float64) @ rows)  # ascending
+    return np.ascontiguousarray(axes[:, ::-1][:, :k], dtype=np.float32)
 
 
 def route(vectors: np.ndarray, blocking: Blocking, min_cosine: float, probes: int = NEAR_PROBES,
@@ -615,22 +633,50 @@ def route(vectors: np.ndarray, blocking: Blocking, min_cosine: float, probes: in
 
 
 def best_better_neighbours(home: np.ndarray, visitors: np.ndarray, rank_home: np.ndarray, rank_visitors: np.ndarray,
-                           min_cosine: float) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+                           min_cosine: float, basis: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """For every row of a cell (its home rows, then its visitors) the lowest rank among the rows it
     is compared with here at cosine >= min_cosine and ranked before it (inf: none). Home rows meet
-    home rows and visitors; visitors meet home rows only (visitors of one cell meet elsewhere)."""
+    home rows and visitors; visitors meet home rows only (visitors of one cell meet elsewhere).
+    `basis` (dim x k, orthonormal columns): the cosines are taken only of the pairs whose projections
+    are within the radius, and a projection is never farther apart than its rows, so no pair is lost."""
     best_home = np.full(len(home), np.inf, np.float32)
     best_visitors = np.full(len(visitors), np.inf, np.float32)
     step = max(64, NEAR_BLOCK_CELLS // max(1, len(home)))  # one block of cosines at a time: bounded memory
+    close = _Close(home, min_cosine, basis)
     for rows, ranks, best, is_home in ((home, rank_home, best_home, True), (visitors, rank_visitors, best_visitors, False)):
         for start in range(0, len(rows), step):
-            i, j = np.nonzero(rows[start : start + step] @ home.T >= min_cosine)  # few: only the close pairs go on
+            i, j = close.pairs(rows[start : start + step])  # few: only the close pairs go on
             mine, theirs = ranks[start + i], rank_home[j]
             better = theirs < mine
             np.minimum.at(best, start + i[better], theirs[better])
             if not is_home:  # a home row below a visitor: the visitor is its better neighbour
                 np.minimum.at(best_home, j[~better & (mine < theirs)], mine[~better & (mine < theirs)])
     return best_home, best_visitors
+
+
+class _Close:
+    """The pairs (row of a block, home row) at cosine >= min_cosine. With a basis P, only the pairs
+    whose projections are within the radius get a cosine: |P(x - y)| <= |x - y| = sqrt(2 - 2 cos) for
+    unit rows. That test is one product too: [Px, -|Px|^2/2, 1] . [Py, 1, -|Py|^2/2] >= -r^2/2."""
+
+    def __init__(self, home: np.ndarray, min_cosine: float, basis: np.ndarray | None) -> None:
+        self.home, self.min_cosine, self.basis = home, min_cosine, basis
+        if basis is not None:
+            self.bound = -(max(0.0, 2 - 2 * min_cosine) + NEAR_FILTER_SLACK) / 2
+            self.lifted = self._lift(home, home_side=True)
+
+    def _lift(self, rows: np.ndarray, home_side: bool) -> np.ndarray:
+        projected = rows @ self.basis
+        half = -(projected * projected).sum(axis=1, keepdims=True) / 2
+        one = np.ones_like(half)
+        return np.hstack([projected, one, half] if home_side else [projected, half, one])
+
+    def pairs(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self.basis is None:
+            return np.nonzero(rows @ self.home.T >= self.min_cosine)
+        i, j = np.nonzero(self._lift(rows, home_side=False) @ self.lifted.T >= self.bound)
+        keep = np.einsum("ij,ij->i", rows[i], self.home[j]) >= self.min_cosine
+        return i[keep], j[keep]
 
 
 def pick_cells(df, n_rows: int, cells: int | None = None, probes: int = NEAR_PROBES, coarse_probes: int = NEAR_COARSE_PROBES) -> tuple[Cells, Blocking]:
@@ -647,8 +693,10 @@ def pick_cells(df, n_rows: int, cells: int | None = None, probes: int = NEAR_PRO
 
 def mark_near_duplicates(df, min_cosine: float, n_rows: int | None = None, cells: int | None = None, probes: int = NEAR_PROBES,
                          coarse_probes: int = NEAR_COARSE_PROBES):  # fmt: skip
-    """(`df` plus near_duplicate_of: the best (highest similarity, then smallest uid) other row whose
-    image embedding has cosine >= min_cosine that the search met, the blocking used). Rows are
+    """(marks: (uid, near_duplicate_of) for each marked row of `df`, near_duplicate_of the best
+    (highest similarity, then smallest uid) other row whose image embedding has cosine >= min_cosine
+    that the search met; the blocking used). Only the marked rows, so the caller's join back to `df`
+    can broadcast them (a few percent of the rows) instead of shuffling `df`'s embeddings. Rows are
     grouped by k-means cell, and each row is compared with its own cell and with the `probes`
     nearest cells that may hold such a row (`route`); one pass, one shuffle. One cell (up to
     NEAR_SINGLE_CELL_ROWS rows) is exact. Each cell keeps, per row, only its best better neighbour,
@@ -674,7 +722,7 @@ def mark_near_duplicates(df, min_cosine: float, n_rows: int | None = None, cells
         rank[order] = np.arange(len(rows), dtype=np.float32)  # 0: the best row (highest similarity, then smallest uid)
         at_home = rows["_visit"].to_numpy() == 0
         vectors = _unit_rows(rows["img_emb"].tolist())
-        best_home, best_visitors = best_better_neighbours(vectors[at_home], vectors[~at_home], rank[at_home], rank[~at_home], min_cosine)
+        best_home, best_visitors = best_better_neighbours(vectors[at_home], vectors[~at_home], rank[at_home], rank[~at_home], min_cosine, blocking.basis)
         best = np.empty(len(rows), np.float32)
         best[at_home], best[~at_home] = best_home, best_visitors
         marked = np.flatnonzero(np.isfinite(best))
@@ -690,7 +738,7 @@ def mark_near_duplicates(df, min_cosine: float, n_rows: int | None = None, cells
     best = links.withColumn(
         "_rank", F.row_number().over(Window.partitionBy("uid").orderBy(F.desc("_winner_sim"), "near_duplicate_of"))
     ).where("_rank = 1")
-    return df.join(best.select("uid", "near_duplicate_of"), "uid", "left"), cells_used
+    return best.select("uid", "near_duplicate_of"), cells_used
 
 
 def write_pairs(spark, settings: Settings, pairs, rows: int) -> int:

@@ -12,6 +12,7 @@ import pytest
 
 from spark_jobs.release import (
     NEAR_CELL_ROWS,
+    NEAR_FILTER_SHARE,
     NEAR_PROBES,
     NEAR_SINGLE_CELL_ROWS,
     Blocking,
@@ -156,6 +157,23 @@ def test_within_a_cell_each_row_gets_its_best_better_neighbour():
     expected = np.where(close & (rank[None, :] < rank[:, None]), rank[None, :], np.inf).min(axis=1)
     assert np.isfinite(expected).sum() > 20
     assert np.array_equal(best_home, expected[home]) and np.array_equal(best_visitors, expected[visitors])
+
+
+def test_the_projection_filter_finds_the_same_neighbours_as_every_cosine():
+    """A cell of CLIP-like rows with copies at cosines around the threshold: with the blocking's
+    basis, or any orthonormal one, each row gets the same best better neighbour as from every cosine
+    (a projection is never farther apart than its rows)."""
+    v = _with_near_copies(_clustered(1_200, seed=12), 0.1, 0.28, seed=13)
+    rank = np.random.default_rng(14).permutation(len(v)).astype(np.float32)
+    home, visitors = np.arange(0, len(v), 3), np.setdiff1d(np.arange(len(v)), np.arange(0, len(v), 3))
+    plain = best_better_neighbours(v[home], v[visitors], rank[home], rank[visitors], COSINE)
+    assert 20 < np.isfinite(plain[0]).sum() and 20 < np.isfinite(plain[1]).sum()
+    trained = Blocking.train(v[:1_000], 20).basis
+    assert trained.shape == (DIM, DIM // NEAR_FILTER_SHARE) and np.allclose(trained.T @ trained, np.eye(DIM // NEAR_FILTER_SHARE), atol=1e-5)
+    any_axes = np.linalg.qr(np.random.default_rng(15).standard_normal((DIM, 64)))[0].astype(np.float32)
+    for basis in (trained, any_axes):
+        filtered = best_better_neighbours(v[home], v[visitors], rank[home], rank[visitors], COSINE, basis)
+        assert np.array_equal(filtered[0], plain[0]) and np.array_equal(filtered[1], plain[1])
 
 
 def test_the_marking_is_what_comparing_every_pair_gives_for_any_number_of_cells(spark):
