@@ -45,6 +45,12 @@ def floor_merge(spark, lake: LakePaths, scratch: str) -> None:
     outputs = os.path.join(lake.root, "batches", "*", "output")
     spark.read.parquet(os.path.join(outputs, "results.parquet")).write.format("delta").mode("overwrite").save(os.path.join(scratch, "scores"))
     files = spark.read.format("binaryFile").load([os.path.join(outputs, kind, "*") for kind in ("img_emb", "text_emb", "metadata")])
+    # A file is one value of up to 10 MB. Parquet checks a page's size every 100 values at first, so a
+    # task's dozen files made one page of ~120 MB, compressed through an in-heap buffer that doubles as
+    # it grows: twice in about six floors at 831k that ran out of the 2 GB heap. Check every value.
+    hadoop = spark.sparkContext._jsc.hadoopConfiguration()
+    hadoop.set("parquet.page.size.row.check.min", "1")
+    hadoop.set("parquet.page.size.row.check.max", "1")
     files.select("path", "content").write.format("delta").mode("overwrite").save(os.path.join(scratch, "embeddings"))
 
 
