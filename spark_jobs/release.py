@@ -366,7 +366,7 @@ def compute_pairs(spark, settings: Settings, versions: dict[str, int], threshold
     n_near = marks.count()  # the near-duplicate search runs here; once cached, the join sees how small marks are
     marked = with_embeddings.join(marks, "uid", "left")
     pairs = marked.select(*[F.col(c.name).cast(c.type) for c in PAIRS.columns]).persist(StorageLevel.DISK_ONLY)
-    pairs.count()  # kept before with_embeddings and marks go
+    pairs.count()  # written to local disk now: it reads with_embeddings and marks, dropped next
     with_embeddings.unpersist()
     marks.unpersist()
     watch.lap("near_duplicates")
