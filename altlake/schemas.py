@@ -30,6 +30,7 @@ REJECT_REASONS = (
 
 # Outcome of one row in the scoring worker's results / the `scores` table.
 STATUS_OK = "ok"
+EMBEDDED_OK_ROWS = "ok_rows_have_embeddings"  # the scores table's CHECK constraint: every ok row has both embeddings
 STATUS_OPTED_OUT = "opted_out"  # a signal said no (the error names it), or the image is on a takedown hash list
 DOWNLOAD_FAILURES = (
     "dns",
@@ -187,7 +188,9 @@ class Table:
     key: tuple[str, ...]
     partition_by: tuple[str, ...] = ()
     doc: str = ""
-    properties: dict[str, str] = field(default_factory=dict)
+    # Named CHECK constraints (name -> SQL condition) Delta enforces on every write: an invariant a job
+    # can then rely on without reading the columns it holds over.
+    checks: dict[str, str] = field(default_factory=dict)
 
     @property
     def column_names(self) -> list[str]:
@@ -342,6 +345,9 @@ SCORES = Table(
         C("img_emb", "binary", doc="L2-normalised float16 little-endian image embedding"),
         C("text_emb", "binary", doc="L2-normalised float16 little-endian text embedding"),
     ),
+    # merge-scores refuses a worker output whose ok rows lack embeddings; the table holds to it too, so a
+    # release filters ok rows without reading 2 KB of embeddings a row to find nulls.
+    checks={EMBEDDED_OK_ROWS: f"status <> '{STATUS_OK}' OR (img_emb IS NOT NULL AND text_emb IS NOT NULL)"},
 )
 
 # The worker's results.parquet is SCORES without the merge-side columns.

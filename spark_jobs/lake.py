@@ -44,3 +44,18 @@ def commit_metrics(spark, settings: Settings, name: str, version_before: int) ->
     if int(latest["version"]) == version_before:
         return {}
     return {k: int(v) for k, v in (latest["operationMetrics"] or {}).items() if str(v).isdigit()}
+
+
+def table_checks(spark, location: str) -> set[str]:
+    """The names of the CHECK constraints Delta enforces on the table at `location` now."""
+    from delta.tables import DeltaTable
+
+    properties = DeltaTable.forPath(spark, location).detail().first()["properties"] or {}
+    return {key.removeprefix("delta.constraints.") for key in properties if key.startswith("delta.constraints.")}
+
+
+def check_holds(spark, settings: Settings, name: str, check: str, version: int) -> bool:
+    """Whether every row of the table at `version` meets its CHECK constraint `check`: the constraint
+    is there now and `version` is the latest (Delta checked the rows as it added the constraint, and
+    every write since). An older version may predate it: the caller reads the columns then."""
+    return check in table_checks(spark, table_path(settings, name)) and table_version(spark, settings, name) == version

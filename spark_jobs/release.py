@@ -47,6 +47,7 @@ from altlake.paths import EMBEDDING_KINDS, INDEX_DIR, MANIFEST, RELEASE_EMBEDDIN
 from altlake.profiles import LAION_THRESHOLD_EN, LAION_THRESHOLD_OTHER, ProfileError, load_profiles
 from altlake.schemas import (
     AESTHETIC_RANGE,
+    EMBEDDED_OK_ROWS,
     FILE_DONE,
     FILE_FAILED,
     NO_LANGUAGE,
@@ -61,7 +62,7 @@ from altlake.schemas import (
 from altlake.stats import StageStats, by_name, chain
 from altlake.urls import canonical_url
 from spark_jobs import publish
-from spark_jobs.lake import lake_paths, read_table, table_path, table_version
+from spark_jobs.lake import check_holds, lake_paths, read_table, table_path, table_version
 from spark_jobs.quality import SUITES, QualityGateError, validate
 from spark_jobs.report import manifest_stages, write_report
 from spark_jobs.takedowns import HASH_COLUMNS, drop_taken_down, match_takedowns
@@ -335,9 +336,19 @@ def compute_pairs(spark, settings: Settings, versions: dict[str, int], threshold
     # The filters and dedup run without the embeddings (two thirds of a row at 512-d): they join back
     # for the kept rows only, so what is cached and shuffled stays small at millions of rows.
     embeddings = ("img_emb", "text_emb")
-    has_embeddings = F.col("img_emb").isNotNull() & F.col("text_emb").isNotNull()
-    narrow = scores.drop("url").withColumn("_has_embeddings", has_embeddings).drop(*embeddings)
-    scored = opted_in.join(narrow, "uid").cache()
+    # Where `scores` enforces its check that ok rows have both embeddings, finding their nulls would read
+    # every embedding's bytes for nothing (1.1 GB at 831k candidates); an older version, or a lake whose
+    # rows break the check, is read for them.
+    if check_holds(spark, settings, "scores", EMBEDDED_OK_ROWS, versions["scores"]):
+        has_embeddings = F.lit(True)
+    else:
+        has_embeddings = F.col("img_emb").isNotNull() & F.col("text_emb").isNotNull()
+    # Only the columns the release reads on are joined and cached: the pairs' own, and those the filters
+    # and facts need. Page URLs, WAT paths, errors and timings made the cache 335 MB at 831k candidates.
+    read_on = {*PAIRS.column_names, "status", "profile", *MODEL_COLUMNS} - set(embeddings)
+    from_scores = [c for c in scores.columns if c in read_on - {"uid", "url"}]  # the url is the candidate's
+    narrow = scores.withColumn("_has_embeddings", has_embeddings).select("uid", "_has_embeddings", *from_scores)
+    scored = opted_in.select(*[c for c in opted_in.columns if c in read_on]).join(narrow, "uid").cache()
     ok = scored.where(
         (F.col("status") == STATUS_OK) & F.col("sha256").isNotNull() & F.col("_has_embeddings") & F.col("similarity").isNotNull()
     ).withColumn("subset", subset_of(F.col("language"))).withColumn("threshold", thresholds.column())  # fmt: skip

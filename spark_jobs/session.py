@@ -9,6 +9,7 @@ SQL users.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import sys
 from pathlib import Path
@@ -17,6 +18,9 @@ from altlake import storage
 from altlake.config import Settings
 from altlake.paths import DATABASE, LakePaths
 from altlake.schemas import TABLES, Table
+from spark_jobs.lake import table_checks
+
+log = logging.getLogger(__name__)
 
 _JAR_HINT = "run `make setup` (or scripts/setup.sh) to resolve them from Maven Central"
 
@@ -246,6 +250,7 @@ def _ensure_table(spark, external_catalog, table: Table, location: str) -> None:
         )
     else:
         _add_new_columns(spark, table, location)
+    _add_checks(spark, table, location)
     name = f"{DATABASE}.{table.name}"
     if external_catalog.tableExists(DATABASE, table.name):
         # Read the location from the metastore itself: DESCRIBE DETAIL would load the Delta log.
@@ -283,6 +288,21 @@ def _add_new_columns(spark, table: Table, location: str) -> None:
     fill = {c.name: backfills[(table.name, c.name)] for c in missing if (table.name, c.name) in backfills}
     if fill:
         DeltaTable.forPath(spark, location).update(set=fill)
+
+
+def _add_checks(spark, table: Table, location: str) -> None:
+    """Add the declared CHECK constraints the table lacks. Delta checks the rows already there as it adds
+    one; a lake whose rows break one goes on without it (jobs then read the columns instead), said once."""
+    from pyspark.errors import AnalysisException
+
+    missing = {name: condition for name, condition in table.checks.items() if name not in table_checks(spark, location)}
+    for name, condition in missing.items():
+        try:
+            spark.sql(f"ALTER TABLE delta.`{location}` ADD CONSTRAINT {name} CHECK ({condition})")
+        except AnalysisException as error:
+            if "CHECK_CONSTRAINT_VIOLATION" not in str(error):
+                raise
+            log.warning("%s: rows break the declared check %s (%s); the table goes on without it", location, name, condition)
 
 
 def _same_location(a: str, b: str) -> bool:

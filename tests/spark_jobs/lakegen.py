@@ -51,6 +51,12 @@ def random_unit(rng: np.random.Generator, dim: int = DIM) -> np.ndarray:
     return unit(rng.standard_normal(dim))
 
 
+def embeddings_for(seed: int, dim: int = DIM) -> tuple[np.ndarray, np.ndarray]:
+    """An image and a text embedding for an ok row: `scores` refuses an ok row without both."""
+    rng = np.random.default_rng(seed)
+    return random_unit(rng, dim), random_unit(rng, dim)
+
+
 def f16_bytes(vector: np.ndarray) -> bytes:
     return np.asarray(vector, dtype="<f2").tobytes()
 

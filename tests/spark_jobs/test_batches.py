@@ -10,7 +10,7 @@ from altlake.schemas import CANDIDATES, RETRYABLE_STATUSES
 from spark_jobs.batches import parse_retry_limits, plan_batches
 from spark_jobs.lake import read_table, table_path
 from spark_jobs.merge_scores import mark_batch_failed
-from tests.spark_jobs.lakegen import add_candidates, add_scores, candidate, result, score_row
+from tests.spark_jobs.lakegen import add_candidates, add_scores, candidate, embeddings_for, result, score_row
 
 
 def test_parse_retry_limits_fills_defaults_and_rejects_unknown_classes():
@@ -41,7 +41,7 @@ def test_plan_batches_queues_unscored_and_retryable_only_once(lake):
     add_candidates(spark, settings, rows)
     ok, timeout, gone, dns_spent, dns_retry = rows[:5]
     add_scores(spark, settings, [
-        score_row(result(ok["uid"], ok["url"]), None, None),
+        score_row(result(ok["uid"], ok["url"]), *embeddings_for(0)),
         score_row(result(timeout["uid"], timeout["url"], "timeout"), None, None, attempts=1),
         score_row(result(gone["uid"], gone["url"], "http_4xx"), None, None),
         score_row(result(dns_spent["uid"], dns_spent["url"], "dns"), None, None, attempts=2),
@@ -122,8 +122,8 @@ def test_rescoring_plans_the_rows_scored_under_other_profiles_only_when_asked(la
     add_candidates(spark, settings, list(rows.values()))
     scored = {"old": ("ok", "old"), "unrecorded": ("ok", None), "new": ("ok", "new"), "old_gone": ("http_4xx", "old")}
     add_scores(spark, settings, [
-        score_row({**result(rows[name]["uid"], rows[name]["url"], status), "profile": profile}, None, None)
-        for name, (status, profile) in scored.items()
+        score_row({**result(rows[name]["uid"], rows[name]["url"], status), "profile": profile}, *(embeddings_for(i) if status == "ok" else (None, None)))
+        for i, (name, (status, profile)) in enumerate(scored.items())
     ])  # fmt: skip
 
     untouched = plan_batches(spark, settings, crawl=crawl)

@@ -15,7 +15,7 @@ from altlake.paths import DATABASE
 from altlake.schemas import PAIRS
 from spark_jobs.lake import read_table, table_path, table_version
 from spark_jobs.takedowns import PURGED_TABLES, TakedownRequest, add_takedowns, apply_takedowns, checkpoint_table, purge_takedowns, retention_properties
-from tests.spark_jobs.lakegen import add_candidates, add_scores, append_rows, candidate, f16_bytes, result, score_row
+from tests.spark_jobs.lakegen import add_candidates, add_scores, append_rows, candidate, embeddings_for, f16_bytes, result, score_row
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +44,7 @@ def lake(tmp_path_factory):
 def fill(spark, settings, rows: list[dict]) -> None:
     """The rows in candidates, scores and pairs (as the upstream stages would write them)."""
     add_candidates(spark, settings, rows)
-    scores = [score_row(result(r["uid"], r["url"], "ok", 0.3, seed=i), None, None) for i, r in enumerate(rows)]
+    scores = [score_row(result(r["uid"], r["url"], "ok", 0.3, seed=i), *embeddings_for(i)) for i, r in enumerate(rows)]
     add_scores(spark, settings, scores)
     pairs = [
         {**r, "subset": "en", "width": 1, "height": 1, "original_width": 1, "original_height": 1,

@@ -60,3 +60,32 @@ def test_samples_never_show_a_taken_down_row_and_still_show_as_many(spark):
         assert [s["uid"] for s in got["near_threshold"]] == [r[0] for r in sorted(visible, key=lambda r: (abs(r[4] - r[5]), r[0]))][:4]
         assert got["kept"][0] == {"uid": above[1], "url": f"https://img.example/{int(above[1][1:])}.jpg", "text": f"text {int(above[1][1:])}",
                                   "language": "en", "similarity": next(r[4] for r in rows if r[0] == above[1]), "threshold": 0.28}  # fmt: skip
+
+
+def test_ok_rows_without_embeddings_are_read_for_where_scores_lacks_its_check(spark, settings):
+    """With the scores check the release reads no embedding to find ok rows without them; a lake from
+    before the check is read for them, drops them with their reason, and keeps the same pairs."""
+    from altlake.schemas import EMBEDDED_OK_ROWS
+    from altlake.stats import by_name
+    from spark_jobs.lake import table_path
+    from spark_jobs.release import compute_pairs, current_versions, release_models
+    from tests.spark_jobs.lakegen import add_candidates, add_scores, candidate, embeddings_for, result, score_row
+
+    rows = [candidate(f"https://img.example.com/kept-{i}.jpg", f"a kept photo number {i}") for i in range(4)]
+    add_candidates(spark, settings, rows)
+    add_scores(spark, settings, [score_row(result(r["uid"], r["url"], "ok", 0.4, seed=i), *embeddings_for(i)) for i, r in enumerate(rows[:3])])
+
+    def release() -> tuple[list[str], dict[str, int]]:
+        versions = current_versions(spark, settings)
+        pairs, facts = compute_pairs(spark, settings, versions, release_models(spark, settings, versions)[1])
+        uids = sorted(r["uid"] for r in pairs.select("uid").collect())
+        pairs.unpersist()
+        return uids, dict(by_name(facts["stages"])["downloaded"].dropped)
+
+    checked, dropped = release()
+    assert checked == sorted(r["uid"] for r in rows[:3]) and dropped.get("ok_without_embeddings", 0) == 0
+
+    spark.sql(f"ALTER TABLE delta.`{table_path(settings, 'scores')}` DROP CONSTRAINT {EMBEDDED_OK_ROWS}")
+    add_scores(spark, settings, [score_row(result(rows[3]["uid"], rows[3]["url"], "ok", 0.4, seed=3), None, None)])
+    unchecked, dropped = release()
+    assert unchecked == checked and dropped["ok_without_embeddings"] == 1

@@ -120,3 +120,40 @@ def test_the_metastore_url_is_a_setting_not_a_raw_variable(monkeypatch):
     assert metastore_url(Settings.from_env({"ALTLAKE_METASTORE_URL": shared})) == shared
     monkeypatch.setenv("ALTLAKE_METASTORE_URL", shared)  # settings made without it do not see it
     assert metastore_url(Settings(lake_dir="/data/lake")).startswith("jdbc:derby:;databaseName=/data/lake/metastore/")
+
+
+def test_scores_refuses_an_ok_row_without_embeddings_and_a_lake_that_breaks_the_check_goes_on(spark, settings, caplog):
+    """The declared check is a Delta constraint: a write that breaks it fails and writes nothing. A
+    lake whose rows broke it before it was declared keeps working without it, and says so."""
+    import pytest
+
+    from altlake.schemas import EMBEDDED_OK_ROWS
+    from spark_jobs.lake import check_holds, read_table, table_checks, table_path, table_version
+    from spark_jobs.session import _READY, ensure_tables
+    from tests.spark_jobs.lakegen import add_scores, embeddings_for, result, score_row
+
+    location = table_path(settings, "scores")
+    assert EMBEDDED_OK_ROWS in table_checks(spark, location)
+    add_scores(spark, settings, [score_row(result("a" * 32, "https://img.example.com/a.jpg"), *embeddings_for(1)),
+                                 score_row(result("b" * 32, "https://img.example.com/b.jpg", "timeout"), None, None)])  # fmt: skip
+    version = table_version(spark, settings, "scores")
+    assert check_holds(spark, settings, "scores", EMBEDDED_OK_ROWS, version)
+    with pytest.raises(Exception, match="(?i)check constraint"):
+        add_scores(spark, settings, [score_row(result("c" * 32, "https://img.example.com/c.jpg"), None, None)])
+    assert read_table(spark, settings, "scores").count() == 2 and table_version(spark, settings, "scores") == version
+
+    # a lake from before the check, with an ok row that lacks its embeddings
+    spark.sql(f"ALTER TABLE delta.`{location}` DROP CONSTRAINT {EMBEDDED_OK_ROWS}")
+    add_scores(spark, settings, [score_row(result("c" * 32, "https://img.example.com/c.jpg"), None, None)])
+    _READY.clear()
+    with caplog.at_level("WARNING", logger="spark_jobs.session"):
+        ensure_tables(spark, settings)
+    assert EMBEDDED_OK_ROWS not in table_checks(spark, location) and EMBEDDED_OK_ROWS in caplog.text
+    assert not check_holds(spark, settings, "scores", EMBEDDED_OK_ROWS, table_version(spark, settings, "scores"))
+    # an older version is never vouched for by the check, even where the lake has it now
+    spark.sql(f"DELETE FROM delta.`{location}` WHERE uid = '{'c' * 32}'")
+    _READY.clear()
+    ensure_tables(spark, settings)
+    latest = table_version(spark, settings, "scores")
+    assert check_holds(spark, settings, "scores", EMBEDDED_OK_ROWS, latest)
+    assert not check_holds(spark, settings, "scores", EMBEDDED_OK_ROWS, version)

@@ -24,7 +24,7 @@ from spark_jobs.takedowns import (
     read_hash_list,
 )
 from tests.altlake.test_urls import CASES
-from tests.spark_jobs.lakegen import T0, add_candidates, add_scores, append_rows, candidate, f16_bytes, result, score_row
+from tests.spark_jobs.lakegen import T0, add_candidates, add_scores, append_rows, candidate, embeddings_for, f16_bytes, result, score_row
 
 SHA = hashlib.sha256(b"listed image").hexdigest()
 MD5 = hashlib.md5(b"listed image").hexdigest()
@@ -91,7 +91,7 @@ def test_takedowns_are_idempotent_and_remove_matches_from_every_layer(lake):
         "keep": candidate("https://other.org/public.jpg", "nothing to remove here"),
     }
     add_candidates(spark, settings, list(rows.values()))
-    scores = [score_row(result(r["uid"], r["url"], "ok", 0.3, seed=i), None, None) for i, r in enumerate(rows.values())]
+    scores = [score_row(result(r["uid"], r["url"], "ok", 0.3, seed=i), *embeddings_for(i)) for i, r in enumerate(rows.values())]
     scores[4]["sha256"] = SHA  # the hash row's image is on the list
     add_scores(spark, settings, scores)
     pairs = [
