@@ -18,6 +18,7 @@ from spark_jobs.publish import (
     MANIFEST,
     ReleaseExistsError,
     ReleaseStore,
+    arrow_embeddings,
     data_files,
     embeddings_array,
     file_checksums,
@@ -50,6 +51,23 @@ def test_checksums_and_embeddings_array(tmp_path):
     assert set(data_files(inventory)) == {"parquet/en/part-00000.parquet", "embeddings/en/img_emb/img_emb_0.npy"}
     vectors = np.arange(6, dtype=np.float16).reshape(2, 3)
     assert np.array_equal(embeddings_array([row.astype("<f2").tobytes() for row in vectors]), vectors)
+
+
+def test_arrow_embeddings_reads_the_value_buffer_as_the_bytes_would_read(tmp_path):
+    import pyarrow as pa
+
+    vectors = np.random.default_rng(4).standard_normal((7, 5)).astype("<f2")
+    blobs = [row.tobytes() for row in vectors]
+    for kind in (pa.binary(), pa.large_binary()):
+        column = pa.chunked_array([pa.array(blobs[:3], kind), pa.array(blobs[3:], kind)])
+        assert np.array_equal(arrow_embeddings(column), embeddings_array(blobs))
+        assert np.array_equal(arrow_embeddings(pa.array(blobs, kind).slice(2, 4)), vectors[2:6])  # a slice starts past its buffer's start
+    with pytest.raises(ValueError, match="1 of 3 embeddings are null"):
+        arrow_embeddings(pa.array([blobs[0], None, blobs[1]], pa.binary()))
+    with pytest.raises(ValueError, match="one even length"):
+        arrow_embeddings(pa.array([blobs[0], blobs[1][:-2]], pa.binary()))
+    with pytest.raises(TypeError, match="binary column"):
+        arrow_embeddings(pa.array(["text"]))
 
 
 def test_local_store_publishes_atomically_and_refuses_overwrite(tmp_path):
