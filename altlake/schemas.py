@@ -30,7 +30,6 @@ REJECT_REASONS = (
 
 # Outcome of one row in the scoring worker's results / the `scores` table.
 STATUS_OK = "ok"
-EMBEDDED_OK_ROWS = "ok_rows_have_embeddings"  # the scores table's CHECK constraint: every ok row has both embeddings
 STATUS_OPTED_OUT = "opted_out"  # a signal said no (the error names it), or the image is on a takedown hash list
 DOWNLOAD_FAILURES = (
     "dns",
@@ -306,6 +305,8 @@ BATCHES = Table(
         C("rows_ok", "bigint", doc="rows scored ok"),
     ),
 )
+
+EMBEDDED_OK_ROWS = "ok_rows_have_embeddings"  # the scores table's CHECK constraint: every ok row has both embeddings
 
 # One row per input uid of a scoring batch: written by the worker (results.parquet) and merged
 # into the `scores` Delta table. Embeddings travel separately in the clip-retrieval layout and are

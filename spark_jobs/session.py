@@ -292,11 +292,16 @@ def _add_new_columns(spark, table: Table, location: str) -> None:
 
 def _add_checks(spark, table: Table, location: str) -> None:
     """Add the declared CHECK constraints the table lacks. Delta checks the rows already there as it adds
-    one; a lake whose rows break one goes on without it (jobs then read the columns instead), said once."""
+    one; a lake whose rows break one goes on without it (jobs then read the columns instead), and each
+    session start tries again and warns again: deleting the offending rows is what lets it in."""
     from pyspark.errors import AnalysisException
 
-    missing = {name: condition for name, condition in table.checks.items() if name not in table_checks(spark, location)}
-    for name, condition in missing.items():
+    if not table.checks:
+        return
+    present = table_checks(spark, location)
+    for name, condition in table.checks.items():
+        if name in present:
+            continue
         try:
             spark.sql(f"ALTER TABLE delta.`{location}` ADD CONSTRAINT {name} CHECK ({condition})")
         except AnalysisException as error:
