@@ -279,6 +279,18 @@ def _absolute(path: str) -> str:
     return path if "://" in path else str(Path(path).absolute())
 
 
+def preload_gx() -> None:
+    """Import GX ahead of a validation, on a thread started where the driver mostly waits for Spark
+    (the release's start): its import is 3-4 s of Python that the gate would otherwise wait for. A
+    failure is left for `validate`, whose own import reports it."""
+    _quiet_gx()
+    try:
+        import great_expectations  # noqa: F401
+        from great_expectations.expectations.expectation_configuration import ExpectationConfiguration  # noqa: F401
+    except Exception:  # noqa: S110 - validate() imports again and says what is missing
+        pass
+
+
 def _quiet_gx() -> None:
     """GX logs every API registration at INFO when imported; task logs need only its warnings."""
     logging.getLogger("great_expectations").setLevel(logging.WARNING)

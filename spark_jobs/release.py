@@ -27,6 +27,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections import Counter
@@ -63,7 +64,7 @@ from altlake.stats import StageStats, by_name, chain
 from altlake.urls import canonical_url
 from spark_jobs import publish
 from spark_jobs.lake import check_holds, lake_paths, read_table, table_path, table_version
-from spark_jobs.quality import SUITES, QualityGateError, validate
+from spark_jobs.quality import SUITES, QualityGateError, preload_gx, validate
 from spark_jobs.report import manifest_stages, write_report
 from spark_jobs.takedowns import HASH_COLUMNS, drop_taken_down, match_takedowns
 
@@ -609,6 +610,12 @@ def _leading_axes(rows: np.ndarray, k: int) -> np.ndarray | None:
     return np.ascontiguousarray(axes[:, ::-1][:, :k], dtype=np.float32)
 
 
+def _true_cells(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """np.nonzero of a 2-d mask, in its order: found in the flat mask and split into row and column,
+    about 8x faster than np.nonzero's 2-d walk (4.4 of the 15 s the cells of 301k rows took)."""
+    return np.divmod(np.flatnonzero(mask), mask.shape[1])
+
+
 def route(vectors: np.ndarray, blocking: Blocking, min_cosine: float, probes: int = NEAR_PROBES,
           coarse_probes: int = NEAR_COARSE_PROBES) -> tuple[np.ndarray, list[np.ndarray]]:  # fmt: skip
     """Each unit row's home cell, and the higher-numbered cells it visits: those whose planes (at
@@ -630,7 +637,7 @@ def route(vectors: np.ndarray, blocking: Blocking, min_cosine: float, probes: in
         at_home = owner[through] == c
         home[through[at_home]] = blocking.first[c] + within[at_home]
         bound = np.maximum(to_coarse[through, c][:, None], to_fine)  # a row of that fine cell is past both planes
-        i, j = np.nonzero(bound <= radius)
+        i, j = _true_cells(bound <= radius)
         rows.append(through[i])
         cells.append(blocking.first[c] + j)
         bounds.append(bound[i, j])
@@ -684,8 +691,8 @@ class _Close:
 
     def pairs(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.basis is None:
-            return np.nonzero(rows @ self.home.T >= self.min_cosine)
-        i, j = np.nonzero(self._lift(rows, home_side=False) @ self.lifted.T >= self.bound)
+            return _true_cells(rows @ self.home.T >= self.min_cosine)
+        i, j = _true_cells(self._lift(rows, home_side=False) @ self.lifted.T >= self.bound)
         keep = np.einsum("ij,ij->i", rows[i], self.home[j]) >= self.min_cosine
         return i[keep], j[keep]
 
@@ -922,6 +929,7 @@ def build_release(
     indexer (faiss) raises IndexerMissingError before any work. `progress`: the index build's bars.
     """
     index_release = release_indexer(progress) if index else None
+    threading.Thread(target=preload_gx, name="gx-import", daemon=True).start()  # GX's 3-4 s import, done while Spark filters
     date = date or datetime.now(timezone.utc).strftime("%Y%m%d")
     versions = current_versions(spark, settings)
     used, thresholds = release_models(spark, settings, versions)
@@ -1174,6 +1182,9 @@ def _previous(spark, settings: Settings, pairs, counts: dict[str, int], statuses
         .limit(TOP_LANGUAGES)
         .collect()
     )  # fmt: skip
+    # one join for both directions (two anti joins were a shuffle of every uid each); uids are unique in pairs
+    sides = before.select("uid", F.lit(1).alias("_before")).join(after.select("uid", F.lit(1).alias("_after")), "uid", "full")
+    change = sides.agg(F.count(F.when(F.col("_before").isNull(), 1)).alias("added"), F.count(F.when(F.col("_after").isNull(), 1)).alias("removed")).first()
 
     def side_by_side(old: dict[str, int], new: dict[str, int]) -> dict[str, list[int]]:
         return {k: [old.get(k, 0), new.get(k, 0)] for k in sorted(old.keys() | new.keys())}
@@ -1182,8 +1193,8 @@ def _previous(spark, settings: Settings, pairs, counts: dict[str, int], statuses
         "release_id": manifest["release_id"],
         "created_at": manifest["created_at"],
         "pairs": [sum(manifest["counts"].values()), sum(counts.values())],
-        "added": after.join(before, "uid", "left_anti").count(),
-        "removed": before.join(after, "uid", "left_anti").count(),
+        "added": int(change["added"]),
+        "removed": int(change["removed"]),
         "subsets": side_by_side(manifest["counts"], counts),
         "statuses": side_by_side(manifest["statuses"], statuses),
         "languages": [[r["language"], int(r["before"]), int(r["after"])] for r in per_language],

@@ -121,3 +121,26 @@ def test_validation_caches_nothing_and_leaves_a_callers_cache_alone(spark, setti
     assert validate(spark, "candidates", mine, suite=suite).success
     assert mine.is_cached and not cache.isEmpty()
     mine.unpersist()
+
+
+def test_preloading_gx_on_a_thread_imports_it_and_leaves_a_missing_gx_to_the_validation(monkeypatch):
+    """The release preloads GX on a thread at its start: done, GX is imported; without GX the thread
+    ends quietly (no traceback in a task log) and the validation's own import says what is missing."""
+    import sys
+    import threading
+
+    from spark_jobs.quality import preload_gx
+
+    thread = threading.Thread(target=preload_gx)
+    thread.start()
+    thread.join()
+    assert "great_expectations" in sys.modules
+    errors = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: errors.append(args.exc_value))
+    monkeypatch.setitem(sys.modules, "great_expectations", None)  # what an environment without GX imports
+    thread = threading.Thread(target=preload_gx)
+    thread.start()
+    thread.join()
+    assert errors == []
+    with pytest.raises(ImportError):
+        validate(None, "pairs", df=object())
