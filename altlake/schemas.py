@@ -307,6 +307,8 @@ BATCHES = Table(
 )
 
 EMBEDDED_OK_ROWS = "ok_rows_have_embeddings"  # the scores table's CHECK constraint: every ok row has both embeddings
+# A table property naming a declared check the table's rows broke, its value the version they were checked at.
+DECLINED_CHECK_PROPERTY = "altlake.declinedCheck."
 
 # One row per input uid of a scoring batch: written by the worker (results.parquet) and merged
 # into the `scores` Delta table. Embeddings travel separately in the clip-retrieval layout and are

@@ -15,6 +15,7 @@ from explore.release import EmbeddingMatrix
 
 FLAT = "flat"
 IVF_PQ = "ivf_pq"
+TOPK_GROUP = 64  # columns a group when exact_topk leaves out whole groups of a block
 
 
 class Knn:
@@ -70,18 +71,35 @@ def exact_topk(embeddings: EmbeddingMatrix, queries: np.ndarray, k: int, block_r
     """Ground-truth ids (nq, k) by brute force over the memory-mapped matrix, one block at a time."""
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     k = min(k, embeddings.n)
-    best_sims = np.full((len(queries), 0), -np.inf, np.float32)
-    best_ids = np.zeros((len(queries), 0), np.int64)
+    found_sims, found_ids = [], []
     for start, block in embeddings.chunks(block_rows):
-        sims = queries @ block.T
-        ids = np.broadcast_to(np.arange(start, start + len(block)), sims.shape)
-        all_sims = np.concatenate([best_sims, sims], axis=1)
-        all_ids = np.concatenate([best_ids, ids], axis=1)
-        top = np.argpartition(-all_sims, k - 1, axis=1)[:, :k] if all_sims.shape[1] > k else np.argsort(-all_sims, axis=1)
-        best_sims = np.take_along_axis(all_sims, top, axis=1)
-        best_ids = np.take_along_axis(all_ids, top, axis=1)
-    order = np.argsort(-best_sims, axis=1, kind="stable")
-    return np.take_along_axis(best_ids, order, axis=1)
+        columns, sims = _top_columns(queries @ block.T, k)
+        found_sims.append(sims)
+        found_ids.append(columns + start)
+    sims, ids = np.concatenate(found_sims, axis=1), np.concatenate(found_ids, axis=1)
+    order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    return np.take_along_axis(ids, order, axis=1)
+
+
+def _top_columns(sims: np.ndarray, k: int, group: int = TOPK_GROUP) -> tuple[np.ndarray, np.ndarray]:
+    """(columns, similarities), each (nq, at most k), of the k highest similarities of each row, in no
+    order. The columns are cut into groups of `group` first and only the k groups of highest maxima are
+    ranked: a column of the top k lies in one of them (else k groups each hold a higher one). Ranking
+    every column of a 65k-row block was 57% of the tuner's ground truth at 301k rows."""
+    rows, width = sims.shape
+    whole = width // group * group
+    if whole // group <= k:  # too few groups to leave any out
+        columns = np.broadcast_to(np.arange(width), sims.shape)
+    else:
+        maxima = sims[:, :whole].reshape(rows, -1, group).max(axis=2)
+        groups = np.argpartition(-maxima, k - 1, axis=1)[:, :k]
+        columns = (groups[:, :, None] * group + np.arange(group)).reshape(rows, -1)
+        columns = np.hstack([columns, np.broadcast_to(np.arange(whole, width), (rows, width - whole))])
+    candidates = np.take_along_axis(sims, columns, axis=1)
+    if candidates.shape[1] > k:
+        top = np.argpartition(-candidates, k - 1, axis=1)[:, :k]
+        columns, candidates = np.take_along_axis(columns, top, axis=1), np.take_along_axis(candidates, top, axis=1)
+    return columns, candidates
 
 
 def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:

@@ -46,11 +46,16 @@ def commit_metrics(spark, settings: Settings, name: str, version_before: int) ->
     return {k: int(v) for k, v in (latest["operationMetrics"] or {}).items() if str(v).isdigit()}
 
 
-def table_checks(spark, location: str) -> set[str]:
-    """The names of the CHECK constraints Delta enforces on the table at `location` now."""
+def table_properties(spark, location: str) -> dict[str, str]:
+    """The Delta table properties of the table at `location` now (its constraints among them)."""
     from delta.tables import DeltaTable
 
-    properties = DeltaTable.forPath(spark, location).detail().first()["properties"] or {}
+    return dict(DeltaTable.forPath(spark, location).detail().first()["properties"] or {})
+
+
+def table_checks(spark, location: str, properties: dict[str, str] | None = None) -> set[str]:
+    """The names of the CHECK constraints Delta enforces on the table at `location` now."""
+    properties = table_properties(spark, location) if properties is None else properties
     return {key.removeprefix("delta.constraints.") for key in properties if key.startswith("delta.constraints.")}
 
 

@@ -330,7 +330,9 @@ def compute_pairs(spark, settings: Settings, versions: dict[str, int], threshold
     scores = _with_profile(read_table(spark, settings, "scores", versions["scores"]))
     if "aesthetic" not in scores.columns:  # a version written before the aesthetic columns were declared
         scores = scores.withColumn("aesthetic", F.lit(None).cast("float")).withColumn("aesthetic_model", F.lit(None).cast("string"))
-    takedowns = read_table(spark, settings, "takedowns", versions["takedowns"])
+    # Requests are few, and the pairs and the samples each match them five ways (url, domain and three
+    # hashes), each a scan: held in memory, the ten scans are not ten Delta file listings (a job each).
+    takedowns = read_table(spark, settings, "takedowns", versions["takedowns"]).cache()
 
     # A pair scored before a later crawl showed its page opting out never enters a release.
     opted_in = candidates.where(F.col("opt_out").isNull()) if "opt_out" in candidates.columns else candidates
@@ -405,6 +407,7 @@ def compute_pairs(spark, settings: Settings, versions: dict[str, int], threshold
     samples = _samples(deduped, ok, match_takedowns(ok, takedowns, HASH_COLUMNS).select("uid").distinct())
     scored.unpersist()
     deduped.unpersist()
+    takedowns.unpersist()
     watch.lap("counts_and_samples")
     facts = {"stages": stages, "statuses": statuses, "models": models, "scored_similarity": scored_similarity, "samples": samples,
              "near_duplicates": blocking.section(),

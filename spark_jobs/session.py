@@ -17,8 +17,8 @@ from pathlib import Path
 from altlake import storage
 from altlake.config import Settings
 from altlake.paths import DATABASE, LakePaths
-from altlake.schemas import TABLES, Table
-from spark_jobs.lake import table_checks
+from altlake.schemas import DECLINED_CHECK_PROPERTY, TABLES, Table
+from spark_jobs.lake import table_checks, table_properties
 
 log = logging.getLogger(__name__)
 
@@ -292,15 +292,25 @@ def _add_new_columns(spark, table: Table, location: str) -> None:
 
 def _add_checks(spark, table: Table, location: str) -> None:
     """Add the declared CHECK constraints the table lacks. Delta checks the rows already there as it adds
-    one; a lake whose rows break one goes on without it (jobs then read the columns instead), and each
-    session start tries again and warns again: deleting the offending rows is what lets it in."""
+    one (a scan of the table); a lake whose rows break one goes on without it (jobs then read the
+    columns instead). The table records the version its rows broke it at (DECLINED_CHECK_PROPERTY), so a
+    session start tries again only once the table has changed since: deleting the offending rows is
+    what lets it in."""
+    from delta.tables import DeltaTable
     from pyspark.errors import AnalysisException
 
     if not table.checks:
         return
-    present = table_checks(spark, location)
+    properties = table_properties(spark, location)
+    present = table_checks(spark, location, properties)
     for name, condition in table.checks.items():
         if name in present:
+            continue
+        declined = DECLINED_CHECK_PROPERTY + name
+        version = int(DeltaTable.forPath(spark, location).history(1).first()["version"])
+        if declined in properties and int(properties[declined]) + 1 == version:  # only the record written since
+            log.warning("%s: rows at version %s break the declared check %s (%s); the table goes on without it until it changes",
+                        location, properties[declined], name, condition)  # fmt: skip
             continue
         try:
             spark.sql(f"ALTER TABLE delta.`{location}` ADD CONSTRAINT {name} CHECK ({condition})")
@@ -308,6 +318,10 @@ def _add_checks(spark, table: Table, location: str) -> None:
             if "CHECK_CONSTRAINT_VIOLATION" not in str(error):
                 raise
             log.warning("%s: rows break the declared check %s (%s); the table goes on without it", location, name, condition)
+            spark.sql(f"ALTER TABLE delta.`{location}` SET TBLPROPERTIES ('{declined}' = '{version}')")
+            continue
+        if declined in properties:
+            spark.sql(f"ALTER TABLE delta.`{location}` UNSET TBLPROPERTIES IF EXISTS ('{declined}')")
 
 
 def _same_location(a: str, b: str) -> bool:

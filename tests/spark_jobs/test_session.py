@@ -124,11 +124,12 @@ def test_the_metastore_url_is_a_setting_not_a_raw_variable(monkeypatch):
 
 def test_scores_refuses_an_ok_row_without_embeddings_and_a_lake_that_breaks_the_check_goes_on(spark, settings, caplog):
     """The declared check is a Delta constraint: a write that breaks it fails and writes nothing. A
-    lake whose rows broke it before it was declared keeps working without it, and says so."""
+    lake whose rows broke it before it was declared keeps working without it, says so, and is checked
+    again only once it changes."""
     import pytest
 
-    from altlake.schemas import EMBEDDED_OK_ROWS
-    from spark_jobs.lake import check_holds, read_table, table_checks, table_path, table_version
+    from altlake.schemas import DECLINED_CHECK_PROPERTY, EMBEDDED_OK_ROWS
+    from spark_jobs.lake import check_holds, read_table, table_checks, table_path, table_properties, table_version
     from spark_jobs.session import _READY, ensure_tables
     from tests.spark_jobs.lakegen import add_scores, embeddings_for, result, score_row
 
@@ -145,11 +146,30 @@ def test_scores_refuses_an_ok_row_without_embeddings_and_a_lake_that_breaks_the_
     # a lake from before the check, with an ok row that lacks its embeddings
     spark.sql(f"ALTER TABLE delta.`{location}` DROP CONSTRAINT {EMBEDDED_OK_ROWS}")
     add_scores(spark, settings, [score_row(result("c" * 32, "https://img.example.com/c.jpg"), None, None)])
+    broken = table_version(spark, settings, "scores")
     _READY.clear()
     with caplog.at_level("WARNING", logger="spark_jobs.session"):
         ensure_tables(spark, settings)
     assert EMBEDDED_OK_ROWS not in table_checks(spark, location) and EMBEDDED_OK_ROWS in caplog.text
     assert not check_holds(spark, settings, "scores", EMBEDDED_OK_ROWS, table_version(spark, settings, "scores"))
+    # the table records the version its rows broke the check at (one commit), and the next session
+    # start does not scan it again while it is unchanged: it warns, and writes nothing
+    declined = DECLINED_CHECK_PROPERTY + EMBEDDED_OK_ROWS
+    assert table_properties(spark, location)[declined] == str(broken)
+    recorded = table_version(spark, settings, "scores")
+    assert recorded == broken + 1
+    caplog.clear()
+    _READY.clear()
+    with caplog.at_level("WARNING", logger="spark_jobs.session"):
+        ensure_tables(spark, settings)
+    assert f"rows at version {broken} break the declared check {EMBEDDED_OK_ROWS}" in caplog.text
+    assert table_version(spark, settings, "scores") == recorded
+    # a write that leaves the rows breaking it: checked again, and the new version recorded
+    add_scores(spark, settings, [score_row(result("d" * 32, "https://img.example.com/d.jpg", "timeout"), None, None)])
+    changed = table_version(spark, settings, "scores")
+    _READY.clear()
+    ensure_tables(spark, settings)
+    assert table_properties(spark, location)[declined] == str(changed) and EMBEDDED_OK_ROWS not in table_checks(spark, location)
     # an older version is never vouched for by the check, even where the lake has it now
     spark.sql(f"DELETE FROM delta.`{location}` WHERE uid = '{'c' * 32}'")
     _READY.clear()
@@ -157,3 +177,4 @@ def test_scores_refuses_an_ok_row_without_embeddings_and_a_lake_that_breaks_the_
     latest = table_version(spark, settings, "scores")
     assert check_holds(spark, settings, "scores", EMBEDDED_OK_ROWS, latest)
     assert not check_holds(spark, settings, "scores", EMBEDDED_OK_ROWS, version)
+    assert declined not in table_properties(spark, location)  # the record goes once the check is in
