@@ -22,9 +22,14 @@ def table_path(settings: Settings, name: str) -> str:
 
 def table_version(spark, settings: Settings, name: str) -> int:
     """The table's latest Delta version: what a job reads and a manifest records."""
+    return latest_version(spark, table_path(settings, name))
+
+
+def latest_version(spark, location: str) -> int:
+    """The latest Delta version of the table at `location`."""
     from delta.tables import DeltaTable
 
-    return int(DeltaTable.forPath(spark, table_path(settings, name)).history(1).first()["version"])
+    return int(DeltaTable.forPath(spark, location).history(1).first()["version"])
 
 
 def read_table(spark, settings: Settings, name: str, version: int | None = None):

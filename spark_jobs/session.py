@@ -18,7 +18,7 @@ from altlake import storage
 from altlake.config import Settings
 from altlake.paths import DATABASE, LakePaths
 from altlake.schemas import DECLINED_CHECK_PROPERTY, TABLES, Table
-from spark_jobs.lake import table_checks, table_properties
+from spark_jobs.lake import latest_version, table_checks, table_properties
 
 log = logging.getLogger(__name__)
 
@@ -296,7 +296,6 @@ def _add_checks(spark, table: Table, location: str) -> None:
     columns instead). The table records the version its rows broke it at (DECLINED_CHECK_PROPERTY), so a
     session start tries again only once the table has changed since: deleting the offending rows is
     what lets it in."""
-    from delta.tables import DeltaTable
     from pyspark.errors import AnalysisException
 
     if not table.checks:
@@ -307,7 +306,7 @@ def _add_checks(spark, table: Table, location: str) -> None:
         if name in present:
             continue
         declined = DECLINED_CHECK_PROPERTY + name
-        version = int(DeltaTable.forPath(spark, location).history(1).first()["version"])
+        version = latest_version(spark, location)  # per check: adding one is a commit
         if properties.get(declined) == str(version - 1):  # the only commit since is the record itself
             log.warning("%s: rows at version %s break the declared check %s (%s); the table goes on without it until it changes",
                         location, properties[declined], name, condition)  # fmt: skip
